@@ -1,0 +1,34 @@
+"""Warehouse stage: the DuckDB file analysts query."""
+
+
+import dagster as dg
+
+from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
+
+WAREHOUSE_POOL = "duckdb_warehouse"
+
+
+def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    """The warehouse asset, downstream of every lake table."""
+
+    @dg.asset(
+        key=["warehouse", "duckdb_warehouse"],
+        deps=upstream,
+        group_name="warehouse",
+        kinds={"duckdb"},
+        pool=WAREHOUSE_POOL,
+    )
+    def duckdb_warehouse(lake: LakeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        """Views over every lake table plus the marts, rebuilt into a new file that atomically replaces
+        the old one, so analysts with the warehouse open read-only are never blocked."""
+        build = warehouse.rebuild(lake.get_lake())
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(build.path)),
+                "views": dg.MetadataValue.json(build.views),
+                "empty_views": dg.MetadataValue.json(build.empty_views),
+                "marts": dg.MetadataValue.json(build.marts),
+            }
+        )
+
+    return duckdb_warehouse

@@ -1,0 +1,84 @@
+"""Jobs, the daily schedule and the sensors that keep accounts and the warehouse current."""
+
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_daily_partitions, account_day_key
+from cloudopt_pipelines.resources.sources import SourceResource
+
+DAILY_JOB = "daily_pipeline"
+CATALOG_JOB = "refresh_price_catalog"
+WAREHOUSE_JOB = "refresh_warehouse"
+
+
+def build_jobs(account_daily_keys: list[dg.AssetKey], catalog_keys: list[dg.AssetKey], warehouse_key: dg.AssetKey):
+    daily = dg.define_asset_job(
+        DAILY_JOB,
+        selection=dg.AssetSelection.assets(*account_daily_keys),
+        partitions_def=account_daily_partitions,
+        description="Collect, then compute features, for one account on one UTC day.",
+    )
+    catalog = dg.define_asset_job(
+        CATALOG_JOB, selection=dg.AssetSelection.assets(*catalog_keys), description="Rebuild the price catalogue."
+    )
+    warehouse = dg.define_asset_job(
+        WAREHOUSE_JOB,
+        selection=dg.AssetSelection.assets(warehouse_key),
+        description="Rebuild the DuckDB warehouse views and marts.",
+    )
+    return daily, catalog, warehouse
+
+
+def yesterday_requests(accounts: list[str], now: datetime) -> list[dg.RunRequest]:
+    """One run request per account for the UTC day before ``now``."""
+    day = (now.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    return [
+        dg.RunRequest(run_key=f"{account}|{day}", partition_key=account_day_key(account, day))
+        for account in sorted(accounts)
+    ]
+
+
+@dg.schedule(job_name=DAILY_JOB, cron_schedule="0 4 * * *", execution_timezone="UTC")
+def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext):
+    """At 04:00 UTC, materialise yesterday for every registered account (CloudWatch has settled by then)."""
+    accounts = context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)
+    if not accounts:
+        return dg.SkipReason("no accounts registered yet: turn on the account_discovery sensor or run 'cloudopt run'")
+    return yesterday_requests(accounts, context.scheduled_execution_time or datetime.now(UTC))
+
+
+@dg.sensor(minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
+def account_discovery(context: dg.SensorEvaluationContext, source: SourceResource):
+    """Register the accounts the source can reach as partitions (demo: the embedded fleet; AWS:
+    CLOUDOPT_ACCOUNTS or AWS Organizations). Accounts that disappear keep their history."""
+    known = set(context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))
+    found = set(source.get_collector().list_accounts())
+    new = sorted(found - known)
+    if not new:
+        return dg.SkipReason(f"{len(known)} accounts registered, none new")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[account_partitions_request(new)],
+    )
+
+
+def account_partitions_request(accounts: list[str]) -> dg.AddDynamicPartitionsRequest:
+    return dg.AddDynamicPartitionsRequest(partitions_def_name=ACCOUNTS_PARTITIONS_NAME, partition_keys=accounts)
+
+
+def build_warehouse_refresh_sensor(daily_job, warehouse_job) -> dg.SensorDefinition:
+    """After each successful daily run, rebuild the warehouse (views pick up new tables and marts)."""
+
+    @dg.run_status_sensor(
+        name="warehouse_refresh",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[daily_job],
+        request_job=warehouse_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def warehouse_refresh(context: dg.RunStatusSensorContext):
+        """Rebuild the warehouse once a daily run has succeeded."""
+        return dg.RunRequest(run_key=f"after-{context.dagster_run.run_id}")
+
+    return warehouse_refresh

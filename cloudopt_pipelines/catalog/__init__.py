@@ -1,0 +1,1 @@
+"""Instance specs and prices (no Dagster here)."""

@@ -1,0 +1,144 @@
+"""The ``cloudopt`` command line: run ranges through Dagster, the demo, SQL on the warehouse, benchmarks."""
+
+import logging
+import os
+import sys
+import time
+from datetime import date
+from typing import Annotated
+
+import typer
+
+from cloudopt_pipelines.config import load_settings, parse_accounts
+
+app = typer.Typer(
+    help="cloudopt: cloud-cost optimisation pipelines on Dagster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.")
+app.add_typer(bench_app, name="bench")
+
+DEMO_START = date(2026, 11, 16)
+DEMO_END = date(2026, 11, 22)
+TRY_SQL = "SELECT * FROM fleet_daily ORDER BY date, account_id LIMIT 10"
+
+
+def _parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint=option) from None
+
+
+def _quiet_dagster() -> None:
+    os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_LEVEL", "WARNING")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+
+@app.command()
+def run(
+    start: Annotated[str, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last UTC day (inclusive), YYYY-MM-DD.")],
+    accounts: Annotated[
+        str | None, typer.Option("--accounts", help="Comma-separated 12-digit account ids (default: all the source reaches).")
+    ] = None,
+    refresh_catalog: Annotated[bool, typer.Option(help="Rebuild the price catalogue first.")] = False,
+) -> None:
+    """Materialise every account x day in [start, end] through Dagster (one run per partition, as a
+    backfill does), then refresh the warehouse. Exits 1 if any partition failed."""
+    from cloudopt_pipelines.orchestration import run_range
+
+    _quiet_dagster()
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    account_list = parse_accounts(accounts) if accounts else None
+    result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
+    done = len(result.outcomes) - len(result.failed)
+    typer.echo(f"{done}/{len(result.outcomes)} partitions materialised; warehouse: {result.warehouse_path}")
+    if result.failed:
+        for failure in result.failed:
+            typer.echo(f"  failed: {failure.day} account {failure.account_id}: {failure.error}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary."""
+    from cloudopt_pipelines.orchestration import run_range
+    from cloudopt_pipelines.summary import demo_summary
+
+    _quiet_dagster()
+    settings = load_settings()
+    if settings.env != "demo":
+        raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
+    typer.echo(f"cloudopt demo: {DEMO_START} to {DEMO_END}, home {settings.home}")
+    started = time.monotonic()
+    result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
+    typer.echo("")
+    typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the warehouse, read-only.")],
+    max_rows: Annotated[int, typer.Option(help="Rows to print at most.")] = 50,
+) -> None:
+    """Run a read-only query on the warehouse and print the result as a table."""
+    import duckdb
+
+    from cloudopt_pipelines.storage.warehouse import read_only
+
+    settings = load_settings()
+    try:
+        with read_only(settings.warehouse_path) as con:
+            relation = con.sql(query)
+            if relation is None:
+                typer.echo("ok")
+                return
+            columns = relation.columns
+            rows = relation.limit(max_rows).fetchall()
+    except (duckdb.Error, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from tabulate import tabulate
+
+    typer.echo(tabulate(rows, headers=columns, tablefmt="github", floatfmt=".4g"))
+
+
+@app.command()
+def accounts() -> None:
+    """List the account partitions registered in the Dagster instance."""
+    from cloudopt_pipelines.orchestration import ensure_instance
+    from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME
+
+    instance = ensure_instance(load_settings())
+    for account in sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)):
+        typer.echo(account)
+
+
+@app.command()
+def info() -> None:
+    """Show where the lake, the warehouse and the Dagster instance live, and what the lake holds."""
+    from cloudopt_pipelines.storage.lake import Lake
+
+    settings = load_settings()
+    typer.echo(f"CLOUDOPT_HOME  {settings.home}")
+    typer.echo(f"CLOUDOPT_ENV   {settings.env}")
+    typer.echo(f"lake           {settings.lake_dir}")
+    typer.echo(f"warehouse      {settings.warehouse_path}")
+    typer.echo(f"DAGSTER_HOME   {settings.dagster_home}")
+    lake = Lake(settings.lake_dir)
+    if settings.lake_dir.exists():
+        for table in sorted(p.name for p in settings.lake_dir.iterdir() if p.is_dir()):
+            typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+

@@ -1,0 +1,1 @@
+"""Dagster resources: the lake, the warehouse and the sources of inventory and metrics."""

@@ -1,0 +1,40 @@
+"""Resources for the Parquet lake and the DuckDB warehouse."""
+
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.warehouse import WarehouseBuild, build_warehouse, read_only
+
+REPO_SQL_DIR = Path(__file__).resolve().parents[2] / "dbt_like_sql"
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The Parquet lake under ``$CLOUDOPT_HOME/lake``: one atomically replaced file per partition."""
+
+    root: str = Field(description="Directory of the lake (default: $CLOUDOPT_HOME/lake).")
+
+    def get_lake(self) -> Lake:
+        return Lake(Path(self.root))
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The analysts' DuckDB warehouse: views over the lake plus the marts of ``dbt_like_sql/marts``."""
+
+    path: str = Field(description="Path of the DuckDB file (default: $CLOUDOPT_HOME/warehouse.duckdb).")
+    marts_dir: str = Field(default=str(REPO_SQL_DIR / "marts"), description="Directory of the mart SQL files.")
+
+    def rebuild(self, lake: Lake) -> WarehouseBuild:
+        return build_warehouse(lake, Path(self.path), Path(self.marts_dir))
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection, as analysts open it."""
+        with read_only(Path(self.path)) as con:
+            yield con

@@ -1,0 +1,1 @@
+"""Collectors: where inventory and metrics come from (demo data or real AWS). No Dagster here."""

@@ -1,0 +1,158 @@
+"""The embedded demo fleet: two accounts replaying real public VM traces for seven days.
+
+The fleet (``demo/data/fleet.json``) and its metrics (``demo/data/metrics.parquet``) are built by
+``scripts/build_embedded_data.py`` from ship-ok public traces; ``demo/data/README.md`` says which.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from cloudopt_pipelines.sources.base import (
+    ENV_TAG_KEYS,
+    SERVICE_TAG_KEYS,
+    TEAM_TAG_KEYS,
+    Collected,
+    classify_deployment,
+    first_tag,
+    tags_json,
+)
+from cloudopt_pipelines.storage.schemas import RESOURCES, UTILIZATION_5M, conform, empty_table
+
+DEMO_DATA = Path(str(resources.files("cloudopt_pipelines.demo") / "data"))
+
+
+class DemoDataError(ValueError):
+    """A request the embedded demo data cannot answer (unknown account, day outside the demo)."""
+
+
+class DemoCollector:
+    """Serves the embedded demo fleet through the same interface as the AWS collector."""
+
+    name = "demo"
+
+    def __init__(self, data_dir: Path = DEMO_DATA) -> None:
+        self.data_dir = data_dir
+
+    @cached_property
+    def fleet(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "fleet.json").read_text())
+
+    @property
+    def first_day(self) -> date:
+        return date.fromisoformat(self.fleet["start"])
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first_day + timedelta(days=i) for i in range(int(self.fleet["days"]))]
+
+    def list_accounts(self) -> list[str]:
+        return sorted(a["account_id"] for a in self.fleet["accounts"])
+
+    def _account(self, account_id: str, day: date) -> dict[str, Any]:
+        if day not in self.days:
+            raise DemoDataError(
+                f"the demo data covers {self.days[0]} to {self.days[-1]}, not {day}; "
+                "pick dates in that range, or set CLOUDOPT_ENV=aws to collect from real accounts"
+            )
+        for account in self.fleet["accounts"]:
+            if account["account_id"] == account_id:
+                return account
+        raise DemoDataError(
+            f"account {account_id} is not in the demo fleet (accounts: {', '.join(self.list_accounts())})"
+        )
+
+    def collect_inventory(self, account_id: str, day: date) -> Collected:
+        account = self._account(account_id, day)
+        rows: list[dict[str, Any]] = []
+        base = {"account_id": account_id, "date": day, "source": self.name, "platform": None,
+                "architecture": None, "lifecycle": None, "launch_time": None, "state": None,
+                "instance_type": None, "zone": None, "parent_id": None}
+        for inst in account["instances"]:
+            tags = inst["tags"]
+            deployment = classify_deployment(tags)
+            rows.append({
+                **base,
+                "resource_id": inst["resource_id"],
+                "resource_kind": "ec2_instance",
+                "deployment_type": deployment,
+                "region": inst["region"],
+                "zone": inst["zone"],
+                "instance_type": inst["instance_type"],
+                "state": inst["state"],
+                "platform": inst["platform"],
+                "architecture": "arm64" if inst["instance_type"].split(".")[0].endswith("g") else "x86_64",
+                "lifecycle": inst["lifecycle"],
+                "launch_time": datetime.fromisoformat(inst["launch_time"]).astimezone(UTC),
+                "parent_id": _parent_of(tags),
+                **_tag_columns(tags),
+                "attributes": json.dumps({"cwagent_memory": inst["cwagent"]}),
+            })
+        region = account["regions"][0]
+        for item in account["groups"] + account["other"]:
+            attributes = {k: v for k, v in item.items() if k not in ("resource_kind", "resource_id", "parent_id")}
+            rows.append({
+                **base,
+                "resource_id": item["resource_id"],
+                "resource_kind": item["resource_kind"],
+                "deployment_type": None,
+                "region": region,
+                "zone": f"{region}{item['zone_suffix']}" if "zone_suffix" in item else None,
+                "instance_type": item.get("instance_type"),
+                "state": item.get("state", "active"),
+                "parent_id": item.get("parent_id"),
+                "name": item.get("name"), "env": None, "team": None, "service": None, "tags": "{}",
+                "attributes": json.dumps(attributes, sort_keys=True),
+            })
+        table = pa.Table.from_pylist(rows, schema=RESOURCES) if rows else empty_table(RESOURCES)
+        kinds: dict[str, int] = {}
+        for row in rows:
+            kinds[row["resource_kind"]] = kinds.get(row["resource_kind"], 0) + 1
+        return Collected(conform(table, RESOURCES, "resources"), {"resources_by_kind": kinds})
+
+    def collect_metrics(self, account_id: str, day: date) -> Collected:
+        self._account(account_id, day)
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        table = con.sql(
+            f"""
+            SELECT account_id, CAST($day AS DATE) AS date, resource_id, ts, cpu_pct, cpu_max_pct, mem_pct,
+                   CAST(NULL AS DOUBLE) AS net_in_bytes, CAST(NULL AS DOUBLE) AS net_out_bytes,
+                   '{self.name}' AS source
+            FROM read_parquet($path)
+            WHERE account_id = $account AND ts >= $start AND ts < $end
+            ORDER BY resource_id, ts
+            """,
+            params={"day": day, "path": str(self.data_dir / "metrics.parquet"), "account": account_id,
+                    "start": start, "end": start + timedelta(days=1)},
+        ).to_arrow_table()
+        return Collected(
+            conform(table, UTILIZATION_5M, "utilization_5m"),
+            {"samples": table.num_rows, "series": len(set(table.column("resource_id").to_pylist()))},
+        )
+
+
+def _tag_columns(tags: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": tags.get("Name"),
+        "env": first_tag(tags, ENV_TAG_KEYS),
+        "team": first_tag(tags, TEAM_TAG_KEYS),
+        "service": first_tag(tags, SERVICE_TAG_KEYS),
+        "tags": tags_json(tags),
+    }
+
+
+def _parent_of(tags: dict[str, str]) -> str | None:
+    for key in ("aws:elasticmapreduce:job-flow-id", "eks:cluster-name", "aws:ecs:clusterName", "aws:autoscaling:groupName"):
+        if key in tags:
+            return tags[key]
+    return None

@@ -1,0 +1,1 @@
+"""The dbt_like_sql runner (no Dagster here)."""

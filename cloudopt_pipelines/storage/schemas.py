@@ -1,0 +1,140 @@
+"""Arrow schemas of the lake tables: the analysts' contract, column by column.
+
+Every partition file of a table is written with exactly its schema here, so that DuckDB views over
+all partitions never see two shapes of one table. ``docs/warehouse.md`` documents each column.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+PRICE_CATALOG = pa.schema(
+    [
+        ("region", pa.string()),
+        ("instance_type", pa.string()),
+        ("vcpu", pa.int32()),
+        ("memory_gib", pa.float64()),
+        ("architecture", pa.string()),
+        ("family", pa.string()),
+        ("generation", pa.string()),
+        ("burstable", pa.bool_()),
+        ("network_performance", pa.string()),
+        ("gpu_count", pa.int32()),
+        ("ondemand_usd_per_hour", pa.float64()),
+        ("spot_usd_per_hour", pa.float64()),
+        ("spot_savings_pct", pa.float64()),
+        ("spot_interruption_band", pa.string()),
+        ("source", pa.string()),
+        ("as_of", pa.date32()),
+        ("ondemand_is_estimate", pa.bool_()),
+        ("spot_is_estimate", pa.bool_()),
+        ("is_estimate", pa.bool_()),
+    ]
+)
+
+RESERVED_PRICES = pa.schema(
+    [
+        ("region", pa.string()),
+        ("instance_type", pa.string()),
+        ("term_years", pa.int32()),
+        ("offering_class", pa.string()),
+        ("payment_option", pa.string()),
+        ("effective_usd_per_hour", pa.float64()),
+        ("ondemand_usd_per_hour", pa.float64()),
+        ("discount_pct", pa.float64()),
+        ("source", pa.string()),
+        ("as_of", pa.date32()),
+        ("is_estimate", pa.bool_()),
+    ]
+)
+
+# One row per resource seen in an account on a day. Kind-specific fields live in ``attributes``
+# (a JSON object) so that one table covers instances, groups, clusters, volumes and addresses.
+RESOURCES = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("resource_id", pa.string()),
+        ("resource_kind", pa.string()),
+        ("deployment_type", pa.string()),
+        ("region", pa.string()),
+        ("zone", pa.string()),
+        ("instance_type", pa.string()),
+        ("state", pa.string()),
+        ("platform", pa.string()),
+        ("architecture", pa.string()),
+        ("lifecycle", pa.string()),
+        ("launch_time", TS),
+        ("parent_id", pa.string()),
+        ("name", pa.string()),
+        ("env", pa.string()),
+        ("team", pa.string()),
+        ("service", pa.string()),
+        ("tags", pa.string()),
+        ("attributes", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+UTILIZATION_5M = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("resource_id", pa.string()),
+        ("ts", TS),
+        ("cpu_pct", pa.float64()),
+        ("cpu_max_pct", pa.float64()),
+        ("mem_pct", pa.float64()),
+        ("net_in_bytes", pa.float64()),
+        ("net_out_bytes", pa.float64()),
+        ("source", pa.string()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "price_catalog": PRICE_CATALOG,
+    "reserved_prices": RESERVED_PRICES,
+    "resources": RESOURCES,
+    "utilization_5m": UTILIZATION_5M,
+}
+
+RESOURCE_KINDS = (
+    "ec2_instance",
+    "ebs_volume",
+    "elastic_ip",
+    "asg",
+    "ecs_cluster",
+    "ecs_service",
+    "emr_cluster",
+    "eks_cluster",
+    "eks_nodegroup",
+)
+
+DEPLOYMENT_TYPES = ("standalone", "asg", "kubernetes", "ecs", "emr")
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A zero-row table of ``schema``: what an empty account or day writes."""
+    return schema.empty_table()
+
+
+def conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
+    """Cast ``table`` to ``schema`` (column order and types), naming what is missing or wrong."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"table '{table_name}' is missing column(s) {missing}; "
+            f"the collector must return every column of the schema in storage/schemas.py"
+        )
+    extra = [c for c in table.column_names if c not in schema.names]
+    if extra:
+        raise ValueError(
+            f"table '{table_name}' has column(s) {extra} not in its schema; "
+            f"add them to storage/schemas.py and docs/warehouse.md first"
+        )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"table '{table_name}' does not fit its schema: {exc}") from exc

@@ -1,0 +1,49 @@
+"""The summary printed at the end of ``make demo``: what ran, what was found, where to look next."""
+
+import duckdb
+
+from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.orchestration import RangeResult
+from cloudopt_pipelines.storage.lake import Lake
+
+
+def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sql: str) -> str:
+    """A short report: partitions, resources analysed, top recommendations, warehouse and a query to try."""
+    lake = Lake(settings.lake_dir)
+    con = duckdb.connect()
+    lines = [
+        f"Partitions: {len(result.outcomes) - len(result.failed)}/{len(result.outcomes)} materialised "
+        f"({len(result.accounts)} accounts x {len(result.days)} days) in {seconds:.0f} s",
+    ]
+    if lake.exists("resources"):
+        kinds = con.execute(
+            f"SELECT resource_kind, coalesce(deployment_type, '-') AS dt, count(DISTINCT resource_id) "
+            f"FROM read_parquet('{lake.glob('resources')}', hive_partitioning = false) GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        total = sum(n for _, _, n in kinds)
+        detail = ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in kinds)
+        lines.append(f"Resources analysed: {total}: {detail}")
+    if lake.exists("utilization_daily"):
+        samples, series = con.execute(
+            f"SELECT sum(samples), count(DISTINCT resource_id) "
+            f"FROM read_parquet('{lake.glob('utilization_daily')}', hive_partitioning = false)"
+        ).fetchone()
+        lines.append(f"Utilisation: {samples:,} 5-minute samples over {series} instances")
+    if lake.exists("recommendations"):
+        top = con.execute(
+            f"SELECT account_id, resource_id, action, proposed_config, monthly_savings_usd "
+            f"FROM read_parquet('{lake.glob('recommendations')}', hive_partitioning = false) "
+            f"WHERE date = (SELECT max(date) FROM read_parquet('{lake.glob('recommendations')}', "
+            f"hive_partitioning = false)) ORDER BY monthly_savings_usd DESC LIMIT 5"
+        ).fetchall()
+        if top:
+            lines.append("Top recommendations (latest day, $ per month):")
+            lines += [f"  {a} {r} {act} -> {p}: ${s:,.2f}" for a, r, act, p, s in top]
+    lines += [
+        f"Warehouse: {settings.warehouse_path}",
+        f"Try:       cloudopt sql \"{try_sql}\"",
+        f"      or   python -c \"import duckdb; print(duckdb.connect('{settings.warehouse_path}', "
+        f"read_only=True).sql('FROM fleet_daily LIMIT 5'))\"",
+        "UI:        make dev   (then open http://127.0.0.1:3000)",
+    ]
+    return "\n".join(lines)
