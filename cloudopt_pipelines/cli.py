@@ -42,7 +42,8 @@ def run(
     start: Annotated[str, typer.Option("--start", help="First UTC day, YYYY-MM-DD.")],
     end: Annotated[str, typer.Option("--end", help="Last UTC day (inclusive), YYYY-MM-DD.")],
     accounts: Annotated[
-        str | None, typer.Option("--accounts", help="Comma-separated 12-digit account ids (default: all the source reaches).")
+        str | None,
+        typer.Option("--accounts", help="Comma-separated 12-digit account ids (default: all the source reaches)."),
     ] = None,
     refresh_catalog: Annotated[bool, typer.Option(help="Rebuild the price catalogue first.")] = False,
 ) -> None:
@@ -131,9 +132,8 @@ def info() -> None:
     typer.echo(f"warehouse      {settings.warehouse_path}")
     typer.echo(f"DAGSTER_HOME   {settings.dagster_home}")
     lake = Lake(settings.lake_dir)
-    if settings.lake_dir.exists():
-        for table in sorted(p.name for p in settings.lake_dir.iterdir() if p.is_dir()):
-            typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
+    for table in lake.tables():
+        typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
 
 
 def main() -> None:  # pragma: no cover - console entry point
@@ -141,4 +141,3 @@ def main() -> None:  # pragma: no cover - console entry point
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-

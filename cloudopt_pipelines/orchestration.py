@@ -5,7 +5,6 @@ as a backfill launches them, then the warehouse refresh. Every run is recorded i
 the Dagster UI shows the same materialisations afterwards.
 """
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -61,8 +60,7 @@ def ensure_instance(settings: Settings) -> dg.DagsterInstance:
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def register_accounts(instance: dg.DagsterInstance, accounts: list[str]) -> list[str]:
@@ -114,7 +112,9 @@ def run_range(
 
     if refresh_catalog or not lake.exists("price_catalog"):
         progress("building the price catalogue ...")
-        outcome = defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+        outcome = defs.resolve_job_def(CATALOG_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config
+        )
         if not outcome.success:
             raise RuntimeError(f"the price catalogue failed to build: {_first_error(outcome)}")
 
@@ -134,7 +134,9 @@ def run_range(
         progress(f"[{n}/{total}] {day} account {account}: {status}")
 
     progress("refreshing the warehouse ...")
-    outcome = defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+    outcome = defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config
+    )
     if not outcome.success:
         raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
     result.warehouse_path = settings.warehouse_path

@@ -41,7 +41,7 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
             lines += [f"  {a} {r} {act} -> {p}: ${s:,.2f}" for a, r, act, p, s in top]
     lines += [
         f"Warehouse: {settings.warehouse_path}",
-        f"Try:       cloudopt sql \"{try_sql}\"",
+        f'Try:       cloudopt sql "{try_sql}"',
         f"      or   python -c \"import duckdb; print(duckdb.connect('{settings.warehouse_path}', "
         f"read_only=True).sql('FROM fleet_daily LIMIT 5'))\"",
         "UI:        make dev   (then open http://127.0.0.1:3000)",

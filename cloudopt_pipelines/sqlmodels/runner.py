@@ -124,9 +124,7 @@ def load_models(models_dir: Path, source_tables: set[str]) -> list[SqlModel]:
     for model in models.values():
         unknown = [r for r in model.refs if r not in known]
         if unknown:
-            raise ModelError(
-                f"model '{model.name}' refs unknown table(s) {unknown}; known: {', '.join(sorted(known))}"
-            )
+            raise ModelError(f"model '{model.name}' refs unknown table(s) {unknown}; known: {', '.join(sorted(known))}")
         graph[model.name] = {d for d in model.dependencies(known) if d in models}
     try:
         order = list(graph_order(graph))
@@ -168,9 +166,11 @@ def run_model(
         dep_account = account_id if partitioning == "account_date" else None
         dep_day = day if partitioning in ("account_date", "date") else None
         path = lake.partition_file(dep, dep_account, dep_day)
-        if not path.exists():
+        if path is None:
             lake.read(dep, dep_account, dep_day)  # raises the error that names the missing partition
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet('{path}', hive_partitioning = false)")
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet('{path}', hive_partitioning = false)"
+        )
     sql = _VAR.sub(lambda m: _literal(m.group(1), account_id, day, model), model.render())
     try:
         result = con.sql(sql).to_arrow_table()

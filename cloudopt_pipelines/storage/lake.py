@@ -1,15 +1,22 @@
-"""The Parquet lake: one file per table partition, replaced atomically.
+"""The Parquet lake: one immutable file per table partition, swapped in atomically.
 
-Layout: ``<lake>/<table>/account_id=<id>/date=<YYYY-MM-DD>/data.parquet`` for account x day
-tables, ``<lake>/<table>/date=<YYYY-MM-DD>/data.parquet`` for day tables and
-``<lake>/<table>/data.parquet`` for unpartitioned ones. A partition is written beside its final
-name as a hidden temporary file and moved into place with ``os.replace``: readers see the old file
-or the new one, never half of one, and writers of different partitions never share a path.
+Layout: ``<lake>/<table>/account_id=<id>/date=<YYYY-MM-DD>/part-<uuid>.parquet`` for account x day
+tables, ``<lake>/<table>/date=<YYYY-MM-DD>/part-<uuid>.parquet`` for day tables and
+``<lake>/<table>/part-<uuid>.parquet`` for unpartitioned ones.
+
+A write builds the new partition directory under ``<lake>/.staging`` and then swaps it with the
+live one in a single ``renameat2(RENAME_EXCHANGE)`` (plain ``rename`` for a first write). A reader
+therefore sees the old partition or the new one, never half of one and never both. Files are never
+rewritten in place: DuckDB reopens a file between planning and scanning a query, and a file replaced
+under the same name in between would mix two versions. With a new name per version, a query that
+overlaps a rewrite of the very same partition fails with "file not found" and can simply be rerun.
+Writers of different partitions never share a path, so they run in parallel freely.
 """
 
-from __future__ import annotations
-
+import ctypes
+import errno
 import os
+import shutil
 import uuid
 from datetime import date
 from pathlib import Path
@@ -19,7 +26,25 @@ import pyarrow.parquet as pq
 
 from cloudopt_pipelines.storage.schemas import TABLES, conform
 
-DATA_FILE = "data.parquet"
+STAGING = ".staging"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths; False where the system cannot (then the caller falls back)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} with {b}: {os.strerror(err)}")
 
 
 class Lake:
@@ -39,27 +64,33 @@ class Lake:
             path = path / f"date={_iso(day)}"
         return path
 
-    def partition_file(self, table: str, account_id: str | None = None, day: date | str | None = None) -> Path:
-        return self.partition_dir(table, account_id, day) / DATA_FILE
+    def partition_file(self, table: str, account_id: str | None = None, day: date | str | None = None) -> Path | None:
+        """The live file of one partition, or None when the partition was never written."""
+        directory = self.partition_dir(table, account_id, day)
+        files = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+        return files[0] if files else None
 
     def glob(self, table: str) -> str:
         """The glob that matches every partition file of ``table`` (for DuckDB views)."""
-        base = self.table_dir(table)
         depth = self._partition_depth(table)
-        return str(base.joinpath(*(["*"] * depth), DATA_FILE))
+        return str(self.table_dir(table).joinpath(*(["*"] * depth), "part-*.parquet"))
 
     def _partition_depth(self, table: str) -> int:
         base = self.table_dir(table)
-        if not base.exists():
-            return 0
-        for depth, pattern in ((2, f"*/*/{DATA_FILE}"), (1, f"*/{DATA_FILE}"), (0, DATA_FILE)):
-            if next(base.glob(pattern), None) is not None:
+        for depth, pattern in ((2, "*/*/part-*.parquet"), (1, "*/part-*.parquet"), (0, "part-*.parquet")):
+            if base.is_dir() and next(base.glob(pattern), None) is not None:
                 return depth
         return 0
 
     def exists(self, table: str) -> bool:
         base = self.table_dir(table)
-        return base.exists() and next(base.rglob(DATA_FILE), None) is not None
+        return base.is_dir() and next(base.rglob("part-*.parquet"), None) is not None
+
+    def tables(self) -> list[str]:
+        """Every table with at least one partition written."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != STAGING and self.exists(p.name))
 
     def write(
         self,
@@ -70,40 +101,68 @@ class Lake:
         schema: pa.Schema | None = None,
     ) -> Path:
         """Replace one partition of ``table`` with ``data``, atomically; returns the file written."""
+        if not table or "/" in table or table.startswith("."):
+            raise ValueError(f"{table!r} is not a lake table name")
         schema = schema if schema is not None else TABLES.get(table)
         if schema is not None:
             data = conform(data, schema, table)
-        target = self.partition_file(table, account_id, day)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{DATA_FILE}.{uuid.uuid4().hex}.tmp"
+        live = self.partition_dir(table, account_id, day)
+        live.parent.mkdir(parents=True, exist_ok=True)
+        stage = self.root / STAGING / uuid.uuid4().hex
+        stage.mkdir(parents=True)
+        name = f"part-{uuid.uuid4().hex}.parquet"
         try:
-            pq.write_table(data, tmp, compression="zstd")
-            with open(tmp, "rb") as handle:
+            pq.write_table(data, stage / name, compression="zstd")
+            with open(stage / name, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            if live.is_dir() and not _only_parts(live):
+                raise FileExistsError(f"{live} holds files the lake did not write; move them away first")
+            self._swap_in(stage, live)
         finally:
-            if tmp.exists():
-                tmp.unlink()
-        return target
+            shutil.rmtree(stage, ignore_errors=True)
+        return live / name
+
+    def _swap_in(self, stage: Path, live: Path) -> None:
+        if live.is_dir():
+            if _exchange(stage, live):
+                return  # stage now holds the old version and is removed by the caller
+            # No atomic exchange on this file system: hide the old version, then reveal the new one.
+            hidden = stage.with_name(stage.name + ".old")
+            os.rename(live, hidden)
+            os.rename(stage, live)
+            shutil.rmtree(hidden, ignore_errors=True)
+            return
+        try:
+            os.rename(stage, live)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _exchange(stage, live):
+                raise
 
     def read(self, table: str, account_id: str | None = None, day: date | str | None = None) -> pa.Table:
         """Read one partition; a clear error names the partition and how to produce it."""
         path = self.partition_file(table, account_id, day)
-        if not path.exists():
+        if path is None:
             where = ", ".join(p for p in (account_id and f"account {account_id}", day and f"date {_iso(day)}") if p)
             raise FileNotFoundError(
-                f"lake table '{table}' has no partition for {where or 'the whole table'} at {path}; "
-                f"materialise '{table}' for it first (cloudopt run --start ... --end ...)"
+                f"lake table '{table}' has no partition for {where or 'the whole table'} under "
+                f"{self.partition_dir(table, account_id, day)}; materialise '{table}' for it first "
+                "(cloudopt run --start ... --end ...)"
             )
-        return pq.read_table(path)
+        with open(path, "rb") as handle:
+            return pq.read_table(handle)
 
     def partitions(self, table: str) -> list[tuple[str | None, str | None]]:
         """(account_id, date) of every partition written, sorted."""
         found: list[tuple[str | None, str | None]] = []
-        for path in self.table_dir(table).rglob(DATA_FILE):
-            parts = dict(p.split("=", 1) for p in path.relative_to(self.table_dir(table)).parts[:-1] if "=" in p)
+        base = self.table_dir(table)
+        for path in base.rglob("part-*.parquet") if base.is_dir() else []:
+            parts = dict(p.split("=", 1) for p in path.relative_to(base).parts[:-1] if "=" in p)
             found.append((parts.get("account_id"), parts.get("date")))
         return sorted(found, key=lambda key: (key[0] or "", key[1] or ""))
+
+
+def _only_parts(directory: Path) -> bool:
+    return all(p.is_file() and p.name.startswith("part-") for p in directory.iterdir())
 
 
 def _iso(day: date | str) -> str:

@@ -70,14 +70,12 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
         try:
             con = duckdb.connect(str(tmp))
             try:
-                tables = sorted({p.name for p in lake.root.iterdir() if p.is_dir()} if lake.root.exists() else set())
-                for table in tables:
-                    if lake.exists(table):
-                        con.execute(
-                            f"CREATE VIEW {table} AS SELECT * FROM read_parquet("
-                            f"'{lake.glob(table)}', hive_partitioning = false, union_by_name = true)"
-                        )
-                        views.append(table)
+                for table in lake.tables():
+                    con.execute(
+                        f"CREATE VIEW {table} AS SELECT * FROM read_parquet("
+                        f"'{lake.glob(table)}', hive_partitioning = false, union_by_name = true)"
+                    )
+                    views.append(table)
                 for table, schema in TABLES.items():
                     if table not in views:
                         con.execute(f"CREATE VIEW {table} AS {_empty_select(schema)}")
@@ -107,7 +105,7 @@ def _empty_select(schema: pa.Schema) -> str:
     con = duckdb.connect()
     con.register("empty", schema.empty_table())
     described = con.sql("SELECT column_name, column_type FROM (DESCRIBE empty)").fetchall()
-    columns = ", ".join(f"CAST(NULL AS {dtype}) AS \"{name}\"" for name, dtype in described)
+    columns = ", ".join(f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in described)
     return f"SELECT {columns} WHERE false"
 
 

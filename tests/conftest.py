@@ -1,0 +1,30 @@
+"""Shared fixtures: a temporary CLOUDOPT_HOME with the demo pipeline run through a real Dagster instance."""
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from cloudopt_pipelines.config import Settings
+
+DEMO_ACCOUNTS = ["123456789012", "210987654321"]
+DEMO_DAYS = [date(2026, 11, 16), date(2026, 11, 17)]
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """CLOUDOPT_HOME after `cloudopt run` over 2 accounts x 2 demo days (shared, treat as read-only)."""
+    from cloudopt_pipelines.orchestration import run_range
+
+    home = tmp_path_factory.mktemp("cloudopt-demo")
+    settings = Settings(home=Path(home), env="demo")
+    result = run_range(DEMO_DAYS[0], DEMO_DAYS[-1], settings=settings, progress=lambda _: None)
+    assert not result.failed, result.failed
+    yield settings
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path) -> Settings:
+    """An empty CLOUDOPT_HOME of the test's own."""
+    return Settings(home=tmp_path / "cloudopt", env="demo")
