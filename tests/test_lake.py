@@ -159,7 +159,7 @@ def test_parallel_writers_of_different_partitions_never_conflict(tmp_path: Path)
         written = pool.map(_write_partition, jobs)
     assert len(set(written)) == len(jobs)
     lake = Lake(tmp_path)
-    for root, account, day in jobs:
+    for _root, account, day in jobs:
         table = lake.read("utilization_5m", account, day)
         assert table.num_rows == 2_000
         assert set(table.column("account_id").to_pylist()) == {account}
