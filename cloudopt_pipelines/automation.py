@@ -1,6 +1,5 @@
 """Jobs, the daily schedule and the sensors that keep accounts and the warehouse current."""
 
-
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg

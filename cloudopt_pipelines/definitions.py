@@ -1,6 +1,5 @@
 """Assemble the Dagster Definitions: assets by stage, jobs, schedule, sensors and resources by environment."""
 
-
 import dagster as dg
 
 from cloudopt_pipelines.assets.features import build_sql_model_assets
@@ -35,10 +34,14 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     upstream = [key for a in raw_assets + sql_assets for key in a.keys]
     warehouse_asset = build_warehouse_asset(upstream)
     account_daily_keys = [
-        key for a in [resources, utilization_5m, *sql_assets] if a.partitions_def == account_daily_partitions
+        key
+        for a in [resources, utilization_5m, *sql_assets]
+        if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
-    daily_job, catalog_job, warehouse_job = build_jobs(account_daily_keys, list(price_catalog.keys), warehouse_asset.key)
+    daily_job, catalog_job, warehouse_job = build_jobs(
+        account_daily_keys, list(price_catalog.keys), warehouse_asset.key
+    )
     return dg.Definitions(
         assets=[*raw_assets, *sql_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job],

@@ -15,7 +15,7 @@ import dagster as dg
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
 from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.definitions import build_definitions, source_for
-from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
+from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key, daily_partitions
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.storage.lake import Lake
 
@@ -73,8 +73,16 @@ def register_accounts(instance: dg.DagsterInstance, accounts: list[str]) -> list
 
 
 def day_range(start: date, end: date) -> list[date]:
+    """Every day from start to end, checked against the daily partitions (complete UTC days only)."""
     if end < start:
         raise ValueError(f"--end {end} is before --start {start}")
+    first = date.fromisoformat(daily_partitions.get_first_partition_key())
+    last_key = daily_partitions.get_last_partition_key()
+    last = date.fromisoformat(last_key) if last_key else first
+    if start < first:
+        raise ValueError(f"--start {start} is before the first partition {first} (set CLOUDOPT_START_DATE earlier)")
+    if end > last:
+        raise ValueError(f"--end {end} is not a complete UTC day yet: the latest partition is {last}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
@@ -92,11 +100,11 @@ def run_range(
     quiet: bool = True,
 ) -> RangeResult:
     """Materialise every account x day in [start, end], then refresh the warehouse."""
+    days = day_range(start, end)
     settings = settings or load_settings()
     source = source or source_for(settings)
     defs = build_definitions(settings, source)
     instance = ensure_instance(settings)
-    days = day_range(start, end)
     accounts = sorted(accounts) if accounts else source.get_collector().list_accounts()
     if not accounts:
         raise ValueError(

@@ -1,6 +1,5 @@
 """Partitions: every account x UTC day, and UTC days alone for the cross-account plan."""
 
-
 import os
 from datetime import date
 

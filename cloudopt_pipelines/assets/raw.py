@@ -1,6 +1,5 @@
 """Raw stage: the price catalogue, and each account's inventory and 5-minute metrics per day."""
 
-
 import dagster as dg
 import pyarrow as pa
 
@@ -63,7 +62,9 @@ def resources(context: dg.AssetExecutionContext, source: SourceResource, lake: L
         metadata={
             "dagster/row_count": collected.table.num_rows,
             "path": dg.MetadataValue.path(str(path)),
-            "preview": dg.MetadataValue.md(_preview(collected.table, ["resource_id", "resource_kind", "deployment_type", "instance_type", "env"])),
+            "preview": dg.MetadataValue.md(
+                _preview(collected.table, ["resource_id", "resource_kind", "deployment_type", "instance_type", "env"])
+            ),
             **_flat(collected.metadata),
         }
     )
@@ -75,7 +76,9 @@ def resources(context: dg.AssetExecutionContext, source: SourceResource, lake: L
     kinds={"parquet", "aws"},
     group_name="raw",
 )
-def utilization_5m(context: dg.AssetExecutionContext, source: SourceResource, lake: LakeResource) -> dg.MaterializeResult:
+def utilization_5m(
+    context: dg.AssetExecutionContext, source: SourceResource, lake: LakeResource
+) -> dg.MaterializeResult:
     """5-minute CPU (average and maximum), memory and network samples of one account's instances
     on one day, as the source reported them (gaps and duplicates kept for the features stage)."""
     account_id, day = split_account_day(context)

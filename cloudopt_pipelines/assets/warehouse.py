@@ -1,6 +1,5 @@
 """Warehouse stage: the DuckDB file analysts query."""
 
-
 import dagster as dg
 
 from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource

@@ -165,9 +165,7 @@ class PriceCatalog:
     """Look-ups over a built catalogue, with errors that name the missing type and region."""
 
     def __init__(self, table: pa.Table) -> None:
-        self._rows = {
-            (row["region"], row["instance_type"]): row for row in table.to_pylist()
-        }
+        self._rows = {(row["region"], row["instance_type"]): row for row in table.to_pylist()}
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._rows

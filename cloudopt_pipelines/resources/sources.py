@@ -1,6 +1,5 @@
 """The source of inventory and metrics, chosen by CLOUDOPT_ENV."""
 
-
 import dagster as dg
 
 from cloudopt_pipelines.sources.base import Collector

@@ -1,6 +1,5 @@
 """Resources for the Parquet lake and the DuckDB warehouse."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path

@@ -73,45 +73,63 @@ class DemoCollector:
     def collect_inventory(self, account_id: str, day: date) -> Collected:
         account = self._account(account_id, day)
         rows: list[dict[str, Any]] = []
-        base = {"account_id": account_id, "date": day, "source": self.name, "platform": None,
-                "architecture": None, "lifecycle": None, "launch_time": None, "state": None,
-                "instance_type": None, "zone": None, "parent_id": None}
+        base = {
+            "account_id": account_id,
+            "date": day,
+            "source": self.name,
+            "platform": None,
+            "architecture": None,
+            "lifecycle": None,
+            "launch_time": None,
+            "state": None,
+            "instance_type": None,
+            "zone": None,
+            "parent_id": None,
+        }
         for inst in account["instances"]:
             tags = inst["tags"]
             deployment = classify_deployment(tags)
-            rows.append({
-                **base,
-                "resource_id": inst["resource_id"],
-                "resource_kind": "ec2_instance",
-                "deployment_type": deployment,
-                "region": inst["region"],
-                "zone": inst["zone"],
-                "instance_type": inst["instance_type"],
-                "state": inst["state"],
-                "platform": inst["platform"],
-                "architecture": "arm64" if inst["instance_type"].split(".")[0].endswith("g") else "x86_64",
-                "lifecycle": inst["lifecycle"],
-                "launch_time": datetime.fromisoformat(inst["launch_time"]).astimezone(UTC),
-                "parent_id": _parent_of(tags),
-                **_tag_columns(tags),
-                "attributes": json.dumps({"cwagent_memory": inst["cwagent"]}),
-            })
+            rows.append(
+                {
+                    **base,
+                    "resource_id": inst["resource_id"],
+                    "resource_kind": "ec2_instance",
+                    "deployment_type": deployment,
+                    "region": inst["region"],
+                    "zone": inst["zone"],
+                    "instance_type": inst["instance_type"],
+                    "state": inst["state"],
+                    "platform": inst["platform"],
+                    "architecture": "arm64" if inst["instance_type"].split(".")[0].endswith("g") else "x86_64",
+                    "lifecycle": inst["lifecycle"],
+                    "launch_time": datetime.fromisoformat(inst["launch_time"]).astimezone(UTC),
+                    "parent_id": _parent_of(tags),
+                    **_tag_columns(tags),
+                    "attributes": json.dumps({"cwagent_memory": inst["cwagent"]}),
+                }
+            )
         region = account["regions"][0]
         for item in account["groups"] + account["other"]:
             attributes = {k: v for k, v in item.items() if k not in ("resource_kind", "resource_id", "parent_id")}
-            rows.append({
-                **base,
-                "resource_id": item["resource_id"],
-                "resource_kind": item["resource_kind"],
-                "deployment_type": None,
-                "region": region,
-                "zone": f"{region}{item['zone_suffix']}" if "zone_suffix" in item else None,
-                "instance_type": item.get("instance_type"),
-                "state": item.get("state", "active"),
-                "parent_id": item.get("parent_id"),
-                "name": item.get("name"), "env": None, "team": None, "service": None, "tags": "{}",
-                "attributes": json.dumps(attributes, sort_keys=True),
-            })
+            rows.append(
+                {
+                    **base,
+                    "resource_id": item["resource_id"],
+                    "resource_kind": item["resource_kind"],
+                    "deployment_type": None,
+                    "region": region,
+                    "zone": f"{region}{item['zone_suffix']}" if "zone_suffix" in item else None,
+                    "instance_type": item.get("instance_type"),
+                    "state": item.get("state", "active"),
+                    "parent_id": item.get("parent_id"),
+                    "name": item.get("name"),
+                    "env": None,
+                    "team": None,
+                    "service": None,
+                    "tags": "{}",
+                    "attributes": json.dumps(attributes, sort_keys=True),
+                }
+            )
         table = pa.Table.from_pylist(rows, schema=RESOURCES) if rows else empty_table(RESOURCES)
         kinds: dict[str, int] = {}
         for row in rows:
@@ -132,8 +150,13 @@ class DemoCollector:
             WHERE account_id = $account AND ts >= $start AND ts < $end
             ORDER BY resource_id, ts
             """,
-            params={"day": day, "path": str(self.data_dir / "metrics.parquet"), "account": account_id,
-                    "start": start, "end": start + timedelta(days=1)},
+            params={
+                "day": day,
+                "path": str(self.data_dir / "metrics.parquet"),
+                "account": account_id,
+                "start": start,
+                "end": start + timedelta(days=1),
+            },
         ).to_arrow_table()
         return Collected(
             conform(table, UTILIZATION_5M, "utilization_5m"),
@@ -152,7 +175,12 @@ def _tag_columns(tags: dict[str, str]) -> dict[str, Any]:
 
 
 def _parent_of(tags: dict[str, str]) -> str | None:
-    for key in ("aws:elasticmapreduce:job-flow-id", "eks:cluster-name", "aws:ecs:clusterName", "aws:autoscaling:groupName"):
+    for key in (
+        "aws:elasticmapreduce:job-flow-id",
+        "eks:cluster-name",
+        "aws:ecs:clusterName",
+        "aws:autoscaling:groupName",
+    ):
         if key in tags:
             return tags[key]
     return None
