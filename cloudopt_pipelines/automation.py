@@ -6,6 +6,7 @@ import dagster as dg
 
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_daily_partitions, account_day_key
 from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
 
 DAILY_JOB = "daily_pipeline"
 CATALOG_JOB = "refresh_price_catalog"
@@ -40,26 +41,34 @@ def yesterday_requests(accounts: list[str], now: datetime) -> list[dg.RunRequest
 
 
 @dg.schedule(job_name=DAILY_JOB, cron_schedule="0 4 * * *", execution_timezone="UTC")
-def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext):
-    """At 04:00 UTC, materialise yesterday for every registered account (CloudWatch has settled by then)."""
-    accounts = context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)
-    if not accounts:
+def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext, source: SourceResource):
+    """At 04:00 UTC, materialise yesterday for every registered account that is still active
+    (CloudWatch has settled by then). Suspended accounts keep their history and are skipped."""
+    registered = context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)
+    if not registered:
         return dg.SkipReason("no accounts registered yet: turn on the account_discovery sensor or run 'cloudopt run'")
-    return yesterday_requests(accounts, context.scheduled_execution_time or datetime.now(UTC))
+    statuses = source.get_collector().list_account_statuses()
+    active = [a for a in registered if statuses.get(a, "ACTIVE") in SCHEDULABLE_STATUSES]
+    if not active:
+        return dg.SkipReason(f"none of the {len(registered)} registered accounts is active")
+    return yesterday_requests(active, context.scheduled_execution_time or datetime.now(UTC))
 
 
 @dg.sensor(minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
 def account_discovery(context: dg.SensorEvaluationContext, source: SourceResource):
     """Register the accounts the source can reach as partitions (demo: the embedded fleet; AWS:
-    CLOUDOPT_ACCOUNTS or AWS Organizations). Accounts that disappear keep their history."""
+    CLOUDOPT_ACCOUNTS or the ACTIVE accounts of AWS Organizations). A suspended account is not
+    registered; one already registered keeps its partitions and history, and the schedule skips it."""
     known = set(context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))
-    found = set(source.get_collector().list_accounts())
+    statuses = source.get_collector().list_account_statuses()
+    found = {account for account, status in statuses.items() if status in SCHEDULABLE_STATUSES}
     new = sorted(found - known)
+    inactive = sorted(a for a in known if a in statuses and statuses[a] not in SCHEDULABLE_STATUSES)
+    if inactive:
+        context.log.info(f"accounts no longer active (kept, not scheduled): {', '.join(inactive)}")
     if not new:
         return dg.SkipReason(f"{len(known)} accounts registered, none new")
-    return dg.SensorResult(
-        dynamic_partitions_requests=[account_partitions_request(new)],
-    )
+    return dg.SensorResult(dynamic_partitions_requests=[account_partitions_request(new)])
 
 
 def account_partitions_request(accounts: list[str]) -> dg.AddDynamicPartitionsRequest:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from cloudopt_pipelines.assets.features import build_sql_model_assets
-from cloudopt_pipelines.assets.raw import price_catalog, resources, utilization_5m
+from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
@@ -30,12 +30,12 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     """All definitions for one CLOUDOPT_HOME and source; tests pass their own."""
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
-    raw_assets = [price_catalog, resources, utilization_5m]
+    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
     upstream = [key for a in raw_assets + sql_assets for key in a.keys]
     warehouse_asset = build_warehouse_asset(upstream)
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, *sql_assets]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]

@@ -93,6 +93,30 @@ def utilization_5m(
     )
 
 
+@dg.asset(
+    key=[RAW_PREFIX, "cluster_metrics_5m"],
+    partitions_def=account_daily_partitions,
+    kinds={"parquet", "aws"},
+    group_name="raw",
+)
+def cluster_metrics_5m(
+    context: dg.AssetExecutionContext, source: SourceResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    """5-minute CloudWatch series of one account's ECS clusters and services (CPU and memory
+    utilisation and reservation) and EMR clusters (YARN memory, pending containers, running apps,
+    node counts, idle) on one day, long format, as the source reported them."""
+    account_id, day = split_account_day(context)
+    collected = source.get_collector().collect_cluster_metrics(account_id, day)
+    path = lake.get_lake().write("cluster_metrics_5m", collected.table, account_id, day)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": collected.table.num_rows,
+            "path": dg.MetadataValue.path(str(path)),
+            **_flat(collected.metadata),
+        }
+    )
+
+
 def _preview(table: pa.Table, columns: list[str], rows: int = 10) -> str:
     if table.num_rows == 0:
         return "_no rows_"

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+SCHEDULABLE_STATUSES = frozenset({"ACTIVE", "CONFIGURED"})
 ENV_TAG_KEYS = ("env", "environment", "Environment")
 TEAM_TAG_KEYS = ("team", "Team", "owner", "Owner")
 SERVICE_TAG_KEYS = ("service", "Service", "app", "App")
@@ -38,6 +39,14 @@ class Collector(Protocol):
 
     def collect_metrics(self, account_id: str, day: date) -> Collected:
         """Rows of the ``utilization_5m`` table (schema in storage/schemas.py)."""
+        ...
+
+    def collect_cluster_metrics(self, account_id: str, day: date) -> Collected:
+        """Rows of the ``cluster_metrics_5m`` table: ECS and EMR cluster series (schema in storage/schemas.py)."""
+        ...
+
+    def list_account_statuses(self) -> dict[str, str]:
+        """Every account the source knows with its status; only ACTIVE or CONFIGURED ones are scheduled."""
         ...
 
 

@@ -25,7 +25,7 @@ from cloudopt_pipelines.sources.base import (
     first_tag,
     tags_json,
 )
-from cloudopt_pipelines.storage.schemas import RESOURCES, UTILIZATION_5M, conform, empty_table
+from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform, empty_table
 
 DEMO_DATA = Path(str(resources.files("cloudopt_pipelines.demo") / "data"))
 
@@ -56,6 +56,14 @@ class DemoCollector:
 
     def list_accounts(self) -> list[str]:
         return sorted(a["account_id"] for a in self.fleet["accounts"])
+
+    def list_account_statuses(self) -> dict[str, str]:
+        return {account: "ACTIVE" for account in self.list_accounts()}
+
+    def collect_cluster_metrics(self, account_id: str, day: date) -> Collected:
+        """No public trace has ECS or EMR CloudWatch series, so the demo has none (an empty partition)."""
+        self._account(account_id, day)
+        return Collected(empty_table(CLUSTER_METRICS_5M), {"series": 0, "note": "no ship-ok cluster trace"})
 
     def _account(self, account_id: str, day: date) -> dict[str, Any]:
         if day not in self.days:

@@ -93,11 +93,28 @@ UTILIZATION_5M = pa.schema(
     ]
 )
 
+# CloudWatch series of clusters (ECS cluster and service utilisation and reservation, EMR YARN and
+# node counts), long format: one row per series point.
+CLUSTER_METRICS_5M = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("resource_id", pa.string()),
+        ("ts", TS),
+        ("namespace", pa.string()),
+        ("metric", pa.string()),
+        ("stat", pa.string()),
+        ("value", pa.float64()),
+        ("source", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "price_catalog": PRICE_CATALOG,
     "reserved_prices": RESERVED_PRICES,
     "resources": RESOURCES,
     "utilization_5m": UTILIZATION_5M,
+    "cluster_metrics_5m": CLUSTER_METRICS_5M,
 }
 
 RESOURCE_KINDS = (

@@ -1,0 +1,1250 @@
+"""The AWS collector: inventory and CloudWatch metrics of many accounts and regions, with boto3 only.
+
+One ``AwsCollector`` reaches every account the same way: it assumes the configured read-only role in
+each account (credentials cached per account and refreshed before they expire) and builds one boto3
+client per account, region and service, lazily. Every paginated API is followed to the end; every
+failure comes back as a ``CollectorError`` that names the endpoint, account, region, API call and
+the fix. The IAM actions called here are exactly those in ``docs/iam/collector-readonly-policy.json``
+(a test keeps the two in step). This module never imports Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import boto3
+import botocore.session
+import pyarrow as pa
+from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cloudopt_pipelines.sources.base import (
+    ENV_TAG_KEYS,
+    SCHEDULABLE_STATUSES,
+    SERVICE_TAG_KEYS,
+    TEAM_TAG_KEYS,
+    Collected,
+    classify_deployment,
+    first_tag,
+    tags_json,
+)
+from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform
+
+log = logging.getLogger(__name__)
+
+SOURCE = "aws"
+PERIOD_SECONDS = 300
+MAX_QUERIES_PER_CALL = 500  # the GetMetricData limit on MetricDataQueries per request
+DEFAULT_ROLE_SESSION_NAME = "cloudopt-collector"
+# What list_account_statuses() returns for ids given in CLOUDOPT_ACCOUNTS (not looked up).
+CONFIGURED = "CONFIGURED"
+
+EMR_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
+ECS_CLUSTER_METRICS = ("CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation")
+ECS_SERVICE_METRICS = ("CPUUtilization", "MemoryUtilization")
+EMR_METRICS = (
+    "YARNMemoryAvailablePercentage",
+    "ContainerPending",
+    "AppsRunning",
+    "CoreNodesRunning",
+    "TaskNodesRunning",
+    "IsIdle",
+)
+# (namespace, metric, stat) -> utilization_5m column, for EC2 instances.
+EC2_SERIES = (
+    ("AWS/EC2", "CPUUtilization", "Average", "cpu_pct"),
+    ("AWS/EC2", "CPUUtilization", "Maximum", "cpu_max_pct"),
+    ("AWS/EC2", "NetworkIn", "Sum", "net_in_bytes"),
+    ("AWS/EC2", "NetworkOut", "Sum", "net_out_bytes"),
+)
+MEM_SERIES = ("CWAgent", "mem_used_percent", "Average", "mem_pct")
+PERCENT_COLUMNS = ("cpu_pct", "cpu_max_pct", "mem_pct")
+
+
+class CollectorError(RuntimeError):
+    """An AWS call failed; the message names the endpoint, account, region, API call and the fix."""
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """Everything the collector needs to reach AWS; no secrets (boto3 finds credentials itself)."""
+
+    regions: tuple[str, ...] = ("us-east-1",)
+    accounts: tuple[str, ...] = ()
+    endpoint_url: str | None = None
+    profile: str | None = None
+    assume_role: str | None = None
+    external_id: str | None = None
+    role_session_name: str = DEFAULT_ROLE_SESSION_NAME
+    role_duration_seconds: int = 3600
+    credential_refresh_margin_seconds: int = 300
+    retry_mode: str = "adaptive"
+    max_attempts: int = 10
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    max_pool_connections: int = 20
+    page_size: int | None = None
+    region_concurrency: int = 4
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
+        """Read ``CLOUDOPT_ACCOUNTS``, ``CLOUDOPT_REGIONS``, ``CLOUDOPT_ASSUME_ROLE``,
+        ``CLOUDOPT_EXTERNAL_ID`` and the usual AWS variables (``AWS_PROFILE``, ``AWS_REGION`` /
+        ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_MAX_ATTEMPTS``)."""
+        env = os.environ if environ is None else environ
+        regions = _split(env.get("CLOUDOPT_REGIONS", "")) or [
+            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        ]
+        accounts = _parse_accounts(env.get("CLOUDOPT_ACCOUNTS", ""))
+        return cls(
+            regions=tuple(regions),
+            accounts=tuple(accounts),
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            profile=env.get("AWS_PROFILE") or None,
+            assume_role=env.get("CLOUDOPT_ASSUME_ROLE") or None,
+            external_id=env.get("CLOUDOPT_EXTERNAL_ID") or None,
+            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts),
+        )
+
+    def role_arn(self, account_id: str, partition: str = "aws") -> str | None:
+        """The role to assume in ``account_id``: a name, an ARN or an ARN template with ``{account_id}``."""
+        role = (self.assume_role or "").strip()
+        if not role:
+            return None
+        if "{account_id}" in role:
+            return role.format(account_id=account_id)
+        if role.startswith("arn:"):
+            return role
+        return f"arn:{partition}:iam::{account_id}:role/{role}"
+
+
+@dataclass
+class _CallStats:
+    """API calls made for one partition (shared by the worker threads of that partition)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_call(self, name: str) -> None:
+        with self.lock:
+            self.calls[name] += 1
+
+    def add_retries(self, n: int) -> None:
+        with self.lock:
+            self.retries += n
+
+
+@dataclass(frozen=True)
+class _Where:
+    account_id: str
+    region: str
+
+
+class _AssumedRoleProvider(CredentialProvider):
+    """A botocore credential provider whose credentials come from ``sts:AssumeRole`` and refresh."""
+
+    METHOD = "cloudopt-assume-role"
+
+    def __init__(self, credentials: RefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> RefreshableCredentials:
+        return self._credentials
+
+
+class AwsCollector:
+    """Collects one AWS account's inventory and metrics for one UTC day, across the configured regions."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        settings: AwsSettings | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings or AwsSettings()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._base_session: boto3.Session | None = None
+        self._caller_account: str | None = None
+        self._sessions: dict[str, boto3.Session] = {}
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._config = Config(
+            retries={"mode": self.settings.retry_mode, "max_attempts": self.settings.max_attempts},
+            connect_timeout=self.settings.connect_timeout_seconds,
+            read_timeout=self.settings.read_timeout_seconds,
+            max_pool_connections=self.settings.max_pool_connections,
+            user_agent_extra="cloudopt-collector",
+        )
+
+    # ----------------------------------------------------------------------------------- accounts
+
+    def list_accounts(self) -> list[str]:
+        """Account ids to collect: ``accounts`` from the settings, else the ACTIVE accounts of the organisation."""
+        statuses = self.list_account_statuses()
+        return sorted(a for a, status in statuses.items() if status in SCHEDULABLE_STATUSES)
+
+    def list_account_statuses(self) -> dict[str, str]:
+        """Every account id with its status (ACTIVE, SUSPENDED, ...; ``CONFIGURED`` when given by settings)."""
+        if self.settings.accounts:
+            return {a: CONFIGURED for a in self.settings.accounts}
+        where = _Where(self.caller_account(), self.settings.regions[0])
+        statuses: dict[str, str] = {}
+        with self._partition(_CallStats()), self._errors(where):
+            organizations = self._base_client("organizations", where.region)
+            for page in organizations.get_paginator("list_accounts").paginate(PaginationConfig=self._pages()):
+                for account in page.get("Accounts", []):
+                    statuses[account["Id"]] = account.get("State") or account.get("Status") or "UNKNOWN"
+        return dict(sorted(statuses.items()))
+
+    def caller_account(self, for_account: str = "(base credentials)") -> str:
+        """The account id of the base credentials (``sts:GetCallerIdentity``), looked up once.
+
+        ``for_account`` is the account being collected, named in the error if the lookup fails.
+        """
+        with self._lock:
+            if self._caller_account is None:
+                region = self.settings.regions[0]
+                with self._errors(_Where(for_account, region)):
+                    sts = self._base_client("sts", region)
+                    self._caller_account = str(sts.get_caller_identity()["Account"])
+            return self._caller_account
+
+    def session_for(self, account_id: str) -> boto3.Session:
+        """A boto3 session for ``account_id``: the base session for its own account, else the assumed role.
+
+        Assumed-role credentials are cached per account and refreshed automatically
+        ``credential_refresh_margin_seconds`` before they expire.
+        """
+        with self._lock:
+            session = self._sessions.get(account_id)
+            if session is not None:
+                return session
+            if account_id == self.caller_account(account_id):
+                session = self._base()
+            else:
+                session = self._assumed_session(account_id)
+            self._sessions[account_id] = session
+            return session
+
+    @property
+    def base_session(self) -> boto3.Session:
+        """The boto3 session of the base credentials (profile or default chain)."""
+        return self._base()
+
+    def _base(self) -> boto3.Session:
+        with self._lock:
+            if self._base_session is None:
+                self._base_session = boto3.Session(
+                    profile_name=self.settings.profile, region_name=self.settings.regions[0]
+                )
+            return self._base_session
+
+    def _assumed_session(self, account_id: str) -> boto3.Session:
+        region = self.settings.regions[0]
+        role_arn = self.settings.role_arn(account_id, _partition(region))
+        if role_arn is None:
+            raise CollectorError(
+                f"account {account_id} is not the account of the base credentials "
+                f"({self.caller_account()}) and no role to assume is configured; "
+                "set CLOUDOPT_ASSUME_ROLE (or AwsResource.assume_role) to the read-only role "
+                "created in every member account (see docs/aws.md)"
+            )
+
+        def fetch() -> dict[str, str]:
+            params: dict[str, Any] = {
+                "RoleArn": role_arn,
+                "RoleSessionName": self.settings.role_session_name,
+                "DurationSeconds": self.settings.role_duration_seconds,
+            }
+            if self.settings.external_id:
+                params["ExternalId"] = self.settings.external_id
+            with self._errors(_Where(account_id, region), role_arn=role_arn):
+                sts = self._base_client("sts", region)
+                creds = sts.assume_role(**params)["Credentials"]
+            log.info("assumed %s for account %s", role_arn, account_id)
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": creds["Expiration"].astimezone(UTC).isoformat(),
+            }
+
+        first = fetch()
+        margin = self.settings.credential_refresh_margin_seconds
+        credentials = RefreshableCredentials(
+            access_key=first["access_key"],
+            secret_key=first["secret_key"],
+            token=first["token"],
+            expiry_time=datetime.fromisoformat(first["expiry_time"]),
+            refresh_using=fetch,
+            method=_AssumedRoleProvider.METHOD,
+            time_fetcher=self._clock,
+            advisory_timeout=margin,
+            mandatory_timeout=max(1, min(margin, 120)),
+        )
+        core = botocore.session.Session()
+        core.register_component("credential_provider", CredentialResolver([_AssumedRoleProvider(credentials)]))
+        return boto3.Session(botocore_session=core, region_name=region)
+
+    # ------------------------------------------------------------------------------------ clients
+
+    def _base_client(self, service: str, region: str) -> Any:
+        return self._client_for("(base)", self._base(), service, region)
+
+    def client(self, account_id: str, service: str, region: str) -> Any:
+        """The cached boto3 client of ``service`` for ``account_id`` in ``region`` (built on first use)."""
+        return self._client_for(account_id, self.session_for(account_id), service, region)
+
+    def _client_for(self, key: str, session: boto3.Session, service: str, region: str) -> Any:
+        with self._lock:
+            cached = self._clients.get((key, service, region))
+            if cached is not None:
+                return cached
+            kwargs: dict[str, Any] = {"region_name": region, "config": self._config}
+            if self.settings.endpoint_url:
+                kwargs["endpoint_url"] = self.settings.endpoint_url
+            client = session.client(service, **kwargs)
+            client.meta.events.register("before-call", self._before_call)
+            client.meta.events.register("after-call", self._after_call)
+            self._clients[(key, service, region)] = client
+            return client
+
+    def _before_call(self, model: Any, **_: Any) -> None:
+        prefix = _iam_prefix(model.service_model.signing_name)
+        self._local.last_call = f"{prefix}:{model.name}"
+        stats: _CallStats | None = getattr(self._local, "stats", None)
+        if stats is not None:
+            stats.add_call(f"{prefix}:{model.name}")
+
+    def _after_call(self, parsed: Mapping[str, Any] | None = None, **_: Any) -> None:
+        stats: _CallStats | None = getattr(self._local, "stats", None)
+        retries = int(((parsed or {}).get("ResponseMetadata") or {}).get("RetryAttempts") or 0)
+        if stats is not None and retries:
+            stats.add_retries(retries)
+
+    def _pages(self) -> dict[str, int]:
+        return {"PageSize": self.settings.page_size} if self.settings.page_size else {}
+
+    # ----------------------------------------------------------------------------------- plumbing
+
+    class _Scope:
+        def __init__(self, collector: AwsCollector, stats: _CallStats) -> None:
+            self.collector, self.stats, self.previous = collector, stats, None
+
+        def __enter__(self) -> _CallStats:
+            self.previous = getattr(self.collector._local, "stats", None)
+            self.collector._local.stats = self.stats
+            return self.stats
+
+        def __exit__(self, *exc: object) -> None:
+            self.collector._local.stats = self.previous
+
+    def _partition(self, stats: _CallStats) -> AwsCollector._Scope:
+        return AwsCollector._Scope(self, stats)
+
+    class _ErrorScope:
+        def __init__(self, collector: AwsCollector, where: _Where, role_arn: str | None) -> None:
+            self.collector, self.where, self.role_arn = collector, where, role_arn
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+            if exc is None or isinstance(exc, CollectorError):
+                return False
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise self.collector._collector_error(exc, self.where, self.role_arn) from None
+            return False
+
+    def _errors(self, where: _Where, role_arn: str | None = None) -> AwsCollector._ErrorScope:
+        return AwsCollector._ErrorScope(self, where, role_arn)
+
+    def _collector_error(self, exc: BotoCoreError | ClientError, where: _Where, role_arn: str | None) -> CollectorError:
+        call = getattr(self._local, "last_call", None) or "(unknown call)"
+        code = ""
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            service = call.split(":", 1)[0]
+            call = f"{service}:{exc.operation_name}"
+        endpoint = getattr(exc, "kwargs", {}).get("endpoint_url") or self._endpoint_for(call, where.region)
+        fix = _fix_for(exc, code, call, where, role_arn)
+        return CollectorError(
+            f"AWS call {call} failed for account {where.account_id} in region {where.region} "
+            f"at endpoint {endpoint}: {_clean(exc)}. Fix: {fix}"
+        )
+
+    def _endpoint_for(self, call: str, region: str) -> str:
+        service = call.split(":", 1)[0]
+        with self._lock:
+            for (_, _service, reg), client in self._clients.items():
+                if reg == region and _iam_prefix(client.meta.service_model.signing_name) == service:
+                    return str(client.meta.endpoint_url)
+        return self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "(default AWS endpoint)"
+
+    def _for_regions(self, account_id: str, work: Callable[[str], Any]) -> list[Any]:
+        """Run ``work(region)`` for every region (a few at a time), keeping region order."""
+        stats = getattr(self._local, "stats", None)
+
+        def run(region: str) -> Any:
+            with self._partition(stats or _CallStats()), self._errors(_Where(account_id, region)):
+                return work(region)
+
+        regions = list(self.settings.regions)
+        workers = max(1, min(self.settings.region_concurrency, len(regions)))
+        if workers == 1:
+            return [run(r) for r in regions]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloudopt-aws") as pool:
+            return list(pool.map(run, regions))
+
+    def _metadata(self, account_id: str, stats: _CallStats, rows: int) -> dict[str, Any]:
+        return {
+            "account_id": account_id,
+            "regions": list(self.settings.regions),
+            "rows": rows,
+            "api_calls": dict(sorted(stats.calls.items())),
+            "api_calls_total": int(sum(stats.calls.values())),
+            "http_retries": int(stats.retries),
+        }
+
+    # ---------------------------------------------------------------------------------- inventory
+
+    def collect_inventory(self, account_id: str, day: date) -> Collected:
+        """Rows of ``resources`` for ``account_id``: instances, groups, clusters, volumes and addresses."""
+        stats = _CallStats()
+        with self._partition(stats):
+            self.session_for(account_id)
+            per_region = self._for_regions(account_id, lambda r: self._inventory_region(account_id, r, day))
+        rows = [row for region_rows in per_region for row in region_rows]
+        table = conform(_table(rows, RESOURCES), RESOURCES, "resources")
+        metadata = self._metadata(account_id, stats, table.num_rows)
+        metadata["rows_by_kind"] = dict(sorted(Counter(r["resource_kind"] for r in rows).items()))
+        metadata["instances_by_deployment_type"] = dict(
+            sorted(Counter(r["deployment_type"] for r in rows if r["resource_kind"] == "ec2_instance").items())
+        )
+        return Collected(table=table, metadata=metadata)
+
+    def _inventory_region(self, account_id: str, region: str, day: date) -> list[dict[str, Any]]:
+        base = {"account_id": account_id, "date": day, "region": region, "source": SOURCE}
+        asgs = self._auto_scaling_groups(account_id, region)
+        ecs_clusters, ecs_services, container_instances = self._ecs(account_id, region)
+        emr_clusters = self._emr(account_id, region)
+        emr_member = self._emr_members(account_id, region, [c["Id"] for c, _ in emr_clusters])
+        eks_clusters, nodegroups = self._eks(account_id, region)
+        instances = self._instances(account_id, region)
+        volumes = self._volumes(account_id, region)
+        addresses = self._unassociated_addresses(account_id, region)
+
+        asg_arn = {g["AutoScalingGroupName"]: g["AutoScalingGroupARN"] for g in asgs}
+        asg_of_instance = {i["InstanceId"]: g["AutoScalingGroupName"] for g in asgs for i in g.get("Instances", [])}
+        nodegroup_of_asg = {
+            a["name"]: ng for ng in nodegroups for a in (ng.get("resources") or {}).get("autoScalingGroups", [])
+        }
+        emr_arn = {c["Id"]: c.get("ClusterArn") or c["Id"] for c, _ in emr_clusters}
+        eks_arn = {c["name"]: c.get("arn") or c["name"] for c in eks_clusters}
+        ecs_member = {ci["ec2InstanceId"]: ci for ci in container_instances if ci.get("ec2InstanceId")}
+
+        rows: list[dict[str, Any]] = []
+        deployment_of: dict[str, str] = {}
+        for inst in instances:
+            iid = inst["InstanceId"]
+            tags = _tags(inst.get("Tags"))
+            # Membership seen through the APIs counts as much as the tags AWS puts on members.
+            seen = dict(tags)
+            if iid in asg_of_instance:
+                seen.setdefault("aws:autoscaling:groupName", asg_of_instance[iid])
+                ng = nodegroup_of_asg.get(seen["aws:autoscaling:groupName"])
+                if ng is not None:
+                    seen.setdefault("eks:cluster-name", ng["clusterName"])
+            if iid in emr_member:
+                seen.setdefault("aws:elasticmapreduce:job-flow-id", emr_member[iid])
+            container = ecs_member.get(iid)
+            deployment = classify_deployment(seen, ecs_member=container is not None)
+            deployment_of[iid] = deployment
+            asg_name = seen.get("aws:autoscaling:groupName")
+            emr_id = seen.get("aws:elasticmapreduce:job-flow-id")
+            eks_name = seen.get("eks:cluster-name") or next(
+                (k.split("/", 3)[-1] for k in seen if k.startswith("kubernetes.io/cluster/")), None
+            )
+            parent = {
+                "emr": emr_arn.get(emr_id or "", emr_id),
+                "kubernetes": eks_arn.get(eks_name or "", eks_name),
+                "ecs": container["clusterArn"] if container else seen.get("aws:ecs:clusterName"),
+                "asg": asg_arn.get(asg_name or "", asg_name),
+                "standalone": None,
+            }[deployment]
+            lifecycle = inst.get("InstanceLifecycle") or "on-demand"
+            attributes = {
+                "auto_scaling_group": asg_name,
+                "ecs_cluster_arn": container["clusterArn"] if container else None,
+                "ecs_container_instance_arn": container["containerInstanceArn"] if container else None,
+                "ecs_registered_resources": _ecs_resources(container, "registeredResources"),
+                "ecs_remaining_resources": _ecs_resources(container, "remainingResources"),
+                "ecs_running_tasks": container.get("runningTasksCount") if container else None,
+                "emr_cluster_id": emr_id,
+                "eks_cluster": eks_name,
+                "eks_nodegroup": seen.get("eks:nodegroup-name"),
+                "image_id": inst.get("ImageId"),
+                "vpc_id": inst.get("VpcId"),
+                "subnet_id": inst.get("SubnetId"),
+                "tenancy": (inst.get("Placement") or {}).get("Tenancy"),
+                "ebs_optimized": inst.get("EbsOptimized"),
+                "monitoring": (inst.get("Monitoring") or {}).get("State"),
+                "spot_instance_request_id": inst.get("SpotInstanceRequestId"),
+                "capacity_reservation_id": inst.get("CapacityReservationId"),
+                "membership_source": "tags" if seen == tags and not container else "api",
+            }
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "resource_id": iid,
+                    "resource_kind": "ec2_instance",
+                    "deployment_type": deployment,
+                    "zone": (inst.get("Placement") or {}).get("AvailabilityZone"),
+                    "instance_type": inst.get("InstanceType"),
+                    "state": (inst.get("State") or {}).get("Name"),
+                    "platform": _platform(inst),
+                    "architecture": inst.get("Architecture"),
+                    "lifecycle": lifecycle,
+                    "launch_time": inst.get("LaunchTime"),
+                    "parent_id": parent,
+                    "attributes": _json(attributes),
+                }
+            )
+
+        for g in asgs:
+            tags = _tags(g.get("Tags"))
+            nodegroup = nodegroup_of_asg.get(g["AutoScalingGroupName"])
+            in_k8s = (
+                nodegroup is not None
+                or "eks:cluster-name" in tags
+                or any(k.startswith("kubernetes.io/cluster/") for k in tags)
+            )
+            lt = g.get("LaunchTemplate") or {}
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": g["AutoScalingGroupName"],
+                    "resource_id": g["AutoScalingGroupARN"],
+                    "resource_kind": "asg",
+                    "deployment_type": "kubernetes" if in_k8s else "asg",
+                    "zone": ",".join(g.get("AvailabilityZones") or []) or None,
+                    "state": g.get("Status") or "active",
+                    "launch_time": g.get("CreatedTime"),
+                    "parent_id": nodegroup["nodegroupArn"] if nodegroup else None,
+                    "attributes": _json(
+                        {
+                            "min_size": g.get("MinSize"),
+                            "desired_capacity": g.get("DesiredCapacity"),
+                            "max_size": g.get("MaxSize"),
+                            "instance_ids": sorted(i["InstanceId"] for i in g.get("Instances", [])),
+                            "launch_template": lt.get("LaunchTemplateName") or lt.get("LaunchTemplateId"),
+                            "launch_configuration": g.get("LaunchConfigurationName"),
+                            "mixed_instances_policy": g.get("MixedInstancesPolicy"),
+                            "capacity_rebalance": g.get("CapacityRebalance"),
+                        }
+                    ),
+                }
+            )
+
+        for v in volumes:
+            attached = [a["InstanceId"] for a in v.get("Attachments", []) if a.get("InstanceId")]
+            tags = _tags(v.get("Tags"))
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "resource_id": v["VolumeId"],
+                    "resource_kind": "ebs_volume",
+                    "deployment_type": deployment_of.get(attached[0]) if attached else None,
+                    "zone": v.get("AvailabilityZone"),
+                    "state": v.get("State"),
+                    "launch_time": v.get("CreateTime"),
+                    "parent_id": attached[0] if attached else None,
+                    "attributes": _json(
+                        {
+                            "attached": bool(attached),
+                            "attached_instances": attached,
+                            "volume_type": v.get("VolumeType"),
+                            "size_gib": v.get("Size"),
+                            "iops": v.get("Iops"),
+                            "throughput_mibps": v.get("Throughput"),
+                            "encrypted": v.get("Encrypted"),
+                            "snapshot_id": v.get("SnapshotId") or None,
+                        }
+                    ),
+                }
+            )
+
+        for a in addresses:
+            tags = _tags(a.get("Tags"))
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "resource_id": a.get("AllocationId") or a.get("PublicIp"),
+                    "resource_kind": "elastic_ip",
+                    "zone": a.get("NetworkBorderGroup"),
+                    "state": "unassociated",
+                    "attributes": _json(
+                        {"public_ip": a.get("PublicIp"), "domain": a.get("Domain"), "associated": False}
+                    ),
+                }
+            )
+
+        members_by_cluster = Counter(ci.get("clusterArn") for ci in container_instances)
+        for c in ecs_clusters:
+            tags = _tags(c.get("tags"), key="key", value="value")
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": c.get("clusterName"),
+                    "resource_id": c["clusterArn"],
+                    "resource_kind": "ecs_cluster",
+                    "deployment_type": "ecs",
+                    "state": c.get("status"),
+                    "attributes": _json(
+                        {
+                            "registered_container_instances": c.get("registeredContainerInstancesCount"),
+                            "container_instances_seen": members_by_cluster.get(c["clusterArn"], 0),
+                            "running_tasks": c.get("runningTasksCount"),
+                            "pending_tasks": c.get("pendingTasksCount"),
+                            "active_services": c.get("activeServicesCount"),
+                            "capacity_providers": c.get("capacityProviders") or [],
+                            "default_capacity_provider_strategy": c.get("defaultCapacityProviderStrategy") or [],
+                            "settings": {s["name"]: s.get("value") for s in c.get("settings") or []},
+                        }
+                    ),
+                }
+            )
+        for s in ecs_services:
+            tags = _tags(s.get("tags"), key="key", value="value")
+            strategy = s.get("capacityProviderStrategy") or []
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": s.get("serviceName"),
+                    "resource_id": s["serviceArn"],
+                    "resource_kind": "ecs_service",
+                    "deployment_type": "ecs",
+                    "state": s.get("status"),
+                    "launch_time": s.get("createdAt"),
+                    "lifecycle": _ecs_lifecycle(strategy),
+                    "parent_id": s.get("clusterArn"),
+                    "attributes": _json(
+                        {
+                            "desired_count": s.get("desiredCount"),
+                            "running_count": s.get("runningCount"),
+                            "pending_count": s.get("pendingCount"),
+                            "launch_type": s.get("launchType"),
+                            "capacity_provider_strategy": strategy,
+                            "scheduling_strategy": s.get("schedulingStrategy"),
+                            "task_definition": s.get("taskDefinition"),
+                        }
+                    ),
+                }
+            )
+
+        for c, collection in emr_clusters:
+            tags = _tags(c.get("Tags"))
+            fleets = c.get("InstanceCollectionType") == "INSTANCE_FLEET"
+            status = c.get("Status") or {}
+            timeline = status.get("Timeline") or {}
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": c.get("Name"),
+                    "resource_id": c.get("ClusterArn") or c["Id"],
+                    "resource_kind": "emr_cluster",
+                    "deployment_type": "emr",
+                    "zone": (c.get("Ec2InstanceAttributes") or {}).get("Ec2AvailabilityZone"),
+                    "state": status.get("State"),
+                    "launch_time": timeline.get("CreationDateTime"),
+                    "attributes": _json(
+                        {
+                            "cluster_id": c["Id"],
+                            "release_label": c.get("ReleaseLabel"),
+                            "instance_collection_type": c.get("InstanceCollectionType") or "INSTANCE_GROUP",
+                            "instance_groups": [] if fleets else collection,
+                            "instance_fleets": collection if fleets else [],
+                            # WAITING means up with no step running: idle. IsIdle in cluster_metrics_5m
+                            # gives the idle time per 5 minutes.
+                            "idle": status.get("State") == "WAITING",
+                            "ready_time": timeline.get("ReadyDateTime"),
+                            "normalized_instance_hours": c.get("NormalizedInstanceHours"),
+                            "auto_terminate": c.get("AutoTerminate"),
+                            "auto_termination_idle_timeout": c.get("AutoTerminationPolicy"),
+                        }
+                    ),
+                }
+            )
+
+        for c in eks_clusters:
+            tags = dict(c.get("tags") or {})
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": c["name"],
+                    "resource_id": c.get("arn") or c["name"],
+                    "resource_kind": "eks_cluster",
+                    "deployment_type": "kubernetes",
+                    "state": c.get("status"),
+                    "launch_time": c.get("createdAt"),
+                    "attributes": _json({"version": c.get("version"), "platform_version": c.get("platformVersion")}),
+                }
+            )
+        for ng in nodegroups:
+            tags = dict(ng.get("tags") or {})
+            scaling = ng.get("scalingConfig") or {}
+            types = ng.get("instanceTypes") or []
+            rows.append(
+                {
+                    **base,
+                    **_tag_columns(tags),
+                    "name": ng["nodegroupName"],
+                    "resource_id": ng.get("nodegroupArn") or ng["nodegroupName"],
+                    "resource_kind": "eks_nodegroup",
+                    "deployment_type": "kubernetes",
+                    "instance_type": types[0] if len(types) == 1 else None,
+                    "state": ng.get("status"),
+                    "lifecycle": "spot" if ng.get("capacityType") == "SPOT" else "on-demand",
+                    "launch_time": ng.get("createdAt"),
+                    "parent_id": eks_arn.get(ng["clusterName"], ng["clusterName"]),
+                    "attributes": _json(
+                        {
+                            "capacity_type": ng.get("capacityType"),
+                            "min_size": scaling.get("minSize"),
+                            "desired_size": scaling.get("desiredSize"),
+                            "max_size": scaling.get("maxSize"),
+                            "instance_types": types,
+                            "ami_type": ng.get("amiType"),
+                            "auto_scaling_groups": [
+                                a["name"] for a in (ng.get("resources") or {}).get("autoScalingGroups", [])
+                            ],
+                        }
+                    ),
+                }
+            )
+        return rows
+
+    def _instances(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        ec2 = self.client(account_id, "ec2", region)
+        found: list[dict[str, Any]] = []
+        for page in ec2.get_paginator("describe_instances").paginate(PaginationConfig=self._pages()):
+            for reservation in page.get("Reservations", []):
+                found.extend(reservation.get("Instances", []))
+        return found
+
+    def _volumes(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        ec2 = self.client(account_id, "ec2", region)
+        paginator = ec2.get_paginator("describe_volumes")
+        return [v for page in paginator.paginate(PaginationConfig=self._pages()) for v in page.get("Volumes", [])]
+
+    def _unassociated_addresses(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        ec2 = self.client(account_id, "ec2", region)
+        # DescribeAddresses is not paginated: one call returns every address of the region.
+        addresses = ec2.describe_addresses().get("Addresses", [])
+        return [
+            a for a in addresses if not (a.get("AssociationId") or a.get("InstanceId") or a.get("NetworkInterfaceId"))
+        ]
+
+    def _auto_scaling_groups(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        autoscaling = self.client(account_id, "autoscaling", region)
+        paginator = autoscaling.get_paginator("describe_auto_scaling_groups")
+        return [
+            g for page in paginator.paginate(PaginationConfig=self._pages()) for g in page.get("AutoScalingGroups", [])
+        ]
+
+    def _ecs(
+        self, account_id: str, region: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        ecs = self.client(account_id, "ecs", region)
+        arns = [
+            arn
+            for page in ecs.get_paginator("list_clusters").paginate(PaginationConfig=self._pages())
+            for arn in page.get("clusterArns", [])
+        ]
+        clusters: list[dict[str, Any]] = []
+        for chunk in _chunks(arns, 100):
+            response = ecs.describe_clusters(clusters=chunk, include=["SETTINGS", "STATISTICS", "TAGS"])
+            clusters.extend(response.get("clusters", []))
+        services: list[dict[str, Any]] = []
+        members: list[dict[str, Any]] = []
+        for cluster in arns:
+            service_arns = [
+                arn
+                for page in ecs.get_paginator("list_services").paginate(cluster=cluster, PaginationConfig=self._pages())
+                for arn in page.get("serviceArns", [])
+            ]
+            for chunk in _chunks(service_arns, 10):
+                response = ecs.describe_services(cluster=cluster, services=chunk, include=["TAGS"])
+                services.extend(response.get("services", []))
+            member_arns = [
+                arn
+                for page in ecs.get_paginator("list_container_instances").paginate(
+                    cluster=cluster, PaginationConfig=self._pages()
+                )
+                for arn in page.get("containerInstanceArns", [])
+            ]
+            for chunk in _chunks(member_arns, 100):
+                response = ecs.describe_container_instances(cluster=cluster, containerInstances=chunk)
+                for ci in response.get("containerInstances", []):
+                    members.append({**ci, "clusterArn": cluster})
+        return clusters, services, members
+
+    def _emr(self, account_id: str, region: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        emr = self.client(account_id, "emr", region)
+        summaries = [
+            c
+            for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(EMR_ACTIVE_STATES))
+            for c in page.get("Clusters", [])
+        ]
+        found: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        for summary in summaries:
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            if cluster.get("InstanceCollectionType") == "INSTANCE_FLEET":
+                fleets = [
+                    {
+                        "type": f.get("InstanceFleetType"),
+                        "target_on_demand": f.get("TargetOnDemandCapacity"),
+                        "target_spot": f.get("TargetSpotCapacity"),
+                        "provisioned_on_demand": f.get("ProvisionedOnDemandCapacity"),
+                        "provisioned_spot": f.get("ProvisionedSpotCapacity"),
+                        "instance_types": [
+                            {"instance_type": t.get("InstanceType"), "weight": t.get("WeightedCapacity")}
+                            for t in f.get("InstanceTypeSpecifications", [])
+                        ],
+                        "state": (f.get("Status") or {}).get("State"),
+                    }
+                    for page in emr.get_paginator("list_instance_fleets").paginate(ClusterId=summary["Id"])
+                    for f in page.get("InstanceFleets", [])
+                ]
+                found.append((cluster, fleets))
+            else:
+                groups = [
+                    {
+                        "role": g.get("InstanceGroupType"),
+                        "instance_type": g.get("InstanceType"),
+                        "market": g.get("Market"),
+                        "requested": g.get("RequestedInstanceCount"),
+                        "running": g.get("RunningInstanceCount"),
+                        "state": (g.get("Status") or {}).get("State"),
+                    }
+                    for page in emr.get_paginator("list_instance_groups").paginate(ClusterId=summary["Id"])
+                    for g in page.get("InstanceGroups", [])
+                ]
+                found.append((cluster, sorted(groups, key=lambda g: (str(g["role"]), str(g["instance_type"])))))
+        return found
+
+    def _emr_members(self, account_id: str, region: str, cluster_ids: Iterable[str]) -> dict[str, str]:
+        """EC2 instance id -> EMR cluster id, from the cluster's own list (tags may be missing)."""
+        emr = self.client(account_id, "emr", region)
+        members: dict[str, str] = {}
+        for cluster_id in cluster_ids:
+            for page in emr.get_paginator("list_instances").paginate(ClusterId=cluster_id):
+                for instance in page.get("Instances", []):
+                    if instance.get("Ec2InstanceId"):
+                        members[instance["Ec2InstanceId"]] = cluster_id
+        return members
+
+    def _eks(self, account_id: str, region: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        eks = self.client(account_id, "eks", region)
+        names = [
+            n
+            for page in eks.get_paginator("list_clusters").paginate(PaginationConfig=self._pages())
+            for n in page.get("clusters", [])
+        ]
+        clusters: list[dict[str, Any]] = []
+        nodegroups: list[dict[str, Any]] = []
+        for name in names:
+            clusters.append(eks.describe_cluster(name=name)["cluster"])
+            for page in eks.get_paginator("list_nodegroups").paginate(clusterName=name, PaginationConfig=self._pages()):
+                for ng in page.get("nodegroups", []):
+                    nodegroups.append(eks.describe_nodegroup(clusterName=name, nodegroupName=ng)["nodegroup"])
+        return clusters, nodegroups
+
+    # ------------------------------------------------------------------------------------ metrics
+
+    def collect_metrics(self, account_id: str, day: date) -> Collected:
+        """Rows of ``utilization_5m``: CPU average and maximum, agent memory (null without the agent), network."""
+        stats = _CallStats()
+        with self._partition(stats):
+            self.session_for(account_id)
+            per_region = self._for_regions(account_id, lambda r: self._metrics_region(account_id, r, day))
+        rows: list[dict[str, Any]] = []
+        summary: Counter[str] = Counter()
+        for region_rows, region_summary in per_region:
+            rows.extend(region_rows)
+            summary.update(region_summary)
+        table = conform(_table(rows, UTILIZATION_5M), UTILIZATION_5M, "utilization_5m")
+        metadata = self._metadata(account_id, stats, table.num_rows)
+        metadata.update(self._metric_call_metadata(stats, summary))
+        metadata["instances"] = int(summary["instances"])
+        metadata["instances_with_memory"] = int(summary["mem_series"])
+        for key in ("missing_points", "duplicate_points", "out_of_range_points", "outside_day_points"):
+            metadata[key] = int(summary[key])
+        return Collected(table=table, metadata=metadata)
+
+    def _metric_call_metadata(self, stats: _CallStats, summary: Counter[str]) -> dict[str, Any]:
+        return {
+            "metric_series": int(summary["series"]),
+            "min_get_metric_data_calls": int(summary["min_calls"]),
+            "get_metric_data_calls": int(stats.calls.get("cloudwatch:GetMetricData", 0)),
+            "series_without_data": int(summary["series_without_data"]),
+            "partial_data_results": int(summary["partial"]),
+        }
+
+    def _listed_series(self, account_id: str, region: str, namespace: str, metric: str) -> list[dict[str, Any]]:
+        cloudwatch = self.client(account_id, "cloudwatch", region)
+        paginator = cloudwatch.get_paginator("list_metrics")
+        return [
+            m for page in paginator.paginate(Namespace=namespace, MetricName=metric) for m in page.get("Metrics", [])
+        ]
+
+    def _metrics_region(self, account_id: str, region: str, day: date) -> tuple[list[dict[str, Any]], Counter[str]]:
+        instance_ids = {i["InstanceId"] for i in self._instances(account_id, region)}
+        # Instances terminated before today's inventory still have series for up to two weeks.
+        for metric in self._listed_series(account_id, region, "AWS/EC2", "CPUUtilization"):
+            dims = _dims(metric.get("Dimensions"))
+            if set(dims) == {"InstanceId"}:
+                instance_ids.add(dims["InstanceId"])
+        mem_dims: dict[str, list[dict[str, str]]] = {}
+        for metric in self._listed_series(account_id, region, MEM_SERIES[0], MEM_SERIES[1]):
+            dims = metric.get("Dimensions") or []
+            iid = _dims(dims).get("InstanceId")
+            # Several series for one instance (agent dimensions changed): the one with fewest dimensions.
+            if iid and (iid not in mem_dims or len(dims) < len(mem_dims[iid])):
+                mem_dims[iid] = dims
+
+        queries: list[tuple[str, str, str, str, str, list[dict[str, str]]]] = []
+        for iid in sorted(instance_ids):
+            for namespace, metric, stat, column in EC2_SERIES:
+                queries.append((iid, column, namespace, metric, stat, [{"Name": "InstanceId", "Value": iid}]))
+            if iid in mem_dims:
+                queries.append((iid, MEM_SERIES[3], MEM_SERIES[0], MEM_SERIES[1], MEM_SERIES[2], mem_dims[iid]))
+
+        results, summary = self._get_metric_data(account_id, region, day, [q[2:] for q in queries])
+        summary["instances"] = len(instance_ids)
+        summary["mem_series"] = len(mem_dims)
+
+        # One row per instance and timestamp; a timestamp returned twice for one series gives a second
+        # row rather than overwriting the first (duplicates stay visible).
+        cells: dict[tuple[str, datetime], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for (iid, column, *_), points in zip(queries, results, strict=True):
+            for ts, value in points:
+                cells[(iid, ts)][column].append(value)
+                if column in PERCENT_COLUMNS and not 0.0 <= value <= 100.0:
+                    summary["out_of_range_points"] += 1
+        rows: list[dict[str, Any]] = []
+        for (iid, ts), columns in sorted(cells.items()):
+            for k in range(max(len(v) for v in columns.values())):
+                row: dict[str, Any] = {"account_id": account_id, "date": day, "resource_id": iid, "ts": ts}
+                for _, _, _, column in (*EC2_SERIES, MEM_SERIES):
+                    values = columns.get(column, [])
+                    row[column] = values[k] if k < len(values) else None
+                row["source"] = SOURCE
+                rows.append(row)
+        return rows, summary
+
+    def _get_metric_data(
+        self,
+        account_id: str,
+        region: str,
+        day: date,
+        series: Sequence[tuple[str, str, str, list[dict[str, str]]]],
+    ) -> tuple[list[list[tuple[datetime, float]]], Counter[str]]:
+        """Points of each (namespace, metric, stat, dimensions) for the UTC day, 500 queries a call."""
+        start = datetime.combine(day, time(0), tzinfo=UTC)
+        end = start + timedelta(days=1)
+        summary: Counter[str] = Counter()
+        summary["series"] = len(series)
+        summary["min_calls"] = math.ceil(len(series) / MAX_QUERIES_PER_CALL)
+        results: list[list[tuple[datetime, float]]] = [[] for _ in series]
+        if not series:
+            return results, summary
+        cloudwatch = self.client(account_id, "cloudwatch", region)
+        paginator = cloudwatch.get_paginator("get_metric_data")
+        expected = int(timedelta(days=1).total_seconds()) // PERIOD_SECONDS
+        for offset in range(0, len(series), MAX_QUERIES_PER_CALL):
+            chunk = series[offset : offset + MAX_QUERIES_PER_CALL]
+            queries = [
+                {
+                    "Id": f"q{offset + i}",
+                    "MetricStat": {
+                        "Metric": {"Namespace": ns, "MetricName": metric, "Dimensions": dims},
+                        "Period": PERIOD_SECONDS,
+                        "Stat": stat,
+                    },
+                    "ReturnData": True,
+                }
+                for i, (ns, metric, stat, dims) in enumerate(chunk)
+            ]
+            pages = paginator.paginate(
+                MetricDataQueries=queries, StartTime=start, EndTime=end, ScanBy="TimestampAscending"
+            )
+            for page in pages:
+                for result in page.get("MetricDataResults", []):
+                    index = int(result["Id"][1:])
+                    if result.get("StatusCode") not in (None, "Complete"):
+                        summary["partial"] += 1
+                    for ts, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
+                        ts = ts.astimezone(UTC)
+                        if not start <= ts < end:
+                            summary["outside_day_points"] += 1
+                            continue
+                        results[index].append((ts, float(value)))
+        for points in results:
+            stamps = [ts for ts, _ in points]
+            distinct = len(set(stamps))
+            summary["duplicate_points"] += len(stamps) - distinct
+            summary["missing_points"] += max(0, expected - distinct) if points else 0
+            summary["series_without_data"] += 0 if points else 1
+            points.sort(key=lambda p: p[0])
+        return results, summary
+
+    # ---------------------------------------------------------------------------- cluster metrics
+
+    def collect_cluster_metrics(self, account_id: str, day: date) -> Collected:
+        """Rows of ``cluster_metrics_5m``: ECS cluster and service use and reservation, EMR YARN and node series."""
+        stats = _CallStats()
+        with self._partition(stats):
+            self.session_for(account_id)
+            per_region = self._for_regions(account_id, lambda r: self._cluster_metrics_region(account_id, r, day))
+        rows: list[dict[str, Any]] = []
+        summary: Counter[str] = Counter()
+        for region_rows, region_summary in per_region:
+            rows.extend(region_rows)
+            summary.update(region_summary)
+        table = conform(_table(rows, CLUSTER_METRICS_5M), CLUSTER_METRICS_5M, "cluster_metrics_5m")
+        metadata = self._metadata(account_id, stats, table.num_rows)
+        metadata.update(self._metric_call_metadata(stats, summary))
+        metadata["ecs_clusters"] = int(summary["ecs_clusters"])
+        metadata["ecs_services"] = int(summary["ecs_services"])
+        metadata["emr_clusters"] = int(summary["emr_clusters"])
+        metadata["missing_points"] = int(summary["missing_points"])
+        metadata["duplicate_points"] = int(summary["duplicate_points"])
+        return Collected(table=table, metadata=metadata)
+
+    def _cluster_metrics_region(
+        self, account_id: str, region: str, day: date
+    ) -> tuple[list[dict[str, Any]], Counter[str]]:
+        ecs = self.client(account_id, "ecs", region)
+        cluster_arns = [
+            arn
+            for page in ecs.get_paginator("list_clusters").paginate(PaginationConfig=self._pages())
+            for arn in page.get("clusterArns", [])
+        ]
+        series: list[tuple[str, str, str, str, list[dict[str, str]]]] = []
+        services = 0
+        for arn in cluster_arns:
+            cluster_name = arn.rsplit("/", 1)[-1]
+            dims = [{"Name": "ClusterName", "Value": cluster_name}]
+            series.extend((arn, "AWS/ECS", m, "Average", dims) for m in ECS_CLUSTER_METRICS)
+            for page in ecs.get_paginator("list_services").paginate(cluster=arn, PaginationConfig=self._pages()):
+                for service_arn in page.get("serviceArns", []):
+                    services += 1
+                    service_dims = [*dims, {"Name": "ServiceName", "Value": service_arn.rsplit("/", 1)[-1]}]
+                    series.extend((service_arn, "AWS/ECS", m, "Average", service_dims) for m in ECS_SERVICE_METRICS)
+        emr = self.client(account_id, "emr", region)
+        emr_clusters = [
+            c
+            for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(EMR_ACTIVE_STATES))
+            for c in page.get("Clusters", [])
+        ]
+        for c in emr_clusters:
+            dims = [{"Name": "JobFlowId", "Value": c["Id"]}]
+            resource_id = c.get("ClusterArn") or c["Id"]
+            series.extend((resource_id, "AWS/ElasticMapReduce", m, "Average", dims) for m in EMR_METRICS)
+
+        results, summary = self._get_metric_data(account_id, region, day, [s[1:] for s in series])
+        summary["ecs_clusters"] = len(cluster_arns)
+        summary["ecs_services"] = services
+        summary["emr_clusters"] = len(emr_clusters)
+        rows = [
+            {
+                "account_id": account_id,
+                "date": day,
+                "resource_id": resource_id,
+                "ts": ts,
+                "namespace": namespace,
+                "metric": metric,
+                "stat": stat,
+                "value": value,
+                "source": SOURCE,
+            }
+            for (resource_id, namespace, metric, stat, _), points in zip(series, results, strict=True)
+            for ts, value in points
+        ]
+        return rows, summary
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _split(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _parse_accounts(raw: str) -> list[str]:
+    accounts = _split(raw)
+    bad = [a for a in accounts if not (len(a) == 12 and a.isdigit())]
+    if bad:
+        raise ValueError(f"CLOUDOPT_ACCOUNTS has {bad}, not 12-digit AWS account ids (keep leading zeros)")
+    return sorted(set(accounts))
+
+
+def _iam_prefix(signing_name: str) -> str:
+    """The IAM service prefix of a botocore signing name (CloudWatch signs as ``monitoring``)."""
+    return {"monitoring": "cloudwatch"}.get(signing_name, signing_name)
+
+
+def _partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def _tags(raw: Iterable[Mapping[str, Any]] | None, key: str = "Key", value: str = "Value") -> dict[str, str]:
+    return {str(t[key]): str(t.get(value, "")) for t in raw or [] if key in t}
+
+
+def _dims(raw: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
+    return {d["Name"]: d.get("Value", "") for d in raw or []}
+
+
+def _tag_columns(tags: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": tags.get("Name"),
+        "env": first_tag(tags, ENV_TAG_KEYS),
+        "team": first_tag(tags, TEAM_TAG_KEYS),
+        "service": first_tag(tags, SERVICE_TAG_KEYS),
+        "tags": tags_json(tags),
+    }
+
+
+def _platform(inst: Mapping[str, Any]) -> str:
+    if inst.get("PlatformDetails"):
+        return str(inst["PlatformDetails"])
+    # EC2 leaves Platform empty for Linux and sets it to "windows" for Windows.
+    return "Windows" if inst.get("Platform") == "windows" else "Linux/UNIX"
+
+
+def _ecs_resources(container: Mapping[str, Any] | None, key: str) -> dict[str, Any] | None:
+    if not container:
+        return None
+    found: dict[str, Any] = {}
+    for r in container.get(key) or []:
+        if r.get("type") == "INTEGER":
+            found[r["name"]] = r.get("integerValue")
+    return found or None
+
+
+def _ecs_lifecycle(strategy: Sequence[Mapping[str, Any]]) -> str | None:
+    providers = {str(s.get("capacityProvider", "")) for s in strategy}
+    if not providers:
+        return None
+    if providers <= {"FARGATE_SPOT"}:
+        return "spot"
+    if "FARGATE_SPOT" in providers:
+        return "mixed"
+    return None
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, default=_json_default, sort_keys=True, separators=(",", ":"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    columns = {f.name: pa.array([_arrow_value(r.get(f.name), f.type) for r in rows], type=f.type) for f in schema}
+    return pa.table(columns, schema=schema)
+
+
+def _arrow_value(value: Any, type_: pa.DataType) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if pa.types.is_string(type_) and value is not None and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _clean(exc: BaseException) -> str:
+    text = str(exc).strip().rstrip(".")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fix_for(exc: BotoCoreError | ClientError, code: str, call: str, where: _Where, role_arn: str | None) -> str:
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
+        return (
+            "check that the endpoint is reachable (endpoint_url / AWS_ENDPOINT_URL, proxy, VPC endpoints) "
+            "and that the region is enabled in the account"
+        )
+    if isinstance(exc, ReadTimeoutError):
+        return "raise read_timeout_seconds or lower page_size; the service answered too slowly"
+    if isinstance(exc, NoCredentialsError):
+        return "provide base credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role)"
+    if call == "sts:AssumeRole" or role_arn:
+        return (
+            f"create role {role_arn or '(unset)'} in account {where.account_id} with the read-only policy of "
+            "docs/iam/collector-readonly-policy.json and a trust policy that lets the collector's identity "
+            "assume it (with the configured external id), or remove the account from CLOUDOPT_ACCOUNTS"
+        )
+    if code in {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}:
+        return "raise max_attempts (adaptive retries) or lower region_concurrency; the API kept throttling"
+    if code in {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException"}:
+        return (
+            f"allow {call} in the collector role of account {where.account_id} "
+            "(docs/iam/collector-readonly-policy.json lists every action the collector needs)"
+        )
+    if code in {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "OptInRequired"}:
+        return f"enable region {where.region} for account {where.account_id} or remove it from CLOUDOPT_REGIONS"
+    if code in {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}:
+        return "refresh the base credentials (the session token expired) and check the machine clock"
+    if code == "AWSOrganizationsNotInUseException":
+        return "set CLOUDOPT_ACCOUNTS to the account ids to collect (this account is not in an organisation)"
+    return "see the AWS error above; docs/aws.md describes the configuration"
