@@ -1,44 +1,107 @@
--- description: Daily utilisation statistics per resource: coverage, mean, percentiles and max of
---   CPU (over the 5-minute maxima where the source gives them, as Compute Optimizer does) and of
---   memory, plus network totals and the idle flags of Cost Explorer (max CPU <= 1 %) and Trusted
---   Advisor (daily CPU <= 10 % and network <= 5 MB; NULL when the source has no network data). Missing samples are not zeros: every
---   statistic is over the samples present, and coverage_pct says how many of the 288 there were.
---   Quantiles are exact (DuckDB quantile_cont: linear interpolation between order statistics, the
---   same definition as numpy's default 'linear').
+-- description: Daily utilisation statistics per resource (EC2 instances, including the nodes of
+--   Kubernetes, ECS and EMR clusters; ECS clusters and services, EMR clusters and pods where
+--   cluster_metrics_5m has them): sample count and coverage, then mean, p50, p90, p95, p99, p99.5
+--   and max of CPU, of memory and of network traffic (bytes in + out per 5-minute sample).
+--   CPU percentiles and max are over the 5-minute maxima where the source gives them (CloudWatch
+--   Maximum, as Compute Optimizer does), else over the 5-minute averages (cpu_peak_is_maximum
+--   says which); cpu_mean_pct is the mean of the 5-minute averages. Idle flags: Cost Explorer
+--   (max CPU <= 1 %) and Trusted Advisor (daily mean CPU <= 10 % and network in + out <= 5 MB;
+--   NULL when the source has no network data). Missing samples are not zeros: every statistic is
+--   over the samples present (NULL when there are none), and coverage_pct says how many of the day's
+--   288 five-minute slots had one. Quantiles are exact (DuckDB quantile_cont: linear interpolation
+--   between order statistics, numpy's default 'linear', Hyndman and Fan type 7).
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- group: features
+WITH samples AS (
+    SELECT
+        account_id, date, resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
+        cpu_peak_is_maximum, mem_pct, net_in_bytes, net_out_bytes, dup_count, out_of_range,
+        missing_slots_before, missing_slots_after
+    FROM {{ ref('stg_utilization_5m') }}
+    UNION ALL
+    SELECT
+        account_id, date, resource_id, resource_kind, cpu_pct, cpu_peak_pct,
+        cpu_pct IS DISTINCT FROM cpu_peak_pct, mem_pct, NULL, NULL, dup_count, out_of_range,
+        missing_slots_before, NULL
+    FROM {{ ref('stg_cluster_metrics_5m') }}
+    WHERE resource_kind <> 'container'
+),
+agg AS (
+    SELECT
+        account_id,
+        date,
+        resource_id,
+        any_value(resource_kind) AS resource_kind,
+        count(*) AS samples,
+        count(cpu_pct) AS cpu_samples,
+        count(mem_pct) AS mem_samples,
+        count(net_in_bytes) AS net_in_samples,
+        count(net_out_bytes) AS net_out_samples,
+        bool_or(cpu_peak_is_maximum) AS cpu_peak_is_maximum,
+        avg(cpu_pct) AS cpu_mean_pct,
+        quantile_cont(cpu_peak_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS cpu_q,
+        max(cpu_peak_pct) AS cpu_max_pct,
+        avg(mem_pct) AS mem_mean_pct,
+        quantile_cont(mem_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS mem_q,
+        max(mem_pct) AS mem_max_pct,
+        sum(net_in_bytes) AS net_in_bytes,
+        sum(net_out_bytes) AS net_out_bytes,
+        avg(net_in_bytes + net_out_bytes) AS net_mean_bytes,
+        quantile_cont(net_in_bytes + net_out_bytes, [0.5, 0.9, 0.95, 0.99, 0.995]) AS net_q,
+        max(net_in_bytes + net_out_bytes) AS net_max_bytes,
+        sum(CASE WHEN out_of_range THEN 1 ELSE 0 END) AS out_of_range_samples,
+        sum(dup_count - 1) AS duplicate_samples,
+        count(*) FILTER (WHERE missing_slots_before > 0)
+            + count(*) FILTER (WHERE missing_slots_after > 0) AS gaps,
+        greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots
+    FROM samples
+    GROUP BY account_id, date, resource_id
+)
 SELECT
     account_id,
     date,
     resource_id,
-    CAST(count(*) AS INTEGER) AS samples,
-    round(100.0 * count(*) / 288, 3) AS coverage_pct,
-    CAST(count(mem_pct) AS INTEGER) AS mem_samples,
-    avg(cpu_pct) AS cpu_mean_pct,
-    quantile_cont(cpu_peak_pct, 0.50) AS cpu_p50_pct,
-    quantile_cont(cpu_peak_pct, 0.90) AS cpu_p90_pct,
-    quantile_cont(cpu_peak_pct, 0.95) AS cpu_p95_pct,
-    quantile_cont(cpu_peak_pct, 0.99) AS cpu_p99_pct,
-    quantile_cont(cpu_peak_pct, 0.995) AS cpu_p995_pct,
-    max(cpu_peak_pct) AS cpu_max_pct,
-    avg(mem_pct) AS mem_mean_pct,
-    quantile_cont(mem_pct, 0.50) AS mem_p50_pct,
-    quantile_cont(mem_pct, 0.90) AS mem_p90_pct,
-    quantile_cont(mem_pct, 0.95) AS mem_p95_pct,
-    quantile_cont(mem_pct, 0.99) AS mem_p99_pct,
-    quantile_cont(mem_pct, 0.995) AS mem_p995_pct,
-    max(mem_pct) AS mem_max_pct,
-    sum(net_in_bytes) AS net_in_bytes,
-    sum(net_out_bytes) AS net_out_bytes,
-    max(cpu_peak_pct) <= 1 AS idle_cost_explorer,
-    CASE WHEN count(net_in_bytes) + count(net_out_bytes) = 0 THEN NULL
-         ELSE avg(cpu_pct) <= 10
-              AND coalesce(sum(net_in_bytes), 0) + coalesce(sum(net_out_bytes), 0) <= 5 * 1000 * 1000
+    resource_kind,
+    CAST(samples AS INTEGER) AS samples,
+    288 AS expected_samples,
+    round(100.0 * samples / 288, 3) AS coverage_pct,
+    CAST(cpu_samples AS INTEGER) AS cpu_samples,
+    CAST(mem_samples AS INTEGER) AS mem_samples,
+    CAST(least(net_in_samples, net_out_samples) AS INTEGER) AS net_samples,
+    cpu_peak_is_maximum,
+    cpu_mean_pct,
+    cpu_q[1] AS cpu_p50_pct,
+    cpu_q[2] AS cpu_p90_pct,
+    cpu_q[3] AS cpu_p95_pct,
+    cpu_q[4] AS cpu_p99_pct,
+    cpu_q[5] AS cpu_p995_pct,
+    cpu_max_pct,
+    mem_mean_pct,
+    mem_q[1] AS mem_p50_pct,
+    mem_q[2] AS mem_p90_pct,
+    mem_q[3] AS mem_p95_pct,
+    mem_q[4] AS mem_p99_pct,
+    mem_q[5] AS mem_p995_pct,
+    mem_max_pct,
+    net_in_bytes,
+    net_out_bytes,
+    net_mean_bytes,
+    net_q[1] AS net_p50_bytes,
+    net_q[2] AS net_p90_bytes,
+    net_q[3] AS net_p95_bytes,
+    net_q[4] AS net_p99_bytes,
+    net_q[5] AS net_p995_bytes,
+    net_max_bytes,
+    cpu_max_pct <= 1 AS idle_cost_explorer,
+    CASE WHEN net_in_samples + net_out_samples = 0 OR cpu_samples = 0 THEN NULL
+         ELSE cpu_mean_pct <= 10
+              AND coalesce(net_in_bytes, 0) + coalesce(net_out_bytes, 0) <= 5 * 1000 * 1000
     END AS idle_trusted_advisor,
-    count(net_in_bytes) > 0 AS has_network_data,
-    CAST(sum(CASE WHEN out_of_range THEN 1 ELSE 0 END) AS INTEGER) AS out_of_range_samples,
-    CAST(sum(dup_count - 1) AS INTEGER) AS duplicate_samples
-FROM {{ ref('stg_utilization_5m') }}
-GROUP BY account_id, date, resource_id
+    net_in_samples > 0 OR net_out_samples > 0 AS has_network_data,
+    CAST(out_of_range_samples AS INTEGER) AS out_of_range_samples,
+    CAST(duplicate_samples AS INTEGER) AS duplicate_samples,
+    CAST(gaps AS INTEGER) AS gaps,
+    CAST(5 * longest_gap_slots AS INTEGER) AS longest_gap_minutes
+FROM agg
 ORDER BY resource_id

@@ -1,7 +1,23 @@
-"""Features stage: one asset per SQL model in ``dbt_like_sql/``, run by DuckDB over the lake."""
+"""Features stage: one asset per SQL model in ``dbt_like_sql/``, run by DuckDB over the lake.
 
+Every model asset carries four checks, shown in the Dagster UI:
 
+- ``unique_grain`` (error, blocking): no two rows share the key columns of the model's grain.
+- ``percentages_in_range`` (warning): every ``*_pct`` value is within 0-100 (some sources report
+  more, e.g. ECS CPUUtilization or agent memory: kept, never clipped).
+- ``coverage_above_threshold`` (warning, models with a ``coverage_pct`` column): the mean coverage of
+  the partition is at least ``-- coverage_warn_below: N`` of the header (default 50 %).
+- ``rows_present`` (error): the model wrote rows whenever its inputs had rows.
+
+Window models (``-- window_days: N``) depend on their ``window_over`` models through a
+``TimeWindowPartitionMapping(start_offset=-(N-1))`` on the date dimension, so the UI shows which days
+feed a partition. Days missing inside the window are allowed (coverage says so); a window without
+any data is an error naming the partition (see ``sqlmodels/runner.py``).
+"""
+
+import os
 import re
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -10,15 +26,20 @@ import pyarrow as pa
 
 from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions, split_account_day
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
-from cloudopt_pipelines.sqlmodels.runner import SqlModel, load_models, run_model
+from cloudopt_pipelines.sqlmodels.runner import ModelError, ModelRun, SqlModel, execute_model, load_models
+from cloudopt_pipelines.sqlmodels.sources import source_schemas
 
 # Tables the models may read that other stages write, with their partitioning and asset key.
 SOURCE_TABLES: dict[str, tuple[str, list[str]]] = {
     "resources": ("account_date", ["raw", "resources"]),
     "utilization_5m": ("account_date", ["raw", "utilization_5m"]),
+    "cluster_metrics_5m": ("account_date", ["raw", "cluster_metrics_5m"]),
     "price_catalog": ("none", ["raw", "price_catalog"]),
     "reserved_prices": ("none", ["raw", "reserved_prices"]),
 }
+# Environment overrides of a window model's days, e.g. CLOUDOPT_UTILIZATION_WINDOW_DAYS=32.
+WINDOW_ENV = {"utilization_window": "CLOUDOPT_UTILIZATION_WINDOW_DAYS"}
+DEFAULT_COVERAGE_WARN_BELOW = 50.0
 _PARTITIONS = {"account_date": account_daily_partitions, "date": daily_partitions, "none": None}
 _GRAIN_COLUMNS = re.compile(r"\(([^)]*)\)")
 
@@ -33,20 +54,61 @@ def model_key(model: SqlModel) -> dg.AssetKey:
     return dg.AssetKey([model.group, model.name])
 
 
-def build_sql_model_assets(models_dir: Path = REPO_SQL_DIR) -> list[dg.AssetsDefinition]:
+def window_days_for(model: SqlModel, overrides: dict[str, int] | None = None) -> int | None:
+    """The window of a window model: an explicit override, else its environment variable, else its header."""
+    if model.window_days is None:
+        return None
+    if overrides and model.name in overrides:
+        return int(overrides[model.name])
+    env = WINDOW_ENV.get(model.name)
+    if env and os.environ.get(env):
+        try:
+            return int(os.environ[env])
+        except ValueError:
+            raise ModelError(f"{env}={os.environ[env]!r} is not a whole number of days (7, 14, 32 or 93)") from None
+    return model.window_days
+
+
+def build_sql_model_assets(
+    models_dir: Path = REPO_SQL_DIR, window_days: dict[str, int] | None = None
+) -> list[dg.AssetsDefinition]:
     """An asset per model file (marts excluded: they are warehouse views)."""
     models = load_models(models_dir, set(SOURCE_TABLES))
     keys = {name: dg.AssetKey(key) for name, (_, key) in SOURCE_TABLES.items()}
     keys.update({m.name: model_key(m) for m in models})
     partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}
     partitioning.update({m.name: m.partitioned_by for m in models})
-    return [_model_asset(m, keys, partitioning) for m in models]
+    return [_model_asset(m, keys, partitioning, window_days_for(m, window_days)) for m in models]
 
 
-def _model_asset(model: SqlModel, keys: dict[str, dg.AssetKey], partitioning: dict[str, str]) -> dg.AssetsDefinition:
+def window_mapping(days: int) -> dg.MultiPartitionMapping:
+    """account x date -> the same account's ``days`` days ending with the partition's day."""
+    return dg.MultiPartitionMapping(
+        {
+            "account": dg.DimensionPartitionMapping("account", dg.IdentityPartitionMapping()),
+            "date": dg.DimensionPartitionMapping(
+                "date",
+                dg.TimeWindowPartitionMapping(
+                    start_offset=-(days - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+                ),
+            ),
+        }
+    )
+
+
+def _model_asset(
+    model: SqlModel, keys: dict[str, dg.AssetKey], partitioning: dict[str, str], window: int | None
+) -> dg.AssetsDefinition:
     key = model_key(model)
-    deps = [keys[d] for d in model.dependencies(set(keys))]
+    deps = []
+    for dep in model.dependencies(set(keys)):
+        if window and dep in model.window_over and partitioning[dep] == "account_date":
+            deps.append(dg.AssetDep(keys[dep], partition_mapping=window_mapping(window)))
+        else:
+            deps.append(dg.AssetDep(keys[dep]))
     grain = grain_columns(model)
+    has_coverage = "coverage_pct" in model.sql
+    threshold = float(model.header.get("coverage_warn_below", DEFAULT_COVERAGE_WARN_BELOW))
     check_specs = [
         dg.AssetCheckSpec(
             "unique_grain",
@@ -59,47 +121,118 @@ def _model_asset(model: SqlModel, keys: dict[str, dg.AssetKey], partitioning: di
             asset=key,
             description="Every *_pct column is within 0-100 (a warning: some sources report over 100 %).",
         ),
+        dg.AssetCheckSpec(
+            "rows_present",
+            asset=key,
+            description="The model wrote rows for the partition whenever its inputs had rows (an error).",
+        ),
     ]
+    if has_coverage:
+        check_specs.append(
+            dg.AssetCheckSpec(
+                "coverage_above_threshold",
+                asset=key,
+                description=f"The partition's mean coverage_pct is at least {threshold:g} % (a warning).",
+            )
+        )
+    window_text = f" Window: {window} days ending with the partition's day." if window else ""
 
     @dg.asset(
         key=key,
         deps=deps,
         partitions_def=_PARTITIONS[model.partitioned_by],
         group_name=model.group,
-        description=f"{model.description}\n\nGrain: {model.grain}. SQL: dbt_like_sql/{model.path.name}",
+        description=f"{model.description}\n\nGrain: {model.grain}.{window_text} SQL: dbt_like_sql/{model.path.name}",
         kinds={"duckdb", "sql", "parquet"},
         check_specs=check_specs,
-        metadata={"grain": model.grain, "sql_file": f"dbt_like_sql/{model.path.name}"},
+        metadata={
+            "grain": model.grain,
+            "sql_file": f"dbt_like_sql/{model.path.name}",
+            **({"window_days": window} if window else {}),
+        },
     )
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         account_id = day = None
         if model.partitioned_by == "account_date":
             account_id, day = split_account_day(context)
         elif model.partitioned_by == "date":
-            from datetime import date
-
             day = date.fromisoformat(context.partition_key)
-        result = run_model(model, lake.get_lake(), partitioning, account_id, day)
-        duplicates = _duplicate_keys(result, grain)
-        out_of_range = _pct_out_of_range(result)
+        run = execute_model(
+            model, lake.get_lake(), partitioning, account_id, day, window_days=window, source_schemas=source_schemas()
+        )
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": result.num_rows},
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="unique_grain",
-                    passed=duplicates == 0,
-                    metadata={"duplicate_keys": duplicates},
-                ),
-                dg.AssetCheckResult(
-                    check_name="percentages_in_range",
-                    passed=not out_of_range,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"rows_out_of_range": dg.MetadataValue.json(out_of_range)},
-                ),
-            ],
+            metadata=run_metadata(run), check_results=check_results(model, run, grain, threshold, has_coverage)
         )
 
     return _asset
+
+
+def run_metadata(run: ModelRun) -> dict:
+    meta: dict = {"dagster/row_count": run.table.num_rows}
+    for name, read in run.inputs.items():
+        meta[f"input/{name}/rows"] = read.rows
+        if read.absent_source:
+            meta[f"input/{name}"] = "absent: read as an empty table (optional source)"
+        elif read.missing:
+            meta[f"input/{name}/missing_partitions"] = dg.MetadataValue.json(read.missing)
+    if run.window_days:
+        meta["window_days"] = run.window_days
+        meta["window_start"] = run.window_start.isoformat()
+    return meta
+
+
+def check_results(
+    model: SqlModel, run: ModelRun, grain: list[str], threshold: float, has_coverage: bool
+) -> list[dg.AssetCheckResult]:
+    """The four checks' results for one partition run (see the module docstring)."""
+    result = run.table
+    duplicates = _duplicate_keys(result, grain)
+    out_of_range = _pct_out_of_range(result)
+    sources = _expected_sources(model, run)
+    input_rows = sum(run.inputs[s].rows for s in sources)
+    results = [
+        dg.AssetCheckResult(
+            check_name="unique_grain",
+            passed=duplicates == 0,
+            metadata={"duplicate_keys": duplicates},
+        ),
+        dg.AssetCheckResult(
+            check_name="percentages_in_range",
+            passed=not out_of_range,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"rows_out_of_range": dg.MetadataValue.json(out_of_range)},
+        ),
+        dg.AssetCheckResult(
+            check_name="rows_present",
+            passed=result.num_rows > 0 or input_rows == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows": result.num_rows, "input_rows": input_rows, "inputs": ", ".join(sources) or "none"},
+        ),
+    ]
+    if has_coverage:
+        mean, below = _coverage(result, threshold)
+        results.append(
+            dg.AssetCheckResult(
+                check_name="coverage_above_threshold",
+                passed=mean is None or mean >= threshold,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "mean_coverage_pct": mean if mean is not None else dg.MetadataValue.null(),
+                    "rows_below_threshold": below,
+                    "threshold_pct": threshold,
+                },
+            )
+        )
+    return results
+
+
+def _expected_sources(model: SqlModel, run: ModelRun) -> list[str]:
+    """The inputs whose rows should produce output rows (``-- expect_rows_from:``, default: all)."""
+    raw = model.header.get("expect_rows_from")
+    if raw is None:
+        return sorted(run.inputs)
+    names = [n.strip() for n in raw.replace(" ", ",").split(",") if n.strip() and n.strip() != "none"]
+    return [n for n in names if n in run.inputs]
 
 
 def _duplicate_keys(table: pa.Table, grain: list[str]) -> int:
@@ -108,7 +241,9 @@ def _duplicate_keys(table: pa.Table, grain: list[str]) -> int:
     con = duckdb.connect()
     con.register("t", table)
     cols = ", ".join(grain)
-    return int(con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM t GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0])
+    return int(
+        con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM t GROUP BY {cols} HAVING count(*) > 1)").fetchone()[0]
+    )
 
 
 def _pct_out_of_range(table: pa.Table) -> dict[str, int]:
@@ -121,3 +256,14 @@ def _pct_out_of_range(table: pa.Table) -> dict[str, int]:
         "SELECT " + ", ".join(f"count(*) FILTER (WHERE {c} < 0 OR {c} > 100) AS {c}" for c in pct) + " FROM t"
     ).fetchone()
     return {c: int(n) for c, n in zip(pct, counts, strict=True) if n}
+
+
+def _coverage(table: pa.Table, threshold: float) -> tuple[float | None, int]:
+    if "coverage_pct" not in table.column_names or table.num_rows == 0:
+        return None, 0
+    con = duckdb.connect()
+    con.register("t", table)
+    mean, below = con.execute(
+        "SELECT avg(coverage_pct), count(*) FILTER (WHERE coverage_pct < $t) FROM t", {"t": threshold}
+    ).fetchone()
+    return (round(float(mean), 3) if mean is not None else None), int(below)

@@ -8,11 +8,28 @@ comment lines:
     -- grain: one row per (account_id, date, resource_id)
     -- partitioned_by: account_date      (account_date | date | none)
     -- group: features
+    -- window_days: 14                   (optional: read a trailing window of days, see below)
+    -- window_over: stg_utilization_5m   (the dependencies read over the window)
+    -- optional_sources: cluster_metrics_5m   (dependencies that may be absent: read as empty)
 
 Dependencies are the tables the SQL reads: ``{{ ref('name') }}`` declares one, and any bare table
 name that is a known lake table or model is discovered by parsing the SQL with sqlglot. When a
 partition runs, each dependency becomes a temporary view scoped to that partition, so the SQL reads
 just the rows it needs and never names a path.
+
+Windows. A model with ``window_days: N`` and ``window_over: a, b`` is still written one partition
+(account x day) at a time, but its ``window_over`` dependencies are views over the N days ending
+with the partition's day (the partition and the N-1 days before it). Days of the window that were
+never written are skipped and counted (``ModelRun.inputs``; the SQL shows them through
+coverage); a window with no partition at all is a ``ModelError`` naming the partitions it
+looked for. ``{{ var('window_days') }}`` and ``{{ var('window_start') }}`` give the window to the
+SQL, and ``run_model(..., window_days=...)`` overrides the header (7, 14, 32 or 93 days, the
+look-back periods of AWS Compute Optimizer, or any 1-366).
+
+Missing sources. A dependency named in ``optional_sources`` whose partition was never written (for
+example a table whose collector is not deployed yet) becomes an empty view with the table's schema
+(``source_schemas``), so the model runs and writes an empty partition instead of failing. Every
+other missing dependency partition is an error naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +37,7 @@ from __future__ import annotations
 import graphlib
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -35,6 +52,7 @@ _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\)\s*\}\
 _VAR = re.compile(r"\{\{\s*var\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\)\s*\}\}")
 _HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
 REQUIRED_HEADER = ("description", "grain", "partitioned_by")
+MAX_WINDOW_DAYS = 366
 
 
 class ModelError(ValueError):
@@ -54,6 +72,9 @@ class SqlModel:
     sql: str
     refs: tuple[str, ...]
     header: dict[str, str] = field(default_factory=dict)
+    window_days: int | None = None
+    window_over: tuple[str, ...] = ()
+    optional_sources: tuple[str, ...] = ()
 
     def render(self) -> str:
         """The SQL with every ``ref()`` replaced by the dependency's view name."""
@@ -103,6 +124,14 @@ def parse_model(path: Path) -> SqlModel:
         raise ModelError(
             f"model file {path}: partitioned_by '{header['partitioned_by']}' is not one of {PARTITIONINGS}"
         )
+    window_days = None
+    if "window_days" in header:
+        window_days = _window_days(header["window_days"], f"model file {path}")
+        if model_partitioning(header) != "account_date":
+            raise ModelError(f"model file {path}: a window model must be partitioned_by account_date")
+    window_over = _names(header.get("window_over", ""))
+    if window_over and window_days is None:
+        raise ModelError(f"model file {path}: window_over needs a '-- window_days: N' header line")
     return SqlModel(
         name=path.stem,
         path=path,
@@ -113,7 +142,28 @@ def parse_model(path: Path) -> SqlModel:
         sql=text,
         refs=tuple(sorted(set(_REF.findall(text)))),
         header=header,
+        window_days=window_days,
+        window_over=window_over,
+        optional_sources=_names(header.get("optional_sources", "")),
     )
+
+
+def model_partitioning(header: dict[str, str]) -> str:
+    return header["partitioned_by"]
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(sorted({n.strip() for n in raw.replace(" ", ",").split(",") if n.strip()}))
+
+
+def _window_days(raw: object, where: str) -> int:
+    try:
+        days = int(str(raw).split()[0])
+    except (ValueError, IndexError):
+        raise ModelError(f"{where}: window_days {raw!r} is not a whole number of days") from None
+    if not 1 <= days <= MAX_WINDOW_DAYS:
+        raise ModelError(f"{where}: window_days {days} is outside 1-{MAX_WINDOW_DAYS}")
+    return days
 
 
 def load_models(models_dir: Path, source_tables: set[str]) -> list[SqlModel]:
@@ -122,9 +172,11 @@ def load_models(models_dir: Path, source_tables: set[str]) -> list[SqlModel]:
     known = set(source_tables) | set(models)
     graph: dict[str, set[str]] = {}
     for model in models.values():
-        unknown = [r for r in model.refs if r not in known]
+        unknown = [r for r in (*model.refs, *model.window_over, *model.optional_sources) if r not in known]
         if unknown:
-            raise ModelError(f"model '{model.name}' refs unknown table(s) {unknown}; known: {', '.join(sorted(known))}")
+            raise ModelError(
+                f"model '{model.name}' names unknown table(s) {unknown}; known: {', '.join(sorted(known))}"
+            )
         graph[model.name] = {d for d in model.dependencies(known) if d in models}
     try:
         order = list(graph_order(graph))
@@ -145,6 +197,31 @@ def graph_order(graph: dict[str, set[str]]) -> list[str]:
     return order
 
 
+@dataclass
+class InputRead:
+    """What one dependency view of a run held: the partitions read, those missing, and its rows."""
+
+    table: str
+    partitions: list[str]
+    missing: list[str]
+    rows: int
+    absent_source: bool = False
+
+
+@dataclass
+class ModelRun:
+    """The result of one partition run: the rows written and what each input held."""
+
+    table: pa.Table
+    inputs: dict[str, InputRead]
+    window_days: int | None = None
+    window_start: date | None = None
+
+    @property
+    def input_rows(self) -> int:
+        return sum(i.rows for i in self.inputs.values())
+
+
 def run_model(
     model: SqlModel,
     lake: Lake,
@@ -152,26 +229,87 @@ def run_model(
     account_id: str | None = None,
     day: date | None = None,
     connection: duckdb.DuckDBPyConnection | None = None,
+    window_days: int | None = None,
+    source_schemas: dict[str, pa.Schema] | None = None,
 ) -> pa.Table:
     """Run ``model`` for one partition and write the result to the lake; returns the rows written.
 
     ``known_tables`` maps every table the model may read to its partitioning (account_date, date or
-    none). A dependency partition that was never written is an error naming it, not an empty input.
+    none). A dependency partition that was never written is an error naming it, not an empty input
+    (except for ``optional_sources``, and days missing inside a window: see the module docstring).
     """
+    return execute_model(model, lake, known_tables, account_id, day, connection, window_days, source_schemas).table
+
+
+def execute_model(
+    model: SqlModel,
+    lake: Lake,
+    known_tables: dict[str, str],
+    account_id: str | None = None,
+    day: date | None = None,
+    connection: duckdb.DuckDBPyConnection | None = None,
+    window_days: int | None = None,
+    source_schemas: dict[str, pa.Schema] | None = None,
+) -> ModelRun:
+    """``run_model``, returning the written rows together with what each input view held."""
     _check_partition_args(model, account_id, day)
+    window = None
+    if model.window_days is not None:
+        window = _window_days(window_days or model.window_days, f"model '{model.name}'")
+    elif window_days is not None:
+        raise ModelError(f"model '{model.name}' has no window_days header; it cannot run over a window")
+    window_start = day - timedelta(days=window - 1) if window and day else None
     con = connection or duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    inputs: dict[str, InputRead] = {}
     for dep in model.dependencies(set(known_tables)):
         partitioning = known_tables[dep]
         dep_account = account_id if partitioning == "account_date" else None
-        dep_day = day if partitioning in ("account_date", "date") else None
-        path = lake.partition_file(dep, dep_account, dep_day)
-        if path is None:
-            lake.read(dep, dep_account, dep_day)  # raises the error that names the missing partition
+        if window and dep in model.window_over and partitioning in ("account_date", "date"):
+            days = [window_start + timedelta(days=i) for i in range(window)]
+        else:
+            days = [day if partitioning in ("account_date", "date") else None]
+        found: list[tuple[str, Path]] = []
+        missing: list[str] = []
+        for d in days:
+            path = lake.partition_file(dep, dep_account, d)
+            label = _partition_label(dep_account, d)
+            if path is None:
+                missing.append(label)
+            else:
+                found.append((label, path))
+        if not found and dep in model.optional_sources:
+            schema = (source_schemas or {}).get(dep)
+            if schema is None:
+                raise ModelError(
+                    f"model '{model.name}' lists '{dep}' in optional_sources but no schema is known for it; "
+                    "pass source_schemas={'" + dep + "': schema}"
+                )
+            con.register(f"__empty_{dep}", schema.empty_table())
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM __empty_{dep}")
+            inputs[dep] = InputRead(dep, [], missing, 0, absent_source=True)
+            continue
+        if not found:
+            if len(days) == 1:
+                lake.read(dep, dep_account, days[0])  # raises the error that names the missing partition
+            raise ModelError(
+                f"model '{model.name}' for partition {_partition_label(account_id, day)}: its {window}-day "
+                f"window has no partition of '{dep}' at all ({_partition_label(dep_account, days[0])} to "
+                f"{days[-1].isoformat()}); materialise '{dep}' for those days first"
+            )
+        files = ", ".join(f"'{path}'" for _, path in found)
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet('{path}', hive_partitioning = false)"
+            f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet([{files}], hive_partitioning = false)"
         )
-    sql = _VAR.sub(lambda m: _literal(m.group(1), account_id, day, model), model.render())
+        rows = int(con.execute(f"SELECT count(*) FROM {dep}").fetchall()[0][0])
+        inputs[dep] = InputRead(dep, [label for label, _ in found], missing, rows)
+    values = {
+        "account_id": account_id,
+        "date": day.isoformat() if day else None,
+        "window_days": str(window) if window else None,
+        "window_start": window_start.isoformat() if window_start else None,
+    }
+    sql = _VAR.sub(lambda m: _literal(m.group(1), values, model), model.render())
     try:
         result = con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
@@ -179,11 +317,17 @@ def run_model(
     if model.partitioned_by != "none":
         _check_partition_columns(model, result, account_id, day)
     lake.write(model.name, result, account_id, day, schema=result.schema)
-    return result
+    return ModelRun(result, inputs, window, window_start)
 
 
-def _literal(name: str, account_id: str | None, day: date | None, model: SqlModel) -> str:
-    values = {"account_id": account_id, "date": day.isoformat() if day else None}
+def _partition_label(account_id: str | None, day: date | None) -> str:
+    parts = [p for p in (account_id and f"account {account_id}", day and f"date {day.isoformat()}") if p]
+    return ", ".join(parts) or "the whole table"
+
+
+def _literal(name: str, values: dict[str, str | None], model: SqlModel) -> str:
+    if name == "window_days" and values.get(name) is not None:
+        return str(int(values[name]))  # a number, usable in arithmetic as it is
     if values.get(name) is None:
         raise ModelError(f"model '{model.name}' uses var('{name}'), which this partition does not define")
     return f"'{values[name]}'"

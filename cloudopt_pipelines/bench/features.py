@@ -1,0 +1,291 @@
+"""Benchmark of the utilisation feature models on a lake of replicated real traces (no Dagster).
+
+>>> result = run_features_benchmark(resources=2000, days=2)
+>>> print(format_report(result))
+
+The seed is the embedded demo metrics (cloudopt_pipelines/demo/data/metrics.parquet: 42 real Azure
+V1 VM series of 2,016 five-minute samples, CPU average and maximum, and real GCD memory). Resource i
+replays seed series i mod 42, rotated in time by 37 x (i // 42) slots, so that no two resources are
+identical; every value is a real measurement. Each account x day becomes one ``utilization_5m``
+partition, as the collector writes it.
+
+Timed, in the same run and process, with DuckDB on ``threads`` threads:
+- ``stg_utilization_5m`` (dedup and gap marking) for every partition;
+- ``utilization_daily`` for every partition; its floor is a plain DuckDB GROUP BY avg and max over
+  the same Parquet files (the stg partitions);
+- ``utilization_window`` for the last day of every account (window = ``window_days``, default all the
+  days generated); its floor is the same plain GROUP BY over the window's files;
+- a straightforward pandas implementation of the daily statistics (groupby count, mean, the five
+  quantiles and max of CPU peak and memory), over the same Parquet files, one partition at a time;
+  and of the window statistics for one account.
+Peak RSS of the process is read after the DuckDB part (before pandas) and at the end.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cloudopt_pipelines.assets.features import SOURCE_TABLES
+from cloudopt_pipelines.resources.storage import REPO_SQL_DIR
+from cloudopt_pipelines.sources.demo import DEMO_DATA
+from cloudopt_pipelines.sqlmodels.runner import execute_model, load_models
+from cloudopt_pipelines.sqlmodels.sources import source_schemas
+from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.schemas import UTILIZATION_5M
+
+SLOTS = 288
+FIRST_DAY = date(2026, 1, 5)
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.995)
+
+
+@dataclass
+class BenchResult:
+    resources: int
+    days: int
+    accounts: int
+    window_days: int
+    samples: int
+    threads: int
+    timings: dict[str, float] = field(default_factory=dict)
+    samples_timed: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb_duckdb: float = 0.0
+    peak_rss_mb_total: float = 0.0
+    max_abs_diff_vs_pandas: float = 0.0
+
+    def rate(self, name: str) -> float:
+        return self.samples_timed[name] / self.timings[name]
+
+    def ratio(self, name: str, other: str) -> float:
+        return self.timings[name] / self.timings[other]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _seed() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    table = pq.read_table(DEMO_DATA / "metrics.parquet").sort_by([("resource_id", "ascending"), ("ts", "ascending")])
+    ids = table.column("resource_id").to_numpy(zero_copy_only=False)
+    series = sorted(set(ids))
+    per = len(ids) // len(series)
+    shape = (len(series), per)
+    cpu = table.column("cpu_pct").to_numpy(zero_copy_only=False).astype(float).reshape(shape)
+    cpu_max = table.column("cpu_max_pct").to_numpy(zero_copy_only=False).astype(float).reshape(shape)
+    mem = table.column("mem_pct").to_numpy(zero_copy_only=False).astype(float).reshape(shape)
+    return cpu, cpu_max, mem, per
+
+
+def generate_lake(lake: Lake, resources: int, days: int, accounts: int) -> tuple[list[str], list[date], int]:
+    """Write ``days`` x ``accounts`` utilization_5m partitions, ``resources`` in all; returns the sample count."""
+    cpu, cpu_max, mem, per = _seed()
+    n_seed = cpu.shape[0]
+    account_ids = [f"{900000000000 + a:012d}" for a in range(accounts)]
+    day_list = [FIRST_DAY + timedelta(days=d) for d in range(days)]
+    per_account = np.array_split(np.arange(resources), accounts)
+    total = 0
+    for account, members in zip(account_ids, per_account, strict=True):
+        rids = np.array([f"i-{account[-4:]}{r:013x}" for r in members])
+        seed_idx = members % n_seed
+        shift = (members // n_seed) * 37
+        for d, day in enumerate(day_list):
+            steps = (np.arange(SLOTS)[None, :] + d * SLOTS + shift[:, None]) % per
+            rows = seed_idx[:, None]
+            n = len(members) * SLOTS
+            base = np.datetime64(day.isoformat(), "us").astype(np.int64)
+            ts = base + np.tile(np.arange(SLOTS, dtype=np.int64) * 300_000_000, len(members))
+            table = pa.table(
+                {
+                    "account_id": pa.array([account] * 1, pa.string()).take(np.zeros(n, dtype=np.int64)),
+                    "date": pa.array([day], pa.date32()).take(np.zeros(n, dtype=np.int64)),
+                    "resource_id": pa.array(rids).take(np.repeat(np.arange(len(members)), SLOTS)),
+                    "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                    "cpu_pct": cpu[rows, steps].ravel(),
+                    "cpu_max_pct": cpu_max[rows, steps].ravel(),
+                    "mem_pct": pa.array(mem[rows, steps].ravel(), from_pandas=True),
+                    "net_in_bytes": pa.nulls(n, pa.float64()),
+                    "net_out_bytes": pa.nulls(n, pa.float64()),
+                    "source": pa.array(["bench"], pa.string()).take(np.zeros(n, dtype=np.int64)),
+                },
+                schema=UTILIZATION_5M,
+            )
+            lake.write("utilization_5m", table, account, day)
+            total += n
+    return account_ids, day_list, total
+
+
+def _connection(threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    return con
+
+
+def _floor(con: duckdb.DuckDBPyConnection, files: list[Path], by_day: bool) -> float:
+    keys = "account_id, date, resource_id" if by_day else "resource_id"
+    listing = ", ".join(f"'{f}'" for f in files)
+    t0 = time.perf_counter()
+    con.sql(
+        f"SELECT {keys}, avg(cpu_pct), max(cpu_peak_pct) "
+        f"FROM read_parquet([{listing}], hive_partitioning = false) GROUP BY {keys}"
+    ).to_arrow_table()
+    return time.perf_counter() - t0
+
+
+def _pandas_stats(files: list[Path]):
+    """The straightforward pandas version of the same statistics."""
+    import pandas as pd
+
+    frame = pd.concat(
+        [pq.read_table(f, columns=["resource_id", "cpu_pct", "cpu_peak_pct", "mem_pct"]).to_pandas() for f in files],
+        ignore_index=True,
+    )
+    grouped = frame.groupby("resource_id", sort=True)
+    out = grouped.agg(
+        samples=("cpu_pct", "size"),
+        cpu_mean_pct=("cpu_pct", "mean"),
+        cpu_max_pct=("cpu_peak_pct", "max"),
+        mem_mean_pct=("mem_pct", "mean"),
+        mem_max_pct=("mem_pct", "max"),
+    )
+    for column, prefix in (("cpu_peak_pct", "cpu"), ("mem_pct", "mem")):
+        q = grouped[column].quantile(list(QUANTILES)).unstack()
+        for value, name in zip(QUANTILES, ("p50", "p90", "p95", "p99", "p995"), strict=True):
+            out[f"{prefix}_{name}_pct"] = q[value]
+    return out
+
+
+def run_features_benchmark(
+    resources: int = 20_000,
+    days: int = 7,
+    accounts: int = 4,
+    window_days: int | None = None,
+    threads: int = 2,
+    memory_limit: str = "3GB",
+    workdir: Path | str | None = None,
+    pandas: bool = True,
+    progress=print,
+) -> BenchResult:
+    """Generate the lake, time the models, the floors and pandas; see the module docstring."""
+    window = window_days or days
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cloudopt-bench-features-"))
+    lake = Lake(root / "lake")
+    models = {m.name: m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES))}
+    partitioning = {k: v[0] for k, v in SOURCE_TABLES.items()} | {m.name: m.partitioned_by for m in models.values()}
+    schemas = source_schemas()
+    try:
+        t0 = time.perf_counter()
+        account_ids, day_list, total = generate_lake(lake, resources, days, accounts)
+        progress(
+            f"generated {total:,} samples ({resources:,} resources x {days} days) in {time.perf_counter() - t0:.1f} s"
+        )
+        result = BenchResult(resources, days, accounts, window, total, threads)
+
+        def run_all(name: str, partitions) -> float:
+            start = time.perf_counter()
+            for account, day in partitions:
+                execute_model(
+                    models[name],
+                    lake,
+                    partitioning,
+                    account,
+                    day,
+                    _connection(threads, memory_limit),
+                    window_days=window if models[name].window_days else None,
+                    source_schemas=schemas,
+                )
+            return time.perf_counter() - start
+
+        everything = [(a, d) for a in account_ids for d in day_list]
+        result.timings["stg_utilization_5m"] = run_all("stg_utilization_5m", everything)
+        result.samples_timed["stg_utilization_5m"] = total
+        run_all("stg_cluster_metrics_5m", everything)  # empty: no cluster metrics in the benchmark
+        result.timings["utilization_daily"] = run_all("utilization_daily", everything)
+        result.samples_timed["utilization_daily"] = total
+        stg_files = [lake.partition_file("stg_utilization_5m", a, d) for a, d in everything]
+        result.timings["floor_daily"] = _floor(_connection(threads, memory_limit), stg_files, by_day=True)
+        result.samples_timed["floor_daily"] = total
+
+        last = [(a, day_list[-1]) for a in account_ids]
+        window_days_list = [d for d in day_list if d > day_list[-1] - timedelta(days=window)]
+        window_samples = total * len(window_days_list) // days
+        result.timings["utilization_window"] = run_all("utilization_window", last)
+        result.samples_timed["utilization_window"] = window_samples
+        floor = 0.0
+        for account in account_ids:
+            files = [lake.partition_file("stg_utilization_5m", account, d) for d in window_days_list]
+            floor += _floor(_connection(threads, memory_limit), files, by_day=False)
+        result.timings["floor_window"] = floor
+        result.samples_timed["floor_window"] = window_samples
+        result.peak_rss_mb_duckdb = _peak_rss_mb()
+        progress(format_report(result))
+
+        if pandas:
+            start = time.perf_counter()
+            for file in stg_files:
+                _pandas_stats([file])
+            result.timings["pandas_daily"] = time.perf_counter() - start
+            result.samples_timed["pandas_daily"] = total
+            account = account_ids[0]
+            files = [lake.partition_file("stg_utilization_5m", account, d) for d in window_days_list]
+            start = time.perf_counter()
+            expected = _pandas_stats(files)
+            elapsed = time.perf_counter() - start
+            result.timings["pandas_window"] = elapsed * len(account_ids)  # every account, extrapolated
+            result.samples_timed["pandas_window"] = window_samples
+            got = lake.read("utilization_window", account, day_list[-1]).to_pandas().set_index("resource_id")
+            columns = [c for c in expected.columns if c != "samples"]
+            diff = (got.loc[expected.index, columns] - expected[columns]).abs().max().max()
+            result.max_abs_diff_vs_pandas = float(diff)
+        result.peak_rss_mb_total = _peak_rss_mb()
+        return result
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def format_report(r: BenchResult) -> str:
+    lines = [
+        f"features benchmark: {r.resources:,} resources x {r.days} days = {r.samples:,} samples, "
+        f"{r.accounts} accounts, window {r.window_days} days, DuckDB threads {r.threads}",
+        f"{'step':<22}{'seconds':>9}{'M samples/s':>13}{'x floor':>9}{'pandas / this':>15}",
+    ]
+    floors = {"utilization_daily": "floor_daily", "utilization_window": "floor_window"}
+    pandas = {"utilization_daily": "pandas_daily", "utilization_window": "pandas_window"}
+    for name in r.timings:
+        ratio = f"{r.ratio(name, floors[name]):.2f}" if name in floors else ""
+        vs = f"{r.ratio(pandas[name], name):.1f}" if name in pandas and pandas[name] in r.timings else ""
+        lines.append(f"{name:<22}{r.timings[name]:>9.2f}{r.rate(name) / 1e6:>13.2f}{ratio:>9}{vs:>15}")
+    lines.append(
+        f"peak RSS: {r.peak_rss_mb_duckdb:,.0f} MB after the DuckDB models; {r.peak_rss_mb_total:,.0f} MB at the end"
+    )
+    if r.max_abs_diff_vs_pandas:
+        lines.append(f"window vs pandas, largest absolute difference: {r.max_abs_diff_vs_pandas:.3g}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resources", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--accounts", type=int, default=4)
+    parser.add_argument("--window-days", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-pandas", action="store_true")
+    args = parser.parse_args()
+    res = run_features_benchmark(
+        args.resources, args.days, args.accounts, args.window_days, args.threads, pandas=not args.no_pandas
+    )
+    print(format_report(res))
