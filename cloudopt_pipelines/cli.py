@@ -5,6 +5,7 @@ import os
 import sys
 import time
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.")
 app.add_typer(bench_app, name="bench")
+backtest_app = typer.Typer(help="Backtests of the optimisers on public VM traces.")
+app.add_typer(backtest_app, name="backtest")
 
 DEMO_START = date(2026, 11, 16)
 DEMO_END = date(2026, 11, 22)
@@ -33,8 +36,14 @@ def _parse_day(value: str, option: str) -> date:
 
 
 def _quiet_dagster() -> None:
+    import warnings
+
+    import dagster as dg
+
     os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_LEVEL", "WARNING")
     logging.getLogger("dagster").setLevel(logging.WARNING)
+    for category in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 @app.command()
@@ -134,6 +143,64 @@ def info() -> None:
     lake = Lake(settings.lake_dir)
     for table in lake.tables():
         typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
+
+
+@bench_app.command("features")
+def bench_features(
+    resources: Annotated[int, typer.Option(help="Resources to replicate the real traces onto.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Days of 5-minute samples per resource.")] = 7,
+    accounts: Annotated[int, typer.Option(help="Accounts the resources are spread over.")] = 4,
+    window_days: Annotated[int | None, typer.Option(help="Window of utilization_window (default: all days).")] = None,
+    threads: Annotated[int, typer.Option(help="DuckDB threads.")] = 2,
+    pandas: Annotated[bool, typer.Option("--pandas/--no-pandas", help="Also time the pandas baseline.")] = True,
+    workdir: Annotated[Path | None, typer.Option(help="Where to build the lake (default: a temp dir).")] = None,
+) -> None:
+    """Time utilization_daily and utilization_window against a plain GROUP BY floor and pandas."""
+    from cloudopt_pipelines.bench.features import format_report, run_features_benchmark
+
+    result = run_features_benchmark(
+        resources=resources,
+        days=days,
+        accounts=accounts,
+        window_days=window_days,
+        threads=threads,
+        pandas=pandas,
+        workdir=workdir,
+        progress=typer.echo,
+    )
+    typer.echo(format_report(result))
+
+
+@bench_app.command("collect")
+def bench_collect(
+    instances: Annotated[int, typer.Option(help="Instances seeded into the moto server.")] = 1000,
+    days: Annotated[int, typer.Option(help="Days of 5-minute metrics seeded per instance.")] = 1,
+    page_size: Annotated[int | None, typer.Option(help="Page size of paginated list calls.")] = None,
+) -> None:
+    """Seed a local moto server, collect one day, report API calls against the minimum and rows/s."""
+    from cloudopt_pipelines.bench.collect import format_report, run_collect_benchmark
+
+    typer.echo(format_report(run_collect_benchmark(instances=instances, days=days, page_size=page_size)))
+
+
+@backtest_app.command("standalone")
+def backtest_standalone(
+    trace: Annotated[str, typer.Option("--trace", help="Trace file (CSV or CSV.GZ; see docs/backtests.md).")],
+    train_days: Annotated[float, typer.Option("--train-days", help="Days to recommend on.")] = 14,
+    test_days: Annotated[float, typer.Option("--test-days", help="Days to replay on the recommendation.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every VM's choice per strategy as JSON.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="auto, long, azure, bitbrains, gcd or planetlab.")] = "auto",
+    max_vms: Annotated[int | None, typer.Option("--max-vms", help="Only the first N VMs (by id).")] = None,
+    output: Annotated[str | None, typer.Option("--output", help="Also write the output to this file.")] = None,
+) -> None:
+    """Right-size each VM on the training window, replay the test window, and compare our risk settings
+    with Compute-Optimizer-, Cost-Explorer-, KRR- and VPA-like baselines (savings vs violations).
+    Exits 1 when a baseline is not dominated or the default setting is off the curve, 2 for a bad trace."""
+    from cloudopt_pipelines.backtest import backtest_command
+
+    code = backtest_command(trace, train_days, test_days, as_json, fmt, max_vms, output, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -4,6 +4,7 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.features import build_sql_model_assets
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
+from cloudopt_pipelines.assets.recommendations import recommendations
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
@@ -31,11 +32,11 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
-    upstream = [key for a in raw_assets + sql_assets for key in a.keys]
+    upstream = [key for a in [*raw_assets, *sql_assets, recommendations] for key in a.keys]
     warehouse_asset = build_warehouse_asset(upstream)
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, recommendations]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
@@ -43,7 +44,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     return dg.Definitions(
-        assets=[*raw_assets, *sql_assets, warehouse_asset],
+        assets=[*raw_assets, *sql_assets, recommendations, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job],
         schedules=[daily_pipeline_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(daily_job, warehouse_job)],

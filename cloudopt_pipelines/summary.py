@@ -1,5 +1,7 @@
 """The summary printed at the end of ``make demo``: what ran, what was found, where to look next."""
 
+import json
+
 import duckdb
 
 from cloudopt_pipelines.config import Settings
@@ -30,15 +32,26 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         ).fetchone()
         lines.append(f"Utilisation: {samples:,} 5-minute samples over {series} instances")
     if lake.exists("recommendations"):
+        recs = lake.glob("recommendations")
         top = con.execute(
-            f"SELECT account_id, resource_id, action, proposed_config, monthly_savings_usd "
-            f"FROM read_parquet('{lake.glob('recommendations')}', hive_partitioning = false) "
-            f"WHERE date = (SELECT max(date) FROM read_parquet('{lake.glob('recommendations')}', "
-            f"hive_partitioning = false)) ORDER BY monthly_savings_usd DESC LIMIT 5"
+            f"""
+            SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
+                   savings_pct, confidence
+            FROM read_parquet('{recs}', hive_partitioning = false)
+            WHERE is_best AND action <> 'keep'
+              AND date = (SELECT max(date) FROM read_parquet('{recs}', hive_partitioning = false))
+            ORDER BY monthly_savings_usd DESC
+            """
         ).fetchall()
         if top:
-            lines.append("Top recommendations (latest day, $ per month):")
-            lines += [f"  {a} {r} {act} -> {p}: ${s:,.2f}" for a, r, act, p, s in top]
+            total = sum(row[5] for row in top)
+            lines.append(f"Recommendations: {len(top)} resources, ${total:,.2f} per month to save (latest day); top 5:")
+            for account, resource, action, current, proposed, savings, pct, confidence in top[:5]:
+                change = f"{_config(current)} -> {_config(proposed)}"
+                lines.append(
+                    f"  {account} {resource:<24} {action:<16} {change:<36} ${savings:>9,.2f}/month"
+                    f" ({pct or 0:.0f} %, confidence {confidence:.0%})"
+                )
     lines += [
         f"Warehouse: {settings.warehouse_path}",
         f'Try:       cloudopt sql "{try_sql}"',
@@ -47,3 +60,15 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         "UI:        make dev   (then open http://127.0.0.1:3000)",
     ]
     return "\n".join(lines)
+
+
+def _config(text: str | None) -> str:
+    """A short human form of a current/proposed config JSON: its instance type and market, or its action."""
+    try:
+        config = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return str(text)
+    if "instance_type" in config:
+        market = config.get("market", "on_demand")
+        return config["instance_type"] + ("" if market == "on_demand" else f" ({market})")
+    return str(config.get("config") or config.get("action") or text)

@@ -1,0 +1,13 @@
+"""The optimisers' public API: pure logic, no Dagster."""
+
+from cloudopt_pipelines.optimizers.schedules import recommend_schedule
+from cloudopt_pipelines.optimizers.sizing import analyze_utilization, recommend_resize
+from cloudopt_pipelines.optimizers.standalone import optimize_standalone_instance, recommend_account
+
+__all__ = [
+    "analyze_utilization",
+    "optimize_standalone_instance",
+    "recommend_account",
+    "recommend_resize",
+    "recommend_schedule",
+]

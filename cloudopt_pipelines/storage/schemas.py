@@ -109,12 +109,53 @@ CLUSTER_METRICS_5M = pa.schema(
     ]
 )
 
+# One row per (resource, option): keep plus every alternative, ranked; is_best marks the one shown
+# as "the" recommendation. The portfolio LP picks among the options of each resource.
+RECOMMENDATIONS = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("resource_id", pa.string()),
+        ("resource_kind", pa.string()),
+        ("deployment_type", pa.string()),
+        ("region", pa.string()),
+        ("zone", pa.string()),
+        ("option_name", pa.string()),
+        ("action", pa.string()),
+        ("rank", pa.int32()),
+        ("is_best", pa.bool_()),
+        ("finding", pa.string()),
+        ("current_config", pa.string()),
+        ("proposed_config", pa.string()),
+        ("market", pa.string()),
+        ("vcpu", pa.float64()),
+        ("memory_gib", pa.float64()),
+        ("monthly_cost_current_usd", pa.float64()),
+        ("monthly_cost_proposed_usd", pa.float64()),
+        ("monthly_savings_usd", pa.float64()),
+        ("savings_pct", pa.float64()),
+        ("one_time_cost_usd", pa.float64()),
+        ("performance_risk", pa.float64()),
+        ("migration_effort", pa.string()),
+        ("projected_cpu_pct", pa.float64()),
+        ("projected_memory_pct", pa.float64()),
+        ("confidence", pa.float64()),
+        ("is_estimate", pa.bool_()),
+        ("protected", pa.bool_()),
+        ("risk_setting", pa.string()),
+        ("rationale", pa.string()),
+        ("details", pa.string()),
+    ]
+)
+
+
 TABLES: dict[str, pa.Schema] = {
     "price_catalog": PRICE_CATALOG,
     "reserved_prices": RESERVED_PRICES,
     "resources": RESOURCES,
     "utilization_5m": UTILIZATION_5M,
     "cluster_metrics_5m": CLUSTER_METRICS_5M,
+    "recommendations": RECOMMENDATIONS,
 }
 
 RESOURCE_KINDS = (

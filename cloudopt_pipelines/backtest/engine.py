@@ -1,0 +1,363 @@
+"""The right-sizing backtest: recommend on a training window, replay the test window on the choice.
+
+For each VM of a trace and each strategy:
+
+1. map the VM onto its current type (the trace's ``instance_type``, else the smallest ``m5`` covering its
+   provisioned cores and memory, else ``DEFAULT_INSTANCE_TYPE``);
+2. build the utilisation profile of the *training* window only and pick the cheapest catalogue type
+   (us-east-1, same architecture) that the strategy says fits;
+3. replay the *test* window on that type: an interval violates when its CPU demand (5-minute maximum, in
+   vCPU) exceeds the type's vCPU (for burstable types, the capacity its CPU credits allow at that
+   moment) or its memory demand exceeds the type's memory.
+
+Savings are on-demand price differences against the current type (``catalogue``, USD/hour); a strategy
+that up-sizes an under-provisioned VM shows negative savings for it. Every choice is in the JSON so the
+figures can be recomputed from the trace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from cloudopt_pipelines.backtest.traces import VmTrace
+from cloudopt_pipelines.optimizers.sizing import (
+    CPU_HEADROOMS_PCT,
+    CPU_PERCENTILES,
+    MEMORY_HEADROOMS_PCT,
+    SAMPLES_PER_DAY,
+    Catalog,
+    Demand,
+    InstanceType,
+    SizingPolicy,
+    UtilizationProfile,
+    analyze_utilization,
+    candidate_types,
+    cheapest_fit,
+    required_capacity,
+    simulate_credits,
+)
+
+REGION = "us-east-1"
+DEFAULT_INSTANCE_TYPE = "m5.xlarge"
+DEFAULT_FAMILY = "m5"
+DEFAULT_SETTING = "ours p99.5+20% mem+20%"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a strategy turns a training profile into the capacity it asks for."""
+
+    name: str
+    kind: str  # "ours" | "baseline"
+    demand: Callable[[UtilizationProfile], Demand]
+    policy: SizingPolicy
+    description: str
+
+
+def _pct(series: np.ndarray, q: float) -> float:
+    return float(np.percentile(series, q)) if series.size else 0.0
+
+
+def _baseline(name: str, cpu_q: float, cpu_h: float, mem_q: float, mem_h: float, description: str) -> Strategy:
+    def demand(profile: UtilizationProfile) -> Demand:
+        cpu = _pct(profile.cpu_peak_vcpu, cpu_q)
+        mem = _pct(profile.mem_gib, mem_q) * (1 + mem_h / 100) if profile.has_memory else None
+        return Demand(
+            vcpu=cpu * (1 + cpu_h / 100),
+            memory_gib=mem,
+            net_bps=None,
+            cpu_headroom_pct=cpu_h,
+            cpu_percentile_vcpu=cpu,
+            memory_floor_gib=None if mem is not None else profile.memory_gib,
+        )
+
+    policy = SizingPolicy(allow_burstable=False, allow_graviton=False)
+    return Strategy(name, "baseline", demand, policy, description)
+
+
+def _ours(
+    percentile: float, headroom: float, memory_headroom: float = 20.0, adaptive: bool = False, floor: bool = False
+) -> Strategy:
+    policy = SizingPolicy(
+        cpu_percentile=percentile,
+        cpu_headroom_pct=headroom,
+        memory_headroom_pct=memory_headroom,
+        adaptive=adaptive,
+        allow_graviton=False,
+        floor_at_max=floor,
+    )
+
+    def demand(profile: UtilizationProfile) -> Demand:
+        return required_capacity(profile, policy)
+
+    return Strategy(
+        f"ours {policy.name}",
+        "ours",
+        demand,
+        policy,
+        f"CPU P{percentile:g} of 5-min maxima + {headroom:g} % {'adaptive ' if adaptive else ''}headroom "
+        f"{'and at least the window maximum ' if floor else ''}(capped at the current size unless saturated), "
+        f"memory peak + {memory_headroom:g} %, burstable if credits fit",
+    )
+
+
+BASELINES: tuple[Strategy, ...] = (
+    _baseline("compute-optimizer-like", 99.5, 20, 99.5, 20, "P99.5 of 5-min maxima + 20 % (CPU and memory)"),
+    _baseline("cost-explorer-like", 100, 0, 100, 0, "maximum over the window (CPU and memory)"),
+    _baseline("krr-like", 95, 15, 100, 15, "CPU P95 + 15 %, memory max + 15 %"),
+    _baseline("vpa-like", 90, 15, 90, 15, "P90 + 15 % (CPU and memory)"),
+)
+
+
+def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[Strategy, ...]:
+    """Every risk setting of ours: CPU percentile x CPU headroom (x memory headroom when there is memory data)."""
+    memory = MEMORY_HEADROOMS_PCT if with_memory else (20.0,)
+    grid = tuple(_ours(q, h, m, adaptive) for q in CPU_PERCENTILES for h in CPU_HEADROOMS_PCT for m in memory)
+    return (*grid, _ours(99.5, 30.0, 30.0 if with_memory else 20.0, adaptive, floor=True))
+
+
+def default_strategies(with_memory: bool = True) -> tuple[Strategy, ...]:
+    return (*our_strategies(with_memory), *BASELINES)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: int
+    test: int
+    scaled: bool
+    note: str
+
+
+def split_samples(total: int, train_days: float, test_days: float) -> Split:
+    """Training and test sample counts; a trace shorter than both windows is split proportionally."""
+    train, test = round(train_days * SAMPLES_PER_DAY), round(test_days * SAMPLES_PER_DAY)
+    if train + test <= total:
+        return Split(train, test, False, f"{train_days:g} training days, {test_days:g} test days")
+    train = math.floor(total * train_days / (train_days + test_days))
+    return Split(
+        train,
+        total - train,
+        True,
+        f"trace has {total / SAMPLES_PER_DAY:.1f} days, under {train_days:g}+{test_days:g}: split proportionally "
+        f"into {train / 12:.1f} training hours and {(total - train) / 12:.1f} test hours",
+    )
+
+
+def current_type_for(vm: VmTrace, catalog: Catalog) -> InstanceType:
+    """The type a VM is taken to run on: its own, else the smallest m5 covering its size, else the default."""
+    if vm.instance_type:
+        return catalog.get(REGION, vm.instance_type)
+    if vm.provisioned_vcpu:
+        need_mem = vm.provisioned_memory_gib or 0.0
+        for family in (DEFAULT_FAMILY, "r5", "x1e", "x1", "u-6tb1"):
+            fits = [
+                t
+                for t in catalog.region(REGION)
+                if t.family == family
+                and "metal" not in t.instance_type
+                and t.vcpu >= vm.provisioned_vcpu
+                and t.memory_gib >= need_mem
+            ]
+            if fits:
+                return min(fits, key=lambda t: (t.ondemand_usd_per_hour, t.vcpu))
+    return catalog.get(REGION, DEFAULT_INSTANCE_TYPE)
+
+
+@dataclass
+class Choice:
+    """One VM under one strategy: what it picked and how the test window went."""
+
+    resource_id: str
+    strategy: str
+    current_type: str
+    recommended_type: str
+    current_usd_per_hour: float
+    recommended_usd_per_hour: float
+    test_intervals: int
+    violations: int
+    worst_overload_pct: float
+
+    @property
+    def savings_pct(self) -> float:
+        return 100 * (1 - self.recommended_usd_per_hour / self.current_usd_per_hour)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resource_id": self.resource_id,
+            "strategy": self.strategy,
+            "current_type": self.current_type,
+            "recommended_type": self.recommended_type,
+            "current_usd_per_hour": self.current_usd_per_hour,
+            "recommended_usd_per_hour": self.recommended_usd_per_hour,
+            "savings_pct": round(self.savings_pct, 4),
+            "test_intervals": self.test_intervals,
+            "violations": self.violations,
+            "violation_rate": round(self.violations / self.test_intervals, 6) if self.test_intervals else 0.0,
+            "worst_overload_pct": round(self.worst_overload_pct, 3),
+        }
+
+
+@dataclass
+class StrategyResult:
+    strategy: Strategy
+    choices: list[Choice] = field(default_factory=list)
+
+    @property
+    def savings_pct(self) -> float:
+        cur = sum(c.current_usd_per_hour for c in self.choices)
+        rec = sum(c.recommended_usd_per_hour for c in self.choices)
+        return 100 * (1 - rec / cur) if cur else 0.0
+
+    @property
+    def violation_rate_pct(self) -> float:
+        n = sum(c.test_intervals for c in self.choices)
+        return 100 * sum(c.violations for c in self.choices) / n if n else 0.0
+
+    @property
+    def worst_overload_pct(self) -> float:
+        return max((c.worst_overload_pct for c in self.choices), default=0.0)
+
+    @property
+    def vms_with_violations(self) -> int:
+        return sum(1 for c in self.choices if c.violations)
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for c in self.choices if c.recommended_type != c.current_type)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.name,
+            "kind": self.strategy.kind,
+            "rule": self.strategy.description,
+            "savings_pct": round(self.savings_pct, 3),
+            "violation_rate_pct": round(self.violation_rate_pct, 4),
+            "worst_overload_pct": round(self.worst_overload_pct, 2),
+            "vms_with_violations": self.vms_with_violations,
+            "vms_changed": self.changed,
+            "vms": len(self.choices),
+        }
+
+
+def _profile(vm: VmTrace, current: InstanceType, sl: slice) -> UtilizationProfile:
+    return analyze_utilization(
+        vm.cpu_avg_pct[sl],
+        cpu_max_pct=vm.cpu_pct[sl],
+        mem_pct=None if vm.mem_pct is None else vm.mem_pct[sl],
+        vcpu=current.vcpu,
+        memory_gib=current.memory_gib,
+        provisioned_vcpu=vm.provisioned_vcpu,
+        provisioned_memory_gib=vm.provisioned_memory_gib,
+    )
+
+
+def replay(vm: VmTrace, current: InstanceType, chosen: InstanceType, split: Split) -> tuple[int, int, float]:
+    """(intervals, violations, worst overload %) of the test window on ``chosen``."""
+    base_vcpu = vm.provisioned_vcpu or current.vcpu
+    base_mem = vm.provisioned_memory_gib or current.memory_gib
+    train = slice(0, split.train)
+    test = slice(split.train, split.train + split.test)
+    cpu = vm.cpu_pct[test] / 100 * base_vcpu
+    present = ~np.isnan(cpu)
+    if chosen.burstable_baseline_pct is not None:
+        # Credits are spent by the 5-minute averages; the maxima must fit the capacity left.
+        warm = vm.cpu_avg_pct[train] / 100 * base_vcpu
+        _, balance = simulate_credits(np.nan_to_num(warm), chosen)
+        spend = np.nan_to_num(vm.cpu_avg_pct[test] / 100 * base_vcpu)
+        capacity, _ = simulate_credits(spend, chosen, balance)
+    else:
+        capacity = np.full(cpu.shape, float(chosen.vcpu))
+    ratio = np.where(present, np.nan_to_num(cpu) / capacity, 0.0)
+    if vm.mem_pct is not None:
+        mem = vm.mem_pct[test] / 100 * base_mem
+        ratio = np.maximum(ratio, np.nan_to_num(mem) / chosen.memory_gib)
+    intervals = int(present.sum())
+    violations = int((ratio[present] > 1.0 + 1e-9).sum())
+    worst = max(float(ratio[present].max()) - 1, 0.0) * 100 if intervals else 0.0
+    return intervals, violations, worst
+
+
+def run_backtest(
+    vms: Sequence[VmTrace],
+    catalog: Catalog,
+    train_days: float = 14,
+    test_days: float = 7,
+    strategies: Sequence[Strategy] | None = None,
+) -> tuple[Split, list[StrategyResult]]:
+    """Backtest every strategy on every VM; the split is the same for all VMs of the trace."""
+    with_memory = any(vm.mem_pct is not None for vm in vms)
+    strategies = list(strategies or default_strategies(with_memory))
+    total = min((vm.samples for vm in vms), default=0)
+    split = split_samples(total, train_days, test_days)
+    results = [StrategyResult(s) for s in strategies]
+    candidates_cache: dict[tuple[str, bool], list[InstanceType]] = {}
+    for vm in vms:
+        if vm.samples < split.train + split.test:
+            continue
+        current = current_type_for(vm, catalog)
+        profile = _profile(vm, current, slice(0, split.train))
+        if profile.samples < split.train * 0.5:
+            continue  # under half the training window: no recommendation, as in production
+        for result in results:
+            policy = result.strategy.policy
+            key = (current.instance_type, policy.allow_burstable)
+            if key not in candidates_cache:
+                candidates_cache[key] = candidate_types(catalog, current, policy)
+            demand = result.strategy.demand(profile)
+            if demand.memory_gib is None:
+                demand = replace(demand, memory_floor_gib=current.memory_gib)
+            chosen = cheapest_fit(profile, demand, current, candidates_cache[key])
+            if chosen is None:  # nothing in the catalogue is big enough: the largest fitting-memory type
+                chosen = max(candidates_cache[key], key=lambda t: (t.vcpu, -t.ondemand_usd_per_hour))
+            intervals, violations, worst = replay(vm, current, chosen, split)
+            result.choices.append(
+                Choice(
+                    vm.resource_id,
+                    result.strategy.name,
+                    current.instance_type,
+                    chosen.instance_type,
+                    current.ondemand_usd_per_hour,
+                    chosen.ondemand_usd_per_hour,
+                    intervals,
+                    violations,
+                    worst,
+                )
+            )
+    return split, results
+
+
+def dominance(results: Sequence[StrategyResult], default: str = DEFAULT_SETTING) -> dict[str, Any]:
+    """For each baseline, the settings of ours with at least its savings and at most its violation rate."""
+    ours = [r for r in results if r.strategy.kind == "ours"]
+    out: dict[str, Any] = {"baselines": {}}
+    for b in (r for r in results if r.strategy.kind == "baseline"):
+        winners = [
+            o.strategy.name
+            for o in ours
+            if o.savings_pct >= b.savings_pct - 1e-9 and o.violation_rate_pct <= b.violation_rate_pct + 1e-9
+        ]
+        out["baselines"][b.strategy.name] = {"dominated": bool(winners), "by": winners}
+    d = next((r for r in ours if r.strategy.name == default), None)
+    if d is not None:
+        beaten_by = [
+            o.strategy.name
+            for o in ours
+            if o is not d
+            and o.savings_pct >= d.savings_pct
+            and o.violation_rate_pct <= d.violation_rate_pct
+            and (o.savings_pct > d.savings_pct or o.violation_rate_pct < d.violation_rate_pct)
+        ]
+        out["default"] = {
+            "strategy": default,
+            "on_curve": not beaten_by,
+            "dominated_by": beaten_by,
+            "violation_rate_pct": round(d.violation_rate_pct, 4),
+            "under_1_pct": d.violation_rate_pct < 1.0,
+        }
+    out["all_dominated"] = all(v["dominated"] for v in out["baselines"].values())
+    return out

@@ -1,0 +1,751 @@
+"""Right-sizing of one EC2 instance from its 5-minute utilisation: pure logic, no Dagster.
+
+The rules, in the order a reader would check them:
+
+- **Demand.** CPU demand in vCPU is ``cpu_pct / 100 x vCPU of the current instance``, taken over the
+  5-minute *maxima* (CloudWatch ``Maximum``, as Compute Optimizer does) at a chosen percentile
+  (P90, P95 or P99.5; default P99.5) plus a headroom (0, 20 or 30 %; default 20 %). Memory demand is
+  the *peak* of the CloudWatch-agent ``mem_used_percent`` plus a headroom (10, 20 or 30 %). Without
+  memory data no candidate may have less memory than the current instance, and the rationale says so.
+- **Cap.** A CPU metric measured as a share of the instance cannot show demand above it, so the demand
+  with headroom is capped at the current vCPU unless the instance is saturated (>= 1 % of 5-minute
+  averages at >= 90 %, or any sample above its cores): headroom alone never up-sizes.
+- **Adaptive headroom** (``SizingPolicy.adaptive``, off by default: on a validation split it moved along
+  the savings/violations curve instead of above it, see docs/backtests.md): the headroom grows with the
+  day-to-day variation of the daily peaks and with an upward trend between the window's halves.
+- **Candidates** come from the price catalogue in the same region: the same family, other
+  general-purpose / compute / memory families, newer generations, Graviton (``arm64``, flagged with a
+  migration effort) and burstable ``t3``/``t3a``/``t4g`` only when the CPU profile fits the baseline
+  credits (``BURSTABLE_BASELINE_PCT``, from the AWS documentation).
+- **Network**: with network data the peak 5-minute throughput plus the CPU headroom must fit the
+  candidate's class; without it the candidate's class may not drop below ``min(current, 5 Gbit/s)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+HOURS_PER_MONTH = 730.0
+SAMPLES_PER_DAY = 288
+
+CPU_PERCENTILES = (90.0, 95.0, 99.5)
+CPU_HEADROOMS_PCT = (0.0, 20.0, 30.0)
+MEMORY_HEADROOMS_PCT = (10.0, 20.0, 30.0)
+
+# Baseline CPU per vCPU of the burstable types (AWS EC2 User Guide, "Key concepts and definitions for
+# burstable performance instances", baseline utilisation per vCPU). t3a has the same table as t3.
+BURSTABLE_BASELINE_PCT: dict[str, float] = {
+    "nano": 5.0,
+    "micro": 10.0,
+    "small": 20.0,
+    "medium": 20.0,
+    "large": 30.0,
+    "xlarge": 40.0,
+    "2xlarge": 40.0,
+}
+BURSTABLE_FAMILIES = ("t3", "t3a", "t4g")
+
+# Families a standalone instance may move to: general purpose, compute and memory optimised,
+# 5th generation and newer (no local-disk "d", network "n", "b", "z", "flex" or GPU variants).
+DEFAULT_FAMILY_PATTERN = r"^[mcr][5-9][ag]?i?$"
+IDLE_MAX_CPU_PCT = 1.0
+# CPU is measured as a share of the instance, so it can never show demand above 100 %. An instance whose
+# 5-minute *averages* sit at >= 90 % in at least 1 % of intervals is saturated: its demand may be higher.
+SATURATION_PCT = 90.0
+SATURATED_SHARE = 0.01
+IDLE_MAX_NET_BYTES_PER_DAY = 5_000_000.0
+
+FINDINGS = ("over-provisioned", "under-provisioned", "optimized", "idle")
+MIGRATION_EFFORTS = ("VeryLow", "Low", "Medium", "High")
+_FINDING_LABEL = {
+    "over-provisioned": "Over-provisioned",
+    "under-provisioned": "Under-provisioned",
+    "optimized": "Optimized",
+    "idle": "Idle",
+}
+
+
+class SizingError(ValueError):
+    """A request the sizing rules cannot answer (unknown type, a setting outside the allowed ones)."""
+
+
+@dataclass(frozen=True)
+class SizingPolicy:
+    """The risk setting: which percentile, how much headroom, which candidates."""
+
+    cpu_percentile: float = 99.5
+    cpu_headroom_pct: float = 20.0
+    memory_headroom_pct: float = 20.0
+    adaptive: bool = False
+    allow_burstable: bool = True
+    allow_graviton: bool = True
+    allow_other_families: bool = True
+    family_pattern: str = DEFAULT_FAMILY_PATTERN
+    max_options: int = 5
+    cap_at_current: bool = True
+    floor_at_max: bool = False  # never ask for less than the window's maximum (the most cautious setting)
+
+    def __post_init__(self) -> None:
+        if self.cpu_percentile not in CPU_PERCENTILES:
+            raise SizingError(f"cpu_percentile must be one of {CPU_PERCENTILES}, not {self.cpu_percentile}")
+        if self.cpu_headroom_pct not in CPU_HEADROOMS_PCT:
+            raise SizingError(f"cpu_headroom_pct must be one of {CPU_HEADROOMS_PCT}, not {self.cpu_headroom_pct}")
+        if self.memory_headroom_pct not in MEMORY_HEADROOMS_PCT:
+            raise SizingError(
+                f"memory_headroom_pct must be one of {MEMORY_HEADROOMS_PCT}, not {self.memory_headroom_pct}"
+            )
+
+    @property
+    def name(self) -> str:
+        name = f"p{self.cpu_percentile:g}+{self.cpu_headroom_pct:g}% mem+{self.memory_headroom_pct:g}%"
+        return name + (" floor-max" if self.floor_at_max else "") + (" adaptive" if self.adaptive else "")
+
+
+# Named risk settings, from the most frugal to the most cautious; "balanced" is the default.
+RISK_SETTINGS: dict[str, SizingPolicy] = {
+    "aggressive": SizingPolicy(cpu_percentile=90.0, cpu_headroom_pct=0.0, memory_headroom_pct=10.0),
+    "lean": SizingPolicy(cpu_percentile=95.0, cpu_headroom_pct=0.0, memory_headroom_pct=10.0),
+    "moderate": SizingPolicy(cpu_percentile=95.0, cpu_headroom_pct=20.0, memory_headroom_pct=20.0),
+    "tight": SizingPolicy(cpu_percentile=99.5, cpu_headroom_pct=0.0, memory_headroom_pct=20.0),
+    "balanced": SizingPolicy(),
+    "cautious": SizingPolicy(cpu_percentile=99.5, cpu_headroom_pct=30.0, memory_headroom_pct=30.0, floor_at_max=True),
+}
+DEFAULT_RISK_SETTING = "balanced"
+
+
+@dataclass(frozen=True)
+class UtilizationProfile:
+    """What the 5-minute samples of one instance say, in vCPU and GiB of the current instance."""
+
+    vcpu: float
+    memory_gib: float
+    cpu_peak_vcpu: np.ndarray  # per 5-minute interval, maxima where the source gives them
+    cpu_mean_vcpu: np.ndarray
+    mem_gib: np.ndarray | None  # None: no memory data
+    net_peak_bps: float | None  # None: no network data
+    net_bytes_per_day: float | None
+    samples: int
+    expected_samples: int
+    days_with_data: int
+    daily_peaks: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    capacity_vcpu: float = 0.0  # what 100 % CPU means in vCPU (the VM's own cores, else the instance's)
+    saturated_share: float = 0.0  # share of 5-minute averages at or above SATURATION_PCT
+
+    @property
+    def is_saturated(self) -> bool:
+        """Runs flat out often enough that the CPU metric, capped at 100 %, may hide the real demand; or
+        the metric is not capped at all (a source that reports over 100 %, such as MHz-based traces)."""
+        if self.saturated_share >= SATURATED_SHARE:
+            return True
+        peak = float(self.cpu_peak_vcpu.max()) if self.cpu_peak_vcpu.size else 0.0
+        return bool(self.capacity_vcpu) and peak > self.capacity_vcpu * 1.0001
+
+    @property
+    def coverage(self) -> float:
+        return min(1.0, self.samples / self.expected_samples) if self.expected_samples else 0.0
+
+    @property
+    def has_memory(self) -> bool:
+        return self.mem_gib is not None and self.mem_gib.size > 0
+
+    def cpu_pct(self, q: float) -> float:
+        """Percentile ``q`` of the 5-minute CPU maxima, as % of the current instance."""
+        if self.cpu_peak_vcpu.size == 0:
+            return 0.0
+        return float(np.percentile(self.cpu_peak_vcpu, q)) / self.vcpu * 100
+
+    @property
+    def cpu_max_pct(self) -> float:
+        return self.cpu_pct(100.0)
+
+    @property
+    def cpu_mean_pct(self) -> float:
+        return float(self.cpu_mean_vcpu.mean()) / self.vcpu * 100 if self.cpu_mean_vcpu.size else 0.0
+
+    @property
+    def is_idle(self) -> bool:
+        """Cost Explorer's idle rule (max CPU <= 1 %) plus low network where network is known."""
+        if self.samples == 0:
+            return False
+        low_network = self.net_bytes_per_day is None or self.net_bytes_per_day <= IDLE_MAX_NET_BYTES_PER_DAY
+        return self.cpu_max_pct <= IDLE_MAX_CPU_PCT and low_network
+
+
+def analyze_utilization(
+    cpu_pct: Sequence[float] | np.ndarray,
+    *,
+    vcpu: float,
+    memory_gib: float,
+    cpu_max_pct: Sequence[float] | np.ndarray | None = None,
+    mem_pct: Sequence[float] | np.ndarray | None = None,
+    net_bytes: Sequence[float] | np.ndarray | None = None,
+    window_days: float | None = None,
+    provisioned_vcpu: float | None = None,
+    provisioned_memory_gib: float | None = None,
+) -> UtilizationProfile:
+    """Turn 5-minute samples (in %, of ``provisioned_*`` or else of the instance) into a profile.
+
+    ``cpu_max_pct`` is CloudWatch ``Maximum`` per 5 minutes (used for sizing where given; ``cpu_pct``
+    otherwise); NaN marks a missing sample. ``net_bytes`` is in+out bytes per 5 minutes.
+    ``window_days`` sets the expected sample count that coverage and confidence are measured against.
+    """
+    base_vcpu = provisioned_vcpu or vcpu
+    base_mem = provisioned_memory_gib or memory_gib
+    avg = np.asarray(cpu_pct, dtype=float)
+    peak = np.asarray(cpu_max_pct, dtype=float) if cpu_max_pct is not None else avg.copy()
+    if peak.shape != avg.shape:
+        raise SizingError(f"cpu_max_pct has {peak.size} samples but cpu_pct has {avg.size}")
+    peak = np.where(np.isnan(peak), avg, peak)
+    present = ~np.isnan(peak)
+    peak_v = np.clip(peak[present], 0, None) / 100 * base_vcpu
+    mean_v = np.clip(np.where(np.isnan(avg), peak, avg)[present], 0, None) / 100 * base_vcpu
+    mem = None
+    if mem_pct is not None:
+        m = np.asarray(mem_pct, dtype=float)
+        m = m[~np.isnan(m)]
+        mem = np.clip(m, 0, None) / 100 * base_mem if m.size else None
+    net_peak = net_day = None
+    if net_bytes is not None:
+        nb = np.asarray(net_bytes, dtype=float)
+        nb = nb[~np.isnan(nb)]
+        if nb.size:
+            net_peak = float(nb.max()) * 8 / 300
+            net_day = float(nb.sum()) / max(nb.size / SAMPLES_PER_DAY, 1 / SAMPLES_PER_DAY)
+    n_days = math.ceil(peak.size / SAMPLES_PER_DAY)
+    daily = []
+    for d in range(n_days):
+        chunk = peak[d * SAMPLES_PER_DAY : (d + 1) * SAMPLES_PER_DAY]
+        chunk = chunk[~np.isnan(chunk)]
+        if chunk.size >= SAMPLES_PER_DAY // 4:
+            daily.append(float(chunk.max()) / 100 * base_vcpu)
+    saturated = float((mean_v >= SATURATION_PCT / 100 * base_vcpu).mean()) if mean_v.size else 0.0
+    expected = round((window_days if window_days is not None else peak.size / SAMPLES_PER_DAY) * SAMPLES_PER_DAY)
+    return UtilizationProfile(
+        vcpu=float(vcpu),
+        memory_gib=float(memory_gib),
+        cpu_peak_vcpu=peak_v,
+        cpu_mean_vcpu=mean_v,
+        mem_gib=mem,
+        net_peak_bps=net_peak,
+        net_bytes_per_day=net_day,
+        samples=int(present.sum()),
+        expected_samples=expected,
+        days_with_data=len(daily),
+        daily_peaks=np.asarray(daily),
+        capacity_vcpu=float(base_vcpu),
+        saturated_share=saturated,
+    )
+
+
+def adaptive_factor(profile: UtilizationProfile) -> float:
+    """Extra headroom multiplier from day-to-day variation and trend of the daily peaks (>= 1).
+
+    ``1 + cv`` where ``cv`` is the coefficient of variation of the daily peaks (capped at 0.5), times
+    ``1 + growth`` where growth is the rise of the mean daily peak from the first half of the
+    window to the second (capped at 0.5; falls are ignored). Days with under a quarter of their
+    samples do not count. With under 3 days there is no trend to read: the factor is 1.
+    """
+    peaks = profile.daily_peaks
+    if peaks.size < 3 or peaks.mean() <= 0:
+        return 1.0
+    cv = min(float(peaks.std() / peaks.mean()), 0.5)
+    half = peaks.size // 2
+    first, second = float(peaks[:half].mean()), float(peaks[half:].mean())
+    growth = min(max((second - first) / first, 0.0), 0.5) if first > 0 else 0.0
+    return (1 + cv) * (1 + growth)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Capacity a candidate needs: vCPU, GiB (None: keep the current memory) and bit/s (None: unknown)."""
+
+    vcpu: float
+    memory_gib: float | None
+    net_bps: float | None
+    cpu_headroom_pct: float
+    cpu_percentile_vcpu: float
+    memory_floor_gib: float | None = None
+
+    @property
+    def min_memory_gib(self) -> float:
+        return self.memory_gib if self.memory_gib is not None else (self.memory_floor_gib or 0.0)
+
+
+def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Demand:
+    """The vCPU, memory and network a candidate must provide under ``policy``."""
+    p_cpu = float(np.percentile(profile.cpu_peak_vcpu, policy.cpu_percentile)) if profile.samples else 0.0
+    factor = adaptive_factor(profile) if policy.adaptive else 1.0
+    headroom = (1 + policy.cpu_headroom_pct / 100) * factor
+    vcpu = p_cpu * headroom
+    if policy.floor_at_max and profile.samples:
+        vcpu = max(vcpu, float(profile.cpu_peak_vcpu.max()))
+    if policy.cap_at_current and not profile.is_saturated and profile.capacity_vcpu:
+        # Headroom on a metric capped at 100 % cannot prove a need above the current size.
+        vcpu = min(vcpu, profile.capacity_vcpu)
+    mem = None
+    if profile.has_memory:
+        mem = float(profile.mem_gib.max()) * (1 + policy.memory_headroom_pct / 100)
+    net = profile.net_peak_bps * (1 + policy.cpu_headroom_pct / 100) if profile.net_peak_bps is not None else None
+    return Demand(
+        vcpu=vcpu,
+        memory_gib=mem,
+        net_bps=net,
+        cpu_headroom_pct=(headroom - 1) * 100,
+        cpu_percentile_vcpu=p_cpu,
+        memory_floor_gib=None if mem is not None else profile.memory_gib,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- catalogue
+
+
+_SIZE_RE = re.compile(r"^(?P<family>[a-z0-9-]+)\.(?P<size>[a-z0-9]+)$")
+_FAMILY_RE = re.compile(r"^(?P<cls>[a-z]+?)(?P<gen>\d+)(?P<suffix>[a-z-]*)$")
+
+
+def family_of(instance_type: str) -> str:
+    return instance_type.split(".", 1)[0]
+
+
+def size_of(instance_type: str) -> str:
+    return instance_type.split(".", 1)[1] if "." in instance_type else ""
+
+
+def generation_of(family: str) -> int:
+    m = _FAMILY_RE.match(family)
+    return int(m.group("gen")) if m else 0
+
+
+def class_of(family: str) -> str:
+    m = _FAMILY_RE.match(family)
+    return m.group("cls") if m else family
+
+
+def network_gbps(label: str | None) -> float:
+    """Peak bandwidth class of a catalogue ``network_performance`` label, in Gbit/s."""
+    if not label:
+        return 0.0
+    text = label.lower()
+    m = re.search(r"([\d.]+)\s*gigabit", text)
+    if m:
+        return float(m.group(1))
+    for name, value in (("very low", 0.05), ("low to moderate", 0.3), ("low", 0.1), ("moderate", 0.5)):
+        if name in text:
+            return value
+    return 1.0 if "high" in text else 0.0
+
+
+def burstable_baseline_pct(instance_type: str) -> float | None:
+    """Baseline CPU per vCPU (%) of a t3/t3a/t4g size; None for any other type."""
+    if family_of(instance_type) not in BURSTABLE_FAMILIES:
+        return None
+    return BURSTABLE_BASELINE_PCT.get(size_of(instance_type))
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """One catalogue row: a type offered in a region, with its prices."""
+
+    instance_type: str
+    region: str
+    vcpu: int
+    memory_gib: float
+    architecture: str
+    network_performance: str
+    ondemand_usd_per_hour: float
+    spot_usd_per_hour: float | None = None
+    spot_interruption_band: str | None = None
+    is_estimate: bool = False
+    spot_is_estimate: bool = True
+
+    @property
+    def family(self) -> str:
+        return family_of(self.instance_type)
+
+    @property
+    def monthly_usd(self) -> float:
+        return self.ondemand_usd_per_hour * HOURS_PER_MONTH
+
+    @property
+    def burstable_baseline_pct(self) -> float | None:
+        return burstable_baseline_pct(self.instance_type)
+
+    @property
+    def network_gbps(self) -> float:
+        return network_gbps(self.network_performance)
+
+
+class Catalog:
+    """The price catalogue of one or more regions, indexed for candidate search.
+
+    Built from the ``price_catalog`` lake table (or ``build_price_catalog()``); the errors name the
+    type and region that are missing and how to refresh the catalogue.
+    """
+
+    def __init__(self, table: pa.Table | Iterable[dict[str, Any]]) -> None:
+        rows = table.to_pylist() if isinstance(table, pa.Table) else list(table)
+        self._types: dict[tuple[str, str], InstanceType] = {}
+        for r in rows:
+            if r.get("ondemand_usd_per_hour") is None or (r.get("gpu_count") or 0) > 0:
+                continue
+            self._types[(r["region"], r["instance_type"])] = InstanceType(
+                instance_type=r["instance_type"],
+                region=r["region"],
+                vcpu=int(r["vcpu"]),
+                memory_gib=float(r["memory_gib"]),
+                architecture=r.get("architecture") or "x86_64",
+                network_performance=r.get("network_performance") or "",
+                ondemand_usd_per_hour=float(r["ondemand_usd_per_hour"]),
+                spot_usd_per_hour=r.get("spot_usd_per_hour"),
+                spot_interruption_band=r.get("spot_interruption_band"),
+                is_estimate=bool(r.get("is_estimate")),
+                spot_is_estimate=bool(r.get("spot_is_estimate", True)),
+            )
+        self._by_region: dict[str, list[InstanceType]] = {}
+        for (region, _), t in sorted(self._types.items(), key=lambda kv: kv[1].ondemand_usd_per_hour):
+            self._by_region.setdefault(region, []).append(t)
+
+    def get(self, region: str, instance_type: str) -> InstanceType:
+        try:
+            return self._types[(region, instance_type)]
+        except KeyError:
+            raise SizingError(
+                f"unknown instance type '{instance_type}' in region '{region}' (not in the price catalogue; "
+                "check the type name, or refresh the catalogue by materialising the price_catalog asset)"
+            ) from None
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._types
+
+    def region(self, region: str) -> list[InstanceType]:
+        """Every type offered in ``region``, cheapest first."""
+        if region not in self._by_region:
+            raise SizingError(
+                f"region '{region}' has no prices in the catalogue (regions: {', '.join(sorted(self._by_region))})"
+            )
+        return self._by_region[region]
+
+
+def candidate_types(catalog: Catalog, current: InstanceType, policy: SizingPolicy) -> list[InstanceType]:
+    """Types ``current`` may move to in its region under ``policy``, cheapest first (current included)."""
+    pattern = re.compile(policy.family_pattern)
+    out = []
+    for t in catalog.region(current.region):
+        if t.instance_type == current.instance_type:
+            out.append(t)
+            continue
+        if "metal" in t.instance_type:
+            continue
+        same_family = t.family == current.family
+        if t.family in BURSTABLE_FAMILIES:
+            if not policy.allow_burstable or t.burstable_baseline_pct is None:
+                continue
+        elif not same_family and not pattern.match(t.family):
+            continue
+        if not same_family and not policy.allow_other_families and t.family not in BURSTABLE_FAMILIES:
+            continue
+        if t.architecture != current.architecture and not policy.allow_graviton:
+            continue
+        out.append(t)
+    return out
+
+
+def migration_effort(current: InstanceType, candidate: InstanceType) -> str:
+    """Compute Optimizer's scale: VeryLow (same family), Low (other x86 family or burstable),
+    Medium (another architecture: rebuild and test images for Graviton)."""
+    if candidate.architecture != current.architecture:
+        return "Medium"
+    if candidate.family == current.family:
+        return "VeryLow"
+    return "Low"
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+
+def simulate_credits(
+    demand_vcpu: np.ndarray, instance: InstanceType, start_balance: float | None = None
+) -> tuple[np.ndarray, float]:
+    """Replay 5-minute *average* CPU demand (vCPU) on a burstable type in standard mode.
+
+    Returns the capacity (vCPU) available in each interval and the closing credit balance. One credit is
+    one vCPU at 100 % for one minute; a t3/t4g earns ``baseline x vCPU x 60`` credits an hour and keeps
+    at most 24 hours of earnings. With credits left the instance bursts to all its vCPUs; with none it
+    is held at its baseline. The balance starts full (a long-running instance under its baseline).
+    Credits are spent by the average use of each interval; the 5-minute maxima are then compared with
+    the capacity of that interval.
+    """
+    baseline = (instance.burstable_baseline_pct or 100.0) / 100 * instance.vcpu
+    earn = baseline * 5  # credits per 5 minutes
+    cap = baseline * 60 * 24
+    balance = cap if start_balance is None else start_balance
+    capacity = np.empty_like(demand_vcpu)
+    for i, d in enumerate(demand_vcpu):
+        if balance > 0:
+            use = min(d, instance.vcpu)
+            capacity[i] = instance.vcpu
+        else:
+            use = min(d, baseline)
+            capacity[i] = baseline
+        balance = min(cap, balance + earn - max(use - baseline, 0.0) * 5)
+        balance = max(balance, 0.0)
+    return capacity, balance
+
+
+def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> tuple[bool, str]:
+    """Does the CPU profile fit this burstable type's baseline credits?"""
+    baseline_pct = instance.burstable_baseline_pct
+    if baseline_pct is None:
+        return False, "not a burstable type"
+    baseline_vcpu = baseline_pct / 100 * instance.vcpu
+    mean = float(profile.cpu_mean_vcpu.mean()) if profile.cpu_mean_vcpu.size else 0.0
+    if mean * (1 + demand.cpu_headroom_pct / 100) > baseline_vcpu:
+        return False, (
+            f"mean CPU {mean:.2f} vCPU with headroom exceeds the {baseline_pct:g} % baseline "
+            f"({baseline_vcpu:.2f} vCPU) of {instance.instance_type}"
+        )
+    capacity, _ = simulate_credits(profile.cpu_mean_vcpu, instance)
+    if np.any(capacity < instance.vcpu):
+        return False, f"the CPU credits of {instance.instance_type} run out in the window"
+    return True, f"mean CPU stays under the {baseline_pct:g} % baseline and credits never run out"
+
+
+def performance_risk(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> float:
+    """Compute Optimizer's 0-4 scale (0 very low ... 4 very high), the worst over CPU and memory.
+
+    Per dimension, with the observed 5-minute demand replayed on the candidate:
+    0 the maximum stays under 80 % of capacity; 1 under 100 %; 2 at most 0.5 % of intervals over;
+    3 at most 5 % over; 4 more. Burstable types replay their credits. Without memory data the memory
+    risk is 0 because memory is never reduced.
+    """
+
+    def score(series: np.ndarray, capacity: np.ndarray | float) -> float:
+        if series.size == 0:
+            return 0.0
+        ratio = series / capacity
+        if ratio.max() <= 0.8:
+            return 0.0
+        if ratio.max() <= 1.0:
+            return 1.0
+        over = float((ratio > 1.0).mean())
+        return 2.0 if over <= 0.005 else 3.0 if over <= 0.05 else 4.0
+
+    if instance.burstable_baseline_pct is not None:
+        cpu_capacity, _ = simulate_credits(profile.cpu_mean_vcpu, instance)
+    else:
+        cpu_capacity = float(instance.vcpu)
+    risks = [score(profile.cpu_peak_vcpu, cpu_capacity)]
+    if profile.has_memory:
+        risks.append(score(profile.mem_gib, instance.memory_gib))
+    return max(risks)
+
+
+@dataclass(frozen=True)
+class SizingOption:
+    """One candidate type for an instance, with everything a person needs to choose it."""
+
+    instance_type: str
+    vcpu: int
+    memory_gib: float
+    architecture: str
+    monthly_cost_usd: float
+    monthly_savings_usd: float
+    savings_pct: float
+    performance_risk: float
+    migration_effort: str
+    projected_cpu_pct: float
+    projected_memory_pct: float | None
+    is_current: bool
+    is_estimate: bool
+    notes: tuple[str, ...] = ()
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class ResizeRecommendation:
+    """The right-sizing verdict for one instance."""
+
+    instance_type: str
+    region: str
+    finding: str
+    options: tuple[SizingOption, ...]  # ranked by monthly cost, current type included
+    current: SizingOption
+    demand: Demand
+    confidence: float
+    rationale: str
+    policy: SizingPolicy
+
+    @property
+    def best(self) -> SizingOption:
+        return self.options[0] if self.options else self.current
+
+
+def fits(
+    profile: UtilizationProfile, instance: InstanceType, demand: Demand, current: InstanceType
+) -> tuple[bool, str]:
+    """Does ``instance`` meet ``demand``? Returns (fits, reason when it does not / note when it does)."""
+    if instance.vcpu < demand.vcpu:
+        return False, f"{instance.vcpu} vCPU < {demand.vcpu:.2f} needed"
+    if instance.memory_gib < demand.min_memory_gib - 1e-9:
+        what = "peak memory with headroom" if demand.memory_gib is not None else "current memory (no memory data)"
+        return False, f"{instance.memory_gib:g} GiB < {demand.min_memory_gib:.2f} GiB ({what})"
+    if demand.net_bps is not None:
+        if instance.network_gbps * 1e9 < demand.net_bps:
+            return False, f"network {instance.network_performance} below the peak {demand.net_bps / 1e9:.2f} Gbit/s"
+    elif instance.network_gbps < min(current.network_gbps, 5.0):
+        return False, f"network {instance.network_performance} below the current class (no network data)"
+    if instance.burstable_baseline_pct is not None:
+        ok, why = burstable_fits(profile, instance, demand)
+        if not ok:
+            return False, why
+        return True, why
+    return True, ""
+
+
+def recommend_resize(
+    profile: UtilizationProfile,
+    instance_type: str,
+    region: str,
+    catalog: Catalog,
+    policy: SizingPolicy | None = None,
+) -> ResizeRecommendation:
+    """Rank every candidate type that fits the demand of ``profile`` by monthly on-demand cost.
+
+    The current type is always one of the options (``is_current``); the first option is the cheapest
+    that fits. When the current type does not fit, the finding is under-provisioned and the options
+    are up-sizes (negative savings).
+    """
+    policy = policy or RISK_SETTINGS[DEFAULT_RISK_SETTING]
+    current = catalog.get(region, instance_type)
+    demand = required_capacity(profile, policy)
+    # Memory is measured in GiB of the current instance; the floor without data is its memory.
+    if demand.memory_gib is None:
+        demand = replace(demand, memory_floor_gib=current.memory_gib)
+    current_fits, current_why = fits(profile, current, demand, current)
+    chosen: list[tuple[InstanceType, str]] = []
+    for cand in candidate_types(catalog, current, policy):
+        ok, note = fits(profile, cand, demand, current)
+        if ok:
+            chosen.append((cand, note))
+    chosen.sort(key=lambda c: (c[0].ondemand_usd_per_hour, c[0].instance_type != current.instance_type))
+
+    def option(t: InstanceType, note: str, rank: int) -> SizingOption:
+        notes = [note] if note else []
+        if t.is_estimate:
+            notes.append("on-demand price derived from another region (estimate)")
+        saving = current.monthly_usd - t.monthly_usd
+        return SizingOption(
+            instance_type=t.instance_type,
+            vcpu=t.vcpu,
+            memory_gib=t.memory_gib,
+            architecture=t.architecture,
+            monthly_cost_usd=round(t.monthly_usd, 4),
+            monthly_savings_usd=round(saving, 4),
+            savings_pct=round(100 * saving / current.monthly_usd, 3) if current.monthly_usd else 0.0,
+            performance_risk=performance_risk(profile, t, demand),
+            migration_effort="VeryLow" if t.instance_type == current.instance_type else migration_effort(current, t),
+            projected_cpu_pct=round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2),
+            projected_memory_pct=(
+                round(100 * float(profile.mem_gib.max()) / t.memory_gib, 2) if profile.has_memory else None
+            ),
+            is_current=t.instance_type == current.instance_type,
+            is_estimate=t.is_estimate,
+            notes=tuple(notes),
+            rank=rank,
+        )
+
+    kept = chosen[: policy.max_options]
+    # Always show the cheapest fit of the same architecture and of the same family, when they exist.
+    for wanted in (
+        lambda t: t.architecture == current.architecture,
+        lambda t: t.family == current.family,
+    ):
+        extra = next((c for c in chosen if wanted(c[0])), None)
+        if extra is not None and extra not in kept:
+            kept.append(extra)
+    options = [option(t, note, i + 1) for i, (t, note) in enumerate(kept)]
+    current_option = next((o for o in options if o.is_current), None)
+    if current_option is None:
+        current_option = option(current, current_why, len(options) + 1)
+    if profile.is_idle:
+        finding = "idle"
+    elif not current_fits:
+        finding = "under-provisioned"
+    elif options and not options[0].is_current and options[0].monthly_cost_usd < current_option.monthly_cost_usd:
+        finding = "over-provisioned"
+    else:
+        finding = "optimized"
+    confidence = round(profile.coverage, 3)
+    rec = ResizeRecommendation(
+        instance_type=instance_type,
+        region=region,
+        finding=finding,
+        options=tuple(options),
+        current=current_option,
+        demand=demand,
+        confidence=confidence,
+        rationale="",
+        policy=policy,
+    )
+    return replace(rec, rationale=resize_rationale(profile, rec, current))
+
+
+def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, current: InstanceType) -> str:
+    d = rec.demand
+    parts = [
+        f"{_FINDING_LABEL[rec.finding]}: {current.instance_type} ({current.vcpu} vCPU, {current.memory_gib:g} GiB).",
+        f"CPU P{rec.policy.cpu_percentile:g} of 5-minute maxima is {profile.cpu_pct(rec.policy.cpu_percentile):.1f} % "
+        f"({d.cpu_percentile_vcpu:.2f} vCPU), max {profile.cpu_max_pct:.1f} %, mean {profile.cpu_mean_pct:.1f} %; "
+        f"with {d.cpu_headroom_pct:.0f} % headroom it needs {d.vcpu:.2f} vCPU.",
+    ]
+    if d.memory_gib is not None:
+        parts.append(
+            f"Memory peak {float(profile.mem_gib.max()):.2f} GiB plus {rec.policy.memory_headroom_pct:g} % headroom "
+            f"needs {d.memory_gib:.2f} GiB."
+        )
+    else:
+        parts.append(
+            f"No memory data (CloudWatch agent not reporting): memory is never sized below the current "
+            f"{current.memory_gib:g} GiB."
+        )
+    best = rec.best
+    if rec.finding == "under-provisioned":
+        parts.append(
+            f"The current type does not fit; {best.instance_type} does, at ${-best.monthly_savings_usd:.2f}/month more."
+        )
+    elif not best.is_current:
+        parts.append(
+            f"Cheapest fit: {best.instance_type} ({best.vcpu} vCPU, {best.memory_gib:g} GiB) saves "
+            f"${best.monthly_savings_usd:.2f}/month ({best.savings_pct:.1f} %), performance risk "
+            f"{best.performance_risk:g}, migration effort {best.migration_effort}."
+        )
+    else:
+        parts.append("No cheaper type fits.")
+    parts.append(
+        f"Confidence {rec.confidence:.2f}: {profile.samples} of {profile.expected_samples} five-minute samples "
+        f"over {profile.days_with_data} day(s)."
+    )
+    return " ".join(parts)
+
+
+def cheapest_fit(
+    profile: UtilizationProfile, demand: Demand, current: InstanceType, candidates: Sequence[InstanceType]
+) -> InstanceType | None:
+    """The cheapest of ``candidates`` (sorted cheapest first) that meets ``demand``: ``recommend_resize``'s
+    first option, without pricing every other fit (what the backtest calls thousands of times)."""
+    for cand in candidates:
+        if cand.vcpu < demand.vcpu or cand.memory_gib < demand.min_memory_gib - 1e-9:
+            continue
+        if fits(profile, cand, demand, current)[0]:
+            return cand
+    return None

@@ -1,0 +1,738 @@
+"""The standalone EC2 optimiser: every recommendation for one instance, and the ``recommendations`` rows.
+
+Pure logic (numpy, pyarrow), never Dagster: the ``recommendations`` asset reads the lake and calls
+:func:`recommend_account`; tests and the backtest call the pieces directly.
+
+Per standalone instance (``deployment_type == 'standalone'``; group and cluster members never) the
+options are, each one row of the table with its own cost and risk:
+
+1. ``keep`` the current type on demand (always present);
+2. ``resize`` to each cheaper (or, when under-provisioned, larger) type that fits (``sizing``);
+3. ``schedule`` the right-sized type off hours, non-production only (``schedules``);
+4. ``spot`` for stateless / fault-tolerant, non-critical workloads (``standalone_actions``);
+5. ``stop`` / ``terminate`` when idle over the window;
+6. ``reserve`` / ``savings_plan`` on the right-sized type when it stays always-on (``commitments``,
+   applied last, to what is left after the rest).
+
+Account-level rows: one ``commitment`` row per (region, family) of steady usage with its quantity, and
+the orphaned EBS volumes and Elastic IPs. Rows are ranked per resource by monthly cost (``rank`` 1 is
+the cheapest); ``is_best`` marks the cheapest option whose performance risk is at most
+``StandaloneConfig.max_best_risk`` (``keep`` for instances tagged ``cloudopt:protect``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cloudopt_pipelines.optimizers.commitments import (
+    CommitmentQuote,
+    CommitmentRecommendation,
+    ReservedRates,
+    SteadyUsage,
+    quote,
+    recommend_commitments,
+)
+from cloudopt_pipelines.optimizers.schedules import (
+    ENVIRONMENT_TAG_KEYS,
+    ScheduleRecommendation,
+    recommend_schedule,
+)
+from cloudopt_pipelines.optimizers.sizing import (
+    DEFAULT_RISK_SETTING,
+    HOURS_PER_MONTH,
+    RISK_SETTINGS,
+    Catalog,
+    ResizeRecommendation,
+    SizingPolicy,
+    UtilizationProfile,
+    analyze_utilization,
+    recommend_resize,
+)
+from cloudopt_pipelines.optimizers.standalone_actions import (
+    SPOT_WORKLOAD_TAG,
+    SPOT_WORKLOAD_VALUES,
+    find_orphans,
+    recommend_spot,
+)
+from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
+
+PROTECT_TAG = "cloudopt:protect"
+TS = pa.timestamp("us", tz="UTC")
+
+
+# Proposed addition to storage/schemas.py (TABLES["recommendations"]); the asset passes it explicitly.
+@dataclass(frozen=True)
+class StandaloneConfig:
+    """Every knob of the standalone optimiser, with the defaults the issue asks for."""
+
+    risk_setting: str = DEFAULT_RISK_SETTING
+    policy: SizingPolicy | None = None  # overrides risk_setting
+    window_days: int = 14
+    environment_tag_keys: tuple[str, ...] = ENVIRONMENT_TAG_KEYS
+    spot_workload_tag: str = SPOT_WORKLOAD_TAG
+    spot_workload_values: tuple[str, ...] = SPOT_WORKLOAD_VALUES
+    schedule_idle_cpu_pct: float = 5.0
+    max_best_risk: float = 2.0
+    commitment_terms: tuple[int, ...] = (1, 3)
+
+    @property
+    def sizing_policy(self) -> SizingPolicy:
+        if self.policy is not None:
+            return self.policy
+        if self.risk_setting not in RISK_SETTINGS:
+            raise ValueError(f"unknown risk setting {self.risk_setting!r}; choose one of {', '.join(RISK_SETTINGS)}")
+        return RISK_SETTINGS[self.risk_setting]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """The inventory fields the optimiser needs (one ``resources`` row of kind ec2_instance)."""
+
+    resource_id: str
+    instance_type: str
+    region: str
+    zone: str | None = None
+    deployment_type: str = "standalone"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    state: str | None = "running"
+    has_memory_agent: bool | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Instance:
+        tags = json.loads(row.get("tags") or "{}")
+        attributes = json.loads(row.get("attributes") or "{}")
+        return cls(
+            resource_id=row["resource_id"],
+            instance_type=row["instance_type"],
+            region=row["region"],
+            zone=row.get("zone"),
+            deployment_type=row.get("deployment_type") or "standalone",
+            tags=tags,
+            state=row.get("state"),
+            has_memory_agent=attributes.get("cwagent_memory"),
+        )
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The 5-minute series of one instance over the window, sorted by time; NaN where missing."""
+
+    ts: np.ndarray  # datetime64[us], UTC
+    cpu_pct: np.ndarray
+    cpu_peak_pct: np.ndarray
+    mem_pct: np.ndarray | None
+    net_bytes: np.ndarray | None
+
+    @classmethod
+    def from_table(cls, table: pa.Table, resource_id: str | None = None) -> Samples:
+        """From ``stg_utilization_5m`` rows (``cpu_peak_pct``) or ``utilization_5m`` rows (``cpu_max_pct``)."""
+        if resource_id is not None:
+            table = table.filter(pc.equal(table["resource_id"], resource_id))
+        table = table.sort_by("ts")
+        ts = table["ts"].to_numpy().astype("datetime64[us]") if table.num_rows else np.array([], "datetime64[us]")
+
+        def col(name: str) -> np.ndarray | None:
+            if name not in table.column_names:
+                return None
+            arr = table[name].to_numpy(zero_copy_only=False).astype(float)
+            return None if np.isnan(arr).all() else arr
+
+        cpu = col("cpu_pct")
+        cpu = cpu if cpu is not None else np.full(table.num_rows, np.nan)
+        peak = col("cpu_peak_pct")
+        if peak is None:
+            peak = col("cpu_max_pct")
+        peak = np.where(np.isnan(peak), cpu, peak) if peak is not None else cpu
+        net_in, net_out = col("net_in_bytes"), col("net_out_bytes")
+        net = None
+        if net_in is not None or net_out is not None:
+            net = np.nan_to_num(net_in if net_in is not None else 0.0) + np.nan_to_num(
+                net_out if net_out is not None else 0.0
+            )
+        return cls(ts=ts, cpu_pct=cpu, cpu_peak_pct=peak, mem_pct=col("mem_pct"), net_bytes=net)
+
+
+@dataclass(frozen=True)
+class InstanceOption:
+    """One row of ``recommendations`` for an instance, before ranking."""
+
+    option_name: str
+    action: str
+    proposed_config: dict[str, Any]
+    market: str
+    vcpu: float
+    memory_gib: float
+    monthly_cost_usd: float
+    one_time_cost_usd: float = 0.0
+    performance_risk: float = 0.0
+    migration_effort: str = "VeryLow"
+    projected_cpu_pct: float | None = None
+    projected_memory_pct: float | None = None
+    is_estimate: bool = False
+    rationale: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceRecommendation:
+    """Everything the optimiser says about one instance: the options with their savings."""
+
+    instance: Instance
+    profile: UtilizationProfile
+    resize: ResizeRecommendation
+    schedule: ScheduleRecommendation | None
+    options: tuple[InstanceOption, ...]
+    current_monthly_usd: float
+    protected: bool
+    always_on_type: str | None  # the type left always-on for commitments, None if scheduled/spot/idle
+
+    @property
+    def finding(self) -> str:
+        return self.resize.finding
+
+    @property
+    def best(self) -> InstanceOption:
+        return self.options[0]
+
+    @property
+    def monthly_savings_usd(self) -> float:
+        return self.current_monthly_usd - self.best.monthly_cost_usd
+
+
+def optimize_standalone_instance(
+    instance_id: str,
+    instance: Instance | Mapping[str, Any],
+    samples: Samples | pa.Table,
+    catalog: Catalog,
+    reserved: ReservedRates | None = None,
+    config: StandaloneConfig | None = None,
+) -> InstanceRecommendation:
+    """Every recommendation for one standalone instance, each with its monthly savings.
+
+    ``instance`` is an :class:`Instance` or a ``resources`` row; ``samples`` the instance's 5-minute
+    rows over the window (or a table holding them, filtered here by ``instance_id``). Raises
+    ``ValueError`` for group or cluster members, which are never sized one by one.
+    """
+    config = config or StandaloneConfig()
+    inst = instance if isinstance(instance, Instance) else Instance.from_row(instance)
+    if inst.resource_id != instance_id:
+        raise ValueError(f"instance row is {inst.resource_id}, not {instance_id}")
+    if inst.deployment_type != "standalone":
+        raise ValueError(
+            f"{instance_id} is a {inst.deployment_type} member: group and cluster members are sized with their "
+            "group, never as standalone instances"
+        )
+    series = samples if isinstance(samples, Samples) else Samples.from_table(samples, instance_id)
+    current = catalog.get(inst.region, inst.instance_type)
+    profile = analyze_utilization(
+        series.cpu_pct,
+        cpu_max_pct=series.cpu_peak_pct,
+        mem_pct=series.mem_pct,
+        net_bytes=series.net_bytes,
+        vcpu=current.vcpu,
+        memory_gib=current.memory_gib,
+        window_days=config.window_days,
+    )
+    policy = config.sizing_policy
+    resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
+    protected = str(inst.tags.get(PROTECT_TAG, "")).lower() in ("true", "1", "yes")
+    current_cost = current.monthly_usd
+    options: list[InstanceOption] = []
+
+    def sizing_row(o, action: str) -> InstanceOption:
+        t = catalog.get(inst.region, o.instance_type)
+        return InstanceOption(
+            option_name="keep" if o.is_current else f"resize:{o.instance_type}",
+            action=action,
+            proposed_config={"instance_type": o.instance_type, "market": "on_demand"},
+            market="on_demand",
+            vcpu=float(o.vcpu),
+            memory_gib=float(o.memory_gib),
+            monthly_cost_usd=o.monthly_cost_usd,
+            performance_risk=o.performance_risk,
+            migration_effort=o.migration_effort,
+            projected_cpu_pct=o.projected_cpu_pct,
+            projected_memory_pct=o.projected_memory_pct,
+            is_estimate=t.is_estimate,
+            rationale=resize.rationale if not o.is_current else _keep_rationale(resize),
+            details={"notes": list(o.notes), "architecture": o.architecture},
+        )
+
+    options.append(sizing_row(resize.current, "keep"))
+    for o in resize.options:
+        if not o.is_current:
+            options.append(sizing_row(o, "resize"))
+
+    # The type everything else builds on: the cheapest fitting type (the current one if nothing fits better).
+    target = resize.best
+    target_type = catalog.get(inst.region, target.instance_type)
+    target_cost = target_type.monthly_usd
+
+    if profile.is_idle and inst.state in (None, "running"):
+        options.append(
+            InstanceOption(
+                option_name="stop",
+                action="stop",
+                proposed_config={"state": "stopped"},
+                market="stopped",
+                vcpu=0.0,
+                memory_gib=0.0,
+                monthly_cost_usd=0.0,
+                performance_risk=0.0,
+                migration_effort="VeryLow",
+                rationale=(
+                    f"Idle over {profile.days_with_data} day(s): max CPU {profile.cpu_max_pct:.2f} % (<= 1 %)"
+                    + (
+                        ""
+                        if profile.net_bytes_per_day is None
+                        else f", network {profile.net_bytes_per_day / 1e6:.1f} MB/day"
+                    )
+                    + ". Stop it: instance hours stop, attached EBS volumes are still billed."
+                ),
+            )
+        )
+        options.append(
+            InstanceOption(
+                option_name="terminate",
+                action="terminate",
+                proposed_config={"state": "terminated", "snapshot_first": True},
+                market="stopped",
+                vcpu=0.0,
+                memory_gib=0.0,
+                monthly_cost_usd=0.0,
+                performance_risk=1.0,
+                migration_effort="Low",
+                rationale="Idle over the window: snapshot its volumes, then terminate (also ends the EBS charges).",
+            )
+        )
+
+    schedule = recommend_schedule(
+        series.ts,
+        series.cpu_peak_pct,
+        inst.tags,
+        target_cost,
+        idle_cpu_pct=config.schedule_idle_cpu_pct,
+        environment_tag_keys=config.environment_tag_keys,
+    )
+    if schedule is not None and not profile.is_idle:
+        options.append(
+            InstanceOption(
+                option_name=f"schedule:{target.instance_type}",
+                action="schedule" if target.is_current else "resize+schedule",
+                proposed_config={
+                    "instance_type": target.instance_type,
+                    "custodian_offhours": schedule.custodian_tag,
+                    "instance_scheduler_period": json.loads(schedule.instance_scheduler_period),
+                },
+                market="on_demand",
+                vcpu=float(target.vcpu),
+                memory_gib=float(target.memory_gib),
+                monthly_cost_usd=round(target_cost - schedule.monthly_savings_usd, 4),
+                performance_risk=target.performance_risk,
+                migration_effort=target.migration_effort,
+                projected_cpu_pct=target.projected_cpu_pct,
+                projected_memory_pct=target.projected_memory_pct,
+                is_estimate=target_type.is_estimate,
+                rationale=schedule.rationale,
+                details={"stopped_hours_per_week": schedule.stopped_hours_per_week, "timezone": schedule.timezone},
+            )
+        )
+
+    spot = recommend_spot(
+        inst.tags,
+        target.instance_type,
+        target_type.ondemand_usd_per_hour,
+        target_type.spot_usd_per_hour,
+        target_type.spot_interruption_band,
+        workload_tag=config.spot_workload_tag,
+        workload_values=config.spot_workload_values,
+    )
+    if spot is not None and not profile.is_idle:
+        options.append(
+            InstanceOption(
+                option_name=f"spot:{target.instance_type}",
+                action="spot",
+                proposed_config={"instance_type": target.instance_type, "market": "spot"},
+                market="spot",
+                vcpu=float(target.vcpu),
+                memory_gib=float(target.memory_gib),
+                monthly_cost_usd=spot.monthly_cost_usd,
+                performance_risk=max(target.performance_risk, 1.0),
+                migration_effort="Medium",
+                projected_cpu_pct=target.projected_cpu_pct,
+                projected_memory_pct=target.projected_memory_pct,
+                is_estimate=True,
+                rationale=spot.rationale,
+                details={"interruption_band": spot.interruption_band, "spot_usd_per_hour": spot.spot_usd_per_hour},
+            )
+        )
+
+    always_on = None
+    if not profile.is_idle and schedule is None and spot is None and inst.state in (None, "running"):
+        always_on = target.instance_type
+        if reserved is not None:
+            for q in _best_commitment_quotes(reserved, inst.region, target.instance_type, target_type, config):
+                options.append(
+                    InstanceOption(
+                        option_name=f"{q.rate.name}:{target.instance_type}",
+                        action="savings_plan" if "savings_plan" in q.rate.kind else "reserve",
+                        proposed_config={
+                            "instance_type": target.instance_type,
+                            "commitment": q.rate.kind,
+                            "term_years": q.rate.term_years,
+                            "payment_option": q.rate.payment_option,
+                        },
+                        market="savings_plan" if "savings_plan" in q.rate.kind else "reserved",
+                        vcpu=float(target.vcpu),
+                        memory_gib=float(target.memory_gib),
+                        monthly_cost_usd=q.recurring_monthly_usd,
+                        one_time_cost_usd=q.upfront_usd,
+                        performance_risk=target.performance_risk,
+                        migration_effort=target.migration_effort,
+                        projected_cpu_pct=target.projected_cpu_pct,
+                        projected_memory_pct=target.projected_memory_pct,
+                        is_estimate=q.rate.is_estimate or target_type.is_estimate,
+                        rationale=(
+                            f"Always-on after right-sizing and schedules: {q.rate.kind.replace('_', ' ')} "
+                            f"{q.rate.term_years} yr {q.rate.payment_option.replace('_', ' ')} "
+                            f"on {target.instance_type} "
+                            f"({q.rate.discount_pct:.1f} % off on-demand) costs ${q.effective_monthly_usd:.2f}/month "
+                            f"effective (upfront ${q.upfront_usd:.2f}), break-even {q.break_even_months:g} month(s). "
+                            f"{q.rate.basis}."
+                        ),
+                        details=q.to_dict(),
+                    )
+                )
+
+    options.sort(key=lambda o: (_effective_monthly(o), o.option_name != "keep", o.option_name))
+    return InstanceRecommendation(
+        instance=inst,
+        profile=profile,
+        resize=resize,
+        schedule=schedule,
+        options=tuple(options),
+        current_monthly_usd=round(current_cost, 4),
+        protected=protected,
+        always_on_type=always_on,
+    )
+
+
+def _effective_monthly(o: InstanceOption) -> float:
+    """Monthly cost with any upfront payment spread over the commitment term."""
+    months = 12 * int(o.proposed_config.get("term_years", 0) or 0)
+    return o.monthly_cost_usd + (o.one_time_cost_usd / months if months else 0.0)
+
+
+def _best_commitment_quotes(
+    reserved: ReservedRates, region: str, instance_type: str, target_type, config: StandaloneConfig
+) -> list[CommitmentQuote]:
+    """Per term: the best RI and the best Compute Savings Plan (highest saving), no-upfront first on ties."""
+    chosen: list[CommitmentQuote] = []
+    quotes = [
+        quote(r, target_type.ondemand_usd_per_hour)
+        for r in reserved.rates(region, instance_type, config.commitment_terms)
+    ]
+    for term in config.commitment_terms:
+        for kind in ("reserved_instance", "compute_savings_plan"):
+            pool = [q for q in quotes if q.rate.term_years == term and q.rate.kind == kind]
+            if pool:
+                chosen.append(max(pool, key=lambda q: (q.monthly_savings_usd, -q.upfront_usd)))
+    return chosen
+
+
+def _keep_rationale(resize: ResizeRecommendation) -> str:
+    return f"Keep {resize.instance_type} on demand. " + resize.rationale
+
+
+# ---------------------------------------------------------------------------------------------- account
+
+
+@dataclass(frozen=True)
+class AccountRecommendations:
+    """The ``recommendations`` rows of one account and day, plus the commitment purchase per family."""
+
+    table: pa.Table
+    commitments: tuple[CommitmentRecommendation, ...]
+
+    def commitments_table(self) -> list[dict[str, Any]]:
+        """One dict per (region, family): what to buy, for a report or the asset metadata."""
+        return [
+            {
+                "region": c.region,
+                "family": c.family,
+                "quantity": c.quantity,
+                "unit_type": c.size_unit_type,
+                "normalized_units": c.normalized_units,
+                "commitment": c.best.rate.name,
+                "monthly_savings_usd": c.best.monthly_savings_usd,
+                "upfront_usd": c.best.upfront_usd,
+                "break_even_months": c.best.break_even_months,
+                "is_estimate": c.best.rate.is_estimate,
+            }
+            for c in self.commitments
+        ]
+
+
+def recommend_account(
+    account_id: str,
+    day: date,
+    resources: pa.Table,
+    utilization: pa.Table,
+    catalog: Catalog,
+    reserved: ReservedRates | None = None,
+    config: StandaloneConfig | None = None,
+) -> AccountRecommendations:
+    """The ``recommendations`` rows of one account on one day (schema ``RECOMMENDATIONS``).
+
+    ``resources`` is that day's inventory, ``utilization`` the ``stg_utilization_5m`` rows of the
+    trailing window. Instances whose type is not in the catalogue get a ``keep`` row whose rationale
+    says so, instead of failing the whole account. Commitments per (region, family) are computed
+    from the instances left always-on (they are also an option on each such instance's rows).
+    """
+    config = config or StandaloneConfig()
+    rows: list[dict[str, Any]] = []
+    steady: list[SteadyUsage] = []
+    by_resource = _split_by_resource(utilization)
+    for res in resources.to_pylist():
+        kind = res.get("resource_kind")
+        if kind in ("ebs_volume", "elastic_ip"):
+            orphan = find_orphans(res["resource_id"], kind, json.loads(res.get("attributes") or "{}"))
+            if orphan is not None:
+                rows.extend(_orphan_rows(account_id, day, res, orphan))
+            continue
+        if kind != "ec2_instance" or res.get("deployment_type") != "standalone":
+            continue
+        if res.get("state") not in (None, "running"):
+            continue
+        inst = Instance.from_row(res)
+        samples = by_resource.get(inst.resource_id)
+        try:
+            rec = optimize_standalone_instance(
+                inst.resource_id,
+                inst,
+                samples if samples is not None else _empty_samples(),
+                catalog,
+                reserved,
+                config,
+            )
+        except ValueError as exc:  # unknown type or region: say so on the row, keep going
+            rows.append(_unpriced_row(account_id, day, inst, str(exc)))
+            continue
+        rows.extend(instance_rows(account_id, day, rec, config))
+        if rec.always_on_type is not None:
+            t = catalog.get(inst.region, rec.always_on_type)
+            steady.append(SteadyUsage(inst.resource_id, inst.region, rec.always_on_type, t.ondemand_usd_per_hour))
+    commitments = (
+        tuple(recommend_commitments(steady, reserved, terms=config.commitment_terms)) if reserved is not None else ()
+    )
+    table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
+    return AccountRecommendations(table=table, commitments=commitments)
+
+
+def instance_rows(
+    account_id: str, day: date, rec: InstanceRecommendation, config: StandaloneConfig
+) -> list[dict[str, Any]]:
+    """One row per option of one instance, ranked by effective monthly cost."""
+    inst = rec.instance
+    current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
+    best_name = "keep"
+    if not rec.protected:
+        for o in rec.options:
+            # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
+            if o.market not in ("reserved", "savings_plan") and o.performance_risk <= config.max_best_risk:
+                best_name = o.option_name
+                break
+    out = []
+    for rank, o in enumerate(rec.options, start=1):
+        cost = _effective_monthly(o)
+        savings = rec.current_monthly_usd - cost
+        rationale = o.rationale
+        if rec.protected:
+            rationale = f"Protected by tag {PROTECT_TAG}: informational only, the plan keeps it. " + rationale
+        out.append(
+            {
+                "account_id": account_id,
+                "date": day,
+                "resource_id": inst.resource_id,
+                "resource_kind": "ec2_instance",
+                "deployment_type": inst.deployment_type,
+                "region": inst.region,
+                "zone": inst.zone,
+                "option_name": o.option_name,
+                "action": o.action,
+                "rank": rank,
+                "is_best": o.option_name == best_name,
+                "finding": rec.finding,
+                "current_config": current_config,
+                "proposed_config": json.dumps(o.proposed_config, sort_keys=True),
+                "market": o.market,
+                "vcpu": o.vcpu,
+                "memory_gib": o.memory_gib,
+                "monthly_cost_current_usd": rec.current_monthly_usd,
+                "monthly_cost_proposed_usd": round(cost, 4),
+                "monthly_savings_usd": round(savings, 4),
+                "savings_pct": round(100 * savings / rec.current_monthly_usd, 3) if rec.current_monthly_usd else 0.0,
+                "one_time_cost_usd": o.one_time_cost_usd,
+                "performance_risk": o.performance_risk,
+                "migration_effort": o.migration_effort,
+                "projected_cpu_pct": o.projected_cpu_pct,
+                "projected_memory_pct": o.projected_memory_pct,
+                "confidence": rec.resize.confidence,
+                "is_estimate": o.is_estimate,
+                "protected": rec.protected,
+                "risk_setting": config.sizing_policy.name,
+                "rationale": rationale,
+                "details": json.dumps(o.details, sort_keys=True, default=str),
+            }
+        )
+    return out
+
+
+def _split_by_resource(table: pa.Table) -> dict[str, Samples]:
+    if table.num_rows == 0:
+        return {}
+    out = {}
+    ids = table["resource_id"].to_numpy(zero_copy_only=False)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    bounds = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
+    for chunk in np.split(order, bounds):
+        rid = ids[chunk[0]]
+        out[str(rid)] = Samples.from_table(table.take(pa.array(chunk)))
+    return out
+
+
+def _empty_samples() -> Samples:
+    empty = np.array([], dtype=float)
+    return Samples(ts=np.array([], "datetime64[us]"), cpu_pct=empty, cpu_peak_pct=empty, mem_pct=None, net_bytes=None)
+
+
+def _base_row(account_id: str, day: date, resource_id: str, kind: str, region: str | None, zone: str | None) -> dict:
+    return {
+        "account_id": account_id,
+        "date": day,
+        "resource_id": resource_id,
+        "resource_kind": kind,
+        "deployment_type": "standalone",
+        "region": region,
+        "zone": zone,
+        "market": "on_demand",
+        "vcpu": 0.0,
+        "memory_gib": 0.0,
+        "one_time_cost_usd": 0.0,
+        "performance_risk": 0.0,
+        "migration_effort": "VeryLow",
+        "projected_cpu_pct": None,
+        "projected_memory_pct": None,
+        "confidence": 1.0,
+        "protected": False,
+        "risk_setting": None,
+        "details": "{}",
+    }
+
+
+def _orphan_rows(account_id: str, day: date, res: Mapping[str, Any], orphan) -> list[dict[str, Any]]:
+    base = _base_row(account_id, day, orphan.resource_id, orphan.resource_kind, res.get("region"), res.get("zone"))
+    common = {"finding": "idle", "current_config": json.dumps({"config": orphan.current_config})}
+    keep = {
+        **base,
+        **common,
+        "option_name": "keep",
+        "action": "keep",
+        "rank": 2,
+        "is_best": False,
+        "proposed_config": json.dumps({"config": orphan.current_config}),
+        "monthly_cost_current_usd": orphan.monthly_cost_usd,
+        "monthly_cost_proposed_usd": orphan.monthly_cost_usd,
+        "monthly_savings_usd": 0.0,
+        "savings_pct": 0.0,
+        "is_estimate": orphan.is_estimate,
+        "rationale": "Keep as it is. " + orphan.rationale,
+    }
+    act = {
+        **base,
+        **common,
+        "option_name": orphan.action,
+        "action": orphan.action,
+        "rank": 1,
+        "is_best": True,
+        "market": "stopped",
+        "proposed_config": json.dumps({"action": orphan.action}),
+        "monthly_cost_current_usd": orphan.monthly_cost_usd,
+        "monthly_cost_proposed_usd": 0.0,
+        "monthly_savings_usd": orphan.monthly_cost_usd,
+        "savings_pct": 100.0,
+        "performance_risk": 1.0,
+        "is_estimate": orphan.is_estimate,
+        "rationale": orphan.rationale,
+    }
+    return [act, keep]
+
+
+def _unpriced_row(account_id: str, day: date, inst: Instance, error: str) -> dict[str, Any]:
+    base = _base_row(account_id, day, inst.resource_id, "ec2_instance", inst.region, inst.zone)
+    return {
+        **base,
+        "option_name": "keep",
+        "action": "keep",
+        "rank": 1,
+        "is_best": True,
+        "finding": None,
+        "current_config": json.dumps({"instance_type": inst.instance_type, "market": "on_demand"}),
+        "proposed_config": json.dumps({"instance_type": inst.instance_type, "market": "on_demand"}),
+        "monthly_cost_current_usd": None,
+        "monthly_cost_proposed_usd": None,
+        "monthly_savings_usd": 0.0,
+        "savings_pct": 0.0,
+        "confidence": 0.0,
+        "is_estimate": True,
+        "rationale": f"Not analysed: {error}",
+    }
+
+
+def recommendations_summary(table: pa.Table) -> dict[str, float]:
+    """Numbers for the asset's metadata: rows, resources and the savings of the best options."""
+    if table.num_rows == 0:
+        return {"rows": 0, "resources": 0, "best_monthly_savings_usd": 0.0}
+    best = table.filter(pc.equal(table["is_best"], True))
+    instances = best.filter(pc.equal(best["resource_kind"], "ec2_instance"))
+    return {
+        "rows": table.num_rows,
+        "resources": len(set(table["resource_id"].to_pylist())),
+        "best_monthly_savings_usd": round(float(pc.sum(instances["monthly_savings_usd"]).as_py() or 0.0), 2),
+        "orphan_monthly_savings_usd": round(
+            float(
+                pc.sum(
+                    best.filter(pc.is_in(best["resource_kind"], pa.array(["ebs_volume", "elastic_ip"])))[
+                        "monthly_savings_usd"
+                    ]
+                ).as_py()
+                or 0.0
+            ),
+            2,
+        ),
+    }
+
+
+__all__ = [
+    "HOURS_PER_MONTH",
+    "RECOMMENDATIONS",
+    "AccountRecommendations",
+    "Instance",
+    "InstanceOption",
+    "InstanceRecommendation",
+    "Samples",
+    "StandaloneConfig",
+    "instance_rows",
+    "optimize_standalone_instance",
+    "recommend_account",
+    "recommendations_summary",
+]

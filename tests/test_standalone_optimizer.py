@@ -1,0 +1,245 @@
+"""The whole standalone optimiser: commitments, Spot, idle, orphans, the table and the Dagster asset."""
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from cloudopt_pipelines.backtest.traces import read_trace
+from cloudopt_pipelines.catalog.prices import build_price_catalog, build_reserved_prices
+from cloudopt_pipelines.optimizers.commitments import (
+    ReservedRates,
+    SteadyUsage,
+    normalization_factor,
+    quote,
+    recommend_commitments,
+)
+from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.standalone import (
+    RECOMMENDATIONS,
+    Instance,
+    Samples,
+    StandaloneConfig,
+    optimize_standalone_instance,
+    recommend_account,
+)
+from cloudopt_pipelines.optimizers.standalone_actions import find_orphans, spot_eligible
+from cloudopt_pipelines.sources.demo import DemoCollector
+
+DATA = Path(__file__).parent / "data" / "standalone"
+START = np.datetime64("2026-11-16T00:00:00")
+
+
+@pytest.fixture(scope="module")
+def catalog_table() -> pa.Table:
+    return build_price_catalog()
+
+
+@pytest.fixture(scope="module")
+def catalog(catalog_table) -> Catalog:
+    return Catalog(catalog_table)
+
+
+@pytest.fixture(scope="module")
+def reserved() -> ReservedRates:
+    return ReservedRates(build_reserved_prices())
+
+
+@pytest.fixture(scope="module")
+def azure():
+    return {v.resource_id: v for v in read_trace(DATA / "azure_v1_4vms_14days_cpu_5min.csv.gz")}
+
+
+def samples_of(vm, use_avg_as_peak: bool = False) -> Samples:
+    ts = START + np.arange(vm.samples) * np.timedelta64(300, "s")
+    return Samples(
+        ts=ts.astype("datetime64[us]"),
+        cpu_pct=vm.cpu_avg_pct,
+        cpu_peak_pct=vm.cpu_avg_pct if use_avg_as_peak else vm.cpu_pct,
+        mem_pct=vm.mem_pct,
+        net_bytes=None,
+    )
+
+
+def test_reserved_rates_read_2017_and_mark_proxies_as_estimates(reserved):
+    exact = reserved.discount("us-east-1", "m4.xlarge", 1, "standard", "no_upfront")
+    assert exact == (38.0, False, "2017 reserved table")
+    rate, estimate, basis = reserved.discount("us-east-1", "m5.xlarge", 3, "standard", "all_upfront")
+    assert estimate and "m4.xlarge" in basis and rate == pytest.approx(62.5)
+    assert reserved.discount("us-east-1", "t4g.large", 1, "standard", "no_upfront")[1] is True
+
+
+def test_quote_break_even_and_upfront():
+    from cloudopt_pipelines.optimizers.commitments import CommitmentRate
+
+    q = quote(CommitmentRate("reserved_instance", 1, "all_upfront", "standard", 40.0, False, "t"), 0.2)
+    assert q.upfront_usd == pytest.approx(0.12 * 8760, abs=0.01)
+    assert q.monthly_savings_usd == pytest.approx(0.08 * 730)
+    assert q.break_even_months == pytest.approx(0.12 * 8760 / (0.2 * 730), abs=0.01)
+    no = quote(CommitmentRate("reserved_instance", 1, "no_upfront", "standard", 30.0, False, "t"), 0.2)
+    assert no.break_even_months == 0 and no.upfront_usd == 0
+
+
+def test_commitments_come_per_family_and_region_in_normalised_units(reserved):
+    usage = [
+        SteadyUsage("i-1", "us-east-1", "m5.xlarge", 0.192),
+        SteadyUsage("i-2", "us-east-1", "m5.large", 0.096),
+        SteadyUsage("i-3", "us-west-2", "c5.large", 0.085),
+    ]
+    recs = {(r.region, r.family): r for r in recommend_commitments(usage, reserved)}
+    m5 = recs[("us-east-1", "m5")]
+    assert m5.normalized_units == 12 and m5.quantity == 3 and m5.size_unit_type == "m5.large"
+    assert m5.best.rate.is_estimate and m5.best.break_even_months <= 12
+    assert recs[("us-west-2", "c5")].best.rate.term_years in (1, 3)
+    assert normalization_factor("m5.12xlarge") == 96
+
+
+def test_spot_needs_a_stateless_tag_and_no_critical_one():
+    assert spot_eligible({"workload": "stateless"})[0]
+    assert spot_eligible({"workload": "fault-tolerant"})[0]
+    assert not spot_eligible({"workload": "stateless", "criticality": "production-critical"})[0]
+    assert not spot_eligible({})[0]
+    assert spot_eligible({"kind": "batch"}, workload_tag="kind", workload_values=("batch",))[0]
+
+
+def test_orphans_are_priced_as_estimates():
+    vol = find_orphans("vol-1", "ebs_volume", {"attached_to": None, "size_gib": 500, "volume_type": "gp2"})
+    assert vol.monthly_cost_usd == 50.0 and vol.is_estimate and vol.action == "delete_volume"
+    assert find_orphans("vol-2", "ebs_volume", {"attached_to": "i-1", "size_gib": 10}) is None
+    eip = find_orphans("eip-1", "elastic_ip", {"associated_with": None})
+    assert eip.monthly_cost_usd == pytest.approx(3.65)
+    assert find_orphans("eip-2", "elastic_ip", {"associated_with": "eni-1"}) is None
+
+
+def test_one_instance_gets_every_option_with_savings(azure, catalog, reserved):
+    vm = azure["azure-1061254"]
+    inst = Instance("i-1", "m5.xlarge", "us-east-1", "us-east-1a", tags={"env": "prod"})
+    rec = optimize_standalone_instance("i-1", inst, samples_of(vm), catalog, reserved)
+    names = [o.option_name for o in rec.options]
+    assert "keep" in names and any(n.startswith("resize:") for n in names)
+    assert any(o.market == "reserved" for o in rec.options) and any(o.market == "savings_plan" for o in rec.options)
+    assert not any(o.action == "spot" for o in rec.options)  # no workload tag
+    assert not any("schedule" in o.action for o in rec.options)  # production
+    assert rec.finding == "over-provisioned" and rec.always_on_type is not None
+    assert rec.current_monthly_usd == pytest.approx(0.192 * 730)
+
+
+def test_spot_and_schedule_options_for_a_tagged_dev_instance(azure, catalog, reserved):
+    vm = azure["azure-810877"]
+    tags = {"env": "dev", "workload": "stateless"}
+    inst = Instance("i-2", "m5.xlarge", "us-east-1", tags=tags)
+    rec = optimize_standalone_instance("i-2", inst, samples_of(vm, use_avg_as_peak=True), catalog, reserved)
+    spot = [o for o in rec.options if o.action == "spot"]
+    assert spot and spot[0].is_estimate and spot[0].details["interruption_band"]
+    sched = [o for o in rec.options if "schedule" in o.action]
+    assert sched and "custodian_offhours" in sched[0].proposed_config
+    assert rec.always_on_type is None  # scheduled or spot: no commitment
+    assert not any(o.market in ("reserved", "savings_plan") for o in rec.options)
+
+
+def test_group_members_are_refused(azure, catalog):
+    inst = Instance("i-3", "m5.large", "us-east-1", deployment_type="asg")
+    with pytest.raises(ValueError, match="asg member"):
+        optimize_standalone_instance("i-3", inst, samples_of(azure["azure-1061254"]), catalog)
+
+
+def _demo_inputs(account: str, days: int):
+    collector = DemoCollector()
+    day = collector.days[days - 1]
+    resources = collector.collect_inventory(account, day).table
+    util = pa.concat_tables([collector.collect_metrics(account, d).table for d in collector.days[:days]])
+    return day, resources, util
+
+
+def test_account_table_covers_standalone_instances_and_orphans_only(catalog, reserved):
+    day, resources, util = _demo_inputs("123456789012", 7)
+    result = recommend_account("123456789012", day, resources, util, catalog, reserved)
+    table = result.table
+    assert table.schema.equals(RECOMMENDATIONS)
+    rows = table.to_pylist()
+    standalone = {
+        r["resource_id"]
+        for r in resources.to_pylist()
+        if r["resource_kind"] == "ec2_instance" and r["deployment_type"] == "standalone"
+    }
+    instance_ids = {r["resource_id"] for r in rows if r["resource_kind"] == "ec2_instance"}
+    assert instance_ids == standalone
+    kinds = {r["resource_kind"] for r in rows}
+    assert kinds == {"ec2_instance", "ebs_volume", "elastic_ip"}
+    for rid in instance_ids | {r["resource_id"] for r in rows if r["resource_kind"] != "ec2_instance"}:
+        mine = [r for r in rows if r["resource_id"] == rid]
+        assert sum(r["is_best"] for r in mine) == 1
+        assert sorted(r["rank"] for r in mine) == list(range(1, len(mine) + 1))
+        assert any(r["option_name"] == "keep" for r in mine)
+    protected = [r for r in rows if r["protected"]]
+    assert protected and all(r["option_name"] == "keep" for r in protected if r["is_best"])
+    # 7 of 14 window days: confidence 0.5 everywhere on the instances.
+    assert {r["confidence"] for r in rows if r["resource_kind"] == "ec2_instance"} == {0.5}
+    assert all(r["rationale"] for r in rows)
+    # Savings are current minus proposed, as shown.
+    for r in rows:
+        if r["monthly_cost_current_usd"] is not None:
+            assert r["monthly_savings_usd"] == pytest.approx(
+                r["monthly_cost_current_usd"] - r["monthly_cost_proposed_usd"], abs=1e-3
+            )
+    assert result.commitments_table()
+
+
+def test_unknown_type_in_the_inventory_is_reported_not_fatal(catalog):
+    day, resources, util = _demo_inputs("123456789012", 1)
+    rows = resources.to_pylist()
+    rows[0]["instance_type"] = "m9.huge"
+    broken = pa.Table.from_pylist(rows, schema=resources.schema)
+    table = recommend_account("123456789012", day, broken, util, catalog).table
+    row = [r for r in table.to_pylist() if r["resource_id"] == rows[0]["resource_id"]]
+    assert len(row) == 1 and "unknown instance type 'm9.huge'" in row[0]["rationale"]
+
+
+def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
+    from cloudopt_pipelines.assets.features import SOURCE_TABLES
+    from cloudopt_pipelines.assets.recommendations import recommendations
+    from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
+    from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
+    from cloudopt_pipelines.sqlmodels.runner import load_models, run_model
+    from cloudopt_pipelines.storage.lake import Lake
+
+    account = "210987654321"
+    lake = Lake(tmp_path / "lake")
+    collector = DemoCollector()
+    days = collector.days[:3]
+    lake.write("price_catalog", catalog_table)
+    lake.write("reserved_prices", build_reserved_prices())
+    stg = next(m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES)) if m.name == "stg_utilization_5m")
+    partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}
+    for d in days:
+        lake.write("resources", collector.collect_inventory(account, d).table, account, d)
+        lake.write("utilization_5m", collector.collect_metrics(account, d).table, account, d)
+        run_model(stg, lake, partitioning, account, d)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME, [account])
+    result = dg.materialize(
+        [recommendations],
+        instance=instance,
+        partition_key=account_day_key(account, days[-1]),
+        resources={"lake": LakeResource(root=str(lake.root))},
+        run_config={"ops": {"recommendations__recommendations": {"config": {"window_days": 14}}}},
+    )
+    assert result.success
+    table = lake.read("recommendations", account, days[-1])
+    assert table.num_rows > 0 and table.schema.equals(RECOMMENDATIONS)
+    meta = result.asset_materializations_for_node("recommendations__recommendations")[0].metadata
+    assert meta["window_days_found"].value == 3
+    confidence = pc.unique(table.filter(pc.equal(table["resource_kind"], "ec2_instance"))["confidence"])
+    assert confidence.to_pylist() == [round(3 / 14, 3)]
+    assert json.loads(table["current_config"][0].as_py())
+    assert date.fromisoformat(str(days[-1])) - timedelta(days=2) == days[0]
+
+
+def test_config_rejects_unknown_risk_settings():
+    with pytest.raises(ValueError, match="unknown risk setting"):
+        _ = StandaloneConfig(risk_setting="yolo").sizing_policy

@@ -1,0 +1,194 @@
+"""Right-sizing decisions on real Azure V1 and Google cluster-data snippets (tests/data/standalone)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloudopt_pipelines.backtest.traces import VmTrace, read_trace
+from cloudopt_pipelines.catalog.prices import build_price_catalog
+from cloudopt_pipelines.optimizers.sizing import (
+    BURSTABLE_BASELINE_PCT,
+    RISK_SETTINGS,
+    Catalog,
+    SizingError,
+    SizingPolicy,
+    analyze_utilization,
+    burstable_baseline_pct,
+    network_gbps,
+    recommend_resize,
+    required_capacity,
+    simulate_credits,
+)
+
+DATA = Path(__file__).parent / "data" / "standalone"
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog(build_price_catalog())
+
+
+@pytest.fixture(scope="module")
+def azure() -> dict[str, VmTrace]:
+    return {v.resource_id: v for v in read_trace(DATA / "azure_v1_4vms_14days_cpu_5min.csv.gz")}
+
+
+@pytest.fixture(scope="module")
+def gcd() -> dict[str, VmTrace]:
+    return {v.resource_id: v for v in read_trace(DATA / "gcd_3vms_1day_cpu_mem_5min.csv.gz")}
+
+
+def profile_of(vm: VmTrace, catalog: Catalog, instance_type: str, with_memory: bool = True, **kw):
+    t = catalog.get(REGION, instance_type)
+    return analyze_utilization(
+        vm.cpu_avg_pct,
+        cpu_max_pct=vm.cpu_pct,
+        mem_pct=vm.mem_pct if with_memory else None,
+        vcpu=t.vcpu,
+        memory_gib=t.memory_gib,
+        **kw,
+    )
+
+
+def test_low_cpu_vm_is_over_provisioned_and_moves_to_a_cheaper_fit(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.finding == "over-provisioned"
+    best = rec.best
+    assert best.monthly_savings_usd > 0 and best.savings_pct > 0
+    # CPU demand in vCPU = P99.5 of maxima x 4 vCPU x 1.2 must fit the candidate's vCPU.
+    need = np.percentile(azure["azure-1061254"].cpu_pct, 99.5) / 100 * 4 * 1.2
+    assert best.vcpu >= need
+    # No memory data: never below the current 16 GiB, and the rationale says so.
+    assert all(o.memory_gib >= 16 for o in rec.options)
+    assert "No memory data" in rec.rationale
+    costs = [o.monthly_cost_usd for o in rec.options]
+    assert costs == sorted(costs)
+    assert abs(rec.current.monthly_cost_usd - 0.192 * 730) < 1e-6
+
+
+def test_saturated_vm_is_under_provisioned_and_up_size_shows_negative_savings(azure, catalog):
+    prof = profile_of(azure["azure-1663289"], catalog, "m5.large")
+    assert prof.is_saturated  # 7 % of its 5-minute averages are at >= 90 %
+    rec = recommend_resize(prof, "m5.large", REGION, catalog)
+    assert rec.finding == "under-provisioned"
+    assert rec.best.vcpu > 2 and rec.best.monthly_savings_usd < 0
+    assert "does not fit" in rec.rationale
+
+
+def test_headroom_is_capped_at_the_current_size_when_the_metric_cannot_show_more(azure, catalog):
+    vm = azure["azure-1739024"]  # 5-minute maxima near 100 %, averages near 5 %: not saturated
+    prof = profile_of(vm, catalog, "m5.xlarge")
+    assert not prof.is_saturated
+    demand = required_capacity(prof, SizingPolicy())
+    assert demand.vcpu == pytest.approx(4.0)
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.finding != "under-provisioned"
+
+
+def test_burstable_only_when_the_cpu_profile_fits_its_baseline_credits(azure, catalog):
+    spiky_but_low = profile_of(azure["azure-1739024"], catalog, "m5.xlarge")
+    rec = recommend_resize(spiky_but_low, "m5.xlarge", REGION, catalog, SizingPolicy(allow_graviton=False))
+    assert rec.best.instance_type in ("t3a.xlarge", "t3.xlarge")
+    assert "baseline" in " ".join(rec.best.notes)
+    busy = profile_of(azure["azure-1663289"], catalog, "m5.large")  # mean 30 % of 2 vCPU = 0.6 vCPU
+    rec_busy = recommend_resize(busy, "m5.large", REGION, catalog, SizingPolicy(max_options=50))
+    burstable = [o for o in rec_busy.options if o.instance_type.startswith(("t3", "t4g"))]
+    mean = busy.cpu_mean_vcpu.mean()
+    for o in burstable:
+        baseline = burstable_baseline_pct(o.instance_type) / 100 * o.vcpu
+        assert mean * 1.2 <= baseline
+    assert "t3.large" not in {o.instance_type for o in rec_busy.options}  # 0.6 vCPU baseline is too small
+
+
+def test_burstable_baseline_table_matches_the_aws_documentation():
+    assert BURSTABLE_BASELINE_PCT == {
+        "nano": 5.0,
+        "micro": 10.0,
+        "small": 20.0,
+        "medium": 20.0,
+        "large": 30.0,
+        "xlarge": 40.0,
+        "2xlarge": 40.0,
+    }
+    assert burstable_baseline_pct("t3.large") == 30.0
+    assert burstable_baseline_pct("t4g.xlarge") == 40.0
+    assert burstable_baseline_pct("m5.large") is None
+
+
+def test_credit_simulation_holds_the_instance_at_baseline_once_credits_run_out(catalog):
+    t3 = catalog.get(REGION, "t3.large")  # 2 vCPU, 30 % baseline = 0.6 vCPU, 36 credits/hour
+    flat_out = np.full(288 * 3, 2.0)
+    capacity, balance = simulate_credits(flat_out, t3, start_balance=100.0)
+    assert capacity[0] == 2 and capacity[-1] == pytest.approx(0.6)
+    assert balance == pytest.approx(0.0, abs=3.0)
+
+
+def test_memory_from_the_agent_sizes_memory_with_headroom(gcd, catalog):
+    vm = gcd["vm_6127640366_9"]
+    prof = profile_of(vm, catalog, "m5.2xlarge")
+    assert prof.has_memory
+    for headroom in (10.0, 20.0, 30.0):
+        policy = SizingPolicy(memory_headroom_pct=headroom)
+        demand = required_capacity(prof, policy)
+        assert demand.memory_gib == pytest.approx(np.nanmax(vm.mem_pct) / 100 * 32 * (1 + headroom / 100))
+        rec = recommend_resize(prof, "m5.2xlarge", REGION, catalog, policy)
+        assert all(o.memory_gib >= demand.memory_gib for o in rec.options if not o.is_current)
+
+
+def test_memory_over_capacity_makes_the_instance_under_provisioned(gcd, catalog):
+    vm = gcd["vm_6219557576_2"]  # memory up to 215 % of the VM, as in the source
+    rec = recommend_resize(profile_of(vm, catalog, "m5.large"), "m5.large", REGION, catalog)
+    assert rec.finding == "under-provisioned"
+    assert rec.best.memory_gib >= np.nanmax(vm.mem_pct) / 100 * 8
+
+
+def test_idle_instance_uses_cost_explorers_rule(gcd, catalog):
+    vm = gcd["vm_6127635923_5"]  # real load that peaks at 6 % of a 2-vCPU VM
+    on_big = profile_of(vm, catalog, "m5.8xlarge", provisioned_vcpu=2, provisioned_memory_gib=8)
+    assert on_big.cpu_max_pct <= 1.0 and on_big.is_idle
+    assert recommend_resize(on_big, "m5.8xlarge", REGION, catalog).finding == "idle"
+    on_small = profile_of(vm, catalog, "m5.large")
+    assert not on_small.is_idle
+
+
+@pytest.mark.parametrize("percentile", [90.0, 95.0, 99.5])
+def test_percentile_settings_order_the_demand(azure, catalog, percentile):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    demand = required_capacity(prof, SizingPolicy(cpu_percentile=percentile, cpu_headroom_pct=0.0))
+    assert demand.cpu_percentile_vcpu == pytest.approx(np.percentile(prof.cpu_peak_vcpu, percentile))
+
+
+def test_settings_outside_the_allowed_ones_are_refused():
+    with pytest.raises(SizingError, match="cpu_percentile"):
+        SizingPolicy(cpu_percentile=50.0)
+    with pytest.raises(SizingError, match="cpu_headroom_pct"):
+        SizingPolicy(cpu_headroom_pct=10.0)
+    assert set(RISK_SETTINGS) >= {"balanced", "cautious", "aggressive"}
+
+
+def test_graviton_candidates_carry_a_migration_effort_and_unknown_types_are_named(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog, SizingPolicy(allow_burstable=False, max_options=30))
+    arm = [o for o in rec.options if o.architecture == "arm64"]
+    assert arm and all(o.migration_effort == "Medium" for o in arm)
+    assert all(o.performance_risk in (0.0, 1.0, 2.0, 3.0, 4.0) for o in rec.options)
+    with pytest.raises(SizingError, match=r"unknown instance type 'm9\.huge'"):
+        recommend_resize(prof, "m9.huge", REGION, catalog)
+
+
+def test_network_classes_parse():
+    assert network_gbps("Up to 10 Gigabit") == 10
+    assert network_gbps("25 Gigabit") == 25
+    assert network_gbps("Moderate") == 0.5
+
+
+def test_confidence_follows_coverage(azure, catalog):
+    vm = azure["azure-1061254"]
+    full = profile_of(vm, catalog, "m5.xlarge", window_days=14)
+    half = profile_of(vm, catalog, "m5.xlarge", window_days=28)
+    assert full.coverage == pytest.approx(1.0)
+    assert half.coverage == pytest.approx(0.5)
+    assert recommend_resize(half, "m5.xlarge", REGION, catalog).confidence == pytest.approx(0.5)
