@@ -75,18 +75,20 @@ def account_partitions_request(accounts: list[str]) -> dg.AddDynamicPartitionsRe
     return dg.AddDynamicPartitionsRequest(partitions_def_name=ACCOUNTS_PARTITIONS_NAME, partition_keys=accounts)
 
 
-def build_warehouse_refresh_sensor(daily_job, warehouse_job) -> dg.SensorDefinition:
-    """After each successful daily run, rebuild the warehouse (views pick up new tables and marts)."""
+def build_warehouse_refresh_sensor(warehouse_job) -> dg.SensorDefinition:
+    """After each successful run that wrote the lake (the daily job, a backfill, a materialisation from
+    the UI), rebuild the warehouse so that new tables and marts appear as views."""
 
     @dg.run_status_sensor(
         name="warehouse_refresh",
         run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[daily_job],
         request_job=warehouse_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def warehouse_refresh(context: dg.RunStatusSensorContext):
-        """Rebuild the warehouse once a daily run has succeeded."""
+        """Rebuild the warehouse once a run that wrote the lake has succeeded."""
+        if context.dagster_run.job_name == WAREHOUSE_JOB:
+            return dg.SkipReason("the warehouse refresh itself")
         return dg.RunRequest(run_key=f"after-{context.dagster_run.run_id}")
 
     return warehouse_refresh

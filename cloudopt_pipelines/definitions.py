@@ -47,7 +47,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         assets=[*raw_assets, *sql_assets, recommendations, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job],
         schedules=[daily_pipeline_schedule],
-        sensors=[account_discovery, build_warehouse_refresh_sensor(daily_job, warehouse_job)],
+        sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
         resources={
             "source": source or source_for(settings),
             "lake": LakeResource(root=str(settings.lake_dir)),
