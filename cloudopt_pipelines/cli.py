@@ -183,6 +183,29 @@ def bench_collect(
     typer.echo(format_report(run_collect_benchmark(instances=instances, days=days, page_size=page_size)))
 
 
+@bench_app.command("lp")
+def bench_lp(
+    sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (resources).")] = "1000,10000,100000",
+    options: Annotated[int, typer.Option(help="Options per resource.")] = 8,
+    solvers: Annotated[str, typer.Option(help="Comma-separated solvers: highs, cbc, highs_pulp.")] = "highs,cbc",
+    cbc_max_size: Annotated[int, typer.Option(help="Skip CBC above this many resources.")] = 10_000,
+    mip_gap: Annotated[float, typer.Option(help="Relative MIP gap to stop at.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the generated fleets.")] = 0,
+) -> None:
+    """Build and solve random fleets with group constraints: model-build and solve time and gap per solver."""
+    from cloudopt_pipelines.bench.lp import format_table, run_lp_benchmark
+
+    rows = run_lp_benchmark(
+        sizes=tuple(int(s) for s in sizes.split(",") if s.strip()),
+        options_per_resource=options,
+        solvers=tuple(s.strip() for s in solvers.split(",") if s.strip()),
+        seed=seed,
+        cbc_max_size=cbc_max_size,
+        mip_gap=mip_gap,
+    )
+    typer.echo(format_table(rows))
+
+
 @backtest_app.command("standalone")
 def backtest_standalone(
     trace: Annotated[str, typer.Option("--trace", help="Trace file (CSV or CSV.GZ; see docs/backtests.md).")],
