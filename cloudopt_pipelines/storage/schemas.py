@@ -149,6 +149,63 @@ RECOMMENDATIONS = pa.schema(
 )
 
 
+# The portfolio plan (date partition, across accounts): one row per resource with the option the
+# LP chose, ``keep`` included, so that the executor and analysts see every decision and its reason.
+PORTFOLIO_PLAN = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("plan_id", pa.string()),
+        ("account_id", pa.string()),
+        ("resource_id", pa.string()),
+        ("resource_kind", pa.string()),
+        ("deployment_type", pa.string()),
+        ("region", pa.string()),
+        ("zone", pa.string()),
+        ("group_name", pa.string()),
+        ("env", pa.string()),
+        ("option_name", pa.string()),
+        ("action", pa.string()),
+        ("market", pa.string()),
+        ("current_config", pa.string()),
+        ("proposed_config", pa.string()),
+        ("monthly_cost_current_usd", pa.float64()),
+        ("monthly_cost_proposed_usd", pa.float64()),
+        ("monthly_savings_usd", pa.float64()),
+        ("one_time_cost_usd", pa.float64()),
+        ("performance_risk", pa.float64()),
+        ("confidence", pa.float64()),
+        ("is_estimate", pa.bool_()),
+        ("protected", pa.bool_()),
+        ("reason", pa.string()),
+        ("solver_status", pa.string()),
+    ]
+)
+
+# Every decision of the executor (date partition): applied, skipped and why, failed and the error.
+EXECUTED_ACTIONS = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("plan_id", pa.string()),
+        ("action_id", pa.string()),
+        ("run_id", pa.string()),
+        ("account_id", pa.string()),
+        ("region", pa.string()),
+        ("resource_id", pa.string()),
+        ("action", pa.string()),
+        ("mode", pa.string()),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
+        ("approved_by", pa.string()),
+        ("approval_id", pa.string()),
+        ("state_before", pa.string()),
+        ("state_after", pa.string()),
+        ("api_calls", pa.string()),
+        ("error", pa.string()),
+        ("started_at", TS),
+        ("finished_at", TS),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "price_catalog": PRICE_CATALOG,
     "reserved_prices": RESERVED_PRICES,
@@ -156,6 +213,8 @@ TABLES: dict[str, pa.Schema] = {
     "utilization_5m": UTILIZATION_5M,
     "cluster_metrics_5m": CLUSTER_METRICS_5M,
     "recommendations": RECOMMENDATIONS,
+    "portfolio_plan": PORTFOLIO_PLAN,
+    "executed_actions": EXECUTED_ACTIONS,
 }
 
 RESOURCE_KINDS = (
