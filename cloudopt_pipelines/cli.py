@@ -58,9 +58,9 @@ def run(
 ) -> None:
     """Materialise every account x day in [start, end] through Dagster (one run per partition, as a
     backfill does), then refresh the warehouse. Exits 1 if any partition failed."""
+    _quiet_dagster()
     from cloudopt_pipelines.orchestration import run_range
 
-    _quiet_dagster()
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     account_list = parse_accounts(accounts) if accounts else None
     result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
@@ -75,10 +75,10 @@ def run(
 @app.command()
 def demo() -> None:
     """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary."""
+    _quiet_dagster()
     from cloudopt_pipelines.orchestration import run_range
     from cloudopt_pipelines.summary import demo_summary
 
-    _quiet_dagster()
     settings = load_settings()
     if settings.env != "demo":
         raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
