@@ -1,5 +1,7 @@
 """Raw stage: the price catalogue, and each account's inventory and 5-minute metrics per day."""
 
+from datetime import date
+
 import dagster as dg
 import pyarrow as pa
 
@@ -7,6 +9,7 @@ from cloudopt_pipelines.catalog.prices import build_price_catalog, build_reserve
 from cloudopt_pipelines.partitions import account_daily_partitions, split_account_day
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.sources.base import Collected
 
 RAW_PREFIX = "raw"
 
@@ -57,17 +60,8 @@ def resources(context: dg.AssetExecutionContext, source: SourceResource, lake: L
     groups, EBS volumes, Elastic IPs, ECS, EMR and EKS clusters."""
     account_id, day = split_account_day(context)
     collected = source.get_collector().collect_inventory(account_id, day)
-    path = lake.get_lake().write("resources", collected.table, account_id, day)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": collected.table.num_rows,
-            "path": dg.MetadataValue.path(str(path)),
-            "preview": dg.MetadataValue.md(
-                _preview(collected.table, ["resource_id", "resource_kind", "deployment_type", "instance_type", "env"])
-            ),
-            **_flat(collected.metadata),
-        }
-    )
+    preview = _preview(collected.table, ["resource_id", "resource_kind", "deployment_type", "instance_type", "env"])
+    return _store(lake, "resources", collected, account_id, day, preview=dg.MetadataValue.md(preview))
 
 
 @dg.asset(
@@ -82,15 +76,7 @@ def utilization_5m(
     """5-minute CPU (average and maximum), memory and network samples of one account's instances
     on one day, as the source reported them (gaps and duplicates kept for the features stage)."""
     account_id, day = split_account_day(context)
-    collected = source.get_collector().collect_metrics(account_id, day)
-    path = lake.get_lake().write("utilization_5m", collected.table, account_id, day)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": collected.table.num_rows,
-            "path": dg.MetadataValue.path(str(path)),
-            **_flat(collected.metadata),
-        }
-    )
+    return _store(lake, "utilization_5m", source.get_collector().collect_metrics(account_id, day), account_id, day)
 
 
 @dg.asset(
@@ -107,11 +93,19 @@ def cluster_metrics_5m(
     node counts, idle) on one day, long format, as the source reported them."""
     account_id, day = split_account_day(context)
     collected = source.get_collector().collect_cluster_metrics(account_id, day)
-    path = lake.get_lake().write("cluster_metrics_5m", collected.table, account_id, day)
+    return _store(lake, "cluster_metrics_5m", collected, account_id, day)
+
+
+def _store(
+    lake: LakeResource, table: str, collected: Collected, account_id: str, day: date, **extra: object
+) -> dg.MaterializeResult:
+    """Write one collected partition to the lake and describe it for the UI."""
+    path = lake.get_lake().write(table, collected.table, account_id, day)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": collected.table.num_rows,
             "path": dg.MetadataValue.path(str(path)),
+            **extra,
             **_flat(collected.metadata),
         }
     )

@@ -30,14 +30,10 @@ from botocore.credentials import CredentialProvider, CredentialResolver, Refresh
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudopt_pipelines.sources.base import (
-    ENV_TAG_KEYS,
     SCHEDULABLE_STATUSES,
-    SERVICE_TAG_KEYS,
-    TEAM_TAG_KEYS,
     Collected,
     classify_deployment,
-    first_tag,
-    tags_json,
+    tag_columns,
 )
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform
 
@@ -512,7 +508,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "resource_id": iid,
                     "resource_kind": "ec2_instance",
                     "deployment_type": deployment,
@@ -540,7 +536,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": g["AutoScalingGroupName"],
                     "resource_id": g["AutoScalingGroupARN"],
                     "resource_kind": "asg",
@@ -570,7 +566,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "resource_id": v["VolumeId"],
                     "resource_kind": "ebs_volume",
                     "deployment_type": deployment_of.get(attached[0]) if attached else None,
@@ -598,7 +594,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "resource_id": a.get("AllocationId") or a.get("PublicIp"),
                     "resource_kind": "elastic_ip",
                     "zone": a.get("NetworkBorderGroup"),
@@ -615,7 +611,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": c.get("clusterName"),
                     "resource_id": c["clusterArn"],
                     "resource_kind": "ecs_cluster",
@@ -641,7 +637,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": s.get("serviceName"),
                     "resource_id": s["serviceArn"],
                     "resource_kind": "ecs_service",
@@ -672,7 +668,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": c.get("Name"),
                     "resource_id": c.get("ClusterArn") or c["Id"],
                     "resource_kind": "emr_cluster",
@@ -704,7 +700,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": c["name"],
                     "resource_id": c.get("arn") or c["name"],
                     "resource_kind": "eks_cluster",
@@ -721,7 +717,7 @@ class AwsCollector:
             rows.append(
                 {
                     **base,
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "name": ng["nodegroupName"],
                     "resource_id": ng.get("nodegroupArn") or ng["nodegroupName"],
                     "resource_kind": "eks_nodegroup",
@@ -1138,16 +1134,6 @@ def _tags(raw: Iterable[Mapping[str, Any]] | None, key: str = "Key", value: str 
 
 def _dims(raw: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
     return {d["Name"]: d.get("Value", "") for d in raw or []}
-
-
-def _tag_columns(tags: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "name": tags.get("Name"),
-        "env": first_tag(tags, ENV_TAG_KEYS),
-        "team": first_tag(tags, TEAM_TAG_KEYS),
-        "service": first_tag(tags, SERVICE_TAG_KEYS),
-        "tags": tags_json(tags),
-    }
 
 
 def _platform(inst: Mapping[str, Any]) -> str:

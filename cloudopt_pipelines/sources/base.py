@@ -79,6 +79,17 @@ def first_tag(tags: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def tag_columns(tags: Mapping[str, str]) -> dict[str, str | None]:
+    """The tag-derived columns of the ``resources`` table: name, env, team, service and the JSON tags."""
+    return {
+        "name": tags.get("Name"),
+        "env": first_tag(tags, ENV_TAG_KEYS),
+        "team": first_tag(tags, TEAM_TAG_KEYS),
+        "service": first_tag(tags, SERVICE_TAG_KEYS),
+        "tags": tags_json(tags),
+    }
+
+
 def tags_json(tags: Mapping[str, str]) -> str:
     """Tags as a stable JSON object string (sorted keys), the form stored in the lake."""
     return json.dumps(dict(sorted(tags.items())), separators=(",", ":"))

@@ -17,13 +17,9 @@ import duckdb
 import pyarrow as pa
 
 from cloudopt_pipelines.sources.base import (
-    ENV_TAG_KEYS,
-    SERVICE_TAG_KEYS,
-    TEAM_TAG_KEYS,
     Collected,
     classify_deployment,
-    first_tag,
-    tags_json,
+    tag_columns,
 )
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform, empty_table
 
@@ -112,7 +108,7 @@ class DemoCollector:
                     "lifecycle": inst["lifecycle"],
                     "launch_time": datetime.fromisoformat(inst["launch_time"]).astimezone(UTC),
                     "parent_id": _parent_of(tags),
-                    **_tag_columns(tags),
+                    **tag_columns(tags),
                     "attributes": json.dumps({"cwagent_memory": inst["cwagent"]}),
                 }
             )
@@ -170,16 +166,6 @@ class DemoCollector:
             conform(table, UTILIZATION_5M, "utilization_5m"),
             {"samples": table.num_rows, "series": len(set(table.column("resource_id").to_pylist()))},
         )
-
-
-def _tag_columns(tags: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": tags.get("Name"),
-        "env": first_tag(tags, ENV_TAG_KEYS),
-        "team": first_tag(tags, TEAM_TAG_KEYS),
-        "service": first_tag(tags, SERVICE_TAG_KEYS),
-        "tags": tags_json(tags),
-    }
 
 
 def _parent_of(tags: dict[str, str]) -> str | None:
