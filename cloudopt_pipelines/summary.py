@@ -1,6 +1,9 @@
 """The summary printed at the end of ``make demo``: what ran, what was found, where to look next."""
 
 import json
+import shutil
+import sys
+from pathlib import Path
 
 import duckdb
 
@@ -54,7 +57,7 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
                 )
     lines += [
         f"Warehouse: {settings.warehouse_path}",
-        f'Try:       cloudopt sql "{try_sql}"',
+        f'Try:       {_cloudopt()} sql "{try_sql}"',
         f"      or   python -c \"import duckdb; print(duckdb.connect('{settings.warehouse_path}', "
         f"read_only=True).sql('FROM fleet_daily LIMIT 5'))\"",
         "UI:        make dev   (then open http://127.0.0.1:3000)",
@@ -72,3 +75,14 @@ def _config(text: str | None) -> str:
         market = config.get("market", "on_demand")
         return config["instance_type"] + ("" if market == "on_demand" else f" ({market})")
     return str(config.get("config") or config.get("action") or text)
+
+
+def _cloudopt() -> str:
+    """How to call the cloudopt command from here: plain when on PATH, else the virtualenv's script."""
+    if shutil.which("cloudopt"):
+        return "cloudopt"
+    script = Path(sys.executable).with_name("cloudopt")
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
