@@ -15,22 +15,22 @@
 -- group: features
 WITH samples AS (
     SELECT
-        account_id, date, resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
+        resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
         cpu_peak_is_maximum, mem_pct, net_in_bytes, net_out_bytes, dup_count, out_of_range,
         missing_slots_before, missing_slots_after
     FROM {{ ref('stg_utilization_5m') }}
     UNION ALL
     SELECT
-        account_id, date, resource_id, resource_kind, cpu_pct, cpu_peak_pct,
+        resource_id, resource_kind, cpu_pct, cpu_peak_pct,
         cpu_pct IS DISTINCT FROM cpu_peak_pct, mem_pct, NULL, NULL, dup_count, out_of_range,
         missing_slots_before, NULL
     FROM {{ ref('stg_cluster_metrics_5m') }}
     WHERE resource_kind <> 'container'
 ),
 agg AS (
+    -- One hash aggregate per resource, keyed by resource_id alone (the partition fixes account and
+    -- date). A max is the 1.0 quantile of the same list: x(n-1), no separate aggregate.
     SELECT
-        account_id,
-        date,
         resource_id,
         any_value(resource_kind) AS resource_kind,
         count(*) AS samples,
@@ -40,27 +40,24 @@ agg AS (
         count(net_out_bytes) AS net_out_samples,
         bool_or(cpu_peak_is_maximum) AS cpu_peak_is_maximum,
         avg(cpu_pct) AS cpu_mean_pct,
-        quantile_cont(cpu_peak_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS cpu_q,
-        max(cpu_peak_pct) AS cpu_max_pct,
+        quantile_cont(cpu_peak_pct, [0.5, 0.9, 0.95, 0.99, 0.995, 1.0]) AS cpu_q,
         avg(mem_pct) AS mem_mean_pct,
-        quantile_cont(mem_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS mem_q,
-        max(mem_pct) AS mem_max_pct,
+        quantile_cont(mem_pct, [0.5, 0.9, 0.95, 0.99, 0.995, 1.0]) AS mem_q,
         sum(net_in_bytes) AS net_in_bytes,
         sum(net_out_bytes) AS net_out_bytes,
         avg(net_in_bytes + net_out_bytes) AS net_mean_bytes,
-        quantile_cont(net_in_bytes + net_out_bytes, [0.5, 0.9, 0.95, 0.99, 0.995]) AS net_q,
-        max(net_in_bytes + net_out_bytes) AS net_max_bytes,
-        sum(CASE WHEN out_of_range THEN 1 ELSE 0 END) AS out_of_range_samples,
-        sum(dup_count - 1) AS duplicate_samples,
-        count(*) FILTER (WHERE missing_slots_before > 0)
-            + count(*) FILTER (WHERE missing_slots_after > 0) AS gaps,
-        greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots
+        quantile_cont(net_in_bytes + net_out_bytes, [0.5, 0.9, 0.95, 0.99, 0.995, 1.0]) AS net_q,
+        count(*) FILTER (WHERE out_of_range) AS out_of_range_samples,
+        sum(dup_count) - count(*) AS duplicate_samples,
+        sum(CAST(missing_slots_before > 0 AS INTEGER) + coalesce(CAST(missing_slots_after > 0 AS INTEGER), 0))
+            AS gaps,
+        greatest(max(greatest(missing_slots_before, missing_slots_after)), 0) AS longest_gap_slots
     FROM samples
-    GROUP BY account_id, date, resource_id
+    GROUP BY resource_id
 )
 SELECT
-    account_id,
-    date,
+    CAST({{ var('account_id') }} AS VARCHAR) AS account_id,
+    CAST({{ var('date') }} AS DATE) AS date,
     resource_id,
     resource_kind,
     CAST(samples AS INTEGER) AS samples,
@@ -76,14 +73,14 @@ SELECT
     cpu_q[3] AS cpu_p95_pct,
     cpu_q[4] AS cpu_p99_pct,
     cpu_q[5] AS cpu_p995_pct,
-    cpu_max_pct,
+    cpu_q[6] AS cpu_max_pct,
     mem_mean_pct,
     mem_q[1] AS mem_p50_pct,
     mem_q[2] AS mem_p90_pct,
     mem_q[3] AS mem_p95_pct,
     mem_q[4] AS mem_p99_pct,
     mem_q[5] AS mem_p995_pct,
-    mem_max_pct,
+    mem_q[6] AS mem_max_pct,
     net_in_bytes,
     net_out_bytes,
     net_mean_bytes,
@@ -92,8 +89,8 @@ SELECT
     net_q[3] AS net_p95_bytes,
     net_q[4] AS net_p99_bytes,
     net_q[5] AS net_p995_bytes,
-    net_max_bytes,
-    cpu_max_pct <= 1 AS idle_cost_explorer,
+    net_q[6] AS net_max_bytes,
+    cpu_q[6] <= 1 AS idle_cost_explorer,
     CASE WHEN net_in_samples + net_out_samples = 0 OR cpu_samples = 0 THEN NULL
          ELSE cpu_mean_pct <= 10
               AND coalesce(net_in_bytes, 0) + coalesce(net_out_bytes, 0) <= 5 * 1000 * 1000

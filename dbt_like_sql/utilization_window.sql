@@ -16,33 +16,33 @@
 -- expect_rows_from: stg_utilization_5m, stg_cluster_metrics_5m
 -- group: features
 WITH samples AS (
-    SELECT resource_id, cpu_pct, cpu_peak_pct, mem_pct, net_in_bytes + net_out_bytes AS net_bytes, ts
+    SELECT resource_id, cpu_peak_pct, mem_pct, net_in_bytes + net_out_bytes AS net_bytes, ts
     FROM {{ ref('stg_utilization_5m') }}
     UNION ALL
-    SELECT resource_id, cpu_pct, cpu_peak_pct, mem_pct, NULL, ts
+    SELECT resource_id, cpu_peak_pct, mem_pct, NULL, ts
     FROM {{ ref('stg_cluster_metrics_5m') }}
     WHERE resource_kind <> 'container'
 ),
 stats AS (
+    -- The one pass over the window's samples: what per-day partial aggregates cannot give exactly.
+    -- Exact quantiles need every sample (quantile_cont: one selection pass per list, no full sort);
+    -- the network mean needs the samples where both directions are known.
     SELECT
         resource_id,
         count(*) AS samples,
-        avg(cpu_pct) AS cpu_mean_pct,
         quantile_cont(cpu_peak_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS cpu_q,
-        max(cpu_peak_pct) AS cpu_max_pct,
-        avg(mem_pct) AS mem_mean_pct,
         quantile_cont(mem_pct, [0.5, 0.9, 0.95, 0.99, 0.995]) AS mem_q,
-        max(mem_pct) AS mem_max_pct,
         avg(net_bytes) AS net_mean_bytes,
         quantile_cont(net_bytes, [0.5, 0.9, 0.95, 0.99, 0.995]) AS net_q,
-        max(net_bytes) AS net_max_bytes,
         min(ts) AS first_sample_ts,
         max(ts) AS last_sample_ts
     FROM samples
     GROUP BY resource_id
 ),
 days AS (
-    -- Exact per-day partial aggregates from utilization_daily: counts, sums and idle days.
+    -- Per-day partial aggregates from utilization_daily: counts, sums, maxima and idle days (exact),
+    -- means as sum(daily mean x daily count) / sum(daily count) (exact up to floating-point rounding,
+    -- about 1e-15 relative).
     SELECT
         resource_id,
         arg_max(resource_kind, date) AS resource_kind,
@@ -57,7 +57,12 @@ days AS (
         count(*) FILTER (WHERE idle_trusted_advisor) AS idle_days_trusted_advisor,
         count(idle_trusted_advisor) AS days_with_network_data,
         sum(out_of_range_samples) AS out_of_range_samples,
-        sum(duplicate_samples) AS duplicate_samples
+        sum(duplicate_samples) AS duplicate_samples,
+        sum(cpu_mean_pct * cpu_samples) / nullif(sum(cpu_samples), 0) AS cpu_mean_pct,
+        max(cpu_max_pct) AS cpu_max_pct,
+        sum(mem_mean_pct * mem_samples) / nullif(sum(mem_samples), 0) AS mem_mean_pct,
+        max(mem_max_pct) AS mem_max_pct,
+        max(net_max_bytes) AS net_max_bytes
     FROM {{ ref('utilization_daily') }}
     GROUP BY resource_id
 )
@@ -88,20 +93,20 @@ SELECT
     CAST(d.mem_samples AS INTEGER) AS mem_samples,
     CAST(d.net_samples AS INTEGER) AS net_samples,
     d.cpu_peak_is_maximum,
-    s.cpu_mean_pct,
+    d.cpu_mean_pct,
     s.cpu_q[1] AS cpu_p50_pct,
     s.cpu_q[2] AS cpu_p90_pct,
     s.cpu_q[3] AS cpu_p95_pct,
     s.cpu_q[4] AS cpu_p99_pct,
     s.cpu_q[5] AS cpu_p995_pct,
-    s.cpu_max_pct,
-    s.mem_mean_pct,
+    d.cpu_max_pct,
+    d.mem_mean_pct,
     s.mem_q[1] AS mem_p50_pct,
     s.mem_q[2] AS mem_p90_pct,
     s.mem_q[3] AS mem_p95_pct,
     s.mem_q[4] AS mem_p99_pct,
     s.mem_q[5] AS mem_p995_pct,
-    s.mem_max_pct,
+    d.mem_max_pct,
     d.net_in_bytes,
     d.net_out_bytes,
     s.net_mean_bytes,
@@ -110,10 +115,10 @@ SELECT
     s.net_q[3] AS net_p95_bytes,
     s.net_q[4] AS net_p99_bytes,
     s.net_q[5] AS net_p995_bytes,
-    s.net_max_bytes,
+    d.net_max_bytes,
     CAST(d.idle_days_cost_explorer AS INTEGER) AS idle_days_cost_explorer,
     CAST(d.idle_days_trusted_advisor AS INTEGER) AS idle_days_trusted_advisor,
-    s.cpu_max_pct <= 1 AS idle_cost_explorer,
+    d.cpu_max_pct <= 1 AS idle_cost_explorer,
     CASE WHEN d.days_with_network_data = 0 THEN NULL ELSE d.idle_days_trusted_advisor >= 4 END
         AS low_utilization_trusted_advisor,
     CAST(d.out_of_range_samples AS INTEGER) AS out_of_range_samples,

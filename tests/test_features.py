@@ -21,9 +21,9 @@ import pytest
 from cloudopt_pipelines.assets.features import SOURCE_TABLES, build_sql_model_assets, window_mapping
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
 from cloudopt_pipelines.sqlmodels.runner import ModelError, execute_model, load_models
-from cloudopt_pipelines.sqlmodels.sources import CLUSTER_METRICS_5M, source_schemas
+from cloudopt_pipelines.sqlmodels.sources import source_schemas
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import RESOURCES, UTILIZATION_5M
+from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M
 
 DATA = Path(__file__).parent / "data" / "features"
 ACCOUNT = "000011112222"
@@ -211,6 +211,99 @@ def test_gaps_are_marked_not_zero_filled(lake: Lake, raw: pd.DataFrame) -> None:
     assert first.missing_slots_after.iloc[-1] == 287 - steps[-1]
     daily = {r["resource_id"]: r for r in lake.read("utilization_daily", ACCOUNT, DAYS[0]).to_pylist()}
     assert daily[first.resource_id.iloc[0]]["gaps"] == int((expected_before > 0).sum() + (steps[-1] < 287))
+
+
+def test_dedup_by_file_position_with_clean_and_duplicated_resources(tmp_path: Path) -> None:
+    """A partition mixing an instance without duplicate slots (read as it is) and one with duplicates
+    (deduplicated: the row listed later in the raw file wins, NULLs included), rows out of order, an
+    unaligned timestamp and a sample of the previous day."""
+    lake = Lake(tmp_path / "lake")
+    a, b = "i-0000000000000000a", "i-0000000000000000b"
+    rows = [  # (resource, slot, cpu, cpu_max, mem), in the raw file's order
+        (b, 3, 40.0, 45.0, 30.0),
+        (a, 5, 7.0, 9.0, None),
+        (b, 2, 10.0, 11.0, 20.0),
+        (a, 0, 1.0, 2.0, None),
+        (b, 2, 50.0, None, None),  # the same slot as row 2, listed later: wins, its NULLs too
+        (a, 1, 3.0, 4.0, None),
+        (b, 3, 60.0, 65.0, 35.0),  # wins over row 0
+        (b, -1, 99.0, 99.0, 99.0),  # the previous day's last slot: not this partition's
+        (b, 287, 20.0, 25.0, 10.0),
+    ]
+    ts = [ts_of(slot) + (timedelta(seconds=150) if slot == 287 else timedelta()) for _, slot, *_ in rows]
+    table = pa.table(
+        {
+            "account_id": [ACCOUNT] * len(rows),
+            "date": [DAY0] * len(rows),
+            "resource_id": [r[0] for r in rows],
+            "ts": ts,
+            "cpu_pct": [r[2] for r in rows],
+            "cpu_max_pct": [r[3] for r in rows],
+            "mem_pct": pa.array([r[4] for r in rows], pa.float64()),
+            "net_in_bytes": pa.nulls(len(rows), pa.float64()),
+            "net_out_bytes": pa.nulls(len(rows), pa.float64()),
+            "source": ["test"] * len(rows),
+        }
+    ).cast(UTILIZATION_5M)
+    lake.write("utilization_5m", table, ACCOUNT, DAY0)
+    stg = run(lake, "stg_utilization_5m", DAY0).table.to_pylist()
+    run(lake, "stg_cluster_metrics_5m", DAY0)
+    columns = ("cpu_pct", "cpu_peak_pct", "cpu_peak_is_maximum", "mem_pct", "dup_count")
+    columns += ("missing_slots_before", "missing_slots_after")
+    got = [(r["resource_id"], int((r["ts"] - ts_of(0)).total_seconds() // 300), *(r[c] for c in columns)) for r in stg]
+    assert got == [  # ordered by resource and slot
+        (a, 0, 1.0, 2.0, True, None, 1, 0, 0),
+        (a, 1, 3.0, 4.0, True, None, 1, 0, 0),
+        (a, 5, 7.0, 9.0, True, None, 1, 3, 282),
+        (b, 2, 50.0, 50.0, False, None, 2, 2, 0),
+        (b, 3, 60.0, 65.0, True, 35.0, 2, 0, 0),
+        (b, 287, 20.0, 25.0, True, 10.0, 1, 283, 0),
+    ]
+    daily = {r["resource_id"]: r for r in run(lake, "utilization_daily", DAY0).table.to_pylist()}
+    assert daily[a]["samples"] == 3 and daily[a]["duplicate_samples"] == 0
+    assert (daily[a]["gaps"], daily[a]["longest_gap_minutes"]) == (2, 5 * 282)
+    assert daily[a]["cpu_max_pct"] == 9.0 and daily[a]["mem_mean_pct"] is None and daily[a]["mem_samples"] == 0
+    assert daily[b]["samples"] == 3 and daily[b]["duplicate_samples"] == 2
+    assert (daily[b]["gaps"], daily[b]["longest_gap_minutes"]) == (2, 5 * 283)
+    assert daily[b]["cpu_max_pct"] == 65.0 and daily[b]["cpu_p50_pct"] == 50.0
+    assert daily[b]["mem_mean_pct"] == pytest.approx(22.5, rel=RTOL) and daily[b]["mem_max_pct"] == 35.0
+    assert daily[b]["cpu_peak_is_maximum"] and daily[b]["idle_trusted_advisor"] is None
+
+
+def test_gap_marking_at_the_slot_map_word_boundaries(tmp_path: Path) -> None:
+    """missing_slots_before/after against numpy for slot sets around the 64-slot words of the map."""
+    lake = Lake(tmp_path / "lake")
+    sets = {
+        "i-c": [0, 31, 32, 33, 62, 63, 64, 65, 127, 128, 191, 192, 255, 256, 257, 286],
+        "i-d": [63],
+        "i-e": [64, 287],
+        "i-f": list(range(288)),
+        "i-g": [1, 2, 4, 8, 16, 32, 95, 96, 159, 160, 223, 224, 287],
+        "i-h": [255, 256],
+    }
+    rows = [(rid, slot) for rid, slots in sets.items() for slot in reversed(slots)]  # listed out of order
+    table = pa.table(
+        {
+            "account_id": [ACCOUNT] * len(rows),
+            "date": [DAY0] * len(rows),
+            "resource_id": [r for r, _ in rows],
+            "ts": [ts_of(slot) for _, slot in rows],
+            "cpu_pct": [1.0] * len(rows),
+            "cpu_max_pct": [2.0] * len(rows),
+            "mem_pct": pa.nulls(len(rows), pa.float64()),
+            "net_in_bytes": pa.nulls(len(rows), pa.float64()),
+            "net_out_bytes": pa.nulls(len(rows), pa.float64()),
+            "source": ["test"] * len(rows),
+        }
+    ).cast(UTILIZATION_5M)
+    lake.write("utilization_5m", table, ACCOUNT, DAY0)
+    stg = run(lake, "stg_utilization_5m", DAY0).table.to_pandas()
+    for rid, slots in sets.items():
+        got = stg[stg.resource_id == rid]
+        steps = ((got.ts - got.ts.iloc[0].normalize()).dt.total_seconds() // 300).astype(int).tolist()
+        assert steps == slots, rid
+        assert got.missing_slots_before.tolist() == (np.diff([-1, *slots]) - 1).tolist(), rid
+        assert got.missing_slots_after.tolist() == [0] * (len(slots) - 1) + [287 - slots[-1]], rid
 
 
 def test_window_is_exact_over_the_window_samples(lake: Lake, raw: pd.DataFrame) -> None:

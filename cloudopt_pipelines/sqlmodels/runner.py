@@ -11,6 +11,7 @@ comment lines:
     -- window_days: 14                   (optional: read a trailing window of days, see below)
     -- window_over: stg_utilization_5m   (the dependencies read over the window)
     -- optional_sources: cluster_metrics_5m   (dependencies that may be absent: read as empty)
+    -- file_row_number: utilization_5m   (dependencies whose view has a file_row_number column)
 
 Dependencies are the tables the SQL reads: ``{{ ref('name') }}`` declares one, and any bare table
 name that is a known lake table or model is discovered by parsing the SQL with sqlglot. When a
@@ -30,10 +31,17 @@ Missing sources. A dependency named in ``optional_sources`` whose partition was 
 example a table whose collector is not deployed yet) becomes an empty view with the table's schema
 (``source_schemas``), so the model runs and writes an empty partition instead of failing. Every
 other missing dependency partition is an error naming it.
+
+Row order. A dependency named in ``file_row_number`` gets a ``file_row_number`` column (BIGINT,
+DuckDB's ``read_parquet(..., file_row_number = true)``): the row's position in its partition file,
+0 first. "The later-listed raw row wins" is ``arg_max_null(x, file_row_number)``; unlike
+``row_number() OVER ()`` it costs no ordered single-threaded pass. Within a window the numbers
+restart with every day's file.
 """
 
 from __future__ import annotations
 
+import functools
 import graphlib
 import re
 from dataclasses import dataclass, field
@@ -42,6 +50,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
@@ -75,6 +84,7 @@ class SqlModel:
     window_days: int | None = None
     window_over: tuple[str, ...] = ()
     optional_sources: tuple[str, ...] = ()
+    file_row_number: tuple[str, ...] = ()
 
     def render(self) -> str:
         """The SQL with every ``ref()`` replaced by the dependency's view name."""
@@ -83,19 +93,21 @@ class SqlModel:
     def dependencies(self, known_tables: set[str]) -> tuple[str, ...]:
         """Declared refs plus bare table names in the SQL that are known lake tables or models."""
         found = set(self.refs)
-        try:
-            tree = sqlglot.parse(_VAR.sub("NULL", self.render()), read="duckdb")
-        except sqlglot.errors.ParseError as exc:
-            raise ModelError(f"model '{self.name}' ({self.path}) is not valid DuckDB SQL: {exc}") from exc
-        ctes = {cte.alias_or_name for stmt in tree if stmt for cte in stmt.find_all(exp.CTE)}
-        for stmt in tree:
-            if stmt is None:
-                continue
-            for table in stmt.find_all(exp.Table):
-                name = table.name
-                if name in known_tables and name not in ctes and name != self.name:
-                    found.add(name)
+        tables, ctes = _table_names(self.name, str(self.path), self.render())
+        found.update(t for t in tables if t in known_tables and t not in ctes and t != self.name)
         return tuple(sorted(found))
+
+
+@functools.lru_cache(maxsize=256)
+def _table_names(name: str, path: str, sql: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The table names and CTE names of a model's SQL (parsed once per text: sqlglot takes ~0.1 s)."""
+    try:
+        tree = sqlglot.parse(_VAR.sub("NULL", sql), read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise ModelError(f"model '{name}' ({path}) is not valid DuckDB SQL: {exc}") from exc
+    ctes = {cte.alias_or_name for stmt in tree if stmt for cte in stmt.find_all(exp.CTE)}
+    tables = {table.name for stmt in tree if stmt for table in stmt.find_all(exp.Table)}
+    return frozenset(tables), frozenset(ctes)
 
 
 def parse_model(path: Path) -> SqlModel:
@@ -145,6 +157,7 @@ def parse_model(path: Path) -> SqlModel:
         window_days=window_days,
         window_over=window_over,
         optional_sources=_names(header.get("optional_sources", "")),
+        file_row_number=_names(header.get("file_row_number", "")),
     )
 
 
@@ -172,7 +185,8 @@ def load_models(models_dir: Path, source_tables: set[str]) -> list[SqlModel]:
     known = set(source_tables) | set(models)
     graph: dict[str, set[str]] = {}
     for model in models.values():
-        unknown = [r for r in (*model.refs, *model.window_over, *model.optional_sources) if r not in known]
+        named = (*model.refs, *model.window_over, *model.optional_sources, *model.file_row_number)
+        unknown = [r for r in named if r not in known]
         if unknown:
             raise ModelError(
                 f"model '{model.name}' names unknown table(s) {unknown}; known: {', '.join(sorted(known))}"
@@ -260,7 +274,8 @@ def execute_model(
         raise ModelError(f"model '{model.name}' has no window_days header; it cannot run over a window")
     window_start = day - timedelta(days=window - 1) if window and day else None
     con = connection or duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    if con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] != "UTC":
+        con.execute("SET TimeZone = 'UTC'")  # ICU: a few ms, worth skipping on a reused connection
     inputs: dict[str, InputRead] = {}
     for dep in model.dependencies(set(known_tables)):
         partitioning = known_tables[dep]
@@ -286,7 +301,8 @@ def execute_model(
                     "pass source_schemas={'" + dep + "': schema}"
                 )
             con.register(f"__empty_{dep}", schema.empty_table())
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM __empty_{dep}")
+            row_number = ", CAST(NULL AS BIGINT) AS file_row_number" if dep in model.file_row_number else ""
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT *{row_number} FROM __empty_{dep}")
             inputs[dep] = InputRead(dep, [], missing, 0, absent_source=True)
             continue
         if not found:
@@ -298,8 +314,10 @@ def execute_model(
                 f"{days[-1].isoformat()}); materialise '{dep}' for those days first"
             )
         files = ", ".join(f"'{path}'" for _, path in found)
+        row_number = ", file_row_number = true" if dep in model.file_row_number else ""
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet([{files}], hive_partitioning = false)"
+            f"CREATE OR REPLACE TEMP VIEW {dep} AS "
+            f"SELECT * FROM read_parquet([{files}], hive_partitioning = false{row_number})"
         )
         rows = int(con.execute(f"SELECT count(*) FROM {dep}").fetchall()[0][0])
         inputs[dep] = InputRead(dep, [label for label, _ in found], missing, rows)
@@ -348,7 +366,8 @@ def _check_partition_columns(model: SqlModel, result: pa.Table, account_id: str 
     for column, value in expected.items():
         if column not in result.column_names:
             raise ModelError(f"model '{model.name}' must select a '{column}' column (it is partitioned by it)")
-        stray = {v for v in result.column(column).to_pylist() if v != value}
+        # Distinct values first: to_pylist() of a million-row column alone takes seconds.
+        stray = {v for v in pc.unique(result.column(column)).to_pylist() if v != value}
         if stray:
             raise ModelError(
                 f"model '{model.name}' wrote rows for {column}={sorted(map(str, stray))[:3]} into the "
