@@ -54,6 +54,15 @@ def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext, source: Sourc
     return yesterday_requests(active, context.scheduled_execution_time or datetime.now(UTC))
 
 
+@dg.schedule(job_name="portfolio_plan_job", cron_schedule="0 6 * * *", execution_timezone="UTC")
+def daily_plan_schedule(context: dg.ScheduleEvaluationContext):
+    """At 06:00 UTC, two hours after the accounts' runs, plan yesterday across every account that has
+    recommendations (accounts still missing are listed in the plan's metadata)."""
+    now = context.scheduled_execution_time or datetime.now(UTC)
+    day = (now.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=f"plan|{day}", partition_key=day)
+
+
 @dg.sensor(minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)
 def account_discovery(context: dg.SensorEvaluationContext, source: SourceResource):
     """Register the accounts the source can reach as partitions (demo: the embedded fleet; AWS:

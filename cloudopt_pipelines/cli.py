@@ -92,6 +92,51 @@ def demo() -> None:
 
 
 @app.command()
+def plan(
+    input_path: Annotated[
+        str | None, typer.Option("--input", help="Resources and their options, JSON (docs/linear_optimizer.md).")
+    ] = None,
+    constraints: Annotated[
+        str | None,
+        typer.Option(
+            "--constraints",
+            help="With --input: LP constraints, JSON or YAML. With --date: a constraints file as "
+            "config/constraints.yaml (default: $CLOUDOPT_PLAN_CONSTRAINTS, else that file).",
+        ),
+    ] = None,
+    day: Annotated[
+        str | None, typer.Option("--date", help="Plan the lake's recommendations of this UTC day (writes nothing).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="budget (cost against risk) or max_changes (cost against changes).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Points of the sweep.")] = 10,
+    chart: Annotated[
+        str | None, typer.Option("--chart", help="With --sweep: write the curve to this SVG file.")
+    ] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="Seconds per solve.")] = 60.0,
+) -> None:
+    """What-if runs of the portfolio optimiser: the plan as a table (or JSON), or with --sweep the Pareto curve
+    of cost against risk or changes, as a table and an SVG chart. Exits 1 without a feasible plan, 2 on bad input."""
+    from cloudopt_pipelines.plan_cli import plan_command
+
+    code = plan_command(
+        input_path,
+        constraints,
+        as_json=as_json,
+        sweep=sweep,
+        steps=steps,
+        chart=chart,
+        day=day,
+        time_limit_s=time_limit,
+        echo=typer.echo,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL to run on the warehouse, read-only.")],
     max_rows: Annotated[int, typer.Option(help="Rows to print at most.")] = 50,

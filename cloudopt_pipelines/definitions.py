@@ -3,6 +3,7 @@
 import dagster as dg
 
 from cloudopt_pipelines.assets.features import build_sql_model_assets
+from cloudopt_pipelines.assets.plan import portfolio_plan, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import recommendations
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
@@ -11,6 +12,7 @@ from cloudopt_pipelines.automation import (
     build_jobs,
     build_warehouse_refresh_sensor,
     daily_pipeline_schedule,
+    daily_plan_schedule,
 )
 from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.partitions import account_daily_partitions
@@ -32,7 +34,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
-    upstream = [key for a in [*raw_assets, *sql_assets, recommendations] for key in a.keys]
+    upstream = [key for a in [*raw_assets, *sql_assets, recommendations, portfolio_plan] for key in a.keys]
     warehouse_asset = build_warehouse_asset(upstream)
     account_daily_keys = [
         key
@@ -44,9 +46,9 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     return dg.Definitions(
-        assets=[*raw_assets, *sql_assets, recommendations, warehouse_asset],
-        jobs=[daily_job, catalog_job, warehouse_job],
-        schedules=[daily_pipeline_schedule],
+        assets=[*raw_assets, *sql_assets, recommendations, portfolio_plan, warehouse_asset],
+        jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
+        schedules=[daily_pipeline_schedule, daily_plan_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
         resources={
             "source": source or source_for(settings),

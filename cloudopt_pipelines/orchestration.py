@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cloudopt_pipelines.assets.plan import PLAN_JOB
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
 from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.definitions import build_definitions, source_for
@@ -86,6 +87,7 @@ def day_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+PLAN_OUTCOME_ACCOUNT = "all accounts (portfolio plan)"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -140,6 +142,20 @@ def run_range(
         result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[{n}/{total}] {day} account {account}: {status}")
+
+    plan_job = defs.resolve_job_def(PLAN_JOB)
+    for day in days:
+        outcome = plan_job.execute_in_process(
+            instance=instance,
+            partition_key=day.isoformat(),
+            raise_on_error=False,
+            run_config=run_config,
+            tags={"cloudopt/launched_by": "cloudopt run"},
+        )
+        error = None if outcome.success else _first_error(outcome)
+        result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, outcome.success, outcome.run_id, error))
+        status = "ok" if outcome.success else f"FAILED: {error}"
+        progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
 
     progress("refreshing the warehouse ...")
     outcome = defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(

@@ -48,7 +48,8 @@ def test_other_regions_are_estimates_scaled_by_2017_ratio(catalog) -> None:
     }
     east, west = (
         con.execute(
-            f"SELECT ondemand_usd_per_hour, is_estimate, source FROM c WHERE instance_type = 'm4.xlarge' AND region = '{r}'"
+            "SELECT ondemand_usd_per_hour, is_estimate, source FROM c "
+            f"WHERE instance_type = 'm4.xlarge' AND region = '{r}'"
         ).fetchone()
         for r in ("us-east-1", "eu-west-1")
     )

@@ -1,0 +1,161 @@
+"""The portfolio_plan asset on the demo: a real plan across 2 accounts through a real Dagster instance."""
+
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from cloudopt_pipelines.assets.plan import PLAN_CHECK, portfolio_plan
+from cloudopt_pipelines.assets.recommendations import recommendations
+from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.optimizers.portfolio import problem_for_day, verify_plan
+from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
+from cloudopt_pipelines.plan_cli import EXIT_OK, plan_command
+from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.storage.lake import Lake
+from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
+
+DAY = DEMO_DAYS[0]
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@pytest.fixture(scope="module")
+def plan_home(demo_home: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A private copy of the demo home (lake + Dagster instance), so the shared one stays read-only."""
+    home = tmp_path_factory.mktemp("plan-home")
+    shutil.copytree(demo_home.lake_dir, home / "lake")
+    shutil.copytree(demo_home.dagster_home, home / "dagster")
+    yield Settings(home=Path(home), env="demo")
+
+
+def materialize(settings: Settings, day: date, config: dict | None = None) -> dg.ExecuteInProcessResult:
+    run_config = dict(QUIET)
+    if config:
+        run_config["ops"] = {"plan__portfolio_plan": {"config": config}}
+    return dg.materialize(
+        [portfolio_plan, recommendations],
+        selection=[portfolio_plan],
+        partition_key=day.isoformat(),
+        instance=ensure_instance(settings),
+        resources={"lake": LakeResource(root=str(settings.lake_dir))},
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def check_evaluation(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    evaluations = result.get_asset_check_evaluations()
+    assert [e.check_name for e in evaluations] == [PLAN_CHECK]
+    return evaluations[0]
+
+
+def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Settings) -> None:
+    register_accounts(ensure_instance(plan_home), ["999999999999"])  # registered, but no data that day
+    result = materialize(plan_home, DAY)
+    assert result.success
+    evaluation = check_evaluation(result)
+    assert evaluation.passed, evaluation.metadata
+    meta = result.asset_materializations_for_node("plan__portfolio_plan")[0].metadata
+    assert meta["accounts"].value == DEMO_ACCOUNTS
+    assert meta["missing_accounts"].value == ["999999999999"]
+    assert meta["solver_status"].value == "optimal"
+    assert meta["total_monthly_savings_usd"].value > 0
+    assert isinstance(meta["total_monthly_savings_usd"].value, float)
+    assert "| account | resource |" in meta["top_changes"].value
+
+    plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DAY)
+    recs = pa.concat_tables([Lake(plan_home.lake_dir).read("recommendations", a, DAY) for a in DEMO_ACCOUNTS])
+    resources = {(a, r) for a, r in zip(recs["account_id"].to_pylist(), recs["resource_id"].to_pylist(), strict=True)}
+    keys = list(zip(plan["account_id"].to_pylist(), plan["resource_id"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)) and set(keys) == resources  # one row per resource, keeps included
+    assert meta["resources"].value == plan.num_rows and meta["changes"].value > 0
+    assert len(set(plan["plan_id"].to_pylist())) == 1
+    assert pc.sum(plan["monthly_savings_usd"]).as_py() == pytest.approx(meta["total_monthly_savings_usd"].value)
+    rows = plan.to_pylist()
+    assert all(r["option_name"] == "keep" for r in rows if r["protected"])
+    assert all(r["performance_risk"] <= 1 for r in rows if r["env"] == "prod" and r["option_name"] != "keep")
+    assert all(r["reason"] for r in rows)
+    # same date, input and constraints: same plan id
+    _, problem = problem_for_day(Lake(plan_home.lake_dir), DAY)
+    assert problem.plan_id == meta["plan_id"].value
+
+
+def test_the_check_fails_on_a_tampered_plan(plan_home: Settings) -> None:
+    lake = Lake(plan_home.lake_dir)
+    if lake.partition_file("portfolio_plan", day=DAY) is None:
+        assert materialize(plan_home, DAY).success
+    _, problem = problem_for_day(lake, DAY)
+    plan = lake.read("portfolio_plan", day=DAY)
+    assert verify_plan(plan, problem) == []
+    rows = plan.to_pylist()
+
+    # a consistent-looking row that moves one resource to a bigger upfront: the plan breaks the cash cap
+    tampered = [dict(r) for r in rows]
+    victim, option = next(
+        (i, o)
+        for i, r in enumerate(tampered)
+        for o in problem.by_key[f"{r['account_id']}/{r['resource_id']}"].options
+        if o.one_time_cost_usd > r["one_time_cost_usd"] + 1000
+    )
+    tampered[victim].update(
+        option_name=option.name,
+        action=option.action,
+        market=option.market,
+        monthly_cost_proposed_usd=option.monthly_cost_usd,
+        monthly_savings_usd=tampered[victim]["monthly_cost_current_usd"] - option.monthly_cost_usd,
+        one_time_cost_usd=option.one_time_cost_usd,
+        performance_risk=option.performance_risk,
+    )
+    violations = verify_plan(pa.Table.from_pylist(tampered, schema=plan.schema), problem)
+    assert any(v.startswith("max_one_time_cost_usd") for v in violations), violations
+
+    # a protected resource changed, a row dropped, savings inflated
+    tampered = [dict(r) for r in rows]
+    protected = next(i for i, r in enumerate(tampered) if r["protected"])
+    other = problem.by_key[f"{tampered[protected]['account_id']}/{tampered[protected]['resource_id']}"]
+    resize = next(o for o in other.options if o.action == "resize")
+    tampered[protected].update(
+        option_name=resize.name, action="resize", monthly_cost_proposed_usd=resize.monthly_cost_usd
+    )
+    tampered[0]["monthly_savings_usd"] += 1000
+    dropped = tampered.pop()
+    text = "\n".join(verify_plan(pa.Table.from_pylist(tampered, schema=plan.schema), problem))
+    assert "protected_ids" in text
+    assert f"{dropped['account_id']}/{dropped['resource_id']}: no plan row" in text
+    assert "monthly_savings_usd" in text
+
+
+def test_infeasible_constraints_fail_the_blocking_check_with_the_explanation(
+    plan_home: Settings, tmp_path: Path
+) -> None:
+    constraints = tmp_path / "tight.yaml"
+    constraints.write_text("portfolio:\n  monthly_budget_usd: 100\n")
+    result = materialize(plan_home, DEMO_DAYS[1], {"constraints_path": str(constraints)})
+    assert not result.success  # a failed blocking check stops the run
+    evaluation = check_evaluation(result)
+    assert not evaluation.passed
+    assert "monthly_budget_usd" in evaluation.metadata["explanation"].value
+    plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DEMO_DAYS[1])
+    assert set(plan["option_name"].to_pylist()) == {"keep"}
+    assert set(plan["solver_status"].to_pylist()) == {"infeasible"}
+    assert all("raise monthly_budget_usd" in r for r in plan["reason"].to_pylist())
+
+
+def test_a_day_without_recommendations_is_a_clear_error(plan_home: Settings) -> None:
+    result = materialize(plan_home, date(2026, 11, 20))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "no account has a recommendations partition for 2026-11-20" in failure.step_failure_data.error.message
+
+
+def test_cli_what_if_on_the_lake(plan_home: Settings) -> None:
+    out: list[str] = []
+    code = plan_command(
+        None, None, day=DAY.isoformat(), lake_dir=plan_home.lake_dir, echo=lambda t="", err=False: out.append(t)
+    )
+    assert code == EXIT_OK and "check: every constraint holds" in out[0]
