@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from cloudopt_pipelines.config import Settings
-from cloudopt_pipelines.orchestration import RangeResult
+from cloudopt_pipelines.orchestration import PLAN_OUTCOME_ACCOUNT, RangeResult
 from cloudopt_pipelines.storage.lake import Lake
 
 
@@ -16,9 +16,12 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
     """A short report: partitions, resources analysed, top recommendations, warehouse and a query to try."""
     lake = Lake(settings.lake_dir)
     con = duckdb.connect()
+    accounts = [o for o in result.outcomes if o.account_id != PLAN_OUTCOME_ACCOUNT]
+    plans = [o for o in result.outcomes if o.account_id == PLAN_OUTCOME_ACCOUNT]
     lines = [
-        f"Partitions: {len(result.outcomes) - len(result.failed)}/{len(result.outcomes)} materialised "
-        f"({len(result.accounts)} accounts x {len(result.days)} days) in {seconds:.0f} s",
+        f"Partitions: {sum(o.success for o in accounts)}/{len(accounts)} account-days "
+        f"({len(result.accounts)} accounts x {len(result.days)} days) and {sum(o.success for o in plans)}/"
+        f"{len(plans)} daily plans materialised in {seconds:.0f} s",
     ]
     if lake.exists("resources"):
         kinds = con.execute(
@@ -55,6 +58,21 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
                     f"  {account} {resource:<24} {action:<16} {change:<36} ${savings:>9,.2f}/month"
                     f" ({pct or 0:.0f} %, confidence {confidence:.0%})"
                 )
+    if lake.exists("portfolio_plan"):
+        plan = lake.glob("portfolio_plan")
+        row = con.execute(
+            f"""
+            SELECT max(date), any_value(solver_status), count(*), count(*) FILTER (WHERE action <> 'keep'),
+                   sum(monthly_savings_usd), sum(one_time_cost_usd)
+            FROM read_parquet('{plan}', hive_partitioning = false)
+            WHERE date = (SELECT max(date) FROM read_parquet('{plan}', hive_partitioning = false))
+            """
+        ).fetchall()[0]
+        day, status, resources, changes, savings, upfront = row
+        lines.append(
+            f"Portfolio plan {day} ({status}): {changes} changes over {resources} resources, "
+            f"${savings or 0:,.2f} per month, ${upfront or 0:,.2f} upfront, within config/constraints.yaml"
+        )
     lines += [
         f"Warehouse: {settings.warehouse_path}",
         f'Try:       {_cloudopt()} sql "{try_sql}"',
