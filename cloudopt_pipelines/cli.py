@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cloudopt_pipelines.config import load_settings, parse_accounts
+from cloudopt_pipelines.executor_cli import register_executor_commands
 
 app = typer.Typer(
     help="cloudopt: cloud-cost optimisation pipelines on Dagster.",
@@ -22,6 +23,7 @@ bench_app = typer.Typer(help="Benchmarks that print ratios against a baseline me
 app.add_typer(bench_app, name="bench")
 backtest_app = typer.Typer(help="Backtests of the optimisers on public VM traces.")
 app.add_typer(backtest_app, name="backtest")
+register_executor_commands(app)
 
 DEMO_START = date(2026, 11, 16)
 DEMO_END = date(2026, 11, 22)

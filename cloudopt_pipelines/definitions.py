@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
 from cloudopt_pipelines.assets.plan import portfolio_plan, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
@@ -16,6 +17,7 @@ from cloudopt_pipelines.automation import (
 )
 from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.partitions import account_daily_partitions
+from cloudopt_pipelines.resources.executor import AwsExecutorResource
 from cloudopt_pipelines.resources.sources import DemoSourceResource, SourceResource
 from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
 
@@ -34,7 +36,9 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
-    upstream = [key for a in [*raw_assets, *sql_assets, recommendations, portfolio_plan] for key in a.keys]
+    upstream = [
+        key for a in [*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions] for key in a.keys
+    ]
     warehouse_asset = build_warehouse_asset(upstream)
     account_daily_keys = [
         key
@@ -46,7 +50,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     return dg.Definitions(
-        assets=[*raw_assets, *sql_assets, recommendations, portfolio_plan, warehouse_asset],
+        assets=[*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule, daily_plan_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
@@ -54,6 +58,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
             "source": source or source_for(settings),
             "lake": LakeResource(root=str(settings.lake_dir)),
             "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+            "aws_executor": AwsExecutorResource.from_env(home=settings.home),
         },
     )
 

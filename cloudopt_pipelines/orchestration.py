@@ -145,6 +145,9 @@ def run_range(
 
     plan_job = defs.resolve_job_def(PLAN_JOB)
     for day in days:
+        if not any(o.success and o.day == day for o in result.outcomes):
+            progress(f"[plan] {day} skipped: no account of that day was materialised")
+            continue
         outcome = plan_job.execute_in_process(
             instance=instance,
             partition_key=day.isoformat(),

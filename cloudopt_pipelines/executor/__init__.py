@@ -1,0 +1,53 @@
+"""The executor: applies an approved portfolio plan safely. Pure decisions and boto3 plug-ins; never Dagster.
+
+- ``model``: planned actions (from ``portfolio_plan`` rows), decisions, outcomes, action ids;
+- ``policy``: protection, production, blast radius, rate limit, change windows (cron + time zone);
+- ``approvals`` / ``audit``: append-only JSONL records under ``$CLOUDOPT_HOME``;
+- ``aws``: the executor role's boto3 clients (the collector's credential machinery), calls recorded;
+- ``actions``: one plug-in per kind of change (read, plan, apply, verify, roll back);
+- ``engine``: the safety rules in order, and rollback; ``service``: approve / execute a day / roll back.
+"""
+
+from cloudopt_pipelines.executor.approvals import Approval, ApprovalError, ApprovalStore
+from cloudopt_pipelines.executor.audit import AuditLog
+from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
+from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
+from cloudopt_pipelines.executor.model import MODES, OUTCOMES, Decision, PlanError, PlannedAction, actions_from_plan
+from cloudopt_pipelines.executor.policy import ChangeWindow, ExecutorPolicy, PolicyError
+from cloudopt_pipelines.executor.service import (
+    ExecutorPaths,
+    PlanNotFound,
+    approve,
+    execute_day,
+    read_plan,
+    rollback,
+    write_actions_partition,
+)
+
+__all__ = [
+    "MODES",
+    "OUTCOMES",
+    "Approval",
+    "ApprovalError",
+    "ApprovalStore",
+    "AuditLog",
+    "ChangeWindow",
+    "Decision",
+    "Executor",
+    "ExecutorAws",
+    "ExecutorError",
+    "ExecutorPaths",
+    "ExecutorPolicy",
+    "PlanError",
+    "PlanNotFound",
+    "PlannedAction",
+    "PolicyError",
+    "RollbackError",
+    "RunResult",
+    "actions_from_plan",
+    "approve",
+    "execute_day",
+    "read_plan",
+    "rollback",
+    "write_actions_partition",
+]

@@ -1,0 +1,171 @@
+"""Approvals: who approved which actions of which plan, when. Append-only JSONL under $CLOUDOPT_HOME/approvals/.
+
+An approval names the plan id it was given for. When the plan of that day has been re-materialised since
+(a new plan id), the approval is stale and approves nothing: the executor never acts on a stale approval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from cloudopt_pipelines.executor.model import PlannedAction
+from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
+
+APPROVALS_FILE = "approvals.jsonl"
+
+
+class ApprovalError(ValueError):
+    """An approval that cannot be recorded (unknown action ids, no approver, nothing to approve)."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval record."""
+
+    approval_id: str
+    approved_by: str
+    approved_at: str
+    plan_id: str
+    date: str
+    action_ids: tuple[str, ...] = ()
+    all_actions: bool = False
+    source: str = "cli"
+    note: str = ""
+
+    def covers(self, action: PlannedAction, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:
+        """True when this approval names the action, or approves all and the action needs no explicit approval."""
+        if action.action_id in self.action_ids:
+            return True
+        return self.all_actions and action.action not in explicit
+
+    def to_record(self) -> dict[str, object]:
+        record = asdict(self)
+        record["action_ids"] = list(self.action_ids)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> Approval:
+        return cls(
+            approval_id=str(record["approval_id"]),
+            approved_by=str(record["approved_by"]),
+            approved_at=str(record["approved_at"]),
+            plan_id=str(record["plan_id"]),
+            date=str(record["date"]),
+            action_ids=tuple(str(a) for a in record.get("action_ids") or ()),  # type: ignore[union-attr]
+            all_actions=bool(record.get("all_actions")),
+            source=str(record.get("source") or "cli"),
+            note=str(record.get("note") or ""),
+        )
+
+
+class ApprovalStore:
+    """The append-only approval file ``<directory>/approvals.jsonl``."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / APPROVALS_FILE
+
+    def append(self, approval: Approval) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.path, [approval.to_record()])
+
+    def for_day(self, day: date) -> list[Approval]:
+        return [a for a in self.all() if a.date == day.isoformat()]
+
+    def all(self) -> list[Approval]:
+        return [Approval.from_record(r) for r in read_jsonl(self.path)]
+
+
+def new_approval(
+    plan_id: str,
+    day: date,
+    actions: Sequence[PlannedAction],
+    approved_by: str,
+    action_ids: Iterable[str] = (),
+    all_actions: bool = False,
+    source: str = "cli",
+    note: str = "",
+    now: datetime | None = None,
+) -> Approval:
+    """Validate and build an approval of ``action_ids`` (or all) of plan ``plan_id``."""
+    if not approved_by.strip():
+        raise ApprovalError("an approval needs the approver's name (--by NAME)")
+    if not plan_id:
+        raise ApprovalError(f"the portfolio plan of {day} has no plan id; nothing can be approved")
+    ids = tuple(dict.fromkeys(a.strip() for a in action_ids if a.strip()))
+    if not ids and not all_actions:
+        raise ApprovalError("name the actions to approve (--actions ID,ID,...) or approve them all (--all)")
+    known = {a.action_id for a in actions}
+    unknown = [a for a in ids if a not in known]
+    if unknown:
+        raise ApprovalError(
+            f"action id(s) {unknown} are not actions of plan {plan_id} of {day}; "
+            "list them with `cloudopt approve --date D --list`"
+        )
+    return Approval(
+        approval_id=f"apr-{uuid.uuid4().hex[:12]}",
+        approved_by=approved_by.strip(),
+        approved_at=(now or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        plan_id=plan_id,
+        date=day.isoformat(),
+        action_ids=ids,
+        all_actions=all_actions,
+        source=source,
+        note=note,
+    )
+
+
+def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple[Approval | None, str]:
+    """The first valid approval covering ``action``, or None and why not (stale, terminate not named, none)."""
+    stale: list[Approval] = []
+    for approval in approvals:
+        if approval.date != action.date.isoformat():
+            continue
+        if approval.plan_id != action.plan_id:
+            if approval.all_actions or action.action_id in approval.action_ids:
+                stale.append(approval)
+            continue
+        if approval.covers(action):
+            return approval, ""
+    if any(a.all_actions and a.plan_id == action.plan_id for a in approvals):
+        return None, (
+            f"not approved: '{action.action}' needs its own action id in an approval (--actions {action.action_id}); "
+            "--all does not cover it"
+        )
+    if stale:
+        s = stale[-1]
+        return None, (
+            f"stale approval {s.approval_id} (by {s.approved_by}) was given for plan {s.plan_id}, but the plan of "
+            f"{action.date} is now {action.plan_id} (re-materialised since): approve again"
+        )
+    return None, f"not approved: no approval of plan {action.plan_id} names {action.action_id}"
+
+
+def append_jsonl(path: Path, records: Iterable[dict[str, object]]) -> None:
+    """Append whole lines and fsync, so that a crash leaves complete records only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    """Every complete record of a JSONL file (a torn last line, from a crash mid-write, is ignored)."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break
+            if line.strip():
+                records.append(json.loads(line))
+    return records

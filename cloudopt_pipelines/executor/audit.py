@@ -1,0 +1,88 @@
+"""The audit trail: append-only JSONL ($CLOUDOPT_HOME/audit/actions.jsonl) and its projection to a table.
+
+Before any mutating call the executor appends an ``intent`` record (what it is about to call, the state
+before); after it, the ``decision`` record. An intent without a decision means the process died mid-action;
+the table shows it as ``interrupted``, and the next run reads the live state to finish or skip it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cloudopt_pipelines.executor.approvals import append_jsonl, read_jsonl
+from cloudopt_pipelines.executor.model import Decision, dumps
+
+AUDIT_FILE = "actions.jsonl"
+JSON_COLUMNS = ("state_before", "state_after", "api_calls")
+TIME_COLUMNS = ("started_at", "finished_at")
+
+
+class AuditLog:
+    """The append-only audit file of every decision."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / AUDIT_FILE
+
+    def intent(self, record: Mapping[str, Any]) -> None:
+        append_jsonl(self.path, [{**record, "event": "intent", "at": datetime.now(UTC).isoformat()}])
+
+    def decision(self, decision: Decision) -> None:
+        append_jsonl(self.path, [decision.to_record()])
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path)
+
+    def decisions(self, day: date | None = None) -> list[dict[str, Any]]:
+        """Decision records (``interrupted`` ones made from orphan intents included), oldest first."""
+        records = self.records()
+        decided = {(r["run_id"], r["action_id"]) for r in records if r.get("event") == "decision"}
+        found: list[dict[str, Any]] = []
+        for r in records:
+            if r.get("event") == "decision":
+                found.append(r)
+            elif r.get("event") == "intent" and (r["run_id"], r["action_id"]) not in decided:
+                found.append(_interrupted(r))
+        if day is not None:
+            found = [r for r in found if r.get("date") == day.isoformat()]
+        return found
+
+    def history(self, action_id: str) -> list[dict[str, Any]]:
+        """Every record (intents and decisions) of one action, oldest first."""
+        return [r for r in self.records() if r.get("action_id") == action_id]
+
+
+def _interrupted(intent: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in intent.items() if k not in ("event", "at")},
+        "event": "decision",
+        "outcome": "interrupted",
+        "reason": "the run stopped after recording its intent and before recording an outcome; "
+        "the live state decides what the next run does",
+        "started_at": intent.get("at"),
+        "finished_at": intent.get("at"),
+    }
+
+
+def decisions_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Audit records as a table of ``schema`` (columns the schema lacks are left out; JSON columns as text)."""
+    columns: dict[str, list[Any]] = {f.name: [] for f in schema}
+    for r in records:
+        for f in schema:
+            value = r.get(f.name)
+            if f.name in JSON_COLUMNS:
+                value = None if value is None else (value if isinstance(value, str) else dumps(value))
+            elif f.name in TIME_COLUMNS and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            elif f.name == "date" and isinstance(value, str):
+                value = date.fromisoformat(value)
+            elif pa.types.is_string(f.type) and value is not None and not isinstance(value, str):
+                value = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            columns[f.name].append(value)
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)

@@ -1,0 +1,407 @@
+"""The executor's decisions: which approved actions run, in which mode, and what is recorded. No Dagster.
+
+For every action of the plan, in order of savings: plug-in found? approved (for this very plan id)?
+the live resource protected? production allowed? inside its change window? already in the target state
+(live)? within the blast radius? Then a dry run reports the exact calls, and an apply records its intent,
+calls, verifies the live state and rolls back at once where the plug-in asks for it. Every decision is
+one ``Decision``, appended to the audit file as it is made.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from cloudopt_pipelines.executor.actions import ActionContext, ActionPlugin, Proposal, RollbackRefused, default_plugins
+from cloudopt_pipelines.executor.approvals import Approval, find_approval
+from cloudopt_pipelines.executor.audit import AuditLog
+from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
+from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
+from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
+from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy, RateLimiter
+
+
+class RollbackError(ExecutorError):
+    """A rollback that cannot start (unknown action id, nothing applied, already rolled back)."""
+
+
+@dataclass
+class RunResult:
+    """What one executor run decided."""
+
+    run_id: str
+    mode: str
+    plan_id: str
+    day: date
+    decisions: list[Decision] = field(default_factory=list)
+    exports: list[Path] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(d.outcome for d in self.decisions))
+
+    def by_outcome(self, outcome: str) -> list[Decision]:
+        return [d for d in self.decisions if d.outcome == outcome]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    """Applies (or dry-runs) the approved actions of one plan through the plug-ins."""
+
+    def __init__(
+        self,
+        aws: ExecutorAws,
+        audit: AuditLog,
+        exports_dir: Path,
+        policy: ExecutorPolicy | None = None,
+        plugins: Mapping[str, ActionPlugin] | None = None,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.aws, self.audit, self.exports_dir = aws, audit, Path(exports_dir)
+        self.policy = policy or ExecutorPolicy()
+        self.plugins = dict(plugins if plugins is not None else default_plugins())
+        self.now = now
+        self.aws.rate_limiter = RateLimiter(self.policy.max_calls_per_second)
+
+    # ---------------------------------------------------------------------------------------- run
+
+    def run(
+        self,
+        day: date,
+        plan_id: str,
+        actions: Sequence[PlannedAction],
+        approvals: Sequence[Approval],
+        mode: str,
+        run_id: str | None = None,
+    ) -> RunResult:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}; the mode is always explicit")
+        result = RunResult(run_id=run_id or uuid.uuid4().hex, mode=mode, plan_id=plan_id, day=day)
+        blast = BlastRadius(self.policy.max_actions_per_run, self.policy.max_actions_per_account)
+        unreachable: dict[str, str] = {}
+        commitments = [a for a in actions if a.is_commitment]
+        if commitments:
+            approved = {a.action_id: (find_approval(a, approvals)[0] or _NoApproval).approved_by for a in commitments}
+            paths = write_purchase_list(self.exports_dir, day, purchase_rows(commitments, approved))
+            result.exports.extend(paths)
+        for action in actions:
+            decision = self._decide(action, approvals, mode, result.run_id, blast, unreachable, result.exports)
+            self.audit.decision(decision)
+            result.decisions.append(decision)
+        return result
+
+    def _decision(self, action: PlannedAction, mode: str, run_id: str, started: datetime, **fields: Any) -> Decision:
+        return Decision(
+            date=action.date,
+            plan_id=action.plan_id,
+            action_id=action.action_id,
+            run_id=run_id,
+            account_id=action.account_id,
+            region=action.region,
+            resource_id=action.resource_id,
+            resource_kind=action.resource_kind,
+            action=action.action,
+            option_name=action.option_name,
+            mode=mode,
+            started_at=started,
+            finished_at=self.now(),
+            monthly_savings_usd=action.monthly_savings_usd,
+            **fields,
+        )
+
+    def _decide(
+        self,
+        action: PlannedAction,
+        approvals: Sequence[Approval],
+        mode: str,
+        run_id: str,
+        blast: BlastRadius,
+        unreachable: dict[str, str],
+        exports: Sequence[Path],
+    ) -> Decision:
+        started = self.now()
+
+        def skipped(reason: str, **extra: Any) -> Decision:
+            return self._decision(action, mode, run_id, started, outcome="skipped", reason=reason, **extra)
+
+        approval, why = find_approval(action, approvals)
+        who = {"approved_by": approval.approved_by, "approval_id": approval.approval_id} if approval else {}
+        if action.is_commitment:
+            where = next((p for p in exports if p.suffix == ".csv"), None)
+            return self._decision(
+                action,
+                mode,
+                run_id,
+                started,
+                outcome="exported",
+                **who,
+                reason=f"commitment purchases are never executed: listed in {where} for a person to buy",
+            )
+        plugin = self.plugins.get(action.action)
+        if plugin is None:
+            return skipped(
+                f"no plug-in for action '{action.action}' (only {', '.join(sorted(self.plugins))} are applied)"
+            )
+        if plugin.resource_kinds and action.resource_kind not in plugin.resource_kinds:
+            return skipped(
+                f"plug-in of '{action.action}' does not act on {action.resource_kind or 'unknown'} resources"
+            )
+        if approval is None:
+            return skipped(why)
+        if action.account_id in unreachable:
+            return skipped(f"not attempted: {unreachable[action.account_id]}", **who)
+        region = action.region or self.aws.settings.regions[0]
+        ctx = ActionContext(self.aws, action.account_id, region, self.policy, self.now)
+        try:
+            live = plugin.read(ctx, action)
+        except Exception as exc:
+            return self._failed(action, mode, run_id, started, exc, region, unreachable, "reading its live state", who)
+        state_now = {**live.state, "tags": live.tags} if live.exists else {"exists": False}
+        if live.exists:
+            protected, because = self.policy.protection(live.tags)
+            if protected:
+                return skipped(because, state_before=state_now, **who)
+            if action.plan_protected:
+                return skipped("protected: the plan marks it protected", state_before=state_now, **who)
+            ok, because = self.policy.production_check(action.action, live.tags)
+            if not ok:
+                return skipped(because, state_before=state_now, **who)
+            ok, because = self.policy.window_check(action.action, live.tags, self.now())
+            if not ok:
+                return skipped(because, state_before=state_now, **who)
+        try:
+            proposal = plugin.plan(ctx, action, live, self.audit.history(action.action_id))
+        except Exception as exc:
+            return self._failed(action, mode, run_id, started, exc, region, unreachable, "planning", who)
+        if proposal.status != "ready":
+            return skipped(proposal.reason, state_before=proposal.before or state_now, **who)
+        admitted, because = blast.admit(action.account_id)
+        if not admitted:
+            return skipped(because, state_before=proposal.before, **who)
+        planned = [c.to_dict() for c in proposal.calls]
+        if mode == "dry_run":
+            return self._decision(
+                action,
+                mode,
+                run_id,
+                started,
+                outcome="would_apply",
+                reason=proposal.reason,
+                state_before=proposal.before,
+                state_after=proposal.target,
+                api_calls=planned,
+                **who,
+            )
+        return self._apply(action, plugin, ctx, proposal, run_id, started, unreachable, who)
+
+    def _apply(
+        self,
+        action: PlannedAction,
+        plugin: ActionPlugin,
+        ctx: ActionContext,
+        proposal: Proposal,
+        run_id: str,
+        started: datetime,
+        unreachable: dict[str, str],
+        who: dict[str, Any],
+    ) -> Decision:
+        mode = "apply"
+        self.audit.intent(
+            {
+                "date": action.date.isoformat(),
+                "plan_id": action.plan_id,
+                "action_id": action.action_id,
+                "run_id": run_id,
+                "account_id": action.account_id,
+                "region": action.region,
+                "resource_id": action.resource_id,
+                "resource_kind": action.resource_kind,
+                "action": action.action,
+                "option_name": action.option_name,
+                "mode": mode,
+                "state_before": proposal.before,
+                "api_calls": [c.to_dict() for c in proposal.calls],
+                **who,
+            }
+        )
+        with self.aws.recording() as calls:
+            try:
+                applied = plugin.apply(ctx, action, proposal)
+                check = plugin.verify(ctx, action, proposal, applied)
+                if check.ok:
+                    return self._decision(
+                        action,
+                        mode,
+                        run_id,
+                        started,
+                        outcome="applied",
+                        reason=f"{proposal.reason}; verified",
+                        state_before=proposal.before,
+                        state_after={**check.observed, **applied},
+                        api_calls=[c.to_dict() for c in calls],
+                        **who,
+                    )
+                error = ExecutorError(f"verification failed: {check.reason}")
+            except Exception as exc:
+                error = self.aws.describe_error(exc, action.account_id, ctx.region, f"applying {action.action}")
+            if error.unreachable:
+                unreachable[action.account_id] = f"account {action.account_id} unreachable after {error}"
+            if plugin.rollback_on_failure and not error.unreachable:
+                record = {
+                    "resource_id": action.resource_id,
+                    "action_id": action.action_id,
+                    "state_before": proposal.before,
+                }
+                try:
+                    after = plugin.rollback(ctx, record)
+                except Exception as exc:
+                    second = self.aws.describe_error(exc, action.account_id, ctx.region, "rolling back")
+                    return self._decision(
+                        action,
+                        mode,
+                        run_id,
+                        started,
+                        outcome="failed",
+                        reason="apply failed and the automatic rollback failed too: check the resource",
+                        state_before=proposal.before,
+                        api_calls=[c.to_dict() for c in calls],
+                        error=f"{error}; rollback: {second}",
+                        **who,
+                    )
+                return self._decision(
+                    action,
+                    mode,
+                    run_id,
+                    started,
+                    outcome="rolled_back",
+                    reason="apply failed; rolled back automatically to the recorded state",
+                    state_before=proposal.before,
+                    state_after=after,
+                    api_calls=[c.to_dict() for c in calls],
+                    error=str(error),
+                    **who,
+                )
+            return self._decision(
+                action,
+                mode,
+                run_id,
+                started,
+                outcome="failed",
+                reason=f"failed while applying: {proposal.reason}",
+                state_before=proposal.before,
+                api_calls=[c.to_dict() for c in calls],
+                error=str(error),
+                **who,
+            )
+
+    def _failed(
+        self,
+        action: PlannedAction,
+        mode: str,
+        run_id: str,
+        started: datetime,
+        exc: BaseException,
+        region: str,
+        unreachable: dict[str, str],
+        doing: str,
+        who: dict[str, Any],
+    ) -> Decision:
+        error = self.aws.describe_error(exc, action.account_id, region, doing)
+        if error.unreachable:
+            unreachable[action.account_id] = f"account {action.account_id} unreachable after {error}"
+        return self._decision(
+            action, mode, run_id, started, outcome="failed", reason=f"failed while {doing}", error=str(error), **who
+        )
+
+    # ----------------------------------------------------------------------------------- rollback
+
+    def rollback(self, action_id: str, mode: str, by: str, run_id: str | None = None) -> Decision:
+        """Undo an applied action from its recorded state; refuses clearly where that is impossible."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        history = [r for r in self.audit.history(action_id) if r.get("event") == "decision"]
+        if not history:
+            raise RollbackError(f"no audit record of action {action_id} in {self.audit.path}")
+        applied_at = [i for i, r in enumerate(history) if r.get("outcome") == "applied" and r.get("mode") == "apply"]
+        if not applied_at:
+            raise RollbackError(f"action {action_id} was never applied (outcomes: {[r['outcome'] for r in history]})")
+        record = history[applied_at[-1]]
+        later = [
+            r for r in history[applied_at[-1] + 1 :] if r.get("outcome") == "rolled_back" and r.get("mode") == "apply"
+        ]
+        if later:
+            raise RollbackError(f"action {action_id} was already rolled back at {later[-1].get('finished_at')}")
+        plugin = self.plugins.get(str(record["action"]))
+        if plugin is None:
+            raise RollbackError(f"no plug-in for action '{record['action']}' to roll back {action_id}")
+        action = _action_of(record)
+        started = self.now()
+        run_id = run_id or uuid.uuid4().hex
+        ctx = ActionContext(
+            self.aws, action.account_id, action.region or self.aws.settings.regions[0], self.policy, self.now
+        )
+        base = {"approved_by": by, "approval_id": None, "state_before": record.get("state_after")}
+
+        def decision(outcome: str, reason: str, **fields: Any) -> Decision:
+            d = self._decision(action, mode, run_id, started, outcome=outcome, reason=reason, **{**base, **fields})
+            self.audit.decision(d)
+            return d
+
+        refusal = plugin.rollback_refusal(record)
+        if refusal:
+            decision("skipped", f"rollback refused: {refusal}")
+            raise RollbackRefused(refusal)
+        try:
+            live = plugin.read(ctx, action)
+            if live.exists:
+                protected, because = self.policy.protection(live.tags)
+                if protected:
+                    return decision("skipped", f"rollback refused: {because}")
+            if mode == "dry_run":
+                calls = [c.to_dict() for c in plugin.rollback_plan(record)]
+                return decision("would_apply", f"rollback of {action_id} by {by}", api_calls=calls)
+            self.audit.intent({**record, "run_id": run_id, "event": "intent", "mode": mode})
+            with self.aws.recording() as calls:
+                after = plugin.rollback(ctx, record)
+                return decision(
+                    "rolled_back",
+                    f"rolled back by {by} (cloudopt rollback)",
+                    state_after=after,
+                    api_calls=[c.to_dict() for c in calls],
+                )
+        except RollbackRefused as exc:
+            decision("skipped", f"rollback refused: {exc}")
+            raise
+        except Exception as exc:
+            error = self.aws.describe_error(exc, action.account_id, ctx.region, f"rolling back {action.action}")
+            decision("failed", "rollback failed", error=str(error))
+            raise error from None
+
+
+class _NoApproval:
+    approved_by = None
+
+
+def _action_of(record: Mapping[str, Any]) -> PlannedAction:
+    return PlannedAction(
+        action_id=str(record["action_id"]),
+        plan_id=str(record.get("plan_id") or ""),
+        date=date.fromisoformat(str(record["date"])),
+        account_id=str(record["account_id"]),
+        region=str(record.get("region") or ""),
+        zone=None,
+        resource_id=str(record["resource_id"]),
+        resource_kind=str(record.get("resource_kind") or ""),
+        action=str(record["action"]),
+        option_name=str(record.get("option_name") or record["action"]),
+        proposed_config={},
+        current_config={},
+        monthly_savings_usd=float(record.get("monthly_savings_usd") or 0.0),
+    )

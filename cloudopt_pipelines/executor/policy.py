@@ -1,0 +1,262 @@
+"""The safety rules that do not need AWS: protection, production, blast radius, rate, change windows.
+
+Every check returns ``(allowed, reason)`` so that the audit can say exactly why an action was skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PROTECT_TAG_KEY = "cloudopt:protect"
+PROTECT_TAG_VALUES = ("true", "1", "yes")
+ENVIRONMENT_TAG_KEYS = ("env", "environment", "Environment")
+PRODUCTION_VALUES = ("prod", "production", "prd", "live")
+# Actions that stop or terminate something: none of them reaches production unless allowed explicitly.
+STOPS_OR_TERMINATES = ("resize", "schedule", "resize+schedule", "stop", "terminate", "spot")
+PRODUCTION_ALLOWED_ACTIONS = ("delete_volume", "release_address", "reserve", "savings_plan")
+# `--all` never covers these: each needs its own action id in the approval.
+EXPLICIT_APPROVAL_ACTIONS = ("terminate",)
+SCHEDULE_METHODS = ("custodian_tag", "instance_scheduler_tag", "stop_start")
+
+
+class PolicyError(ValueError):
+    """A policy setting that cannot work (a bad cron field, an unknown time zone)."""
+
+
+# ------------------------------------------------------------------------------------------- cron
+
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+_NAMES = {
+    3: {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+    4: {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+}
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A five-field cron expression (minute hour day-of-month month day-of-week; 0 or 7 = Sunday)."""
+
+    expression: str
+    fields: tuple[frozenset[int], ...]
+    dom_any: bool
+    dow_any: bool
+
+    @classmethod
+    def parse(cls, expression: str) -> Cron:
+        parts = expression.split()
+        if len(parts) != 5:
+            raise PolicyError(f"cron {expression!r} needs 5 fields (minute hour day-of-month month day-of-week)")
+        fields = tuple(_parse_field(p, i, expression) for i, p in enumerate(parts))
+        dow = frozenset(0 if d == 7 else d for d in fields[4])
+        return cls(expression, (*fields[:4], dow), parts[2] == "*", parts[4] == "*")
+
+    def matches(self, t: datetime) -> bool:
+        minute, hour, dom, month, dow = self.fields
+        if t.minute not in minute or t.hour not in hour or t.month not in month:
+            return False
+        day_ok, weekday_ok = t.day in dom, (t.isoweekday() % 7) in dow
+        # Classic cron: when both day fields are restricted, either may match.
+        if not self.dom_any and not self.dow_any:
+            return day_ok or weekday_ok
+        return day_ok and weekday_ok
+
+
+def _parse_field(text: str, index: int, expression: str) -> frozenset[int]:
+    name, low, high = _FIELDS[index]
+    values: set[int] = set()
+    for item in text.lower().split(","):
+        base, _, step_text = item.partition("/")
+        try:
+            step = int(step_text) if step_text else 1
+            if base == "*":
+                start, end = low, high
+            elif "-" in base:
+                a, b = base.split("-", 1)
+                start, end = _value(a, index), _value(b, index)
+            else:
+                start = _value(base, index)
+                end = high if step_text else start
+        except ValueError:
+            raise PolicyError(f"cron {expression!r}: {name} field {text!r} is not valid") from None
+        if not (low <= start <= high and low <= end <= high) or start > end or step < 1:
+            raise PolicyError(f"cron {expression!r}: {name} field {text!r} is outside {low}-{high}")
+        values.update(range(start, end + 1, step))
+    return frozenset(values)
+
+
+def _value(text: str, index: int) -> int:
+    names = _NAMES.get(index, {})
+    return names[text] if text in names else int(text)
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """A window in which changes may run: it opens at each cron time (in ``timezone``) for ``duration_minutes``.
+
+    It governs the action types in ``action_types`` and the environments in ``environments`` (tag values,
+    or ``production`` / ``non-production``); an empty list means all.
+    """
+
+    cron: str
+    duration_minutes: int
+    timezone: str = "UTC"
+    action_types: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        Cron.parse(self.cron)
+        if self.duration_minutes < 1 or self.duration_minutes > 7 * 24 * 60:
+            raise PolicyError(f"change window {self.label}: duration_minutes must be 1 to 10080")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PolicyError(f"change window {self.label}: {self.timezone!r} is not an IANA time zone") from None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"'{self.cron}' {self.timezone}"
+
+    def governs(self, action: str, environment: str | None, production: bool) -> bool:
+        if self.action_types and action not in self.action_types:
+            return False
+        if not self.environments:
+            return True
+        kinds = {environment or "", "production" if production else "non-production"}
+        return bool(kinds & set(self.environments))
+
+    def is_open(self, now: datetime) -> bool:
+        cron, local = Cron.parse(self.cron), now.astimezone(ZoneInfo(self.timezone)).replace(second=0, microsecond=0)
+        return any(cron.matches(local - timedelta(minutes=k)) for k in range(self.duration_minutes))
+
+    def next_opening(self, now: datetime, horizon_days: int = 8) -> datetime | None:
+        cron = Cron.parse(self.cron)
+        local = now.astimezone(ZoneInfo(self.timezone)).replace(second=0, microsecond=0)
+        for k in range(1, horizon_days * 24 * 60):
+            t = local + timedelta(minutes=k)
+            if cron.matches(t):
+                return t
+        return None
+
+
+# ----------------------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class ExecutorPolicy:
+    """Every safety setting of a run; the defaults are the documented defaults (docs/executor.md)."""
+
+    protect_tag_key: str = PROTECT_TAG_KEY
+    protect_tag_values: tuple[str, ...] = PROTECT_TAG_VALUES
+    environment_tag_keys: tuple[str, ...] = ENVIRONMENT_TAG_KEYS
+    production_values: tuple[str, ...] = PRODUCTION_VALUES
+    untagged_is_production: bool = True
+    production_allowed_actions: tuple[str, ...] = PRODUCTION_ALLOWED_ACTIONS
+    max_actions_per_run: int = 20
+    max_actions_per_account: int = 10
+    max_calls_per_second: float = 2.0
+    change_windows: tuple[ChangeWindow, ...] = ()
+    schedule_method: str = "custodian_tag"
+    custodian_tag_key: str = "maid_offhours"
+    instance_scheduler_tag_key: str = "Schedule"
+
+    def __post_init__(self) -> None:
+        if self.schedule_method not in SCHEDULE_METHODS:
+            raise PolicyError(f"schedule_method {self.schedule_method!r} is not one of {', '.join(SCHEDULE_METHODS)}")
+        if self.max_actions_per_run < 0 or self.max_actions_per_account < 0:
+            raise PolicyError("max_actions_per_run and max_actions_per_account must be >= 0")
+
+    def protection(self, tags: Mapping[str, str]) -> tuple[bool, str]:
+        """(protected, why) from the live tags."""
+        value = tags.get(self.protect_tag_key)
+        if value is not None and value.strip().lower() in self.protect_tag_values:
+            return True, f"protected: live tag {self.protect_tag_key}={value}"
+        return False, ""
+
+    def environment(self, tags: Mapping[str, str]) -> tuple[str | None, bool]:
+        """(environment tag value, is production) from the live tags."""
+        for key in self.environment_tag_keys:
+            if tags.get(key):
+                value = tags[key].strip()
+                return value, value.lower() in self.production_values
+        return None, self.untagged_is_production
+
+    def production_check(self, action: str, tags: Mapping[str, str]) -> tuple[bool, str]:
+        env, production = self.environment(tags)
+        if not production or action in self.production_allowed_actions:
+            return True, ""
+        where = f"live tag environment={env}" if env else "no environment tag (untagged counts as production)"
+        return False, (
+            f"production ({where}): action '{action}' is not in production_allowed_actions "
+            f"{list(self.production_allowed_actions)}"
+        )
+
+    def window_check(self, action: str, tags: Mapping[str, str], now: datetime) -> tuple[bool, str]:
+        """Allowed when no window governs the action, or when one of those that do is open now."""
+        env, production = self.environment(tags)
+        governing = [w for w in self.change_windows if w.governs(action, env, production)]
+        if not governing:
+            return True, ""
+        open_now = [w for w in governing if w.is_open(now)]
+        if open_now:
+            return True, f"inside change window {open_now[0].label}"
+        upcoming = [(t, w) for w in governing if (t := w.next_opening(now)) is not None]
+        nxt = min(upcoming, key=lambda tw: tw[0].astimezone(UTC)) if upcoming else None
+        when = f"; next opens {nxt[0].isoformat()} ({nxt[1].label})" if nxt else ""
+        return False, f"outside change window(s) {', '.join(w.label for w in governing)}{when}"
+
+
+@dataclass
+class BlastRadius:
+    """Counts changes admitted in one run: at most ``per_run`` in all and ``per_account`` per account."""
+
+    per_run: int
+    per_account: int
+    admitted: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, account_id: str) -> tuple[bool, str]:
+        total = sum(self.admitted.values())
+        if total >= self.per_run:
+            return False, f"blast radius: max_actions_per_run={self.per_run} reached in this run"
+        if self.admitted[account_id] >= self.per_account:
+            return False, f"blast radius: max_actions_per_account={self.per_account} reached for account {account_id}"
+        self.admitted[account_id] += 1
+        return True, ""
+
+
+class RateLimiter:
+    """At most ``per_second`` mutating calls a second (evenly spaced); 0 or less: no limit."""
+
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self.waited = 0.0
+
+    def acquire(self) -> None:
+        if self.interval <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            wait = self._next - now
+            if wait > 0:
+                self._sleep(wait)
+                self.waited += wait
+                now += wait
+            self._next = now + self.interval
+
+
+def approval_needed_explicitly(action: str, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:
+    return action in explicit

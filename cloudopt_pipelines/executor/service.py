@@ -1,0 +1,133 @@
+"""The executor's file layout and its three operations (approve, execute a day, roll back), without Dagster.
+
+Under ``$CLOUDOPT_HOME``: ``approvals/approvals.jsonl`` (append-only), ``audit/actions.jsonl``
+(append-only), ``exports/purchases-<date>.csv|json``; the lake table ``executed_actions`` (one partition a
+day) is rebuilt from the audit file after every run, so it holds every decision of every run of that day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from cloudopt_pipelines.executor.approvals import Approval, ApprovalStore, new_approval
+from cloudopt_pipelines.executor.audit import AuditLog, decisions_table
+from cloudopt_pipelines.executor.aws import ExecutorAws
+from cloudopt_pipelines.executor.engine import Executor, RunResult
+from cloudopt_pipelines.executor.model import Decision, PlannedAction, actions_from_plan
+from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.schemas import EXECUTED_ACTIONS
+
+PLAN_TABLE = "portfolio_plan"
+ACTIONS_TABLE = "executed_actions"
+
+
+class PlanNotFound(FileNotFoundError):
+    """The portfolio plan of a day was never materialised."""
+
+
+@dataclass(frozen=True)
+class ExecutorPaths:
+    """Where the executor keeps its records under one home directory."""
+
+    home: Path
+
+    @property
+    def approvals_dir(self) -> Path:
+        return self.home / "approvals"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.home / "audit"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def approvals(self) -> ApprovalStore:
+        return ApprovalStore(self.approvals_dir)
+
+    def audit(self) -> AuditLog:
+        return AuditLog(self.audit_dir)
+
+
+def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
+    """The plan id and actions of ``day``'s portfolio plan; a clear error when that partition does not exist."""
+    if lake.partition_file(PLAN_TABLE, day=day) is None:
+        raise PlanNotFound(
+            f"no portfolio plan for {day}: lake table '{PLAN_TABLE}' has no partition "
+            f"{lake.partition_dir(PLAN_TABLE, day=day)}. Materialise plan/portfolio_plan for {day} first "
+            "(the executor only applies a plan that exists and was approved)"
+        )
+    return actions_from_plan(lake.read(PLAN_TABLE, day=day), day)
+
+
+def approve(
+    lake: Lake,
+    paths: ExecutorPaths,
+    day: date,
+    approved_by: str,
+    action_ids: Sequence[str] = (),
+    all_actions: bool = False,
+    source: str = "cli",
+    plan_id: str | None = None,
+    now: datetime | None = None,
+) -> Approval:
+    """Record an approval of ``action_ids`` (or all) of ``day``'s current plan; ``plan_id``, when given, must match."""
+    current, actions = read_plan(lake, day)
+    if plan_id is not None and plan_id != current:
+        from cloudopt_pipelines.executor.approvals import ApprovalError
+
+        raise ApprovalError(
+            f"the approval names plan {plan_id}, but the plan of {day} is now {current} (re-materialised since): "
+            "review the new plan and approve it"
+        )
+    approval = new_approval(current, day, actions, approved_by, action_ids, all_actions, source, now=now)
+    paths.approvals().append(approval)
+    return approval
+
+
+def execute_day(
+    lake: Lake,
+    paths: ExecutorPaths,
+    day: date,
+    mode: str,
+    aws: ExecutorAws,
+    policy: ExecutorPolicy | None = None,
+    extra_approvals: Sequence[Approval] = (),
+    run_id: str | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> tuple[RunResult, Path]:
+    """Run the executor on ``day``'s plan, then rebuild that day's ``executed_actions`` partition."""
+    plan_id, actions = read_plan(lake, day)
+    approvals = [*paths.approvals().for_day(day), *extra_approvals]
+    executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
+    result = executor.run(day, plan_id, actions, approvals, mode, run_id)
+    return result, write_actions_partition(lake, paths.audit(), day)
+
+
+def rollback(
+    lake: Lake,
+    paths: ExecutorPaths,
+    action_id: str,
+    mode: str,
+    by: str,
+    aws: ExecutorAws,
+    policy: ExecutorPolicy | None = None,
+) -> Decision:
+    """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""
+    audit = paths.audit()
+    try:
+        return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by)
+    finally:
+        days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
+        for day in days:
+            write_actions_partition(lake, audit, date.fromisoformat(str(day)))
+
+
+def write_actions_partition(lake: Lake, audit: AuditLog, day: date) -> Path:
+    """Rebuild the ``executed_actions`` partition of ``day`` from the audit file (every run, in order)."""
+    return lake.write(ACTIONS_TABLE, decisions_table(audit.decisions(day), EXECUTED_ACTIONS), day=day)

@@ -1,0 +1,223 @@
+"""`cloudopt approve`, `cloudopt execute` and `cloudopt rollback`: the executor from the command line.
+
+`execute` materialises ``actions/executed_actions`` for one date partition through Dagster, on the
+persistent instance under ``$CLOUDOPT_HOME/dagster`` (the UI shows the run). `approve` and `rollback`
+work on the records under ``$CLOUDOPT_HOME`` directly. Heavy imports stay inside the functions so that
+``cloudopt --help`` stays fast.
+"""
+
+from collections.abc import Callable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cloudopt_pipelines.config import Settings, load_settings
+
+Echo = Callable[..., None]
+EXECUTED_ACTIONS_OP = "actions__executed_actions"
+
+
+def _parse_day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint="--date") from None
+
+
+def approve_command(
+    day: date,
+    actions: str | None,
+    all_actions: bool,
+    by: str | None,
+    list_only: bool,
+    settings: Settings | None = None,
+    echo: Echo = typer.echo,
+) -> int:
+    """List the plan's actions, or record an approval; returns the exit code."""
+    from tabulate import tabulate
+
+    from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanNotFound, approve, read_plan
+    from cloudopt_pipelines.storage.lake import Lake
+
+    settings = settings or load_settings()
+    lake, paths = Lake(settings.lake_dir), ExecutorPaths(settings.home)
+    try:
+        plan_id, planned = read_plan(lake, day)
+        if list_only or (not actions and not all_actions):
+            echo(f"plan {plan_id or '(empty)'} of {day}: {len(planned)} action(s)")
+            rows = [
+                (a.action_id, a.account_id, a.resource_id, a.action, a.option_name, round(a.monthly_savings_usd, 2))
+                for a in planned
+            ]
+            echo(tabulate(rows, headers=["action_id", "account", "resource", "action", "option", "usd/month"]))
+            if not list_only:
+                echo("approve with --actions ID,ID,... or --all, and --by NAME", err=True)
+                return 2
+            return 0
+        if not by:
+            echo("error: an approval needs the approver's name: --by NAME", err=True)
+            return 2
+        ids = [a.strip() for a in (actions or "").split(",") if a.strip()]
+        approval = approve(lake, paths, day, by, ids, all_actions)
+    except (PlanNotFound, ApprovalError) as exc:
+        echo(f"error: {exc}", err=True)
+        return 2
+    covered = [a for a in planned if approval.covers(a)]
+    echo(
+        f"approval {approval.approval_id} by {approval.approved_by} of plan {plan_id} ({day}): "
+        f"{len(covered)} action(s); recorded in {paths.approvals().path}"
+    )
+    left_out = [a.action_id for a in planned if all_actions and not approval.covers(a) and not a.is_commitment]
+    if left_out:
+        echo(f"not covered by --all (approve them by id): {', '.join(left_out)}")
+    return 0
+
+
+def materialise_executed_actions(
+    day: date,
+    mode: str,
+    settings: Settings | None = None,
+    config: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+) -> Any:
+    """Materialise ``actions/executed_actions`` for ``day`` through Dagster on the persistent instance."""
+    import dagster as dg
+
+    from cloudopt_pipelines.assets.actions import executed_actions
+    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance
+    from cloudopt_pipelines.resources.executor import AwsExecutorResource
+    from cloudopt_pipelines.resources.storage import LakeResource
+
+    settings = settings or load_settings()
+    run_config = {
+        **QUIET_RUN_CONFIG,
+        "ops": {EXECUTED_ACTIONS_OP: {"config": {**(config or {}), "mode": mode}}},
+    }
+    return dg.materialize(
+        [executed_actions],
+        instance=ensure_instance(settings),
+        partition_key=day.isoformat(),
+        run_config=run_config,
+        resources={
+            "lake": LakeResource(root=str(settings.lake_dir)),
+            "aws_executor": AwsExecutorResource.from_env(home=settings.home),
+            **(resources or {}),
+        },
+        raise_on_error=False,
+        tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode},
+    )
+
+
+def execute_command(
+    day: date,
+    mode: str,
+    config_file: Path | None = None,
+    settings: Settings | None = None,
+    resources: Mapping[str, Any] | None = None,
+    echo: Echo = typer.echo,
+) -> int:
+    """Run the executor on ``day`` and print its decisions; 1 if an action failed or the run failed."""
+    import yaml
+    from tabulate import tabulate
+
+    from cloudopt_pipelines.executor.model import MODES
+    from cloudopt_pipelines.orchestration import _first_error
+    from cloudopt_pipelines.storage.lake import Lake
+
+    if mode not in MODES:
+        echo(f"error: --mode must be one of {', '.join(MODES)} (got {mode!r})", err=True)
+        return 2
+    config = yaml.safe_load(config_file.read_text()) or {} if config_file else {}
+    settings = settings or load_settings()
+    result = materialise_executed_actions(day, mode, settings, config, resources)
+    if not result.success:
+        echo(f"error: {_first_error(result)}", err=True)
+        return 1
+    table = Lake(settings.lake_dir).read("executed_actions", day=day)
+    rows = [r for r in table.to_pylist() if r["run_id"] == result.run_id]
+    echo(f"cloudopt execute {day} --mode {mode}: run {result.run_id}")
+    echo(
+        tabulate(
+            [(r["action_id"], r["resource_id"], r["action"], r["outcome"], (r["reason"] or "")[:100]) for r in rows],
+            headers=["action_id", "resource", "action", "outcome", "reason"],
+        )
+    )
+    failed = [r for r in rows if r["outcome"] == "failed"]
+    for r in failed:
+        echo(f"failed: {r['action_id']} {r['resource_id']}: {r['error']}", err=True)
+    return 1 if failed else 0
+
+
+def rollback_command(
+    action_id: str,
+    mode: str,
+    by: str,
+    settings: Settings | None = None,
+    aws: Any = None,
+    echo: Echo = typer.echo,
+) -> int:
+    """Undo one applied action from its recorded state; exit 2 on a clear refusal, 1 on an AWS failure."""
+    from cloudopt_pipelines.executor import ExecutorError, ExecutorPaths, rollback
+    from cloudopt_pipelines.resources.executor import AwsExecutorResource
+    from cloudopt_pipelines.storage.lake import Lake
+
+    settings = settings or load_settings()
+    paths = ExecutorPaths(settings.home)
+    aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
+    try:
+        decision = rollback(Lake(settings.lake_dir), paths, action_id, mode, by, aws)
+    except ValueError as exc:
+        echo(f"error: {exc}", err=True)
+        return 2
+    except ExecutorError as exc:
+        refused = type(exc).__name__ in ("RollbackRefused", "RollbackError")
+        echo(f"{'refused' if refused else 'error'}: {exc}", err=True)
+        return 2 if refused else 1
+    echo(f"{decision.outcome}: {action_id} ({decision.action} of {decision.resource_id}): {decision.reason}")
+    for call in decision.api_calls:
+        echo(f"  {call['api']} {call['params']}")
+    if mode == "dry_run":
+        echo("dry run: nothing changed; re-run with --mode apply")
+    return 0
+
+
+def register_executor_commands(app: typer.Typer) -> None:
+    """Add `approve`, `execute` and `rollback` to the `cloudopt` app."""
+
+    @app.command()
+    def approve(
+        date_: Annotated[str, typer.Option("--date", help="UTC day of the plan, YYYY-MM-DD.")],
+        actions: Annotated[str | None, typer.Option("--actions", help="Comma-separated action ids.")] = None,
+        all_actions: Annotated[
+            bool, typer.Option("--all", help="Approve every action of the plan (terminate still needs its id).")
+        ] = False,
+        by: Annotated[str | None, typer.Option("--by", help="Who approves; recorded with the approval.")] = None,
+        list_only: Annotated[bool, typer.Option("--list", help="List the plan's actions and ids only.")] = False,
+    ) -> None:
+        """Approve actions of a day's portfolio plan (append-only record under $CLOUDOPT_HOME/approvals/).
+        An approval is for the plan id it names: re-materialising the plan makes it stale."""
+        raise typer.Exit(approve_command(_parse_day(date_), actions, all_actions, by, list_only))
+
+    @app.command()
+    def execute(
+        date_: Annotated[str, typer.Option("--date", help="UTC day of the plan, YYYY-MM-DD.")],
+        mode: Annotated[str, typer.Option("--mode", help="dry_run (report the calls) or apply.")] = "dry_run",
+        config: Annotated[
+            Path | None, typer.Option("--config", help="YAML run config of executed_actions (limits, windows, ...).")
+        ] = None,
+    ) -> None:
+        """Materialise actions/executed_actions for a day through Dagster: apply the approved actions (dry run
+        unless --mode apply) and print every decision. Exits 1 if an action failed."""
+        raise typer.Exit(execute_command(_parse_day(date_), mode, config))
+
+    @app.command()
+    def rollback(
+        action_id: Annotated[str, typer.Argument(help="The action id to undo (act-...).")],
+        by: Annotated[str, typer.Option("--by", help="Who rolls back; recorded in the audit.")],
+        mode: Annotated[str, typer.Option("--mode", help="dry_run (report the calls) or apply.")] = "dry_run",
+    ) -> None:
+        """Undo an applied action from its recorded state (resize back, restart, re-tag, restore a deleted
+        volume from its snapshot). Refuses clearly what cannot be undone (released Elastic IPs, terminations)."""
+        raise typer.Exit(rollback_command(action_id, mode, by))

@@ -1,0 +1,101 @@
+"""The Dagster resource that changes AWS resources, through its own role (never the collector's)."""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from cloudopt_pipelines.config import load_settings
+from cloudopt_pipelines.executor.aws import DEFAULT_EXECUTOR_SESSION_NAME, ExecutorAws
+from cloudopt_pipelines.executor.service import ExecutorPaths
+from cloudopt_pipelines.sources.aws import AwsSettings
+
+
+class AwsExecutorResource(dg.ConfigurableResource):
+    """Applies approved actions to AWS through the executor role (``CLOUDOPT_EXECUTOR_ROLE``).
+
+    The role is assumed in every account, the base credentials' own included, so that write permissions
+    live in that role only (``docs/iam/executor-policy.json``) and the collector's role stays read-only.
+    Credentials are cached per account and refreshed before they expire; calls use adaptive retries.
+    ``get_aws()`` returns the ``ExecutorAws`` the executor uses; see ``docs/executor.md``.
+    """
+
+    regions: list[str] = Field(
+        default=["us-east-1"], description="Region used when a plan row has none (CLOUDOPT_REGIONS, first one)."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="Endpoint of every AWS service (a test server); unset: AWS_ENDPOINT_URL or AWS."
+    )
+    profile: str | None = Field(default=None, description="Named profile of the base credentials (AWS_PROFILE).")
+    executor_role: str | None = Field(
+        default=None,
+        description=(
+            "Role assumed in every account to make changes (CLOUDOPT_EXECUTOR_ROLE): a name such as "
+            "'CloudoptExecutor' or an ARN template 'arn:aws:iam::{account_id}:role/CloudoptExecutor'. "
+            "Unset: the base credentials are used as they are (only for a single account)."
+        ),
+    )
+    external_id: str | None = Field(
+        default=None, description="External id of the executor role's trust policy (CLOUDOPT_EXECUTOR_EXTERNAL_ID)."
+    )
+    role_session_name: str = Field(
+        default=DEFAULT_EXECUTOR_SESSION_NAME, description="Session name of the executor role, seen in CloudTrail."
+    )
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per call with adaptive retries (first included).")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Connect timeout of every AWS call.")
+    read_timeout_seconds: float = Field(default=60.0, gt=0, description="Read timeout of every AWS call.")
+    poll_seconds: float = Field(default=5.0, gt=0, description="Interval between state checks while waiting.")
+    wait_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait for an instance to stop/start or a snapshot to complete."
+    )
+
+    home: str | None = Field(
+        default=None,
+        description="Directory holding approvals/, audit/ and exports/ (default: $CLOUDOPT_HOME).",
+    )
+
+    _aws: ExecutorAws | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, home: Path | str | None = None
+    ) -> "AwsExecutorResource":
+        """Configured from ``CLOUDOPT_EXECUTOR_ROLE``, ``CLOUDOPT_EXECUTOR_EXTERNAL_ID``, ``CLOUDOPT_REGIONS`` and
+        the usual AWS variables."""
+        env = os.environ if environ is None else environ
+        base = AwsSettings.from_env(env)
+        return cls(
+            regions=list(base.regions),
+            endpoint_url=base.endpoint_url,
+            profile=base.profile,
+            executor_role=env.get("CLOUDOPT_EXECUTOR_ROLE") or None,
+            external_id=env.get("CLOUDOPT_EXECUTOR_EXTERNAL_ID") or None,
+            home=None if home is None else str(home),
+        )
+
+    def settings(self) -> AwsSettings:
+        return AwsSettings(
+            regions=tuple(self.regions),
+            endpoint_url=self.endpoint_url,
+            profile=self.profile,
+            assume_role=self.executor_role,
+            external_id=self.external_id,
+            role_session_name=self.role_session_name,
+            max_attempts=self.max_attempts,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
+        )
+
+    def get_paths(self) -> ExecutorPaths:
+        """Where approvals, the audit file and exports live."""
+        return ExecutorPaths(Path(self.home) if self.home else load_settings().home)
+
+    def get_aws(self) -> ExecutorAws:
+        """The executor's AWS access, built once; clients are built on first use."""
+        if self._aws is None:
+            self._aws = ExecutorAws(
+                self.settings(), poll_seconds=self.poll_seconds, wait_timeout_seconds=self.wait_timeout_seconds
+            )
+        return self._aws
