@@ -83,6 +83,8 @@ def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Setting
     # same date, input and constraints: same plan id
     _, problem = problem_for_day(Lake(plan_home.lake_dir), DAY)
     assert problem.plan_id == meta["plan_id"].value
+    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DAY).to_pylist()
+    assert (check["plan_id"], check["passed"], check["violation_count"]) == (meta["plan_id"].value, True, 0)
 
 
 def test_the_check_fails_on_a_tampered_plan(plan_home: Settings) -> None:
@@ -144,6 +146,8 @@ def test_infeasible_constraints_fail_the_blocking_check_with_the_explanation(
     assert set(plan["option_name"].to_pylist()) == {"keep"}
     assert set(plan["solver_status"].to_pylist()) == {"infeasible"}
     assert all("raise monthly_budget_usd" in r for r in plan["reason"].to_pylist())
+    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DEMO_DAYS[1]).to_pylist()
+    assert check["passed"] is False and check["solver_status"] == "infeasible"
 
 
 def test_a_day_without_recommendations_is_a_clear_error(plan_home: Settings) -> None:

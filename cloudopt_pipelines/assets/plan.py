@@ -1,8 +1,10 @@
 """Plan stage: the portfolio plan across every account of a day, and the job that materialises it."""
 
-from datetime import date
+import json
+from datetime import UTC, date, datetime
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
 from cloudopt_pipelines.optimizers.portfolio import (
@@ -19,6 +21,7 @@ from cloudopt_pipelines.optimizers.portfolio import (
 )
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, daily_partitions
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN_CHECKS
 
 PLAN_PREFIX = "plan"
 PLAN_JOB = "portfolio_plan_job"
@@ -82,6 +85,7 @@ def portfolio_plan(
     plan = store.read("portfolio_plan", day=day)  # the check reads what was written, not what was meant
     violations = verify_plan(plan, problem)
     summary = plan_summary(problem, solution, plan)
+    store.write("portfolio_plan_checks", plan_check_row(day, summary, violations), day=day)
     if not has_plan(solution):
         context.log.error(f"no feasible portfolio plan for {day}: {explanation_text(solution)}")
     return dg.MaterializeResult(
@@ -119,6 +123,24 @@ def portfolio_plan(
                 },
             )
         ],
+    )
+
+
+def plan_check_row(day: date, summary: dict, violations: list[str]) -> pa.Table:
+    """The check's verdict as the one-row ``portfolio_plan_checks`` partition the executor reads."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "date": day,
+                "plan_id": summary["plan_id"],
+                "passed": not violations,
+                "solver_status": summary["solver_status"],
+                "violation_count": len(violations),
+                "violations": json.dumps(violations[:200]),
+                "checked_at": datetime.now(UTC),
+            }
+        ],
+        schema=PORTFOLIO_PLAN_CHECKS,
     )
 
 

@@ -26,7 +26,7 @@ from cloudopt_pipelines.executor.approvals import new_approval
 from cloudopt_pipelines.executor.model import actions_from_plan
 from cloudopt_pipelines.sources.aws import AwsSettings
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
+from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN, PORTFOLIO_PLAN_CHECKS
 from tests.aws.conftest import (
     LINUX_AMI,
     MANAGEMENT_ACCOUNT,
@@ -224,7 +224,21 @@ class Home:
         keep = plan_row("i-keepkeepkeep0000", "keep", {"instance_type": "m5.large"}, option_name="keep")
         full = [{**r, "date": day, "plan_id": plan_id} for r in [*rows, keep]]
         self.lake.write("portfolio_plan", pa.Table.from_pylist(full, schema=PORTFOLIO_PLAN), day=day)
+        self.write_check(plan_id, passed=True, day=day)
         return actions_from_plan(self.lake.read("portfolio_plan", day=day), day)[1]
+
+    def write_check(self, plan_id: str, passed: bool, day: date = DAY) -> None:
+        """The plan's constraint check, as the portfolio_plan asset records it."""
+        row = {
+            "date": day,
+            "plan_id": plan_id,
+            "passed": passed,
+            "solver_status": "optimal",
+            "violation_count": 0 if passed else 1,
+            "violations": "[]" if passed else '["monthly_budget_usd: 120.00 > 100.00"]',
+            "checked_at": NOW,
+        }
+        self.lake.write("portfolio_plan_checks", pa.Table.from_pylist([row], schema=PORTFOLIO_PLAN_CHECKS), day=day)
 
     def approve_all(self, day: date = DAY, ids: tuple[str, ...] = (), by: str = "alice") -> None:
         plan_id, actions = actions_from_plan(self.lake.read("portfolio_plan", day=day), day)

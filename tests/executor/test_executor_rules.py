@@ -209,3 +209,23 @@ def test_audit_file_and_table_hold_every_decision(home, ec2, moto_url) -> None:
     assert json.loads(applied["state_before"])["state"] == "running"
     assert json.loads(applied["api_calls"])[0]["api"] == "ec2:StopInstances"
     assert applied["started_at"] == NOW and applied["mode"] == "apply"
+
+
+def test_a_plan_that_failed_its_constraint_check_is_never_approved_nor_executed(home, ec2, moto_url) -> None:
+    import pytest
+
+    from cloudopt_pipelines.executor.model import PlanError
+    from cloudopt_pipelines.executor.service import approve
+
+    iid = dev_instance(ec2)
+    home.write_plan([plan_row(iid, "resize", RESIZE)])
+    home.approve_all()
+    home.write_check("plan-1", passed=False)  # the plan was tampered with, or the constraints changed
+    with pytest.raises(PlanError, match=r"failed its constraint check .*never acts on it"):
+        home.run(executor_aws(moto_url), mode="apply")
+    with pytest.raises(PlanError, match="failed its constraint check"):
+        approve(home.lake, home.paths, DAY, "mallory", all_actions=True)
+    home.write_check("another-plan", passed=True)
+    with pytest.raises(PlanError, match="for another plan than plan-1"):
+        home.run(executor_aws(moto_url), mode="apply")
+    assert instance(ec2, iid)["InstanceType"] == "m5.xlarge"  # read back from the server: untouched
