@@ -24,7 +24,8 @@ from cloudopt_pipelines.optimizers.sizing import Catalog
 DATA = Path(__file__).parent / "data" / "standalone"
 AZURE = DATA / "azure_v1_4vms_14days_cpu_5min.csv.gz"
 GCD = DATA / "gcd_3vms_1day_cpu_mem_5min.csv.gz"
-SHARED = Path("/work/shared/data/vm_traces")
+# The public data folder sits beside the checkout (../shared), in CI as here.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "vm_traces"
 
 
 @pytest.fixture(scope="module")

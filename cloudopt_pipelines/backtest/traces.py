@@ -3,7 +3,7 @@
 Every reader returns :class:`VmTrace` objects: CPU as % of the VM's provisioned cores (the 5-minute
 maximum where the trace has one, as CloudWatch ``Maximum``), memory as % of provisioned memory where
 the trace has it (else None), and the provisioned size where the trace gives it. Missing samples are
-NaN, never zeros. Formats (see ``/work/shared/data/README.md`` for the files):
+NaN, never zeros. Formats (see ``../shared/data/README.md`` for the files):
 
 - ``long``: our own long format, ``resource_id, timestamp, cpu_pct[, cpu_max_pct][, mem_pct][, instance_type]``;
 - ``azure``: Azure Public Dataset V1 extract, ``vm_id, step_5min, avg_cpu_pct, max_cpu_pct``;
