@@ -884,23 +884,36 @@ class AwsCollector:
 
     def collect_metrics(self, account_id: str, day: date) -> Collected:
         """Rows of ``utilization_5m``: CPU average and maximum, agent memory (null without the agent), network."""
-        stats = _CallStats()
-        with self._partition(stats):
-            self.session_for(account_id)
-            per_region = self._for_regions(account_id, lambda r: self._metrics_region(account_id, r, day))
-        rows: list[dict[str, Any]] = []
-        summary: Counter[str] = Counter()
-        for region_rows, region_summary in per_region:
-            rows.extend(region_rows)
-            summary.update(region_summary)
-        table = conform(_table(rows, UTILIZATION_5M), UTILIZATION_5M, "utilization_5m")
-        metadata = self._metadata(account_id, stats, table.num_rows)
-        metadata.update(self._metric_call_metadata(stats, summary))
+        table, metadata, summary = self._collect_series(
+            account_id, lambda r: self._metrics_region(account_id, r, day), UTILIZATION_5M, "utilization_5m"
+        )
         metadata["instances"] = int(summary["instances"])
         metadata["instances_with_memory"] = int(summary["mem_series"])
         for key in ("missing_points", "duplicate_points", "out_of_range_points", "outside_day_points"):
             metadata[key] = int(summary[key])
         return Collected(table=table, metadata=metadata)
+
+    def _collect_series(
+        self,
+        account_id: str,
+        per_region: Callable[[str], tuple[list[dict[str, Any]], Counter[str]]],
+        schema: pa.Schema,
+        table_name: str,
+    ) -> tuple[pa.Table, dict[str, Any], Counter[str]]:
+        """Collect CloudWatch series region by region into one table, with the call metadata of the partition."""
+        stats = _CallStats()
+        with self._partition(stats):
+            self.session_for(account_id)
+            results = self._for_regions(account_id, per_region)
+        rows: list[dict[str, Any]] = []
+        summary: Counter[str] = Counter()
+        for region_rows, region_summary in results:
+            rows.extend(region_rows)
+            summary.update(region_summary)
+        table = conform(_table(rows, schema), schema, table_name)
+        metadata = self._metadata(account_id, stats, table.num_rows)
+        metadata.update(self._metric_call_metadata(stats, summary))
+        return table, metadata, summary
 
     def _metric_call_metadata(self, stats: _CallStats, summary: Counter[str]) -> dict[str, Any]:
         return {
@@ -1023,18 +1036,12 @@ class AwsCollector:
 
     def collect_cluster_metrics(self, account_id: str, day: date) -> Collected:
         """Rows of ``cluster_metrics_5m``: ECS cluster and service use and reservation, EMR YARN and node series."""
-        stats = _CallStats()
-        with self._partition(stats):
-            self.session_for(account_id)
-            per_region = self._for_regions(account_id, lambda r: self._cluster_metrics_region(account_id, r, day))
-        rows: list[dict[str, Any]] = []
-        summary: Counter[str] = Counter()
-        for region_rows, region_summary in per_region:
-            rows.extend(region_rows)
-            summary.update(region_summary)
-        table = conform(_table(rows, CLUSTER_METRICS_5M), CLUSTER_METRICS_5M, "cluster_metrics_5m")
-        metadata = self._metadata(account_id, stats, table.num_rows)
-        metadata.update(self._metric_call_metadata(stats, summary))
+        table, metadata, summary = self._collect_series(
+            account_id,
+            lambda r: self._cluster_metrics_region(account_id, r, day),
+            CLUSTER_METRICS_5M,
+            "cluster_metrics_5m",
+        )
         metadata["ecs_clusters"] = int(summary["ecs_clusters"])
         metadata["ecs_services"] = int(summary["ecs_services"])
         metadata["emr_clusters"] = int(summary["emr_clusters"])
