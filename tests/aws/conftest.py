@@ -17,6 +17,7 @@ Layout of the seeded world (``AwsWorld``):
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import socket
@@ -27,8 +28,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult
 
 import boto3
 import pandas as pd
@@ -450,3 +453,20 @@ def seed_metrics(w: AwsWorld, cloudwatch: Any) -> None:
             for r in ecs_rows.itertuples()
         ],
     )
+
+
+def forward(handler: BaseHTTPRequestHandler, upstream: SplitResult, body: bytes) -> None:
+    """Relay one request of a test proxy's ``handler`` to the server at ``upstream`` and send its answer back."""
+    conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    handler.send_response(response.status)
+    for key, value in response.getheaders():
+        if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+    conn.close()

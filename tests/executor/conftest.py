@@ -7,7 +7,6 @@ executor tests' own (they change what they create, so they do not share the coll
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import threading
 import urllib.parse
@@ -32,6 +31,7 @@ from tests.aws.conftest import (
     MANAGEMENT_ACCOUNT,
     aws_env,
     client,
+    forward,
     free_port,
     run_instance,
     running_moto_server,
@@ -116,19 +116,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
+                forward(self, upstream, body)
 
             do_GET = do_POST = _forward
 
