@@ -5,6 +5,7 @@ as a backfill launches them, then the warehouse refresh. Every run is recorded i
 the Dagster UI shows the same materialisations afterwards.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -87,6 +88,7 @@ def day_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+WAREHOUSE_ATTEMPTS = 3
 PLAN_OUTCOME_ACCOUNT = "all accounts (portfolio plan)"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -161,11 +163,18 @@ def run_range(
         progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
 
     progress("refreshing the warehouse ...")
-    outcome = defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config
-    )
-    if not outcome.success:
-        raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
+    # The rebuild is idempotent. A second try covers a Dagster race: two processes that first use the
+    # pool "duckdb_warehouse" at the same moment both insert its limit row, and one of them fails.
+    for attempt in range(1, WAREHOUSE_ATTEMPTS + 1):
+        outcome = defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config
+        )
+        if outcome.success:
+            break
+        if attempt == WAREHOUSE_ATTEMPTS:
+            raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
+        progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")
+        time.sleep(1.0)
     result.warehouse_path = settings.warehouse_path
     return result
 
@@ -180,4 +189,9 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
                 message = cause.message.strip()
                 cause = cause.cause
             return f"{event.step_key}: {message}"
+    for event in result.all_events:
+        if event.event_type_value in ("PIPELINE_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") and event.message:
+            data = getattr(event.event_specific_data, "error", None)
+            if event.event_type_value != "ENGINE_EVENT" or data is not None:
+                return f"run failed: {event.message}" + (f": {data.message.strip()}" if data is not None else "")
     return "run failed (see the Dagster UI for its logs)"
