@@ -123,7 +123,13 @@ def test_rematerialising_replaces_exactly_that_partition_and_analysts_keep_readi
     worker.start()
     queries = 0
     while worker.is_alive():
-        assert analyst.execute("SELECT count(*) FROM resources").fetchone()[0] > 0
+        try:
+            assert analyst.execute("SELECT count(*) FROM resources").fetchone()[0] > 0
+        except duckdb.IOException as exc:
+            # The documented contract (docs/warehouse.md): a query overlapping a rewrite of the very
+            # partition it reads may fail with "file not found" and is rerun; nothing else may fail.
+            assert "No such file" in str(exc) or "No files found" in str(exc), exc
+            continue
         queries += 1
     worker.join()
     assert worker.exitcode == 0
