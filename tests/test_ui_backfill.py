@@ -153,6 +153,13 @@ def test_backfill_from_the_ui_materialises_the_range_and_the_ui_shows_it(
     instance = dg.DagsterInstance.from_config(str(fresh_home.dagster_home))
     for path in DAILY_ASSETS:
         assert instance.get_materialized_partitions(dg.AssetKey(path)) == set(keys), path
+    # utilization_daily has a single-run backfill policy: one run computed both partitions in one
+    # statement; the collection ran one run per partition.
+    runs = {
+        name: {r.run_id for r in instance.fetch_materializations(dg.AssetKey(path), limit=10).records}
+        for name, path in (("daily", ["features", "utilization_daily"]), ("raw", ["raw", "utilization_5m"]))
+    }
+    assert (len(runs["daily"]), len(runs["raw"])) == (1, len(keys)), runs
     lake = Lake(fresh_home.lake_dir)
     assert lake.partitions("utilization_daily") == [(a, DEMO_DAYS[0].isoformat()) for a in DEMO_ACCOUNTS]
     shown = _graphql(dagster_services, MATERIALIZED, {"path": ["features", "utilization_daily"]})

@@ -9,6 +9,12 @@ Every model asset carries four checks, shown in the Dagster UI:
   the partition is at least ``-- coverage_warn_below: N`` of the header (default 50 %).
 - ``rows_present`` (error): the model wrote rows whenever its inputs had rows.
 
+Batch models (``-- batch: true``) have a single-run backfill policy: a backfill over many
+partitions materialises them in one run per account (Dagster holds one dimension of a multi-partition
+range fixed), and the runner computes them in one DuckDB statement per chunk. Their checks then
+evaluate the whole run: each check passes when it passes for every partition, and its metadata
+names the partitions that fail.
+
 Window models (``-- window_days: N``) depend on their ``window_over`` models through a
 ``TimeWindowPartitionMapping(start_offset=-(N-1))`` on the date dimension, so the UI shows which days
 feed a partition. Days missing inside the window are allowed (coverage says so); a window without
@@ -24,9 +30,9 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
-from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions, split_account_day
+from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
-from cloudopt_pipelines.sqlmodels.runner import ModelError, ModelRun, SqlModel, execute_model, load_models
+from cloudopt_pipelines.sqlmodels.runner import ModelError, ModelRun, SqlModel, execute_model_batch, load_models
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 
 # Tables the models may read that other stages write, with their partitioning and asset key.
@@ -145,6 +151,7 @@ def _model_asset(
         description=f"{model.description}\n\nGrain: {model.grain}.{window_text} SQL: dbt_like_sql/{model.path.name}",
         kinds={"duckdb", "sql", "parquet"},
         check_specs=check_specs,
+        backfill_policy=dg.BackfillPolicy.single_run() if model.batch else None,
         metadata={
             "grain": model.grain,
             "sql_file": f"dbt_like_sql/{model.path.name}",
@@ -152,19 +159,80 @@ def _model_asset(
         },
     )
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        account_id = day = None
-        if model.partitioned_by == "account_date":
-            account_id, day = split_account_day(context)
-        elif model.partitioned_by == "date":
-            day = date.fromisoformat(context.partition_key)
-        run = execute_model(
-            model, lake.get_lake(), partitioning, account_id, day, window_days=window, source_schemas=source_schemas()
+        partitions = _run_partitions(context, model.partitioned_by)
+        runs = execute_model_batch(
+            model, lake.get_lake(), partitioning, partitions, window_days=window, source_schemas=source_schemas()
         )
+        if len(runs) == 1:
+            return dg.MaterializeResult(
+                metadata=run_metadata(runs[0]),
+                check_results=check_results(model, runs[0], grain, threshold, has_coverage),
+            )
         return dg.MaterializeResult(
-            metadata=run_metadata(run), check_results=check_results(model, run, grain, threshold, has_coverage)
+            metadata=batch_metadata(partitions, runs),
+            check_results=batch_check_results(
+                partitions, [check_results(model, r, grain, threshold, has_coverage) for r in runs]
+            ),
         )
 
     return _asset
+
+
+def _run_partitions(context: dg.AssetExecutionContext, partitioned_by: str) -> list[tuple[str | None, date | None]]:
+    """(account_id, day) of every partition the run materialises: one, or a backfill's range."""
+    if partitioned_by == "none":
+        return [(None, None)]
+    out = []
+    for key in context.partition_keys:
+        if partitioned_by == "date":
+            out.append((None, date.fromisoformat(str(key))))
+            continue
+        if not isinstance(key, dg.MultiPartitionKey):
+            key = account_daily_partitions.get_partition_key_from_str(str(key))
+        dims = key.keys_by_dimension
+        out.append((dims["account"], date.fromisoformat(dims["date"])))
+    return out
+
+
+def _label(partition: tuple[str | None, date | None]) -> str:
+    account_id, day = partition
+    return "|".join(p for p in (account_id, day.isoformat() if day else None) if p)
+
+
+def batch_metadata(partitions: list[tuple[str | None, date | None]], runs: list[ModelRun]) -> dict:
+    """Metadata of a run over many partitions (Dagster records it on each of them)."""
+    return {
+        "dagster/row_count": sum(r.table.num_rows for r in runs),
+        "batch/partitions": len(runs),
+        "batch/rows_per_partition": dg.MetadataValue.json(
+            {_label(p): r.table.num_rows for p, r in zip(partitions, runs, strict=True)}
+        ),
+        "batch/input_rows": sum(r.input_rows for r in runs),
+    }
+
+
+def batch_check_results(
+    partitions: list[tuple[str | None, date | None]], per_partition: list[list[dg.AssetCheckResult]]
+) -> list[dg.AssetCheckResult]:
+    """One result per check over a run of many partitions: passed when every partition passed."""
+    out = []
+    for index, first in enumerate(per_partition[0]):
+        results = [checks[index] for checks in per_partition]
+        failed = {_label(p): dict(r.metadata) for p, r in zip(partitions, results, strict=True) if not r.passed}
+        out.append(
+            dg.AssetCheckResult(
+                check_name=first.check_name,
+                passed=not failed,
+                severity=first.severity,
+                metadata={
+                    "partitions": len(results),
+                    "failed_partitions": dg.MetadataValue.json(
+                        {k: {m: getattr(v, "value", v) for m, v in meta.items()} for k, meta in failed.items()}
+                    ),
+                },
+            )
+        )
+    return out
 
 
 def run_metadata(run: ModelRun) -> dict:

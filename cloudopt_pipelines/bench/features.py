@@ -15,8 +15,12 @@ columns, the Parquet write):
 - ``stg_utilization_5m`` (dedup and gap marking) for every partition;
 - ``stg_cluster_metrics_5m`` for every partition: empty (no cluster metrics here), so its time is
   the runner's fixed cost per partition, reported as such;
-- ``utilization_daily`` for every partition (it reads the stg partition); its floor is a plain
-  DuckDB GROUP BY avg and max over the same Parquet files (the stg partitions), one statement;
+- ``utilization_daily`` for every partition (it reads the stg partitions) as a single-run backfill
+  runs it: one ``execute_model_batch`` call (one statement over every partition, then a write per
+  partition); its floor is a plain DuckDB GROUP BY avg and max over the same Parquet files (the stg
+  partitions), one statement. ``utilization_daily_per_partition`` is the same model run partition
+  by partition, a new connection each, as the daily schedule runs it (one partition per account and
+  day: its latency matters there, not its throughput); it is reported, not held to the targets;
 - ``utilization_window`` for the last day of every account (window = ``window_days``, default all the
   days generated): exact quantiles over the window's stg samples, the rest combined from the
   ``utilization_daily`` partitions; its floor is the same plain GROUP BY over the window's stg files;
@@ -47,7 +51,7 @@ import pyarrow.parquet as pq
 from cloudopt_pipelines.assets.features import SOURCE_TABLES
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR
 from cloudopt_pipelines.sources.demo import DEMO_DATA
-from cloudopt_pipelines.sqlmodels.runner import execute_model, load_models
+from cloudopt_pipelines.sqlmodels.runner import execute_model, execute_model_batch, load_models
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import UTILIZATION_5M
@@ -246,9 +250,16 @@ def run_features_benchmark(
             for account in account_ids:
                 _floor(_connection(threads, memory_limit), window_files[account], by_day=False)
 
+        def run_batch(name: str, partitions) -> None:
+            execute_model_batch(
+                models[name], lake, partitioning, partitions, _connection(threads, memory_limit), source_schemas=schemas
+            )
+
         for _ in range(rounds):
             # Each step once per round, in turn, so that a change of the machine's load hits them alike.
-            result.record("utilization_daily", *_timed(lambda: run_all("utilization_daily", everything)), total)
+            result.record("utilization_daily", *_timed(lambda: run_batch("utilization_daily", everything)), total)
+            per_partition = _timed(lambda: run_all("utilization_daily", everything))
+            result.record("utilization_daily_per_partition", *per_partition, total)
             floor = _timed(lambda: _floor(_connection(threads, memory_limit), stg_files, by_day=True))
             result.record("floor_daily", *floor, total)
             window_run = _timed(lambda: run_all("utilization_window", last))
@@ -281,15 +292,19 @@ def format_report(r: BenchResult) -> str:
         f"features benchmark: {r.resources:,} resources x {r.days} days = {r.samples:,} samples, "
         f"{r.accounts} accounts, window {r.window_days} days, DuckDB threads {r.threads}, "
         f"best of {r.rounds} round(s)",
-        f"{'step':<22}{'seconds':>9}{'CPU s':>8}{'M samples/s':>13}{'x floor':>9}{'pandas / this':>15}",
+        f"{'step':<32}{'seconds':>9}{'CPU s':>8}{'M samples/s':>13}{'x floor':>9}{'pandas / this':>15}",
     ]
-    floors = {"utilization_daily": "floor_daily", "utilization_window": "floor_window"}
+    floors = {
+        "utilization_daily": "floor_daily",
+        "utilization_daily_per_partition": "floor_daily",
+        "utilization_window": "floor_window",
+    }
     pandas = {"utilization_daily": "pandas_daily", "utilization_window": "pandas_window"}
     for name in r.timings:
         ratio = f"{r.ratio(name, floors[name]):.2f}" if name in floors else ""
         vs = f"{r.ratio(pandas[name], name):.1f}" if name in pandas and pandas[name] in r.timings else ""
         cpu = f"{r.cpu[name]:.2f}" if name in r.cpu else ""
-        lines.append(f"{name:<22}{r.timings[name]:>9.2f}{cpu:>8}{r.rate(name) / 1e6:>13.2f}{ratio:>9}{vs:>15}")
+        lines.append(f"{name:<32}{r.timings[name]:>9.2f}{cpu:>8}{r.rate(name) / 1e6:>13.2f}{ratio:>9}{vs:>15}")
     lines.append(
         f"peak RSS: {r.peak_rss_mb_duckdb:,.0f} MB after the DuckDB models; {r.peak_rss_mb_total:,.0f} MB at the end"
     )
@@ -322,7 +337,8 @@ def target_lines(r: BenchResult) -> list[str]:
         if pandas in r.timings:
             checks.append((f"pandas/this {r.ratio(pandas, name):.2f} (> 1)", r.ratio(pandas, name) > 1))
         checks.append((f"peak RSS {rss:,.0f} MB (< 4 GB)", rss < TARGET_RSS_MB))
-        out.append(f"targets {name}: " + "; ".join(f"{text} {'met' if ok else 'NOT met'}" for text, ok in checks))
+        path = " (single-run backfill: one statement)" if name == "utilization_daily" else " (per partition)"
+        out.append(f"targets {name}{path}: " + "; ".join(f"{text} {'met' if ok else 'NOT met'}" for text, ok in checks))
     return out
 
 
