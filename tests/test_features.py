@@ -600,3 +600,48 @@ def test_a_batch_model_may_not_use_the_partition_variables(tmp_path: Path) -> No
     bad.write_text(text.replace("-- batch: true", "-- batch: yes"))
     with pytest.raises(ModelError, match="batch 'yes' is not true or false"):
         parse_model(bad)
+
+
+def test_a_range_run_materialises_every_partition_with_checks_over_the_batch(
+    tmp_path: Path, raw: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, partitions = _second_account(tmp_path, raw)
+    daily = next(a for a in build_sql_model_assets() if a.key.path[-1] == "utilization_daily")
+    assert daily.backfill_policy == dg.BackfillPolicy.single_run()
+    instance = dg.DagsterInstance.ephemeral()
+    accounts = sorted({a for a, _ in partitions})
+    instance.add_dynamic_partitions("accounts", accounts)
+    # A chunk per partition's input: the asset reads the limit, the result is the same.
+    monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "1")
+    result = dg.materialize(
+        [daily],
+        resources={"lake": LakeResource(root=str(lake.root))},
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": f"{ACCOUNT}|{DAYS[0].isoformat()}",
+            "dagster/asset_partition_range_end": f"{ACCOUNT}|{DAYS[-1].isoformat()}",
+        },
+    )
+    assert result.success
+    assert instance.get_materialized_partitions(daily.key) == {f"{ACCOUNT}|{d.isoformat()}" for d in DAYS}
+    assert lake.partitions("utilization_daily") == [(ACCOUNT, d.isoformat()) for d in DAYS]
+    materialization = result.asset_materializations_for_node(daily.node_def.name)[0]
+    assert materialization.metadata["batch/partitions"].value == len(DAYS)
+    assert materialization.metadata["batch/rows_per_partition"].value == {f"{ACCOUNT}|{d}": 8 for d in DAYS}
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations["unique_grain"].passed and evaluations["rows_present"].passed
+    assert evaluations["unique_grain"].metadata["partitions"].value == len(DAYS)
+    # Coverage is 90 % on each day (10 % of slots dropped): the warning check passes on every partition.
+    assert evaluations["coverage_above_threshold"].metadata["failed_partitions"].value == {}
+
+
+def test_batch_rows_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudopt_pipelines.assets.features import max_batch_rows
+
+    monkeypatch.delenv("CLOUDOPT_BATCH_MAX_ROWS", raising=False)
+    assert max_batch_rows() == 64_000_000
+    monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "2_000_000")
+    assert max_batch_rows() == 2_000_000
+    monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "lots")
+    with pytest.raises(ModelError, match="CLOUDOPT_BATCH_MAX_ROWS='lots' is not a positive whole number"):
+        max_batch_rows()

@@ -32,7 +32,14 @@ import pyarrow as pa
 
 from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions
 from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
-from cloudopt_pipelines.sqlmodels.runner import ModelError, ModelRun, SqlModel, execute_model_batch, load_models
+from cloudopt_pipelines.sqlmodels.runner import (
+    DEFAULT_MAX_BATCH_ROWS,
+    ModelError,
+    ModelRun,
+    SqlModel,
+    execute_model_batch,
+    load_models,
+)
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 
 # Tables the models may read that other stages write, with their partitioning and asset key.
@@ -48,6 +55,20 @@ WINDOW_ENV = {"utilization_window": "CLOUDOPT_UTILIZATION_WINDOW_DAYS"}
 DEFAULT_COVERAGE_WARN_BELOW = 50.0
 _PARTITIONS = {"account_date": account_daily_partitions, "date": daily_partitions, "none": None}
 _GRAIN_COLUMNS = re.compile(r"\(([^)]*)\)")
+
+
+def max_batch_rows() -> int:
+    """Input rows per batch statement: CLOUDOPT_BATCH_MAX_ROWS, else the runner's default."""
+    raw = os.environ.get("CLOUDOPT_BATCH_MAX_ROWS")
+    if not raw:
+        return DEFAULT_MAX_BATCH_ROWS
+    try:
+        rows = int(raw.replace("_", ""))
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise ModelError(f"CLOUDOPT_BATCH_MAX_ROWS={raw!r} is not a positive whole number of rows (e.g. 64000000)")
+    return rows
 
 
 def grain_columns(model: SqlModel) -> list[str]:
@@ -161,7 +182,13 @@ def _model_asset(
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         partitions = _run_partitions(context, model.partitioned_by)
         runs = execute_model_batch(
-            model, lake.get_lake(), partitioning, partitions, window_days=window, source_schemas=source_schemas()
+            model,
+            lake.get_lake(),
+            partitioning,
+            partitions,
+            window_days=window,
+            source_schemas=source_schemas(),
+            max_batch_rows=max_batch_rows(),
         )
         if len(runs) == 1:
             return dg.MaterializeResult(
