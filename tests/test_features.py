@@ -627,7 +627,10 @@ def test_a_range_run_materialises_every_partition_with_checks_over_the_batch(
     assert lake.partitions("utilization_daily") == [(ACCOUNT, d.isoformat()) for d in DAYS]
     materialization = result.asset_materializations_for_node(daily.node_def.name)[0]
     assert materialization.metadata["batch/partitions"].value == len(DAYS)
-    assert materialization.metadata["batch/rows_per_partition"].value == {f"{ACCOUNT}|{d}": 8 for d in DAYS}
+    assert materialization.metadata["batch/row_count"].value == 8 * len(DAYS)
+    assert materialization.metadata["batch/rows_per_partition_min"].value == 8
+    assert materialization.metadata["batch/empty_partitions"].value == []
+    assert "dagster/row_count" not in materialization.metadata  # the UI would show the total per partition
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert evaluations["unique_grain"].passed and evaluations["rows_present"].passed
     assert evaluations["unique_grain"].metadata["partitions"].value == len(DAYS)
@@ -645,3 +648,43 @@ def test_batch_rows_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "lots")
     with pytest.raises(ModelError, match="CLOUDOPT_BATCH_MAX_ROWS='lots' is not a positive whole number"):
         max_batch_rows()
+
+
+def test_a_batch_refuses_rows_without_a_partition_and_a_lake_root_with_an_equals_sign(
+    tmp_path: Path, raw: pd.DataFrame
+) -> None:
+    lake, partitions = _second_account(tmp_path, raw)
+    text = (REPO_SQL_DIR / "utilization_daily.sql").read_text()
+    models = tmp_path / "models"
+    models.mkdir()
+    stray = text.replace("ORDER BY account_id, date, resource_id", "") + (
+        "UNION ALL BY NAME SELECT NULL::VARCHAR AS account_id, DATE '2026-03-02' AS date, 'x' AS resource_id\n"
+    )
+    (models / "utilization_daily.sql").write_text(stray)
+    model = parse_model(models / "utilization_daily.sql")
+    before = lake.partitions("utilization_daily")
+    with pytest.raises(ModelError, match="1 row\\(s\\) with a NULL account_id"):
+        execute_model_batch(model, lake, PARTITIONING, partitions[:2], source_schemas=source_schemas())
+    assert lake.partitions("utilization_daily") == before
+    odd = Lake(tmp_path / "env=prod" / "lake")
+    with pytest.raises(ModelError, match=r"env=prod.*without '='"):
+        execute_model_batch(MODELS["utilization_daily"], odd, PARTITIONING, partitions[:1])
+
+
+def test_a_date_partitioned_batch_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "events_daily.sql").write_text(
+        "-- description: events per day\n-- grain: one row per (date)\n-- partitioned_by: date\n-- batch: true\n"
+        "SELECT date, count(*) AS events, sum(n) AS total FROM {{ ref('events') }} GROUP BY date ORDER BY date\n"
+    )
+    (model,) = load_models(models, {"events"})
+    lake = Lake(tmp_path / "lake")
+    for i, day in enumerate(DAYS):
+        # The file's own date column is wrong on purpose: the partition path decides.
+        lake.write("events", pa.table({"date": [date(2000, 1, 1)] * (i + 1), "n": list(range(i + 1))}), day=day)
+    runs = execute_model_batch(model, lake, {"events": "date", "events_daily": "date"}, [(None, d) for d in DAYS])
+    assert [r.table.to_pylist() for r in runs] == [
+        [{"date": d, "events": i + 1, "total": i * (i + 1) // 2}] for i, d in enumerate(DAYS)
+    ]
+    assert lake.read("events_daily", day=DAYS[2]).to_pylist() == [{"date": DAYS[2], "events": 3, "total": 3}]

@@ -10,8 +10,9 @@ Every model asset carries four checks, shown in the Dagster UI:
 - ``rows_present`` (error): the model wrote rows whenever its inputs had rows.
 
 Batch models (``-- batch: true``) have a single-run backfill policy: a backfill over many
-partitions materialises them in one run per account (Dagster holds one dimension of a multi-partition
-range fixed), and the runner computes them in one DuckDB statement per chunk. Their checks then
+partitions materialises them in one run per account or per day (Dagster holds fixed the dimension
+of a multi-partition range with fewer keys), and the runner computes them in one DuckDB statement
+per chunk. Their checks then
 evaluate the whole run: each check passes when it passes for every partition, and its metadata
 names the partitions that fail.
 
@@ -37,7 +38,7 @@ from cloudopt_pipelines.sqlmodels.runner import (
     ModelError,
     ModelRun,
     SqlModel,
-    execute_model_batch,
+    iter_model_batch,
     load_models,
 )
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
@@ -181,7 +182,7 @@ def _model_asset(
     )
     def _asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         partitions = _run_partitions(context, model.partitioned_by)
-        runs = execute_model_batch(
+        runs = iter_model_batch(
             model,
             lake.get_lake(),
             partitioning,
@@ -190,16 +191,20 @@ def _model_asset(
             source_schemas=source_schemas(),
             max_batch_rows=max_batch_rows(),
         )
-        if len(runs) == 1:
+        if len(partitions) == 1:
+            run = next(runs)
             return dg.MaterializeResult(
-                metadata=run_metadata(runs[0]),
-                check_results=check_results(model, runs[0], grain, threshold, has_coverage),
+                metadata=run_metadata(run), check_results=check_results(model, run, grain, threshold, has_coverage)
             )
+        # Checks and counts per partition as each chunk is written; the rows themselves are let go.
+        rows, input_rows, checks = [], 0, []
+        for run in runs:
+            rows.append(run.table.num_rows)
+            input_rows += run.input_rows
+            checks.append(check_results(model, run, grain, threshold, has_coverage))
         return dg.MaterializeResult(
-            metadata=batch_metadata(partitions, runs),
-            check_results=batch_check_results(
-                partitions, [check_results(model, r, grain, threshold, has_coverage) for r in runs]
-            ),
+            metadata=batch_metadata(partitions, rows, input_rows),
+            check_results=batch_check_results(partitions, checks),
         )
 
     return _asset
@@ -226,15 +231,18 @@ def _label(partition: tuple[str | None, date | None]) -> str:
     return "|".join(p for p in (account_id, day.isoformat() if day else None) if p)
 
 
-def batch_metadata(partitions: list[tuple[str | None, date | None]], runs: list[ModelRun]) -> dict:
-    """Metadata of a run over many partitions (Dagster records it on each of them)."""
+def batch_metadata(partitions: list[tuple[str | None, date | None]], rows: list[int], input_rows: int) -> dict:
+    """Metadata of a run over many partitions. Dagster records it on each partition of the run, so it
+    names the batch's totals as such (no ``dagster/row_count``, which the UI would show per partition)."""
     return {
-        "dagster/row_count": sum(r.table.num_rows for r in runs),
-        "batch/partitions": len(runs),
-        "batch/rows_per_partition": dg.MetadataValue.json(
-            {_label(p): r.table.num_rows for p, r in zip(partitions, runs, strict=True)}
+        "batch/partitions": len(rows),
+        "batch/row_count": sum(rows),
+        "batch/input_rows": input_rows,
+        "batch/rows_per_partition_min": min(rows),
+        "batch/rows_per_partition_max": max(rows),
+        "batch/empty_partitions": dg.MetadataValue.json(
+            [_label(p) for p, n in zip(partitions, rows, strict=True) if n == 0]
         ),
-        "batch/input_rows": sum(r.input_rows for r in runs),
     }
 
 
@@ -254,7 +262,7 @@ def batch_check_results(
                 metadata={
                     "partitions": len(results),
                     "failed_partitions": dg.MetadataValue.json(
-                        {k: {m: getattr(v, "value", v) for m, v in meta.items()} for k, meta in failed.items()}
+                        {k: {m: _plain(v) for m, v in meta.items()} for k, meta in failed.items()}
                     ),
                 },
             )
@@ -319,6 +327,16 @@ def check_results(
             )
         )
     return results
+
+
+def _plain(value: object) -> object:
+    """A check's metadata value as JSON (what MetadataValue.json accepts)."""
+    value = getattr(value, "value", value)
+    if value is None or isinstance(value, (bool, int, str, list, dict)):
+        return value
+    if isinstance(value, float):
+        return value if value == value else None  # NaN is not JSON
+    return str(value)
 
 
 def _expected_sources(model: SqlModel, run: ModelRun) -> list[str]:

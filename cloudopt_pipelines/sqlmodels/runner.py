@@ -57,6 +57,7 @@ import functools
 import graphlib
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -303,7 +304,7 @@ def execute_model(
     _check_partition_args(model, account_id, day)
     if model.batch:
         return execute_model_batch(
-            model, lake, known_tables, [(account_id, day)], connection, source_schemas=source_schemas
+            model, lake, known_tables, [(account_id, day)], connection, window_days, source_schemas
         )[0]
     window = None
     if model.window_days is not None:
@@ -368,7 +369,12 @@ def execute_model(
     return ModelRun(result, inputs, window, window_start)
 
 
-def execute_model_batch(
+def execute_model_batch(*args, **kwargs) -> list[ModelRun]:
+    """``iter_model_batch`` (the same arguments) as a list: one ModelRun per partition, each written."""
+    return list(iter_model_batch(*args, **kwargs))
+
+
+def iter_model_batch(
     model: SqlModel,
     lake: Lake,
     known_tables: dict[str, str],
@@ -377,29 +383,47 @@ def execute_model_batch(
     window_days: int | None = None,
     source_schemas: dict[str, pa.Schema] | None = None,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
-) -> list[ModelRun]:
-    """Run ``model`` for every partition of ``partitions`` and write each; one ModelRun per partition.
+) -> Iterator[ModelRun]:
+    """Run ``model`` for every partition of ``partitions`` and write each, yielding a ModelRun per partition.
 
     A ``batch: true`` model runs one statement per chunk of partitions (see the module docstring);
     any other model runs partition by partition on one connection. Every dependency partition is
     looked up before anything runs: a missing one is an error naming it, and nothing is written.
+    Runs come as each chunk is written, so a caller need not hold every partition's rows at once.
     """
     partitions = list(dict.fromkeys(partitions))
     con = connection or duckdb.connect()
     if not model.batch:
-        return [execute_model(model, lake, known_tables, a, d, con, window_days, source_schemas) for a, d in partitions]
+        for account_id, day in partitions:
+            yield execute_model(model, lake, known_tables, account_id, day, con, window_days, source_schemas)
+        return
     if window_days is not None:
         raise ModelError(f"model '{model.name}' has no window_days header; it cannot run over a window")
+    if not partitions:
+        return
     for account_id, day in partitions:
         _check_partition_args(model, account_id, day)
+    _check_lake_root(model, lake)
     if con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] != "UTC":
         con.execute("SET TimeZone = 'UTC'")
     deps = model.dependencies(set(known_tables))
     files = {p: _partition_inputs(model, lake, known_tables, deps, *p) for p in partitions}
-    runs: list[ModelRun] = []
     for chunk in _chunks(partitions, files, max_batch_rows):
-        runs.extend(_run_batch(model, lake, deps, chunk, files, con, source_schemas))
-    return runs
+        # Listed again just before the chunk runs: an upstream partition rewritten meanwhile has a
+        # new file name (the lake never rewrites a file in place).
+        current = {p: _partition_inputs(model, lake, known_tables, deps, *p) for p in chunk}
+        yield from _run_batch(model, lake, known_tables, deps, chunk, current, con, source_schemas)
+
+
+def _check_lake_root(model: SqlModel, lake: Lake) -> None:
+    """Batch views read account_id and date from the path: DuckDB parses every ``k=v`` folder of it."""
+    root = lake.root.resolve()
+    if any("=" in part for part in root.parts):
+        raise ModelError(
+            f"model '{model.name}' is a batch model, which reads each row's account_id and date from its "
+            f"partition path, and the lake root {root} has a folder with '=' in its name, which DuckDB would "
+            "read as a partition value; put the lake (CLOUDOPT_HOME) under a path without '='"
+        )
 
 
 def _partition_inputs(
@@ -435,9 +459,13 @@ def _chunks(partitions: list, files: dict, max_rows: int) -> list[list]:
     return chunks
 
 
+_HIVE_TYPES = {"account_date": "{'account_id': VARCHAR, 'date': DATE}", "date": "{'date': DATE}"}
+
+
 def _run_batch(
     model: SqlModel,
     lake: Lake,
+    known_tables: dict[str, str],
     deps: tuple[str, ...],
     chunk: list[tuple[str | None, date | None]],
     files: dict,
@@ -451,14 +479,17 @@ def _run_batch(
             continue
         listing = ", ".join(f"'{p}'" for p in paths)
         row_number = ", file_row_number = true" if dep in model.file_row_number else ""
-        hive_types = "{'account_id': VARCHAR, 'date': DATE}" if "account_id=" in paths[0] else "{'date': DATE}"
-        if "date=" not in paths[0]:
+        hive_types = _HIVE_TYPES.get(known_tables[dep])
+        if hive_types is None:
             options = "hive_partitioning = false"
         else:
             options = f"hive_partitioning = true, hive_types = {hive_types}, hive_types_autocast = false"
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet([{listing}], {options}{row_number})"
-        )
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {dep} AS SELECT * FROM read_parquet([{listing}], {options}{row_number})"
+            )
+        except duckdb.Error as exc:
+            raise ModelError(f"model '{model.name}': cannot read the partitions of '{dep}': {exc}") from exc
     sql = _VAR.sub(lambda m: _literal(m.group(1), {}, model), model.render())
     try:
         result = con.sql(sql).to_arrow_table()
@@ -489,11 +520,18 @@ def _split_by_partition(
     if result.num_rows == 0:
         return {}
     by_account = model.partitioned_by == "account_date"
-    accounts = result.column("account_id") if by_account else pa.nulls(result.num_rows, pa.string())
-    codes = pc.dictionary_encode(accounts).combine_chunks()
-    # Null accounts (a date-partitioned model) come out as NaN: code 0, whose value is None.
-    account_code = np.nan_to_num(codes.indices.to_numpy(zero_copy_only=False)).astype(np.int64)
-    account_values = codes.dictionary.to_pylist() or [None]
+    for column in ("account_id", "date") if by_account else ("date",):
+        if result.column(column).null_count:
+            raise ModelError(
+                f"model '{model.name}' wrote {result.column(column).null_count} row(s) with a NULL {column}; "
+                f"every row must carry its partition's {column} (select it from the inputs)"
+            )
+    if by_account:
+        codes = pc.dictionary_encode(result.column("account_id")).combine_chunks()
+        account_code = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        account_values: list[str | None] = codes.dictionary.to_pylist()
+    else:
+        account_code, account_values = np.zeros(result.num_rows, dtype=np.int64), [None]
     days = result.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
     key = account_code << 32 | (days - days.min())
     # Accounts are coded in order of first appearance, so a statement ordered by account_id, date
