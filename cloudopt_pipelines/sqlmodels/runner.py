@@ -313,8 +313,7 @@ def execute_model(
         raise ModelError(f"model '{model.name}' has no window_days header; it cannot run over a window")
     window_start = day - timedelta(days=window - 1) if window and day else None
     con = connection or duckdb.connect()
-    if con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] != "UTC":
-        con.execute("SET TimeZone = 'UTC'")  # ICU: a few ms, worth skipping on a reused connection
+    _use_utc(con)
     inputs: dict[str, InputRead] = {}
     for dep in model.dependencies(set(known_tables)):
         partitioning = known_tables[dep]
@@ -404,15 +403,20 @@ def iter_model_batch(
     for account_id, day in partitions:
         _check_partition_args(model, account_id, day)
     _check_lake_root(model, lake)
-    if con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] != "UTC":
-        con.execute("SET TimeZone = 'UTC'")
+    _use_utc(con)
     deps = model.dependencies(set(known_tables))
     files = {p: _partition_inputs(model, lake, known_tables, deps, *p) for p in partitions}
-    for chunk in _chunks(partitions, files, max_batch_rows):
-        # Listed again just before the chunk runs: an upstream partition rewritten meanwhile has a
-        # new file name (the lake never rewrites a file in place).
-        current = {p: _partition_inputs(model, lake, known_tables, deps, *p) for p in chunk}
-        yield from _run_batch(model, lake, known_tables, deps, chunk, current, con, source_schemas)
+    for index, chunk in enumerate(_chunks(partitions, files, max_batch_rows)):
+        if index:
+            # Listed again before a later chunk runs: an upstream partition rewritten meanwhile has
+            # a new file name (the lake never rewrites a file in place).
+            files.update({p: _partition_inputs(model, lake, known_tables, deps, *p) for p in chunk})
+        yield from _run_batch(model, lake, known_tables, deps, chunk, files, con, source_schemas)
+
+
+def _use_utc(con: duckdb.DuckDBPyConnection) -> None:
+    if con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0] != "UTC":
+        con.execute("SET TimeZone = 'UTC'")  # ICU: a few ms, worth skipping on a reused connection
 
 
 def _check_lake_root(model: SqlModel, lake: Lake) -> None:
@@ -514,18 +518,17 @@ def _split_by_partition(
     model: SqlModel, result: pa.Table, chunk: list[tuple[str | None, date | None]]
 ) -> dict[tuple[str | None, date | None], pa.Table]:
     """The result's rows per (account_id, date), in the statement's order; rows of another partition are an error."""
-    for column in ("account_id", "date") if model.partitioned_by == "account_date" else ("date",):
-        if column not in result.column_names:
-            raise ModelError(f"model '{model.name}' must select a '{column}' column (it is partitioned by it)")
-    if result.num_rows == 0:
-        return {}
     by_account = model.partitioned_by == "account_date"
     for column in ("account_id", "date") if by_account else ("date",):
+        if column not in result.column_names:
+            raise ModelError(f"model '{model.name}' must select a '{column}' column (it is partitioned by it)")
         if result.column(column).null_count:
             raise ModelError(
                 f"model '{model.name}' wrote {result.column(column).null_count} row(s) with a NULL {column}; "
                 f"every row must carry its partition's {column} (select it from the inputs)"
             )
+    if result.num_rows == 0:
+        return {}
     if by_account:
         codes = pc.dictionary_encode(result.column("account_id")).combine_chunks()
         account_code = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
