@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-PROTECT_TAG_KEY = "cloudopt:protect"
-PROTECT_TAG_VALUES = ("true", "1", "yes")
-ENVIRONMENT_TAG_KEYS = ("env", "environment", "Environment")
-PRODUCTION_VALUES = ("prod", "production", "prd", "live")
+from cloudopt_pipelines import vocabulary
+from cloudopt_pipelines.vocabulary import ENVIRONMENT_TAG_KEYS, PRODUCTION_VALUES, PROTECT_TAG_KEY, PROTECT_TAG_VALUES
+
 # Actions that stop or terminate something: none of them reaches production unless allowed explicitly.
 STOPS_OR_TERMINATES = ("resize", "schedule", "resize+schedule", "stop", "terminate", "spot")
 PRODUCTION_ALLOWED_ACTIONS = ("delete_volume", "release_address", "reserve", "savings_plan")
@@ -180,12 +179,12 @@ class ExecutorPolicy:
         return False, ""
 
     def environment(self, tags: Mapping[str, str]) -> tuple[str | None, bool]:
-        """(environment tag value, is production) from the live tags."""
-        for key in self.environment_tag_keys:
-            if tags.get(key):
-                value = tags[key].strip()
-                return value, value.lower() in self.production_values
-        return None, self.untagged_is_production
+        """(environment tag value, is production) from the live tags: any production-like tag wins."""
+        production = vocabulary.is_production(
+            tags, self.environment_tag_keys, self.production_values, untagged=self.untagged_is_production
+        )
+        deciding = vocabulary.environment_of(tags, self.environment_tag_keys, self.production_values)
+        return (deciding[1] if deciding else None), production
 
     def production_check(self, action: str, tags: Mapping[str, str]) -> tuple[bool, str]:
         env, production = self.environment(tags)

@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from cloudopt_pipelines import vocabulary
 from cloudopt_pipelines.optimizers.linear import KEEP, LinearOptimizer, Solution, check_plan
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
@@ -469,12 +470,29 @@ def label_candidates(
     for cand in candidates:
         tags = tags_of.get((cand.account_id, cand.resource_id), {})
         group = next((tags[t].strip() for t in config.group_tags if tags.get(t, "").strip()), config.default_group)
-        env_tag = next((tags[t].strip() for t in config.environment_tags if tags.get(t, "").strip()), "")
-        env = (
-            config.environment_aliases.get(env_tag.lower(), env_tag.lower()) if env_tag else config.default_environment
-        )
+        env_tag, env = _environment(tags, config)
         out[cand.key] = Label(group.replace("/", "_"), env.replace("/", "_"), env_tag)
     return out
+
+
+def _environment(tags: Mapping[str, str], config: PlanConfig) -> tuple[str, str]:
+    """(the deciding tag value, the environment cell) under the vocabulary's production rule.
+
+    Any production-like environment tag makes the resource production, whatever the other environment
+    tags say; a value such as ``prod-eu`` that is not an alias goes to the environment of the
+    production value it starts with (``prod``), so that production's rules hold for it.
+    """
+    deciding = vocabulary.environment_of(tags, config.environment_tags)
+    if deciding is None:
+        return "", config.default_environment
+    value = deciding[1]
+    aliases = config.environment_aliases
+    match = vocabulary.production_match(value)
+    if value.lower() in aliases:
+        return value, aliases[value.lower()]
+    if match is not None:
+        return value, aliases.get(match, "prod")
+    return value, value.lower()
 
 
 # ----------------------------------------------------------------------------------- problem

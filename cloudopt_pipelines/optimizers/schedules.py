@@ -23,10 +23,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from cloudopt_pipelines import vocabulary
+from cloudopt_pipelines.vocabulary import ENVIRONMENT_TAG_KEYS, PRODUCTION_VALUES
+
 HOURS_PER_WEEK = 168
 HOURS_PER_MONTH = 730.0
-ENVIRONMENT_TAG_KEYS = ("env", "environment", "Environment")
-PRODUCTION_VALUES = ("prod", "production", "prd", "live")
 TIMEZONE_TAG_KEYS = ("tz", "timezone", "Timezone", "TimeZone")
 GROUP_TAG_KEYS = (
     "aws:autoscaling:groupName",
@@ -72,11 +73,11 @@ def timezone_of(tags: Mapping[str, str], keys: Sequence[str] = TIMEZONE_TAG_KEYS
 
 
 def is_production(tags: Mapping[str, str], keys: Sequence[str] = ENVIRONMENT_TAG_KEYS) -> bool:
-    """True when an environment tag says production; untagged instances count as production (safe side)."""
-    for key in keys:
-        if tags.get(key):
-            return tags[key].strip().lower() in PRODUCTION_VALUES
-    return True
+    """True when any environment tag says production; untagged instances count as production (safe side).
+
+    The rule is :func:`cloudopt_pipelines.vocabulary.is_production`, the one the executor applies.
+    """
+    return vocabulary.is_production(tags, keys, PRODUCTION_VALUES)
 
 
 def is_group_member(tags: Mapping[str, str]) -> bool:
@@ -262,7 +263,5 @@ def stopped_mask(events: Sequence[tuple[int, int, bool]]) -> np.ndarray:
 
 
 def _env(tags: Mapping[str, str], keys: Sequence[str]) -> str:
-    for key in keys:
-        if tags.get(key):
-            return f"{key}={tags[key]}"
-    return "no environment tag"
+    values = vocabulary.environment_values(tags, keys)
+    return ", ".join(f"{k}={v}" for k, v in values) if values else "no environment tag"

@@ -63,8 +63,9 @@ from cloudopt_pipelines.optimizers.standalone_actions import (
     recommend_spot,
 )
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
+from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 
-PROTECT_TAG = "cloudopt:protect"
+PROTECT_TAG = PROTECT_TAG_KEY
 TS = pa.timestamp("us", tz="UTC")
 
 
@@ -243,7 +244,7 @@ def optimize_standalone_instance(
     )
     policy = config.sizing_policy
     resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
-    protected = str(inst.tags.get(PROTECT_TAG, "")).lower() in ("true", "1", "yes")
+    protected = is_protected(inst.tags)
     current_cost = current.monthly_usd
     options: list[InstanceOption] = []
 

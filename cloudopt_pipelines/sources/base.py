@@ -10,10 +10,22 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from cloudopt_pipelines.vocabulary import (
+    ASG,
+    CLUSTER_TAG_KEY,
+    CUSTOM_CLUSTER,
+    ECS,
+    EMR,
+    ENVIRONMENT_TAG_KEYS,
+    KUBERNETES,
+    SERVICE_TAG_KEYS,
+    STANDALONE,
+    TEAM_TAG_KEYS,
+    environment_of,
+)
+
 SCHEDULABLE_STATUSES = frozenset({"ACTIVE", "CONFIGURED"})
-ENV_TAG_KEYS = ("env", "environment", "Environment")
-TEAM_TAG_KEYS = ("team", "Team", "owner", "Owner")
-SERVICE_TAG_KEYS = ("service", "Service", "app", "App")
+ENV_TAG_KEYS = ENVIRONMENT_TAG_KEYS
 
 
 @dataclass
@@ -53,22 +65,25 @@ class Collector(Protocol):
 def classify_deployment(tags: Mapping[str, str], ecs_member: bool = False) -> str:
     """The deployment type of an EC2 instance from its tags and cluster membership.
 
-    An instance that belongs to a cluster or a group is never sized as a standalone instance.
+    An instance that belongs to a cluster or a group is never sized as a standalone instance; one tagged
+    ``cloudopt:cluster`` belongs to a self-managed cluster (``custom_cluster``).
     """
     keys = set(tags)
     if "aws:elasticmapreduce:job-flow-id" in keys:
-        return "emr"
+        return EMR
     if (
         "eks:cluster-name" in keys
         or any(k.startswith("kubernetes.io/cluster/") for k in keys)
         or any(k.startswith("karpenter.sh/") or k.startswith("karpenter.k8s.aws/") for k in keys)
     ):
-        return "kubernetes"
+        return KUBERNETES
     if ecs_member or "aws:ecs:clusterName" in keys:
-        return "ecs"
+        return ECS
+    if CLUSTER_TAG_KEY in keys:
+        return CUSTOM_CLUSTER
     if "aws:autoscaling:groupName" in keys:
-        return "asg"
-    return "standalone"
+        return ASG
+    return STANDALONE
 
 
 def first_tag(tags: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
@@ -80,10 +95,15 @@ def first_tag(tags: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
 
 
 def tag_columns(tags: Mapping[str, str]) -> dict[str, str | None]:
-    """The tag-derived columns of the ``resources`` table: name, env, team, service and the JSON tags."""
+    """The tag-derived columns of the ``resources`` table: name, env, team, service and the JSON tags.
+
+    ``env`` is the environment tag that decides (``vocabulary.environment_of``): with conflicting
+    environment tags, the production-like one.
+    """
+    env = environment_of(tags)
     return {
         "name": tags.get("Name"),
-        "env": first_tag(tags, ENV_TAG_KEYS),
+        "env": env[1] if env else None,
         "team": first_tag(tags, TEAM_TAG_KEYS),
         "service": first_tag(tags, SERVICE_TAG_KEYS),
         "tags": tags_json(tags),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# Re-exported: the resources table's resource_kind and deployment_type take these values.
+from cloudopt_pipelines.vocabulary import DEPLOYMENT_TYPES, RESOURCE_KINDS  # noqa: F401
+
 TS = pa.timestamp("us", tz="UTC")
 
 PRICE_CATALOG = pa.schema(
@@ -235,19 +238,6 @@ TABLES: dict[str, pa.Schema] = {
     "executed_actions": EXECUTED_ACTIONS,
 }
 
-RESOURCE_KINDS = (
-    "ec2_instance",
-    "ebs_volume",
-    "elastic_ip",
-    "asg",
-    "ecs_cluster",
-    "ecs_service",
-    "emr_cluster",
-    "eks_cluster",
-    "eks_nodegroup",
-)
-
-DEPLOYMENT_TYPES = ("standalone", "asg", "kubernetes", "ecs", "emr")
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

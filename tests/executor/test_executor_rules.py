@@ -229,3 +229,21 @@ def test_a_plan_that_failed_its_constraint_check_is_never_approved_nor_executed(
     with pytest.raises(PlanError, match="for another plan than plan-1"):
         home.run(executor_aws(moto_url), mode="apply")
     assert instance(ec2, iid)["InstanceType"] == "m5.xlarge"  # read back from the server: untouched
+
+
+def test_conflicting_environment_tags_count_as_production(home, ec2, moto_url) -> None:
+    # env=dev first and Environment=prod second: the production tag wins, whatever the order.
+    conflicting = run_instance(ec2, {"Name": "web", "env": "dev", "Environment": "prod"}, "m5.xlarge")
+    prefixed = run_instance(ec2, {"Name": "api", "env": "prod-eu"}, "m5.xlarge")
+    home.write_plan(
+        [
+            plan_row(conflicting, "resize", RESIZE, env="dev"),
+            plan_row(prefixed, "stop", {"state": "stopped"}, env="dev"),
+        ]
+    )
+    home.approve_all()
+    outcomes = {d.resource_id: (d.outcome, d.reason) for d in home.run(executor_aws(moto_url)).decisions}
+    assert outcomes[conflicting][0] == "skipped" and "live tag environment=prod" in outcomes[conflicting][1]
+    assert outcomes[prefixed][0] == "skipped" and "live tag environment=prod-eu" in outcomes[prefixed][1]
+    assert instance(ec2, conflicting)["InstanceType"] == "m5.xlarge"
+    assert instance(ec2, prefixed)["State"]["Name"] == "running"
