@@ -110,7 +110,7 @@ def test_spot_needs_a_stateless_tag_and_no_critical_one():
 def test_orphans_are_priced_as_estimates():
     vol = find_orphans("vol-1", "ebs_volume", {"attached_to": None, "size_gib": 500, "volume_type": "gp2"})
     assert vol.monthly_cost_usd == 50.0 and vol.is_estimate and vol.action == "delete_volume"
-    assert find_orphans("vol-2", "ebs_volume", {"attached_to": "i-1", "size_gib": 10}) is None
+    assert find_orphans("vol-2", "ebs_volume", {"attached_to": "i-1", "size_gib": 10, "volume_type": "gp3"}) is None
     eip = find_orphans("eip-1", "elastic_ip", {"associated_with": None})
     assert eip.monthly_cost_usd == pytest.approx(3.65)
     assert find_orphans("eip-2", "elastic_ip", {"associated_with": "eni-1"}) is None

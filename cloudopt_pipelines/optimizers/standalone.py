@@ -62,7 +62,7 @@ from cloudopt_pipelines.optimizers.standalone_actions import (
     find_orphans,
     recommend_spot,
 )
-from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
+from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, AttributesError
 from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 
 PROTECT_TAG = PROTECT_TAG_KEY
@@ -462,6 +462,7 @@ class AccountRecommendations:
 
     table: pa.Table
     commitments: tuple[CommitmentRecommendation, ...]
+    notes: tuple[str, ...] = ()  # resources left out, and why
 
     def commitments_table(self) -> list[dict[str, Any]]:
         """One dict per (region, family): what to buy, for a report or the asset metadata."""
@@ -500,12 +501,17 @@ def recommend_account(
     """
     config = config or StandaloneConfig()
     rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     steady: list[SteadyUsage] = []
     by_resource = _split_by_resource(utilization)
     for res in resources.to_pylist():
         kind = res.get("resource_kind")
         if kind in ("ebs_volume", "elastic_ip"):
-            orphan = find_orphans(res["resource_id"], kind, json.loads(res.get("attributes") or "{}"))
+            try:
+                orphan = find_orphans(res["resource_id"], kind, res.get("attributes"))
+            except AttributesError as exc:  # never guess "unattached" from attributes off the schema
+                notes.append(f"{res['resource_id']} not analysed: {exc}")
+                continue
             if orphan is not None:
                 rows.extend(_orphan_rows(account_id, day, res, orphan))
             continue
@@ -535,7 +541,7 @@ def recommend_account(
         tuple(recommend_commitments(steady, reserved, terms=config.commitment_terms)) if reserved is not None else ()
     )
     table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
-    return AccountRecommendations(table=table, commitments=commitments)
+    return AccountRecommendations(table=table, commitments=commitments, notes=tuple(notes))
 
 
 def instance_rows(

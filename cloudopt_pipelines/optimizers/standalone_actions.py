@@ -5,16 +5,19 @@
   catalogue's estimate (on-demand x (1 - Spot Advisor savings %)) with the Advisor's interruption band.
 - **Idle instances** (max CPU <= 1 % over the window and low network where known): stop, or terminate
   after a snapshot. A stopped instance still pays for its EBS volumes.
-- **Unattached EBS volumes** (``attributes.attached_to`` null) and **unassociated Elastic IPs**
-  (``associated_with`` null). Prices are the us-east-1 list prices below, flagged as estimates in every
-  other region and always as estimates in the table (``is_estimate``), since they are not read from a
-  price file.
+- **Unattached EBS volumes** (``attributes.attached_to`` null and ``attached_instances`` empty) and
+  **unassociated Elastic IPs** (``associated_with`` null). Prices are the us-east-1 list prices below,
+  flagged as estimates in every other region and always as estimates in the table (``is_estimate``),
+  since they are not read from a price file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from cloudopt_pipelines.storage.schemas import validate_attributes
+from cloudopt_pipelines.vocabulary import EBS_VOLUME, ELASTIC_IP
 
 HOURS_PER_MONTH = 730.0
 SPOT_WORKLOAD_TAG = "workload"
@@ -108,9 +111,21 @@ def ebs_monthly_usd(size_gib: float, volume_type: str) -> float:
     return float(size_gib) * EBS_USD_PER_GB_MONTH.get(volume_type, EBS_USD_PER_GB_MONTH["gp2"])
 
 
-def find_orphans(resource_id: str, resource_kind: str, attributes: Mapping[str, object]) -> OrphanFinding | None:
-    """An unattached EBS volume or an unassociated Elastic IP, priced; None for anything else."""
-    if resource_kind == "ebs_volume" and attributes.get("attached_to") is None:
+def find_orphans(
+    resource_id: str, resource_kind: str, attributes: str | Mapping[str, object] | None
+) -> OrphanFinding | None:
+    """An unattached EBS volume or an unassociated Elastic IP, priced; None for anything else.
+
+    ``attributes`` must follow the kind's schema (``storage/schemas.py`` ``RESOURCE_ATTRIBUTES``): a
+    volume without ``attached_to`` (a partition written before the schema, or by a collector that does
+    not follow it) raises :class:`~cloudopt_pipelines.storage.schemas.AttributesError` instead of
+    passing for unattached.
+    """
+    if resource_kind not in (EBS_VOLUME, ELASTIC_IP):
+        return None
+    attributes = validate_attributes(resource_kind, resource_id, attributes)
+    attached = attributes.get("attached_to") is not None or bool(attributes.get("attached_instances"))
+    if resource_kind == EBS_VOLUME and not attached:
         size = float(attributes.get("size_gib") or 0)
         vtype = str(attributes.get("volume_type") or "gp2")
         cost = ebs_monthly_usd(size, vtype)
@@ -126,7 +141,7 @@ def find_orphans(resource_id: str, resource_kind: str, attributes: Mapping[str, 
                 "Snapshot it if the data may be needed, then delete it."
             ),
         )
-    if resource_kind == "elastic_ip" and attributes.get("associated_with") is None:
+    if resource_kind == ELASTIC_IP and attributes.get("associated_with") is None:
         cost = EIP_USD_PER_HOUR * HOURS_PER_MONTH
         return OrphanFinding(
             resource_id=resource_id,

@@ -576,7 +576,7 @@ class AwsCollector:
                     "parent_id": attached[0] if attached else None,
                     "attributes": _json(
                         {
-                            "attached": bool(attached),
+                            "attached_to": attached[0] if attached else None,
                             "attached_instances": attached,
                             "volume_type": v.get("VolumeType"),
                             "size_gib": v.get("Size"),
@@ -600,7 +600,8 @@ class AwsCollector:
                     "zone": a.get("NetworkBorderGroup"),
                     "state": "unassociated",
                     "attributes": _json(
-                        {"public_ip": a.get("PublicIp"), "domain": a.get("Domain"), "associated": False}
+                        # Only unassociated addresses are listed (_unassociated_addresses).
+                        {"public_ip": a.get("PublicIp"), "domain": a.get("Domain"), "associated_with": None}
                     ),
                 }
             )

@@ -114,7 +114,7 @@ class DemoCollector:
             )
         region = account["regions"][0]
         for item in account["groups"] + account["other"]:
-            attributes = {k: v for k, v in item.items() if k not in ("resource_kind", "resource_id", "parent_id")}
+            attributes = _attributes(item)
             rows.append(
                 {
                     **base,
@@ -166,6 +166,41 @@ class DemoCollector:
             conform(table, UTILIZATION_5M, "utilization_5m"),
             {"samples": table.num_rows, "series": len(set(table.column("resource_id").to_pylist()))},
         )
+
+
+# The demo fleet file's own short keys -> the ``resources.attributes`` schema (storage/schemas.py).
+_RENAMED = {
+    "asg": {"min": "min_size", "desired": "desired_capacity", "max": "max_size"},
+    "eks_nodegroup": {"min": "min_size", "desired": "desired_size", "max": "max_size"},
+    "ecs_cluster": {"container_instances": "registered_container_instances"},
+}
+# Keys of the fleet file that are columns of ``resources``, not attributes.
+_COLUMNS = ("resource_kind", "resource_id", "parent_id", "instance_type", "state", "name", "zone_suffix")
+
+
+def _attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """The ``attributes`` of one demo group or other resource, in the schema every collector writes."""
+    kind = item["resource_kind"]
+    renamed = _RENAMED.get(kind, {})
+    out = {renamed.get(k, k): v for k, v in item.items() if k not in _COLUMNS}
+    if kind == "eks_nodegroup" and item.get("instance_type"):
+        out["instance_types"] = [item["instance_type"]]
+    if kind == "ebs_volume":
+        out["attached_instances"] = [out["attached_to"]] if out.get("attached_to") else []
+    if kind == "emr_cluster":
+        market = out.pop("market", None)
+        counts = {role: out.pop(f"{role.lower()}_count", 0) for role in ("MASTER", "CORE", "TASK")}
+        out.update(
+            cluster_id=item["resource_id"],
+            instance_collection_type="INSTANCE_GROUP",
+            idle=item.get("state") == "WAITING",
+            instance_groups=[
+                {"role": role, "instance_type": None, "market": market, "requested": n, "running": n, "state": None}
+                for role, n in counts.items()
+                if n
+            ],
+        )
+    return out
 
 
 def _parent_of(tags: dict[str, str]) -> str | None:

@@ -6,6 +6,10 @@ all partitions never see two shapes of one table. ``docs/warehouse.md`` document
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 import pyarrow as pa
 
 # Re-exported: the resources table's resource_kind and deployment_type take these values.
@@ -239,6 +243,183 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+# ------------------------------------------------------------------------------- resources.attributes
+
+# The one schema of ``resources.attributes`` per resource kind, shared by every collector (AWS, demo) and
+# read by the optimisers: key -> (required, allowed JSON types or None for any, meaning). A key outside
+# its kind's list, a required key missing or a value of another type is an error when the table is
+# written (``conform``), naming the resource and the key. ``docs/warehouse.md`` lists them.
+_ANY = None
+_STR = (str,)
+_NUM = (int, float)
+_LIST = (list,)
+AttributeSpec = tuple[bool, tuple[type, ...] | None, str]
+RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
+    "ec2_instance": {
+        "cwagent_memory": (False, (bool,), "the CloudWatch agent reports memory"),
+        "auto_scaling_group": (False, _STR, "Auto Scaling group name"),
+        "ecs_cluster_arn": (False, _STR, "ECS cluster of a container instance"),
+        "ecs_container_instance_arn": (False, _STR, "ECS container instance"),
+        "ecs_registered_resources": (False, (dict,), "ECS registered CPU / memory"),
+        "ecs_remaining_resources": (False, (dict,), "ECS remaining CPU / memory"),
+        "ecs_running_tasks": (False, (int,), "ECS tasks running on it"),
+        "emr_cluster_id": (False, _STR, "EMR cluster id"),
+        "eks_cluster": (False, _STR, "EKS cluster name"),
+        "eks_nodegroup": (False, _STR, "EKS node group name"),
+        "image_id": (False, _STR, "AMI id"),
+        "vpc_id": (False, _STR, "VPC"),
+        "subnet_id": (False, _STR, "subnet"),
+        "tenancy": (False, _STR, "default, dedicated or host"),
+        "ebs_optimized": (False, (bool,), "EBS-optimised"),
+        "monitoring": (False, _STR, "detailed monitoring state"),
+        "spot_instance_request_id": (False, _STR, "Spot request"),
+        "capacity_reservation_id": (False, _STR, "capacity reservation"),
+        "membership_source": (False, _STR, "tags or api: where group / cluster membership was seen"),
+    },
+    "ebs_volume": {
+        "attached_to": (True, _STR, "the instance it is attached to (the first), null when unattached"),
+        "attached_instances": (False, _LIST, "every instance it is attached to (multi-attach)"),
+        "volume_type": (True, _STR, "gp3, gp2, io1, io2, st1, sc1 or standard"),
+        "size_gib": (True, _NUM, "size in GiB"),
+        "iops": (False, _NUM, "provisioned IOPS"),
+        "throughput_mibps": (False, _NUM, "provisioned throughput"),
+        "encrypted": (False, (bool,), "encrypted"),
+        "snapshot_id": (False, _STR, "snapshot it was created from"),
+    },
+    "elastic_ip": {
+        "associated_with": (True, _STR, "instance or network interface it is associated with, null when not"),
+        "public_ip": (False, _STR, "the address"),
+        "domain": (False, _STR, "vpc or standard"),
+    },
+    "asg": {
+        "min_size": (False, (int,), "minimum size"),
+        "desired_capacity": (False, (int,), "desired capacity"),
+        "max_size": (False, (int,), "maximum size"),
+        "instance_ids": (False, _LIST, "member instances"),
+        "launch_template": (False, _STR, "launch template name or id"),
+        "launch_configuration": (False, _STR, "launch configuration"),
+        "mixed_instances_policy": (False, (dict,), "mixed instances policy"),
+        "capacity_rebalance": (False, (bool,), "capacity rebalancing"),
+    },
+    "ecs_cluster": {
+        "registered_container_instances": (False, (int,), "container instances registered"),
+        "container_instances_seen": (False, (int,), "container instances the collector listed"),
+        "running_tasks": (False, (int,), "tasks running"),
+        "pending_tasks": (False, (int,), "tasks pending"),
+        "active_services": (False, (int,), "active services"),
+        "capacity_providers": (False, _LIST, "capacity providers"),
+        "default_capacity_provider_strategy": (False, _LIST, "default strategy"),
+        "settings": (False, (dict,), "cluster settings"),
+    },
+    "ecs_service": {
+        "desired_count": (False, (int,), "desired tasks"),
+        "running_count": (False, (int,), "running tasks"),
+        "pending_count": (False, (int,), "pending tasks"),
+        "launch_type": (False, _STR, "EC2, FARGATE or EXTERNAL"),
+        "capacity_provider_strategy": (False, _LIST, "capacity-provider strategy"),
+        "scheduling_strategy": (False, _STR, "REPLICA or DAEMON"),
+        "task_definition": (False, _STR, "task definition"),
+    },
+    "emr_cluster": {
+        "cluster_id": (False, _STR, "the j-... id"),
+        "release_label": (False, _STR, "EMR release"),
+        "instance_collection_type": (False, _STR, "INSTANCE_GROUP or INSTANCE_FLEET"),
+        "instance_groups": (False, _LIST, "role, instance_type, market, requested, running, state per group"),
+        "instance_fleets": (False, _LIST, "type, targets, provisioned capacity, instance types per fleet"),
+        "idle": (False, (bool,), "state WAITING: up with no step running"),
+        "ready_time": (False, _STR, "when it became ready"),
+        "normalized_instance_hours": (False, _NUM, "normalised instance hours so far"),
+        "auto_terminate": (False, (bool,), "terminates after its steps"),
+        "auto_termination_idle_timeout": (False, _ANY, "auto-termination policy"),
+    },
+    "eks_cluster": {
+        "version": (False, _STR, "Kubernetes version"),
+        "platform_version": (False, _STR, "EKS platform version"),
+    },
+    "eks_nodegroup": {
+        "capacity_type": (False, _STR, "ON_DEMAND or SPOT"),
+        "min_size": (False, (int,), "minimum size"),
+        "desired_size": (False, (int,), "desired size"),
+        "max_size": (False, (int,), "maximum size"),
+        "instance_types": (False, _LIST, "instance types"),
+        "ami_type": (False, _STR, "AMI type"),
+        "auto_scaling_groups": (False, _LIST, "its Auto Scaling groups"),
+    },
+}
+
+
+class AttributesError(ValueError):
+    """A ``resources.attributes`` value that does not follow its kind's schema (``RESOURCE_ATTRIBUTES``)."""
+
+
+def validate_attributes(resource_kind: str, resource_id: str, attributes: str | Mapping[str, Any] | None) -> dict:
+    """The attributes of one resource as a dict, checked against ``RESOURCE_ATTRIBUTES[resource_kind]``.
+
+    Raises :class:`AttributesError` naming the resource and the key: unknown key, required key missing,
+    value of the wrong JSON type, or attributes that are not a JSON object.
+    """
+    where = f"resources row {resource_kind} {resource_id!r}"
+    if attributes is None or attributes == "":
+        value: Any = {}
+    elif isinstance(attributes, str):
+        try:
+            value = json.loads(attributes)
+        except json.JSONDecodeError as exc:
+            raise AttributesError(
+                f"{where}: attributes is not JSON ({exc}); the collector must write a JSON object"
+            ) from None
+    else:
+        value = dict(attributes)
+    if not isinstance(value, dict):
+        raise AttributesError(f"{where}: attributes must be a JSON object, got {type(value).__name__}")
+    spec = RESOURCE_ATTRIBUTES.get(resource_kind)
+    if spec is None:
+        raise AttributesError(
+            f"{where}: unknown resource_kind {resource_kind!r}; add it to vocabulary.RESOURCE_KINDS and "
+            "storage/schemas.py RESOURCE_ATTRIBUTES first"
+        )
+    for key in value:
+        if key not in spec:
+            raise AttributesError(
+                f"{where}: attributes key {key!r} is not in the {resource_kind} schema "
+                f"(storage/schemas.py RESOURCE_ATTRIBUTES: {', '.join(sorted(spec))}); "
+                "rename it to the schema's key or add it to the schema and docs/warehouse.md"
+            )
+    for key, (required, types, _) in spec.items():
+        if key not in value:
+            if required:
+                raise AttributesError(
+                    f"{where}: attributes key {key!r} is required for {resource_kind} "
+                    "(null when it does not apply); the collector must write it"
+                )
+            continue
+        item = value[key]
+        if item is not None and types is not None and not _is_json_type(item, types):
+            raise AttributesError(
+                f"{where}: attributes key {key!r} must be {' or '.join(t.__name__ for t in types)} or null, "
+                f"got {item!r}"
+            )
+    return value
+
+
+def _is_json_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def validate_resources(table: pa.Table) -> None:
+    """Check every row's ``attributes`` against its kind's schema (raises :class:`AttributesError`)."""
+    if table.num_rows == 0:
+        return
+    columns = table.select(["resource_kind", "resource_id", "attributes"]).to_pydict()
+    for kind, rid, attributes in zip(
+        columns["resource_kind"], columns["resource_id"], columns["attributes"], strict=True
+    ):
+        validate_attributes(kind, rid, attributes)
+
 
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A zero-row table of ``schema``: what an empty account or day writes."""
@@ -260,6 +441,9 @@ def conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
             f"add them to storage/schemas.py and docs/warehouse.md first"
         )
     try:
-        return table.select(schema.names).cast(schema)
+        out = table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ValueError(f"table '{table_name}' does not fit its schema: {exc}") from exc
+    if schema.equals(RESOURCES):
+        validate_resources(out)
+    return out

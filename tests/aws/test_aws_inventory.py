@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import EXTERNAL_ID, FIRST_DAY, MANAGEMENT_ACCOUNT, ROLE_NAME, SECRET_KEY, AwsWorld
 
+from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.standalone import recommend_account, recommendations_summary
+from cloudopt_pipelines.optimizers.standalone_actions import ebs_monthly_usd
 from cloudopt_pipelines.resources.aws import AwsResource
 from cloudopt_pipelines.sources.aws import CONFIGURED, CollectorError
 from cloudopt_pipelines.sources.base import Collected
@@ -139,10 +142,10 @@ def test_volumes_and_addresses(inventory: Collected, world: AwsWorld) -> None:
     volumes = by_id(inventory, "ebs_volume")
     free = volumes[world.unattached_volume]
     attributes = json.loads(free["attributes"])
-    assert attributes["attached"] is False and free["parent_id"] is None
+    assert attributes["attached_to"] is None and attributes["attached_instances"] == [] and free["parent_id"] is None
     assert (attributes["volume_type"], attributes["size_gib"], attributes["iops"]) == ("gp3", 100, 3000)
-    attached = [v for v in volumes.values() if json.loads(v["attributes"])["attached"]]
-    assert attached and all(v["parent_id"] for v in attached)
+    attached = [v for v in volumes.values() if json.loads(v["attributes"])["attached_to"]]
+    assert attached and all(v["parent_id"] == json.loads(v["attributes"])["attached_to"] for v in attached)
     eip = by_id(inventory, "elastic_ip")[world.unassociated_eip]
     assert json.loads(eip["attributes"])["public_ip"]
 
@@ -279,3 +282,21 @@ def test_role_arn_templates() -> None:
         "arn:aws-cn:iam::111111111111:role/Reader"
     )
     assert AwsResource().settings().role_arn("111111111111") is None
+
+
+def test_in_use_volumes_are_never_recommended_for_deletion(inventory: Collected, world: AwsWorld) -> None:
+    """Defect 5: the collector and the recommender read one attributes schema (attached_to)."""
+    volumes = by_id(inventory, "ebs_volume")
+    in_use = {rid for rid, v in volumes.items() if v["parent_id"]}
+    assert len(in_use) >= 2 and any(v["parent_id"] in world.protected for v in volumes.values())
+    table = inventory.table
+    result = recommend_account(MANAGEMENT_ACCOUNT, FIRST_DAY, table, UTILIZATION_5M.empty_table(), Catalog([]))
+    deletions = {r["resource_id"] for r in result.table.to_pylist() if r["action"] == "delete_volume"}
+    assert world.unattached_volume in deletions
+    assert not deletions & in_use
+    # Savings count the unattached volumes only (plus the unassociated addresses).
+    free = [json.loads(v["attributes"]) for rid, v in volumes.items() if rid in deletions]
+    addresses = sum(r["action"] == "release_address" and r["is_best"] for r in result.table.to_pylist())
+    expected = sum(ebs_monthly_usd(a["size_gib"], a["volume_type"]) for a in free) + addresses * 0.005 * 730
+    assert recommendations_summary(result.table)["orphan_monthly_savings_usd"] == pytest.approx(expected, abs=0.01)
+    assert result.notes == ()
