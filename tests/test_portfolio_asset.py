@@ -163,3 +163,36 @@ def test_cli_what_if_on_the_lake(plan_home: Settings) -> None:
         None, None, day=DAY.isoformat(), lake_dir=plan_home.lake_dir, echo=lambda t="", err=False: out.append(t)
     )
     assert code == EXIT_OK and "check: every constraint holds" in out[0]
+
+
+def test_an_unpriceable_resource_is_left_out_and_the_day_still_plans(demo_home: Settings, tmp_path: Path) -> None:
+    shutil.copytree(demo_home.lake_dir, tmp_path / "lake")
+    shutil.copytree(demo_home.dagster_home, tmp_path / "dagster")
+    home = Settings(home=tmp_path, env="demo")
+    lake = Lake(home.lake_dir)
+    recs = lake.read("recommendations", DEMO_ACCOUNTS[0], DAY)
+    # The recommender's row for an instance type missing from the price catalogue: a keep without costs.
+    mega = {**recs.to_pylist()[0], "resource_id": "i-zz9mega", "option_name": "keep", "action": "keep"}
+    mega.update(
+        monthly_cost_current_usd=None,
+        monthly_cost_proposed_usd=None,
+        is_best=True,
+        rationale=("Not analysed: unknown instance type 'zz9.mega' in region 'us-east-1' (not in the price catalogue)"),
+    )
+    lake.write(
+        "recommendations",
+        pa.concat_tables([recs, pa.Table.from_pylist([mega], schema=recs.schema)]),
+        DEMO_ACCOUNTS[0],
+        DAY,
+    )
+    result = materialize(home, DAY)
+    assert result.success and check_evaluation(result).passed
+    meta = result.asset_materializations_for_node("plan__portfolio_plan")[0].metadata
+    assert meta["accounts"].value == DEMO_ACCOUNTS and meta["changes"].value > 0
+    unpriced = meta["unpriced_resources"].value
+    assert (
+        list(unpriced) == [f"{DEMO_ACCOUNTS[0]}/i-zz9mega"] and "zz9.mega" in unpriced[f"{DEMO_ACCOUNTS[0]}/i-zz9mega"]
+    )
+    plan = lake.read("portfolio_plan", day=DAY)
+    assert "i-zz9mega" not in plan["resource_id"].to_pylist()
+    assert set(plan["account_id"].to_pylist()) == set(DEMO_ACCOUNTS)

@@ -106,6 +106,7 @@ def portfolio_plan(
             "missing_accounts": dg.MetadataValue.json(missing),
             "constraints_file": f"{path} ({chosen_by})",
             "config_notes": dg.MetadataValue.json(problem.notes),
+            "unpriced_resources": dg.MetadataValue.json(problem.unpriced),
             "top_changes": dg.MetadataValue.md(changes_markdown(plan)),
             **({"explanation": summary["explanation"]} if summary["explanation"] else {}),
         },

@@ -35,7 +35,7 @@ import pyarrow as pa
 from cloudopt_pipelines import vocabulary
 from cloudopt_pipelines.optimizers.linear import KEEP, LinearOptimizer, Solution, check_plan
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
+from cloudopt_pipelines.storage.schemas import MAX_COST_USD, PORTFOLIO_PLAN
 
 CONFIG_ENV = "CLOUDOPT_PLAN_CONSTRAINTS"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "constraints.yaml"
@@ -332,15 +332,63 @@ def _float(value: Any, default: float = 0.0) -> float:
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+@dataclass(frozen=True)
+class Unpriced:
+    """A resource the plan leaves out because one of its options has no usable cost, and why."""
+
+    account_id: str
+    resource_id: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.account_id}/{self.resource_id}"
+
+
+def _cost_problem(row: Mapping[str, Any]) -> str:
+    """Why a recommendation row's costs cannot go into the plan ('' when they can)."""
+    for column in ("monthly_cost_proposed_usd", "one_time_cost_usd"):
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            if column == "one_time_cost_usd":
+                continue  # no upfront payment
+            return f"option {_text(row['option_name'])!r} has no {column}"
+        if not math.isfinite(float(value)) or not 0 <= float(value) <= MAX_COST_USD:
+            return f"option {_text(row['option_name'])!r} has {column} {value!r}, outside 0 to {MAX_COST_USD:g} USD"
+    return ""
+
+
+def unpriceable_resources(table: pa.Table, source: str = "recommendations") -> list[Unpriced]:
+    """Resources of ``table`` the plan cannot price: an option without a finite cost within bounds.
+
+    The reason names the option and quotes the recommender's rationale (e.g. an instance type missing
+    from the price catalogue). :func:`candidates_from_recommendations` leaves these resources out, so one
+    unpriceable resource never blocks the plan of the others.
+    """
+    found: dict[tuple[str, str], Unpriced] = {}
+    for row in table.to_pylist():
+        key = (_text(row["account_id"]), _text(row["resource_id"]))
+        problem = _cost_problem(row)
+        if problem and key not in found:
+            why = _text(row.get("rationale"))
+            reason = f"{source}: {problem}" + (f" ({why})" if why else "") + "; left as it is, not planned"
+            found[key] = Unpriced(key[0], key[1], reason)
+    return [found[k] for k in sorted(found)]
+
+
 def candidates_from_recommendations(table: pa.Table, source: str = "recommendations") -> list[Candidate]:
     """The standalone EC2 optimiser's rows (one per resource x option) as candidates.
 
     Exact duplicate rows are dropped; two different rows with one (account, resource, option) name are an
-    error, as is a resource without its ``keep`` row.
+    error, as is a resource without its ``keep`` row. Resources that cannot be priced
+    (:func:`unpriceable_resources`) are left out: list them with that function to say why.
     """
+    skipped = {(u.account_id, u.resource_id) for u in unpriceable_resources(table, source)}
     by_resource: dict[tuple[str, str], dict[str, Any]] = {}
     for row in table.to_pylist():
         key = (_text(row["account_id"]), _text(row["resource_id"]))
+        if key in skipped:
+            continue
         option = CandidateOption(
             name=_text(row["option_name"]),
             action=_text(row["action"]) or _text(row["option_name"]),
@@ -358,11 +406,6 @@ def candidates_from_recommendations(table: pa.Table, source: str = "recommendati
             is_estimate=bool(row["is_estimate"]),
             rationale=_text(row["rationale"]),
         )
-        if math.isnan(option.monthly_cost_usd):
-            raise ValueError(
-                f"{source}: account {key[0]} resource {key[1]} option {option.name!r} has no "
-                "monthly_cost_proposed_usd; rerun the recommender for that partition"
-            )
         entry = by_resource.setdefault(
             key,
             {
@@ -513,6 +556,7 @@ class PlanProblem:
     excluded: dict[str, list[tuple[str, str]]]  # per resource: (option, why) removed by a filter
     notes: list[str]
     plan_id: str
+    unpriced: dict[str, str] = field(default_factory=dict)  # per resource left out of the plan: why
 
     @property
     def by_key(self) -> dict[str, Candidate]:
@@ -547,6 +591,7 @@ def build_problem(
     config: PlanConfig,
     day: date | None = None,
     notes: Sequence[str] = (),
+    unpriced: Sequence[Unpriced] = (),
 ) -> PlanProblem:
     """LP instances and constraints for ``candidates`` under ``config`` (see docs/portfolio_plan.md).
 
@@ -557,6 +602,7 @@ def build_problem(
     """
     candidates = sorted(candidates, key=lambda c: c.key)
     notes = list(notes)
+    notes.extend(f"{u.key} excluded from the plan: {u.reason}" for u in unpriced)
     instances, all_instances = [], []
     rules: dict[str, dict[str, Any]] = {}
     excluded: dict[str, list[tuple[str, str]]] = {}
@@ -614,7 +660,18 @@ def build_problem(
         constraints["protected_ids"] = protected
     plan_id = _plan_id(day, all_instances, constraints, rules)
     return PlanProblem(
-        day, candidates, dict(labels), config, instances, all_instances, constraints, rules, excluded, notes, plan_id
+        day,
+        candidates,
+        dict(labels),
+        config,
+        instances,
+        all_instances,
+        constraints,
+        rules,
+        excluded,
+        notes,
+        plan_id,
+        {u.key: u.reason for u in unpriced},
     )
 
 
@@ -668,27 +725,40 @@ def read_day(lake: Lake, day: date) -> tuple[list[str], pa.Table | None, pa.Tabl
     )
 
 
-def day_candidates(lake: Lake, day: date) -> tuple[list[str], list[Candidate], pa.Table | None, list[str]]:
-    """Accounts present, candidates of every recommender, their ``resources`` rows and merge notes.
-
-    Recommenders plug in here: each adds its own ``candidates_from_...`` list to ``merge_candidates``.
-    """
+def _read_recommendations(lake: Lake, day: date) -> tuple[list[str], pa.Table, pa.Table | None]:
     accounts, recs, resources = read_day(lake, day)
     if not accounts or recs is None:
         raise NoAccountsError(
             f"no account has a recommendations partition for {day} under {lake.table_dir('recommendations')}; "
             f"materialise the daily pipeline for that day first (cloudopt run --start {day} --end {day})"
         )
+    return accounts, recs, resources
+
+
+def day_candidates(lake: Lake, day: date) -> tuple[list[str], list[Candidate], pa.Table | None, list[str]]:
+    """Accounts present, candidates of every recommender, their ``resources`` rows and merge notes.
+
+    Recommenders plug in here: each adds its own ``candidates_from_...`` list to ``merge_candidates``.
+    Unpriceable resources are not candidates: :func:`unpriceable_resources` says which and why.
+    """
+    accounts, recs, resources = _read_recommendations(lake, day)
     candidates, notes = merge_candidates(candidates_from_recommendations(recs))
     return accounts, candidates, resources, notes
 
 
 def problem_for_day(lake: Lake, day: date, constraints_path: str | Path | None = None) -> tuple[list[str], PlanProblem]:
-    """The accounts present and the plan problem of one day (the asset, and ``cloudopt plan --date``)."""
+    """The accounts present and the plan problem of one day (the asset, and ``cloudopt plan --date``).
+
+    Unpriceable resources (an instance type missing from the price catalogue, a cost that is not a
+    finite amount within bounds) are left out of the plan, each named with its reason in
+    ``problem.unpriced`` and ``problem.notes``; the rest of the day plans as usual.
+    """
     config = load_config(constraints_path)
-    accounts, candidates, resources, notes = day_candidates(lake, day)
+    accounts, recs, resources = _read_recommendations(lake, day)
+    candidates, notes = merge_candidates(candidates_from_recommendations(recs))
     labels = label_candidates(candidates, resources, config)
-    return accounts, build_problem(candidates, labels, config, day=day, notes=notes)
+    unpriced = unpriceable_resources(recs)
+    return accounts, build_problem(candidates, labels, config, day=day, notes=notes, unpriced=unpriced)
 
 
 # -------------------------------------------------------------------------------------- solve
@@ -951,6 +1021,7 @@ def plan_summary(problem: PlanProblem, solution: Solution, table: pa.Table) -> d
         "solve_seconds": float(round(solution.solve_seconds, 4)),
         "build_seconds": float(round(solution.build_seconds, 4)),
         "explanation": explanation_text(solution) if not has_plan(solution) else None,
+        "unpriced_resources": len(problem.unpriced),
     }
 
 

@@ -17,6 +17,12 @@ from cloudopt_pipelines.vocabulary import DEPLOYMENT_TYPES, RESOURCE_KINDS  # no
 
 TS = pa.timestamp("us", tz="UTC")
 
+# Bounds of every price and cost read from a table or a file: finite, >= 0 and at most these. The
+# largest EC2 on-demand price is about USD 400 an hour (u7in-32tb.224xlarge); a bound well above any
+# real one still keeps sums over millions of resources finite and exact enough for the LP.
+MAX_PRICE_USD_PER_HOUR = 10_000.0
+MAX_COST_USD = 1e9  # any monthly or one-time amount of one resource option
+
 PRICE_CATALOG = pa.schema(
     [
         ("region", pa.string()),
