@@ -5,7 +5,8 @@
 --   CloudWatch reports them (ECS CPUUtilization can exceed 100 %: kept, flagged out_of_range);
 --   yarn_mem_used_pct is 100 - YARNMemoryAvailablePercentage; cpu_cores and mem_bytes are a pod's
 --   absolute use (pod_cpu_usage_total / 1000, pod_memory_working_set). Duplicates: the later-listed
---   raw row of a (resource, slot, metric, statistic) wins. Missing metrics are NULL, never 0. When
+--   raw row of a (resource, slot, metric, statistic) wins. Missing metrics are NULL, never 0; NaN and
+--   infinite values are excluded (NULL) and flagged nonfinite. When
 --   the collector does not write cluster_metrics_5m for a partition (a table that does not exist
 --   yet, or an account without clusters) this model writes an empty partition, so that models
 --   reading it still run.
@@ -22,7 +23,9 @@ WITH raw AS (
         namespace,
         metric,
         stat,
-        CAST(value AS DOUBLE) AS value,
+        -- NaN and +-Inf out (NULL), flagged: isfinite() is false for them, NULL for NULL.
+        CASE WHEN isfinite(CAST(value AS DOUBLE)) THEN CAST(value AS DOUBLE) END AS value,
+        NOT coalesce(isfinite(CAST(value AS DOUBLE)), true) AS nonfinite,
         row_number() OVER () AS arrival
     FROM {{ ref('cluster_metrics_5m') }}
     WHERE CAST(time_bucket(INTERVAL 5 MINUTE, ts) AS DATE) = CAST({{ var('date') }} AS DATE)
@@ -33,6 +36,7 @@ dedup AS (
         any_value(account_id) AS account_id,
         any_value(date) AS date,
         arg_max(value, arrival) AS value,
+        arg_max(nonfinite, arrival) AS nonfinite,
         count(*) AS n
     FROM raw
     GROUP BY resource_id, ts, namespace, metric, stat
@@ -66,7 +70,8 @@ pivoted AS (
         max(value) FILTER (WHERE metric = 'pod_memory_request') AS mem_request_bytes,
         coalesce(sum(value) FILTER (WHERE metric = 'pod_container_status_terminated_reason_oom_killed'), 0)
             AS oom_kills,
-        CAST(sum(n - 1) AS INTEGER) AS dup_count
+        CAST(sum(n - 1) AS INTEGER) AS dup_count,
+        bool_or(nonfinite) AS nonfinite
     FROM dedup
     GROUP BY resource_id, ts
 )
@@ -93,6 +98,7 @@ SELECT
     CAST(oom_kills AS INTEGER) AS oom_kills,
     dup_count + 1 AS dup_count,
     coalesce((cpu_pct NOT BETWEEN 0 AND 100) OR (mem_pct NOT BETWEEN 0 AND 100), false) AS out_of_range,
+    nonfinite,
     CAST(
         epoch(ts - lag(ts, 1, CAST(date AS TIMESTAMPTZ) - INTERVAL 5 MINUTE)
             OVER (PARTITION BY resource_id ORDER BY ts)) / 300 - 1 AS INTEGER

@@ -3,7 +3,9 @@
 --   5-minute slot: when a source reports the same slot twice, the later-listed row of the raw
 --   partition wins and dup_count says how many there were. Samples whose slot falls outside the
 --   partition's UTC day are dropped (another day's partition owns them). Values outside 0-100 % are
---   kept and flagged, never clipped; a missing value stays NULL (never 0). missing_slots_before
+--   kept and flagged, never clipped; a missing value stays NULL (never 0). A NaN or infinite value
+--   (a broken source: no real utilisation is either) is excluded: NULL here, and nonfinite says
+--   the sample had one, so that no statistic downstream is NaN or infinite. missing_slots_before
 --   counts the empty 5-minute slots between this sample and the previous one of the resource (or
 --   the start of the day, for the first); missing_slots_after, on the last sample of the day, the
 --   empty slots up to midnight.
@@ -67,7 +69,7 @@ tagged AS NOT MATERIALIZED (
             & ((CAST(1 AS UBIGINT) << CAST(raw.slot % 64 AS UBIGINT)) - 1) AS below
     FROM raw JOIN resources AS r USING (resource_id)
 ),
-samples AS (
+deduped AS (
     SELECT
         account_id, date, resource_id, slot, rank, last_slot, prev_word_slot, below, cpu_pct, cpu_max_pct,
         mem_pct, net_in_bytes, net_out_bytes, source, 1 AS dup_count
@@ -83,6 +85,21 @@ samples AS (
     FROM tagged
     WHERE has_dups
     GROUP BY resource_id, slot
+),
+samples AS (
+    -- NaN and +-Inf out: isfinite() is NULL for NULL, false for NaN and infinities.
+    SELECT
+        * REPLACE (
+            CASE WHEN isfinite(cpu_pct) THEN cpu_pct END AS cpu_pct,
+            CASE WHEN isfinite(cpu_max_pct) THEN cpu_max_pct END AS cpu_max_pct,
+            CASE WHEN isfinite(mem_pct) THEN mem_pct END AS mem_pct,
+            CASE WHEN isfinite(net_in_bytes) THEN net_in_bytes END AS net_in_bytes,
+            CASE WHEN isfinite(net_out_bytes) THEN net_out_bytes END AS net_out_bytes
+        ),
+        NOT (coalesce(isfinite(cpu_pct), true) AND coalesce(isfinite(cpu_max_pct), true)
+            AND coalesce(isfinite(mem_pct), true) AND coalesce(isfinite(net_in_bytes), true)
+            AND coalesce(isfinite(net_out_bytes), true)) AS nonfinite
+    FROM deduped
 )
 SELECT
     account_id,
@@ -99,6 +116,7 @@ SELECT
     CAST(dup_count AS INTEGER) AS dup_count,
     coalesce((cpu_pct NOT BETWEEN 0 AND 100) OR (cpu_max_pct NOT BETWEEN 0 AND 100)
         OR (mem_pct NOT BETWEEN 0 AND 100), false) AS out_of_range,
+    nonfinite,
     CAST(slot - 1 - CASE  -- slot - previous present slot - 1
         WHEN below = 0 THEN prev_word_slot
         WHEN below >> 32 = 0 THEN slot // 64 * 64 + CAST(floor(log2(CAST(below AS DOUBLE))) AS INTEGER)

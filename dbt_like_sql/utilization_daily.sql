@@ -8,7 +8,9 @@
 --   (max CPU <= 1 %) and Trusted Advisor (daily mean CPU <= 10 % and network in + out <= 5 MB;
 --   NULL when the source has no network data). Missing samples are not zeros: every statistic is
 --   over the samples present (NULL when there are none), and coverage_pct says how many of the day's
---   288 five-minute slots had one. Quantiles are exact (DuckDB quantile_cont: linear interpolation
+--   288 five-minute slots had one. NaN and infinite values are excluded in the staging models
+--   (nonfinite_samples counts the samples that had one), so no statistic is NaN or infinite;
+--   out_of_range_samples counts samples outside 0-100 %. Quantiles are exact (DuckDB quantile_cont: linear interpolation
 --   between order statistics, numpy's default 'linear', Hyndman and Fan type 7).
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
@@ -17,13 +19,13 @@
 WITH samples AS (
     SELECT
         account_id, date, resource_id, 'ec2_instance' AS resource_kind, cpu_pct, cpu_peak_pct,
-        cpu_peak_is_maximum, mem_pct, net_in_bytes, net_out_bytes, dup_count, out_of_range,
+        cpu_peak_is_maximum, mem_pct, net_in_bytes, net_out_bytes, dup_count, out_of_range, nonfinite,
         missing_slots_before, missing_slots_after
     FROM {{ ref('stg_utilization_5m') }}
     UNION ALL
     SELECT
         account_id, date, resource_id, resource_kind, cpu_pct, cpu_peak_pct,
-        cpu_pct IS DISTINCT FROM cpu_peak_pct, mem_pct, NULL, NULL, dup_count, out_of_range,
+        cpu_pct IS DISTINCT FROM cpu_peak_pct, mem_pct, NULL, NULL, dup_count, out_of_range, nonfinite,
         missing_slots_before, NULL
     FROM {{ ref('stg_cluster_metrics_5m') }}
     WHERE resource_kind <> 'container'
@@ -54,6 +56,7 @@ agg AS (
         -- count(nullif(x, 0)) counts the rows where x is set: plain counts cost less per row than
         -- FILTER clauses or per-row arithmetic (about 15 % of this statement in the benchmark).
         count(nullif(out_of_range, false)) AS out_of_range_samples,
+        count(nullif(nonfinite, false)) AS nonfinite_samples,
         sum(dup_count) - count(*) AS duplicate_samples,
         count(nullif(missing_slots_before, 0)) + count(nullif(missing_slots_after, 0)) AS gaps,
         greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots
@@ -102,6 +105,7 @@ SELECT
     END AS idle_trusted_advisor,
     net_in_samples > 0 OR net_out_samples > 0 AS has_network_data,
     CAST(out_of_range_samples AS INTEGER) AS out_of_range_samples,
+    CAST(nonfinite_samples AS INTEGER) AS nonfinite_samples,
     CAST(duplicate_samples AS INTEGER) AS duplicate_samples,
     CAST(gaps AS INTEGER) AS gaps,
     CAST(5 * longest_gap_slots AS INTEGER) AS longest_gap_minutes

@@ -8,7 +8,8 @@
 --   min(1, samples / expected) x min(1, days_with_data / min(7, window_days)) (a window seen on fewer
 --   than 7 days has not seen a weekly cycle); confidence is high (>= 80), medium (>= 50), low, or
 --   insufficient (less than 30 hours). Trusted Advisor's low-utilisation rule is applied as AWS
---   does: idle (CPU <= 10 % and network <= 5 MB) on 4 or more days of the window.
+--   does: idle (CPU <= 10 % and network <= 5 MB) on 4 or more days of the window. NaN and infinite
+--   samples are excluded (nonfinite_samples counts them), never a statistic.
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- window_days: 14
@@ -57,6 +58,7 @@ days AS (
         count(*) FILTER (WHERE idle_trusted_advisor) AS idle_days_trusted_advisor,
         count(idle_trusted_advisor) AS days_with_network_data,
         sum(out_of_range_samples) AS out_of_range_samples,
+        sum(nonfinite_samples) AS nonfinite_samples,
         sum(duplicate_samples) AS duplicate_samples,
         sum(cpu_mean_pct * cpu_samples) / nullif(sum(cpu_samples), 0) AS cpu_mean_pct,
         max(cpu_max_pct) AS cpu_max_pct,
@@ -122,6 +124,7 @@ SELECT
     CASE WHEN d.days_with_network_data = 0 THEN NULL ELSE d.idle_days_trusted_advisor >= 4 END
         AS low_utilization_trusted_advisor,
     CAST(d.out_of_range_samples AS INTEGER) AS out_of_range_samples,
+    CAST(d.nonfinite_samples AS INTEGER) AS nonfinite_samples,
     CAST(d.duplicate_samples AS INTEGER) AS duplicate_samples,
     s.first_sample_ts,
     s.last_sample_ts

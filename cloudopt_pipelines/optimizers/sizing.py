@@ -76,6 +76,10 @@ class SizingError(ValueError):
     """A request the sizing rules cannot answer (unknown type, a setting outside the allowed ones)."""
 
 
+class NonFiniteStatistic(SizingError):
+    """A statistic the sizing would rest on is NaN or infinite: no recommendation is made from it."""
+
+
 @dataclass(frozen=True)
 class SizingPolicy:
     """The risk setting: which percentile, how much headroom, which candidates."""
@@ -137,6 +141,9 @@ class UtilizationProfile:
     daily_peaks: np.ndarray = field(default_factory=lambda: np.zeros(0))
     capacity_vcpu: float = 0.0  # what 100 % CPU means in vCPU (the VM's own cores, else the instance's)
     saturated_share: float = 0.0  # share of 5-minute averages at or above SATURATION_PCT
+    nonfinite_samples: int = 0  # samples with an infinite value: excluded, as missing
+    out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
+    max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
 
     @property
     def is_saturated(self) -> bool:
@@ -202,18 +209,34 @@ def analyze_utilization(
     peak = np.asarray(cpu_max_pct, dtype=float) if cpu_max_pct is not None else avg.copy()
     if peak.shape != avg.shape:
         raise SizingError(f"cpu_max_pct has {peak.size} samples but cpu_pct has {avg.size}")
+    # An infinite sample is a broken source, not a load: excluded like a missing one, and counted.
+    infinite = np.isinf(avg) | np.isinf(peak)
+    avg, peak = _finite_or_nan(avg), _finite_or_nan(peak)
     peak = np.where(np.isnan(peak), avg, peak)
     present = ~np.isnan(peak)
+    out_of_range = (peak < 0) | (peak > 100) | (avg < 0) | (avg > 100)
     peak_v = np.clip(peak[present], 0, None) / 100 * base_vcpu
     mean_v = np.clip(np.where(np.isnan(avg), peak, avg)[present], 0, None) / 100 * base_vcpu
     mem = None
+    extra_nonfinite = extra_out_of_range = 0
     if mem_pct is not None:
         m = np.asarray(mem_pct, dtype=float)
+        m_bad, m = np.isinf(m), _finite_or_nan(m)
+        m_out = (m < 0) | (m > 100)
+        if m.shape == avg.shape:
+            infinite, out_of_range = infinite | m_bad, out_of_range | m_out
+        else:
+            extra_nonfinite, extra_out_of_range = int(m_bad.sum()), int(m_out.sum())
         m = m[~np.isnan(m)]
         mem = np.clip(m, 0, None) / 100 * base_mem if m.size else None
     net_peak = net_day = None
     if net_bytes is not None:
         nb = np.asarray(net_bytes, dtype=float)
+        if nb.shape == avg.shape:
+            infinite = infinite | np.isinf(nb)
+        else:
+            extra_nonfinite += int(np.isinf(nb).sum())
+        nb = _finite_or_nan(nb)
         nb = nb[~np.isnan(nb)]
         if nb.size:
             net_peak = float(nb.max()) * 8 / 300
@@ -241,7 +264,14 @@ def analyze_utilization(
         daily_peaks=np.asarray(daily),
         capacity_vcpu=float(base_vcpu),
         saturated_share=saturated,
+        nonfinite_samples=int(infinite.sum()) + extra_nonfinite,
+        out_of_range_samples=int(out_of_range.sum()) + extra_out_of_range,
+        max_sample_pct=float(np.nanmax(peak)) if present.any() else 0.0,
     )
+
+
+def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 def adaptive_factor(profile: UtilizationProfile) -> float:
@@ -293,6 +323,17 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
     if profile.has_memory:
         mem = float(profile.mem_gib.max()) * (1 + policy.memory_headroom_pct / 100)
     net = profile.net_peak_bps * (1 + policy.cpu_headroom_pct / 100) if profile.net_peak_bps is not None else None
+    for name, value in (
+        (f"CPU P{policy.cpu_percentile:g} of the 5-minute maxima", p_cpu),
+        ("CPU demand with headroom", vcpu),
+        ("peak memory with headroom", mem),
+        ("peak network throughput", net),
+    ):
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteStatistic(
+                f"{name} is {value} (not a finite number): no recommendation is made from it; "
+                "the samples hold NaN or infinite values the features stage should have excluded"
+            )
     return Demand(
         vcpu=vcpu,
         memory_gib=mem,
@@ -685,7 +726,7 @@ def recommend_resize(
         finding = "over-provisioned"
     else:
         finding = "optimized"
-    confidence = round(profile.coverage, 3)
+    confidence = round(data_confidence(profile), 3)
     rec = ResizeRecommendation(
         instance_type=instance_type,
         region=region,
@@ -698,6 +739,19 @@ def recommend_resize(
         policy=policy,
     )
     return replace(rec, rationale=resize_rationale(profile, rec, current))
+
+
+#: Confidence is at most this when any sample is outside 0-100 % (a percentage metric cannot be).
+OUT_OF_RANGE_MAX_CONFIDENCE = 0.5
+
+
+def data_confidence(profile: UtilizationProfile) -> float:
+    """Coverage of the window, counting out-of-range samples as missing, at most 0.5 when there are any."""
+    if not profile.expected_samples:
+        return 0.0
+    usable = max(profile.samples - profile.out_of_range_samples, 0)
+    confidence = min(1.0, usable / profile.expected_samples)
+    return min(confidence, OUT_OF_RANGE_MAX_CONFIDENCE) if profile.out_of_range_samples else confidence
 
 
 def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, current: InstanceType) -> str:
@@ -731,6 +785,19 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         )
     else:
         parts.append("No cheaper type fits.")
+    if profile.out_of_range_samples:
+        parts.append(
+            f"Caveat: {profile.out_of_range_samples} of {profile.samples} samples are outside 0-100 % (CPU up to "
+            f"{profile.max_sample_pct:.0f} %), which a percentage metric cannot be: the data may be wrong, "
+            f"confidence is at most {OUT_OF_RANGE_MAX_CONFIDENCE:g}"
+            + (
+                "; this up-size rests on them: check the metric source before acting on it."
+                if rec.finding == "under-provisioned"
+                else "."
+            )
+        )
+    if profile.nonfinite_samples:
+        parts.append(f"{profile.nonfinite_samples} sample(s) with an infinite value were excluded.")
     parts.append(
         f"Confidence {rec.confidence:.2f}: {profile.samples} of {profile.expected_samples} five-minute samples "
         f"over {profile.days_with_data} day(s)."

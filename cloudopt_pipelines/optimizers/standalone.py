@@ -50,6 +50,8 @@ from cloudopt_pipelines.optimizers.sizing import (
     HOURS_PER_MONTH,
     RISK_SETTINGS,
     Catalog,
+    InstanceType,
+    NonFiniteStatistic,
     ResizeRecommendation,
     SizingPolicy,
     UtilizationProfile,
@@ -317,7 +319,7 @@ def optimize_standalone_instance(
 
     schedule = recommend_schedule(
         series.ts,
-        series.cpu_peak_pct,
+        np.where(np.isfinite(series.cpu_peak_pct), series.cpu_peak_pct, np.nan),
         inst.tags,
         target_cost,
         idle_cpu_pct=config.schedule_idle_cpu_pct,
@@ -530,6 +532,9 @@ def recommend_account(
                 reserved,
                 config,
             )
+        except NonFiniteStatistic as exc:  # kept as it is, priced, with the reason
+            rows.append(_unpriced_row(account_id, day, inst, str(exc), catalog.get(inst.region, inst.instance_type)))
+            continue
         except ValueError as exc:  # unknown type or region: say so on the row, keep going
             rows.append(_unpriced_row(account_id, day, inst, str(exc)))
             continue
@@ -684,8 +689,12 @@ def _orphan_rows(account_id: str, day: date, res: Mapping[str, Any], orphan) -> 
     return [act, keep]
 
 
-def _unpriced_row(account_id: str, day: date, inst: Instance, error: str) -> dict[str, Any]:
+def _unpriced_row(
+    account_id: str, day: date, inst: Instance, error: str, priced: InstanceType | None = None
+) -> dict[str, Any]:
+    """The one ``keep`` row of an instance that was not analysed; without costs unless ``priced`` gives them."""
     base = _base_row(account_id, day, inst.resource_id, "ec2_instance", inst.region, inst.zone)
+    cost = round(priced.monthly_usd, 4) if priced is not None else None
     return {
         **base,
         "option_name": "keep",
@@ -695,13 +704,15 @@ def _unpriced_row(account_id: str, day: date, inst: Instance, error: str) -> dic
         "finding": None,
         "current_config": json.dumps({"instance_type": inst.instance_type, "market": "on_demand"}),
         "proposed_config": json.dumps({"instance_type": inst.instance_type, "market": "on_demand"}),
-        "monthly_cost_current_usd": None,
-        "monthly_cost_proposed_usd": None,
+        "monthly_cost_current_usd": cost,
+        "monthly_cost_proposed_usd": cost,
+        "vcpu": float(priced.vcpu) if priced is not None else 0.0,
+        "memory_gib": priced.memory_gib if priced is not None else 0.0,
         "monthly_savings_usd": 0.0,
         "savings_pct": 0.0,
         "confidence": 0.0,
-        "is_estimate": True,
-        "rationale": f"Not analysed: {error}",
+        "is_estimate": priced.is_estimate if priced is not None else True,
+        "rationale": f"Not analysed: {error}" + (" Kept as it is." if priced is not None else ""),
     }
 
 

@@ -1,0 +1,89 @@
+"""NaN and infinite samples never reach a statistic; they are counted (defect 12)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, UTILIZATION_5M
+from tests.test_features import ACCOUNT, DAY0, RTOL, run, ts_of
+
+INF, NAN = math.inf, math.nan
+A, B = "i-000000000000000aa", "i-000000000000000bb"
+CLUSTER = "arn:aws:ecs:us-east-1:000011112222:cluster/c1"
+
+
+def write_partition(lake: Lake) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    cpu = rng.uniform(5, 40, 288)
+    peak = cpu + rng.uniform(0, 10, 288)
+    mem = rng.uniform(20, 60, 288)
+    cpu_a, peak_a, mem_a = list(cpu), list(peak), list(mem)
+    peak_a[10], cpu_a[20], mem_a[30], peak_a[40], cpu_a[40] = INF, NAN, -INF, NAN, INF
+    rows = len(cpu)
+    table = pa.table(
+        {
+            "account_id": [ACCOUNT] * 2 * rows,
+            "date": [DAY0] * 2 * rows,
+            "resource_id": [A] * rows + [B] * rows,
+            "ts": [ts_of(i) for i in range(rows)] * 2,
+            "cpu_pct": cpu_a + list(cpu),
+            "cpu_max_pct": peak_a + list(peak),
+            "mem_pct": mem_a + list(mem),
+            "net_in_bytes": [1000.0] * (2 * rows - 1) + [INF],
+            "net_out_bytes": pa.nulls(2 * rows, pa.float64()),
+            "source": ["test"] * 2 * rows,
+        }
+    ).cast(UTILIZATION_5M)
+    lake.write("utilization_5m", table, ACCOUNT, DAY0)
+    cluster = pa.table(
+        {
+            "account_id": [ACCOUNT] * 3,
+            "date": [DAY0] * 3,
+            "resource_id": [CLUSTER] * 3,
+            "ts": [ts_of(0), ts_of(1), ts_of(2)],
+            "namespace": ["AWS/ECS"] * 3,
+            "metric": ["CPUUtilization"] * 3,
+            "stat": ["Average"] * 3,
+            "value": [30.0, INF, 50.0],
+            "source": ["test"] * 3,
+        }
+    ).cast(CLUSTER_METRICS_5M)
+    lake.write("cluster_metrics_5m", cluster, ACCOUNT, DAY0)
+    keep = np.ones(rows, bool)
+    keep[[10, 40]] = False  # peaks gone: the one at 10 is inf, the one at 40 is NaN and its average inf
+    return peak[keep], mem[np.arange(rows) != 30]
+
+
+def test_nonfinite_samples_are_excluded_and_counted(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    finite_peaks, finite_mem = write_partition(lake)
+    stg = [r for r in run(lake, "stg_utilization_5m", DAY0).table.to_pylist() if r["resource_id"] == A]
+    flagged = [i for i, r in enumerate(stg) if r["nonfinite"]]
+    assert flagged == [10, 20, 30, 40]
+    assert stg[10]["cpu_peak_pct"] == stg[10]["cpu_pct"]  # inf maximum out: the average stands in
+    assert stg[20]["cpu_pct"] is None and stg[30]["mem_pct"] is None and stg[40]["cpu_peak_pct"] is None
+    assert not stg[30]["out_of_range"]  # non-finite is its own reason, not "out of range"
+    run(lake, "stg_cluster_metrics_5m", DAY0)
+
+    daily = {r["resource_id"]: r for r in run(lake, "utilization_daily", DAY0).table.to_pylist()}
+    a = daily[A]
+    assert a["nonfinite_samples"] == 4 and daily[B]["nonfinite_samples"] == 1
+    assert daily[CLUSTER]["nonfinite_samples"] == 1 and daily[CLUSTER]["cpu_max_pct"] == 50.0
+    peaks = np.concatenate([finite_peaks[:10], [stg[10]["cpu_pct"]], finite_peaks[10:]])
+    assert a["cpu_p995_pct"] == pytest.approx(np.quantile(peaks, 0.995), rel=RTOL)
+    assert a["cpu_max_pct"] == pytest.approx(peaks.max(), rel=RTOL)
+    assert a["mem_max_pct"] == pytest.approx(finite_mem.max(), rel=RTOL)
+    for row in daily.values():
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+
+    window = {r["resource_id"]: r for r in run(lake, "utilization_window", DAY0, window_days=7).table.to_pylist()}
+    assert window[A]["nonfinite_samples"] == 4
+    assert window[A]["cpu_p995_pct"] == pytest.approx(a["cpu_p995_pct"], rel=RTOL)
+    for row in window.values():
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
