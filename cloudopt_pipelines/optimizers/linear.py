@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from cloudopt_pipelines.storage.schemas import MAX_COST_USD
+
 __all__ = [
     "ALL_GROUPS",
     "CONSTRAINT_KEYS",
@@ -332,11 +334,14 @@ def _numeric_column(values: tuple, fname: str, required: bool, ids: list[str], n
                 raise ValueError(f"{where(i)}: '{fname}' must be a number, got {v!r}")
             out.append(float(v))
         arr = np.asarray(out, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+    upper = MAX_COST_USD if "cost" in fname else np.inf
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr > upper))
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"{where(i)}: '{fname}' must be a finite number >= 0, got {values[i]!r}"
+            f"{where(i)}: '{fname}' must be a finite number >= 0"
+            + (f" and at most {MAX_COST_USD:g}" if "cost" in fname else "")
+            + f", got {values[i]!r}"
             + ("; costs are positive USD amounts (savings are computed, not input)" if "cost" in fname else "")
         )
     return arr

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cloudopt_pipelines.storage.schemas import MAX_PRICE_USD_PER_HOUR
+
 HOURS_PER_MONTH = 730.0
 SAMPLES_PER_DAY = 288
 
@@ -436,6 +438,14 @@ class Catalog:
         for r in rows:
             if r.get("ondemand_usd_per_hour") is None or (r.get("gpu_count") or 0) > 0:
                 continue
+            for column in ("ondemand_usd_per_hour", "spot_usd_per_hour"):
+                price = r.get(column)
+                if price is not None and not (math.isfinite(price) and 0 <= price <= MAX_PRICE_USD_PER_HOUR):
+                    raise SizingError(
+                        f"price catalogue row {r.get('region')} {r.get('instance_type')}: {column} = {price!r} is "
+                        f"not a finite price from 0 to {MAX_PRICE_USD_PER_HOUR:g} USD an hour; rebuild the "
+                        "catalogue by materialising the price_catalog asset"
+                    )
             self._types[(r["region"], r["instance_type"])] = InstanceType(
                 instance_type=r["instance_type"],
                 region=r["region"],

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Re-exported: the resources table's resource_kind and deployment_type take these values.
 from cloudopt_pipelines.vocabulary import DEPLOYMENT_TYPES, RESOURCE_KINDS  # noqa: F401
@@ -452,4 +453,50 @@ def conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
         raise ValueError(f"table '{table_name}' does not fit its schema: {exc}") from exc
     if schema.equals(RESOURCES):
         validate_resources(out)
+    check_amounts(out, table_name)
     return out
+
+
+_PRICE = (0.0, MAX_PRICE_USD_PER_HOUR)
+_COST = (0.0, MAX_COST_USD)
+_SAVING = (-MAX_COST_USD, MAX_COST_USD)
+_PLAN_AMOUNTS = {
+    "monthly_cost_current_usd": _COST,
+    "monthly_cost_proposed_usd": _COST,
+    "monthly_savings_usd": _SAVING,
+    "one_time_cost_usd": _COST,
+}
+#: Per table, the USD columns and their bounds: every value is NULL or a finite number within them.
+AMOUNT_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "price_catalog": {"ondemand_usd_per_hour": _PRICE, "spot_usd_per_hour": _PRICE},
+    "reserved_prices": {"effective_usd_per_hour": _PRICE, "ondemand_usd_per_hour": _PRICE},
+    "recommendations": _PLAN_AMOUNTS,
+    "portfolio_plan": _PLAN_AMOUNTS,
+}
+_ROW_KEYS = ("account_id", "date", "region", "instance_type", "resource_id", "option_name", "term_years")
+
+
+class AmountError(ValueError):
+    """A price or cost that is not a finite number within its documented bound (``AMOUNT_BOUNDS``)."""
+
+
+def check_amounts(table: pa.Table, table_name: str) -> None:
+    """Raise :class:`AmountError` naming the first row whose price or cost is NaN, infinite or out of bounds."""
+    bounds = AMOUNT_BOUNDS.get(table_name, {})
+    for column, (low, high) in bounds.items():
+        if column not in table.column_names or table.num_rows == 0:
+            continue
+        values = table[column]
+        bad = pc.or_kleene(
+            pc.invert(pc.is_finite(values)), pc.or_kleene(pc.less(values, low), pc.greater(values, high))
+        )
+        hits = pc.indices_nonzero(pc.fill_null(bad, False))
+        if len(hits):
+            i = hits[0].as_py()
+            row = {k: table[k][i].as_py() for k in _ROW_KEYS if k in table.column_names}
+            where = ", ".join(f"{k}={v}" for k, v in row.items())
+            raise AmountError(
+                f"table '{table_name}' row {i} ({where}): {column} = {values[i].as_py()!r} is not a finite amount "
+                f"from {low:g} to {high:g} USD (storage/schemas.py AMOUNT_BOUNDS); {len(hits)} row(s) like it. "
+                "Fix the source of that value (the price files, or the recommender that wrote it)"
+            )
