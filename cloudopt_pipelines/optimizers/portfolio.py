@@ -54,7 +54,7 @@ RULE_KEYS = (
 GROUPING_KEYS = ("group_tags", "default_group", "environment_tags", "default_environment", "environment_aliases")
 TOP_KEYS = ("version", "grouping", "portfolio", "groups", "environments", "protected_ids")
 DEFAULT_ALIASES = {
-    "prod": ["prod", "production", "prd", "live"],
+    "prod": list(vocabulary.PRODUCTION_VALUES),
     "staging": ["staging", "stage", "stg", "uat"],
     "dev": ["dev", "development", "test", "sandbox"],
 }
@@ -81,7 +81,7 @@ class PlanConfig:
     source: str = BUILT_IN
     group_tags: tuple[str, ...] = ("team", "service")
     default_group: str = "ungrouped"
-    environment_tags: tuple[str, ...] = ("env", "environment", "Environment")
+    environment_tags: tuple[str, ...] = vocabulary.ENVIRONMENT_TAG_KEYS
     default_environment: str = "prod"
     environment_aliases: Mapping[str, str] = field(
         default_factory=lambda: {alias: env for env, aliases in DEFAULT_ALIASES.items() for alias in aliases}
