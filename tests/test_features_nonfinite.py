@@ -1,21 +1,26 @@
-"""NaN and infinite samples never reach a statistic; they are counted (defect 12)."""
+"""NaN and infinite samples never reach a statistic or a recommendation; they are counted (defect 12)."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from cloudopt_pipelines.catalog.prices import build_price_catalog
+from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.standalone import recommend_account
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, UTILIZATION_5M
+from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M
 from tests.test_features import ACCOUNT, DAY0, RTOL, run, ts_of
 
 INF, NAN = math.inf, math.nan
 A, B = "i-000000000000000aa", "i-000000000000000bb"
 CLUSTER = "arn:aws:ecs:us-east-1:000011112222:cluster/c1"
+NOT_A_NUMBER = re.compile(r"\b(nan|inf)\s*(%|vcpu|gib)", re.IGNORECASE)  # "P99.5 ... is nan %"
 
 
 def write_partition(lake: Lake) -> tuple[np.ndarray, np.ndarray]:
@@ -87,3 +92,32 @@ def test_nonfinite_samples_are_excluded_and_counted(tmp_path: Path) -> None:
     assert window[A]["cpu_p995_pct"] == pytest.approx(a["cpu_p995_pct"], rel=RTOL)
     for row in window.values():
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+
+
+def test_the_recommender_on_the_staged_samples_names_the_excluded_ones(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    write_partition(lake)
+    stg = run(lake, "stg_utilization_5m", DAY0).table
+    resources = pa.Table.from_pylist(
+        [
+            {
+                "account_id": ACCOUNT,
+                "date": DAY0,
+                "resource_id": A,
+                "resource_kind": "ec2_instance",
+                "deployment_type": "standalone",
+                "region": "us-east-1",
+                "instance_type": "m5.xlarge",
+                "state": "running",
+                "tags": '{"env": "prod"}',
+                "attributes": "{}",
+            }
+        ],
+        schema=RESOURCES,
+    )
+    recs = recommend_account(ACCOUNT, DAY0, resources, stg, Catalog(build_price_catalog())).table.to_pylist()
+    assert recs and all(r["resource_id"] == A for r in recs)
+    for r in recs:
+        assert "4 sample(s) with a NaN or infinite value were excluded" in r["rationale"]
+        assert not NOT_A_NUMBER.search(r["rationale"])
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))

@@ -143,7 +143,7 @@ class UtilizationProfile:
     daily_peaks: np.ndarray = field(default_factory=lambda: np.zeros(0))
     capacity_vcpu: float = 0.0  # what 100 % CPU means in vCPU (the VM's own cores, else the instance's)
     saturated_share: float = 0.0  # share of 5-minute averages at or above SATURATION_PCT
-    nonfinite_samples: int = 0  # samples with an infinite value: excluded, as missing
+    nonfinite_samples: int = 0  # samples with a NaN (flagged by the features stage) or infinite value: excluded
     out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
     max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
 
@@ -807,7 +807,7 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
             )
         )
     if profile.nonfinite_samples:
-        parts.append(f"{profile.nonfinite_samples} sample(s) with an infinite value were excluded.")
+        parts.append(f"{profile.nonfinite_samples} sample(s) with a NaN or infinite value were excluded.")
     parts.append(
         f"Confidence {rec.confidence:.2f}: {profile.samples} of {profile.expected_samples} five-minute samples "
         f"over {profile.days_with_data} day(s)."

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -133,6 +133,7 @@ class Samples:
     cpu_peak_pct: np.ndarray
     mem_pct: np.ndarray | None
     net_bytes: np.ndarray | None
+    nonfinite_samples: int = 0  # samples the features stage flagged ``nonfinite`` (their NaN / Inf are NULL)
 
     @classmethod
     def from_table(cls, table: pa.Table, resource_id: str | None = None) -> Samples:
@@ -160,7 +161,12 @@ class Samples:
             net = np.nan_to_num(net_in if net_in is not None else 0.0) + np.nan_to_num(
                 net_out if net_out is not None else 0.0
             )
-        return cls(ts=ts, cpu_pct=cpu, cpu_peak_pct=peak, mem_pct=col("mem_pct"), net_bytes=net)
+        flagged = 0
+        if "nonfinite" in table.column_names and table.num_rows:
+            flagged = int(pc.sum(pc.cast(pc.fill_null(table["nonfinite"], False), pa.int64())).as_py() or 0)
+        return cls(
+            ts=ts, cpu_pct=cpu, cpu_peak_pct=peak, mem_pct=col("mem_pct"), net_bytes=net, nonfinite_samples=flagged
+        )
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,8 @@ def optimize_standalone_instance(
         memory_gib=current.memory_gib,
         window_days=config.window_days,
     )
+    if series.nonfinite_samples:
+        profile = replace(profile, nonfinite_samples=profile.nonfinite_samples + series.nonfinite_samples)
     policy = config.sizing_policy
     resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
     protected = is_protected(inst.tags)
