@@ -36,6 +36,7 @@ from cloudopt_pipelines.sources.base import (
     tag_columns,
 )
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform
+from cloudopt_pipelines.vocabulary import CLUSTER_TAG_KEY, CUSTOM_CLUSTER
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +483,7 @@ class AwsCollector:
                 "kubernetes": eks_arn.get(eks_name or "", eks_name),
                 "ecs": container["clusterArn"] if container else seen.get("aws:ecs:clusterName"),
                 "asg": asg_arn.get(asg_name or "", asg_name),
+                CUSTOM_CLUSTER: seen.get(CLUSTER_TAG_KEY),
                 "standalone": None,
             }[deployment]
             lifecycle = inst.get("InstanceLifecycle") or "on-demand"

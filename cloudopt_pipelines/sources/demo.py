@@ -22,6 +22,7 @@ from cloudopt_pipelines.sources.base import (
     tag_columns,
 )
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform, empty_table
+from cloudopt_pipelines.vocabulary import CLUSTER_TAG_KEY
 
 DEMO_DATA = Path(str(resources.files("cloudopt_pipelines.demo") / "data"))
 
@@ -208,6 +209,7 @@ def _parent_of(tags: dict[str, str]) -> str | None:
         "aws:elasticmapreduce:job-flow-id",
         "eks:cluster-name",
         "aws:ecs:clusterName",
+        CLUSTER_TAG_KEY,
         "aws:autoscaling:groupName",
     ):
         if key in tags:

@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import EXTERNAL_ID, FIRST_DAY, MANAGEMENT_ACCOUNT, ROLE_NAME, SECRET_KEY, AwsWorld
+from conftest import EXTERNAL_ID, FIRST_DAY, MANAGEMENT_ACCOUNT, ROLE_NAME, SECRET_KEY, AwsWorld, client, run_instance
 
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.optimizers.standalone import recommend_account, recommendations_summary
@@ -300,3 +300,11 @@ def test_in_use_volumes_are_never_recommended_for_deletion(inventory: Collected,
     expected = sum(ebs_monthly_usd(a["size_gib"], a["volume_type"]) for a in free) + addresses * 0.005 * 730
     assert recommendations_summary(result.table)["orphan_monthly_savings_usd"] == pytest.approx(expected, abs=0.01)
     assert result.notes == ()
+
+
+def test_an_instance_of_a_self_managed_cluster_is_never_standalone(make_collector, world: AwsWorld) -> None:
+    region = "ap-southeast-2"  # a region of its own: the shared estate stays as seeded
+    ec2 = client(world.endpoint, "ec2", region)
+    iid = run_instance(ec2, {"Name": "kafka-1", "cloudopt:cluster": "kafka-prod", "env": "prod"})
+    rows = by_id(make_collector(regions=(region,)).collect_inventory(MANAGEMENT_ACCOUNT, FIRST_DAY), "ec2_instance")
+    assert (rows[iid]["deployment_type"], rows[iid]["parent_id"]) == ("custom_cluster", "kafka-prod")
