@@ -15,6 +15,7 @@ class Settings:
 
     home: Path
     env: str
+    deployment_types: tuple[str, ...] | None = None  # None: every optimiser runs
 
     @property
     def lake_dir(self) -> Path:
@@ -38,7 +39,29 @@ def load_settings() -> Settings:
             f"CLOUDOPT_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}; "
             "use 'demo' for the embedded data or 'aws' for real accounts"
         )
-    return Settings(home=home, env=env)
+    return Settings(
+        home=home, env=env, deployment_types=parse_deployment_types(os.environ.get("CLOUDOPT_DEPLOYMENT_TYPES"))
+    )
+
+
+def parse_deployment_types(raw: str | None) -> tuple[str, ...] | None:
+    """``CLOUDOPT_DEPLOYMENT_TYPES``: comma-separated deployment types whose optimisers run; unset: all.
+
+    Each name must be one an optimiser handles (checked against the registry); an empty or blank list is
+    refused, since it would silently run nothing.
+    """
+    if raw is None:
+        return None
+    from cloudopt_pipelines.optimizers.base import select_optimizers
+
+    types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
+    if not types:
+        raise ValueError(
+            f"CLOUDOPT_DEPLOYMENT_TYPES={raw!r} names no deployment type; unset it to run every optimiser, "
+            "or list some, e.g. 'standalone'"
+        )
+    select_optimizers(types)  # raises naming the known types
+    return types
 
 
 def configured_accounts() -> list[str]:

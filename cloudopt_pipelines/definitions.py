@@ -4,9 +4,9 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
-from cloudopt_pipelines.assets.plan import portfolio_plan, portfolio_plan_job
+from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
-from cloudopt_pipelines.assets.recommendations import recommendations
+from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
@@ -16,6 +16,7 @@ from cloudopt_pipelines.automation import (
     daily_plan_schedule,
 )
 from cloudopt_pipelines.config import Settings, load_settings
+from cloudopt_pipelines.optimizers.base import select_optimizers
 from cloudopt_pipelines.partitions import account_daily_partitions
 from cloudopt_pipelines.resources.executor import AwsExecutorResource
 from cloudopt_pipelines.resources.sources import DemoSourceResource, SourceResource
@@ -36,13 +37,14 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
-    upstream = [
-        key for a in [*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions] for key in a.keys
-    ]
-    warehouse_asset = build_warehouse_asset(upstream)
+    optimizers = select_optimizers(settings.deployment_types)
+    recommendation_assets = build_recommendation_assets(optimizers)
+    portfolio_plan = build_portfolio_plan_asset(optimizers)
+    lake_assets = [*raw_assets, *sql_assets, *recommendation_assets, portfolio_plan, executed_actions]
+    warehouse_asset = build_warehouse_asset([key for a in lake_assets for key in a.keys])
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, recommendations]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, *recommendation_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
@@ -50,7 +52,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     return dg.Definitions(
-        assets=[*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions, warehouse_asset],
+        assets=[*lake_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule, daily_plan_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],

@@ -309,18 +309,18 @@ def _inputs(
         raise PlanInputError("give exactly one of --input FILE (what-if on a file) or --date YYYY-MM-DD (the lake)")
     if input_path is not None:
         return load_instances(input_path), load_constraints(constraints_path)
-    from cloudopt_pipelines.optimizers.portfolio import problem_for_day
+    from cloudopt_pipelines.assets.plan import plan_problem
+    from cloudopt_pipelines.config import load_settings
+    from cloudopt_pipelines.optimizers.base import select_optimizers
     from cloudopt_pipelines.storage.lake import Lake
 
     try:
         when = date.fromisoformat(day)
     except ValueError:
         raise PlanInputError(f"--date {day!r} is not a date as YYYY-MM-DD") from None
-    if lake_dir is None:
-        from cloudopt_pipelines.config import load_settings
-
-        lake_dir = load_settings().lake_dir
-    _, problem = problem_for_day(Lake(lake_dir), when, constraints_path)
+    settings = load_settings()
+    lake_dir = settings.lake_dir if lake_dir is None else lake_dir
+    _, problem = plan_problem(Lake(lake_dir), when, select_optimizers(settings.deployment_types), constraints_path)
     return problem.instances, problem.constraints
 
 

@@ -202,7 +202,8 @@ def test_unknown_type_in_the_inventory_is_reported_not_fatal(catalog):
 
 def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     from cloudopt_pipelines.assets.features import SOURCE_TABLES
-    from cloudopt_pipelines.assets.recommendations import recommendations
+    from cloudopt_pipelines.assets.recommendations import build_recommendation_asset
+    from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
     from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
     from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
     from cloudopt_pipelines.sqlmodels.runner import load_models, run_model
@@ -223,17 +224,17 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME, [account])
     result = dg.materialize(
-        [recommendations],
+        [build_recommendation_asset(StandaloneEc2Optimizer())],
         instance=instance,
         partition_key=account_day_key(account, days[-1]),
         resources={"lake": LakeResource(root=str(lake.root))},
-        run_config={"ops": {"recommendations__recommendations": {"config": {"window_days": 14}}}},
+        run_config={"ops": {"recommendations__standalone_ec2": {"config": {"risk_setting": "balanced"}}}},
     )
     assert result.success
-    table = lake.read("recommendations", account, days[-1])
+    table = lake.read("recommendations_standalone_ec2", account, days[-1])
     assert table.num_rows > 0 and table.schema.equals(RECOMMENDATIONS)
-    meta = result.asset_materializations_for_node("recommendations__recommendations")[0].metadata
-    assert meta["window_days_found"].value == 3
+    meta = result.asset_materializations_for_node("recommendations__standalone_ec2")[0].metadata
+    assert meta["window_days_found/stg_utilization_5m"].value == 3
     confidence = pc.unique(table.filter(pc.equal(table["resource_kind"], "ec2_instance"))["confidence"])
     assert confidence.to_pylist() == [round(3 / 14, 3)]
     assert json.loads(table["current_config"][0].as_py())

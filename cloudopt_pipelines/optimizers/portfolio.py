@@ -33,7 +33,6 @@ from typing import Any
 import pyarrow as pa
 
 from cloudopt_pipelines.optimizers.linear import KEEP, LinearOptimizer, Solution, check_plan
-from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
 
 CONFIG_ENV = "CLOUDOPT_PLAN_CONSTRAINTS"
@@ -635,42 +634,24 @@ def _plan_id(day: date | None, instances: list, constraints: Mapping, rules: Map
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------- from the lake
+# ------------------------------------------------------------------------------------ the day
 
 
-def read_day(lake: Lake, day: date) -> tuple[list[str], pa.Table | None, pa.Table | None]:
-    """The accounts with a ``recommendations`` partition on ``day``, their rows and their ``resources`` rows."""
-    accounts = sorted({a for a, d in lake.partitions("recommendations") if a and d == day.isoformat()})
-    recs = [lake.read("recommendations", a, day) for a in accounts]
-    resources = [lake.read("resources", a, day) for a in accounts if lake.partition_file("resources", a, day)]
-    return (
-        accounts,
-        pa.concat_tables(recs) if recs else None,
-        pa.concat_tables(resources, promote_options="permissive") if resources else None,
-    )
+def problem_for_day(
+    day: date,
+    candidate_sets: Sequence[Iterable[Candidate]],
+    resources: pa.Table | None,
+    constraints_path: str | Path | None = None,
+) -> PlanProblem:
+    """The plan problem of one day from every optimiser's candidates (the asset, and ``cloudopt plan --date``).
 
-
-def day_candidates(lake: Lake, day: date) -> tuple[list[str], list[Candidate], pa.Table | None, list[str]]:
-    """Accounts present, candidates of every recommender, their ``resources`` rows and merge notes.
-
-    Recommenders plug in here: each adds its own ``candidates_from_...`` list to ``merge_candidates``.
+    ``candidate_sets`` holds one list per optimiser, in registry order; ``resources`` is the day's
+    inventory of the accounts present (for the group and environment labels).
     """
-    accounts, recs, resources = read_day(lake, day)
-    if not accounts or recs is None:
-        raise NoAccountsError(
-            f"no account has a recommendations partition for {day} under {lake.table_dir('recommendations')}; "
-            f"materialise the daily pipeline for that day first (cloudopt run --start {day} --end {day})"
-        )
-    candidates, notes = merge_candidates(candidates_from_recommendations(recs))
-    return accounts, candidates, resources, notes
-
-
-def problem_for_day(lake: Lake, day: date, constraints_path: str | Path | None = None) -> tuple[list[str], PlanProblem]:
-    """The accounts present and the plan problem of one day (the asset, and ``cloudopt plan --date``)."""
     config = load_config(constraints_path)
-    accounts, candidates, resources, notes = day_candidates(lake, day)
+    candidates, notes = merge_candidates(*candidate_sets)
     labels = label_candidates(candidates, resources, config)
-    return accounts, build_problem(candidates, labels, config, day=day, notes=notes)
+    return build_problem(candidates, labels, config, day=day, notes=notes)
 
 
 # -------------------------------------------------------------------------------------- solve

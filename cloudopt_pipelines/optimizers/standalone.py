@@ -66,6 +66,8 @@ from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
 
 PROTECT_TAG = "cloudopt:protect"
 TS = pa.timestamp("us", tz="UTC")
+# The lake tables the optimiser reads, each over a trailing window of days ending with the partition's day.
+STANDALONE_FEATURE_INPUTS: dict[str, int] = {"stg_utilization_5m": 14}
 
 
 # Proposed addition to storage/schemas.py (TABLES["recommendations"]); the asset passes it explicitly.
@@ -485,22 +487,24 @@ def recommend_account(
     account_id: str,
     day: date,
     resources: pa.Table,
-    utilization: pa.Table,
+    features: Mapping[str, pa.Table] | pa.Table,
     catalog: Catalog,
     reserved: ReservedRates | None = None,
     config: StandaloneConfig | None = None,
 ) -> AccountRecommendations:
     """The ``recommendations`` rows of one account on one day (schema ``RECOMMENDATIONS``).
 
-    ``resources`` is that day's inventory, ``utilization`` the ``stg_utilization_5m`` rows of the
-    trailing window. Instances whose type is not in the catalogue get a ``keep`` row whose rationale
-    says so, instead of failing the whole account. Commitments per (region, family) are computed
+    ``resources`` is that day's inventory, ``features`` the tables of ``STANDALONE_FEATURE_INPUTS`` by
+    name (the ``stg_utilization_5m`` rows of the trailing window; a bare table is taken as those rows).
+    Instances whose type is not in the catalogue get a ``keep`` row whose rationale says so, instead of
+    failing the whole account. Commitments per (region, family) are computed
     from the instances left always-on (they are also an option on each such instance's rows).
     """
     config = config or StandaloneConfig()
     rows: list[dict[str, Any]] = []
     steady: list[SteadyUsage] = []
-    by_resource = _split_by_resource(utilization)
+    utilization = features if isinstance(features, pa.Table) else features.get("stg_utilization_5m")
+    by_resource = _split_by_resource(utilization) if utilization is not None else {}
     for res in resources.to_pylist():
         kind = res.get("resource_kind")
         if kind in ("ebs_volume", "elastic_ip"):

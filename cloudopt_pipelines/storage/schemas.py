@@ -235,6 +235,10 @@ TABLES: dict[str, pa.Schema] = {
     "executed_actions": EXECUTED_ACTIONS,
 }
 
+# Warehouse views that are the union of every lake table with a prefix: each deployment-type optimiser
+# writes its own ``recommendations_<name>`` table, analysts query ``recommendations`` (the contract name).
+UNION_VIEWS: dict[str, str] = {"recommendations": "recommendations_"}
+
 RESOURCE_KINDS = (
     "ec2_instance",
     "ebs_volume",

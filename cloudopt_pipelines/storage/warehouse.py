@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from cloudopt_pipelines.sqlmodels.runner import parse_model
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import TABLES
+from cloudopt_pipelines.storage.schemas import TABLES, UNION_VIEWS
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
                         f"'{lake.glob(table)}', hive_partitioning = false, union_by_name = true)"
                     )
                     views.append(table)
+                for view, prefix in UNION_VIEWS.items():
+                    members = [t for t in views if t.startswith(prefix)]
+                    if members and view not in views:
+                        con.execute(
+                            f"CREATE VIEW {view} AS "
+                            + " UNION ALL BY NAME ".join(f"SELECT * FROM {m}" for m in members)
+                        )
+                        views.append(view)
                 for table, schema in TABLES.items():
                     if table not in views:
                         con.execute(f"CREATE VIEW {table} AS {_empty_select(schema)}")
