@@ -8,7 +8,11 @@
 --   min(1, samples / expected) x min(1, days_with_data / min(7, window_days)) (a window seen on fewer
 --   than 7 days has not seen a weekly cycle); confidence is high (>= 80), medium (>= 50), low, or
 --   insufficient (less than 30 hours). Trusted Advisor's low-utilisation rule is applied as AWS
---   does: idle (CPU <= 10 % and network <= 5 MB) on 4 or more days of the window.
+--   does: idle (CPU <= 10 % and network <= 5 MB) on 4 or more days of the window. For right-sizing:
+--   cpu_saturated_share_pct (share of the samples with a CPU peak whose 5-minute average is at least
+--   90 %), and the spread and trend of the daily CPU peaks over the days with at least a quarter of
+--   their samples (cpu_daily_peak_*: count, mean, population standard deviation, and the means of
+--   the first floor(n / 2) such days and of the rest, in date order).
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- window_days: 14
@@ -62,8 +66,31 @@ days AS (
         max(cpu_max_pct) AS cpu_max_pct,
         sum(mem_mean_pct * mem_samples) / nullif(sum(mem_samples), 0) AS mem_mean_pct,
         max(mem_max_pct) AS mem_max_pct,
-        max(net_max_bytes) AS net_max_bytes
+        max(net_max_bytes) AS net_max_bytes,
+        sum(cpu_peak_samples) AS cpu_peak_samples,
+        sum(cpu_saturated_samples) AS cpu_saturated_samples
     FROM {{ ref('utilization_daily') }}
+    GROUP BY resource_id
+),
+peak_days AS (
+    -- Days with at least a quarter of their 288 samples, numbered in date order per resource.
+    SELECT
+        resource_id,
+        cpu_max_pct,
+        row_number() OVER (PARTITION BY resource_id ORDER BY date) AS day_number,
+        count(*) OVER (PARTITION BY resource_id) AS peak_days
+    FROM {{ ref('utilization_daily') }}
+    WHERE cpu_peak_samples >= 72 AND cpu_max_pct IS NOT NULL
+),
+peaks AS (
+    SELECT
+        resource_id,
+        count(*) AS cpu_daily_peak_days,
+        avg(cpu_max_pct) AS cpu_daily_peak_mean_pct,
+        stddev_pop(cpu_max_pct) AS cpu_daily_peak_std_pct,
+        avg(cpu_max_pct) FILTER (WHERE day_number <= peak_days // 2) AS cpu_daily_peak_first_half_pct,
+        avg(cpu_max_pct) FILTER (WHERE day_number > peak_days // 2) AS cpu_daily_peak_second_half_pct
+    FROM peak_days
     GROUP BY resource_id
 )
 SELECT
@@ -124,7 +151,16 @@ SELECT
     CAST(d.out_of_range_samples AS INTEGER) AS out_of_range_samples,
     CAST(d.duplicate_samples AS INTEGER) AS duplicate_samples,
     s.first_sample_ts,
-    s.last_sample_ts
+    s.last_sample_ts,
+    CAST(d.cpu_peak_samples AS INTEGER) AS cpu_peak_samples,
+    CAST(d.cpu_saturated_samples AS INTEGER) AS cpu_saturated_samples,
+    100.0 * d.cpu_saturated_samples / nullif(d.cpu_peak_samples, 0) AS cpu_saturated_share_pct,
+    CAST(coalesce(p.cpu_daily_peak_days, 0) AS INTEGER) AS cpu_daily_peak_days,
+    p.cpu_daily_peak_mean_pct,
+    p.cpu_daily_peak_std_pct,
+    p.cpu_daily_peak_first_half_pct,
+    p.cpu_daily_peak_second_half_pct
 FROM stats AS s
 JOIN days AS d USING (resource_id)
+LEFT JOIN peaks AS p USING (resource_id)
 ORDER BY s.resource_id
