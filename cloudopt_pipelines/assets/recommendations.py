@@ -11,6 +11,7 @@ from cloudopt_pipelines.optimizers.commitments import ReservedRates
 from cloudopt_pipelines.optimizers.sizing import DEFAULT_RISK_SETTING, RISK_SETTINGS, Catalog
 from cloudopt_pipelines.optimizers.standalone import (
     RECOMMENDATIONS,
+    STANDALONE_FEATURE_INPUTS,
     StandaloneConfig,
     recommend_account,
     recommendations_summary,
@@ -37,13 +38,15 @@ class StandaloneRecommendationsConfig(dg.Config):
     )
 
 
-def read_window(lake: Lake, account_id: str, day: date, window_days: int) -> tuple[pa.Table, list[date]]:
-    """The ``stg_utilization_5m`` partitions of the trailing window that exist, and which days they are."""
+def read_window(
+    lake: Lake, account_id: str, day: date, window_days: int, table: str = "stg_utilization_5m"
+) -> tuple[pa.Table, list[date]]:
+    """The partitions of ``table`` in the trailing window that exist, and which days they are."""
     tables, days = [], []
     for offset in range(window_days - 1, -1, -1):
         d = day - timedelta(days=offset)
-        if lake.partition_file("stg_utilization_5m", account_id, d) is not None:
-            tables.append(lake.read("stg_utilization_5m", account_id, d))
+        if lake.partition_file(table, account_id, d) is not None:
+            tables.append(lake.read(table, account_id, d))
             days.append(d)
     if not tables:
         return pa.table({"resource_id": pa.array([], pa.string())}), days
@@ -55,7 +58,7 @@ def read_window(lake: Lake, account_id: str, day: date, window_days: int) -> tup
     key=[RECOMMENDATIONS_PREFIX, "recommendations"],
     partitions_def=account_daily_partitions,
     deps=[
-        dg.AssetKey(["features", "stg_utilization_5m"]),
+        *(dg.AssetKey(["features", name]) for name in STANDALONE_FEATURE_INPUTS),
         dg.AssetKey(["raw", "resources"]),
         dg.AssetKey(["raw", "price_catalog"]),
         dg.AssetKey(["raw", "reserved_prices"]),
@@ -72,12 +75,15 @@ def recommendations(
     utilisation that exists in the lake (missing days lower the confidence)."""
     account_id, day = split_account_day(context)
     store = lake.get_lake()
-    utilization, days = read_window(store, account_id, day, config.window_days)
+    features, found = {}, {}
+    for name, window in STANDALONE_FEATURE_INPUTS.items():
+        features[name], found[name] = read_window(store, account_id, day, window, name)
+    days = found["stg_utilization_5m"]
     result = recommend_account(
         account_id,
         day,
         store.read("resources", account_id, day),
-        utilization,
+        features,
         Catalog(store.read("price_catalog")),
         ReservedRates(store.read("reserved_prices")),
         StandaloneConfig(
