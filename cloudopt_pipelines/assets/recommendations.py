@@ -71,8 +71,8 @@ def recommendations(
 ) -> dg.MaterializeResult:
     """Right-sizing, schedules, Spot, idle and commitment options for every standalone EC2 instance of
     one account (never group or cluster members), plus unattached EBS volumes and idle Elastic IPs.
-    One row per (resource, option), ranked by monthly cost; reads the trailing window of 5-minute
-    utilisation that exists in the lake (missing days lower the confidence)."""
+    One row per (resource, option), ranked by monthly cost; reads the feature tables of
+    STANDALONE_FEATURE_INPUTS that exist in the lake (missing days lower the confidence)."""
     account_id, day = split_account_day(context)
     store = lake.get_lake()
     features, found = {}, {}

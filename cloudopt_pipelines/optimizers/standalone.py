@@ -100,7 +100,7 @@ class StandaloneConfig:
 
     risk_setting: str = DEFAULT_RISK_SETTING
     policy: SizingPolicy | None = None  # overrides risk_setting
-    window_days: int = 14
+    window_days: int = 14  # expected days of the raw-samples path; utilization_window has its own
     environment_tag_keys: tuple[str, ...] = ENVIRONMENT_TAG_KEYS
     spot_workload_tag: str = SPOT_WORKLOAD_TAG
     spot_workload_values: tuple[str, ...] = SPOT_WORKLOAD_VALUES
