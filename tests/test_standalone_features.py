@@ -124,6 +124,14 @@ def test_recommend_account_names_a_missing_feature_table(tmp_path, catalog):
     assert STANDALONE_FEATURE_INPUTS["utilization_window"] == 1 and STANDALONE_FEATURE_INPUTS["activity_profile"] == 1
 
 
+def test_a_feature_partition_from_an_older_model_is_named_not_read_as_zeros(tmp_path, catalog):
+    day, resources, features = demo_features(tmp_path, "123456789012", 2)
+    old = features["utilization_window"].drop_columns(["cpu_saturated_share_pct"])
+    wanted = r"'utilization_window' .* lacks column\(s\) cpu_saturated_share_pct.*re-materialise"
+    with pytest.raises(ValueError, match=wanted):
+        recommend_account("123456789012", day, resources, {**features, "utilization_window": old}, catalog)
+
+
 def test_without_raw_rows_no_burstable_type_is_offered(tmp_path, catalog):
     day, resources, features = demo_features(tmp_path, "123456789012", 7)
     with_raw = recommend_account("123456789012", day, resources, features, catalog).table.to_pylist()

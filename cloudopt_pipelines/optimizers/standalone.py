@@ -91,6 +91,42 @@ STANDALONE_FEATURE_INPUTS: dict[str, int] = {
     "stg_utilization_5m": 14,
 }
 _REQUIRED_FEATURES = ("utilization_window", "activity_profile")
+# Columns the recommender reads from each feature table (the newest ones first: a partition written
+# before they existed must be re-materialised).
+FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "utilization_window": (
+        "cpu_saturated_share_pct",
+        "cpu_daily_peak_days",
+        "cpu_daily_peak_mean_pct",
+        "cpu_daily_peak_std_pct",
+        "cpu_daily_peak_first_half_pct",
+        "cpu_daily_peak_second_half_pct",
+        "resource_id",
+        "samples",
+        "expected_samples",
+        "days_with_data",
+        "cpu_mean_pct",
+        "cpu_p50_pct",
+        "cpu_p90_pct",
+        "cpu_p95_pct",
+        "cpu_p99_pct",
+        "cpu_p995_pct",
+        "cpu_max_pct",
+        "mem_samples",
+        "mem_p50_pct",
+        "mem_p90_pct",
+        "mem_p95_pct",
+        "mem_p99_pct",
+        "mem_p995_pct",
+        "mem_max_pct",
+        "net_samples",
+        "net_in_bytes",
+        "net_out_bytes",
+        "net_max_bytes",
+    ),
+    "activity_profile": ("cpu_p95_pct", "resource_id", "hour_of_week", "samples", "timezone", "tz_source"),
+    "stg_utilization_5m": ("resource_id", "ts", "cpu_pct", "cpu_peak_pct"),
+}
 
 
 # Proposed addition to storage/schemas.py (TABLES["recommendations"]); the asset passes it explicitly.
@@ -566,6 +602,8 @@ def recommend_account(
             f"recommend_account for account {account_id} on {day} needs the feature table(s) {', '.join(missing)}; "
             f"pass every table of STANDALONE_FEATURE_INPUTS ({', '.join(STANDALONE_FEATURE_INPUTS)})"
         )
+    for name, table in features.items():
+        _check_columns(name, table, account_id, day)
     windows = {r["resource_id"]: r for r in _on_day(features["utilization_window"], day).to_pylist()}
     activity = _hours_by_resource(_on_day(features["activity_profile"], day))
     raw = features.get("stg_utilization_5m")
@@ -604,6 +642,17 @@ def recommend_account(
     )
     table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
     return AccountRecommendations(table=table, commitments=commitments)
+
+
+def _check_columns(name: str, table: pa.Table, account_id: str, day: date) -> None:
+    """A feature table with rows must have every column the recommender reads (never a silent default)."""
+    missing = [c for c in FEATURE_COLUMNS.get(name, ()) if c not in table.column_names]
+    if table.num_rows and missing:
+        raise ValueError(
+            f"feature table '{name}' for account {account_id} on {day} lacks column(s) {', '.join(missing)}: "
+            f"its partitions were written by an older model; re-materialise features/{name} for the window "
+            "(and what it reads) before the recommendations"
+        )
 
 
 def _on_day(table: pa.Table, day: date) -> pa.Table:
