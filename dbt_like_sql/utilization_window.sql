@@ -68,30 +68,22 @@ days AS (
         max(mem_max_pct) AS mem_max_pct,
         max(net_max_bytes) AS net_max_bytes,
         sum(cpu_peak_samples) AS cpu_peak_samples,
-        sum(cpu_saturated_samples) AS cpu_saturated_samples
+        sum(cpu_saturated_samples) AS cpu_saturated_samples,
+        -- The daily peaks of the days with at least a quarter of their 288 samples, in date order.
+        list(cpu_max_pct ORDER BY date) FILTER (WHERE cpu_peak_samples >= 72 AND cpu_max_pct IS NOT NULL)
+            AS daily_peaks
     FROM {{ ref('utilization_daily') }}
     GROUP BY resource_id
-),
-peak_days AS (
-    -- Days with at least a quarter of their 288 samples, numbered in date order per resource.
-    SELECT
-        resource_id,
-        cpu_max_pct,
-        row_number() OVER (PARTITION BY resource_id ORDER BY date) AS day_number,
-        count(*) OVER (PARTITION BY resource_id) AS peak_days
-    FROM {{ ref('utilization_daily') }}
-    WHERE cpu_peak_samples >= 72 AND cpu_max_pct IS NOT NULL
 ),
 peaks AS (
     SELECT
         resource_id,
-        count(*) AS cpu_daily_peak_days,
-        avg(cpu_max_pct) AS cpu_daily_peak_mean_pct,
-        stddev_pop(cpu_max_pct) AS cpu_daily_peak_std_pct,
-        avg(cpu_max_pct) FILTER (WHERE day_number <= peak_days // 2) AS cpu_daily_peak_first_half_pct,
-        avg(cpu_max_pct) FILTER (WHERE day_number > peak_days // 2) AS cpu_daily_peak_second_half_pct
-    FROM peak_days
-    GROUP BY resource_id
+        len(daily_peaks) AS cpu_daily_peak_days,
+        list_avg(daily_peaks) AS cpu_daily_peak_mean_pct,
+        list_aggregate(daily_peaks, 'stddev_pop') AS cpu_daily_peak_std_pct,
+        list_avg(daily_peaks[1:len(daily_peaks) // 2]) AS cpu_daily_peak_first_half_pct,
+        list_avg(daily_peaks[len(daily_peaks) // 2 + 1:]) AS cpu_daily_peak_second_half_pct
+    FROM days
 )
 SELECT
     {{ var('account_id') }} AS account_id,

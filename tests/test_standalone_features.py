@@ -33,6 +33,7 @@ from cloudopt_pipelines.optimizers.schedules import (
 from cloudopt_pipelines.optimizers.sizing import (
     PROFILE_PERCENTILES,
     Catalog,
+    adaptive_factor,
     analyze_utilization,
     profile_from_features,
     recommend_resize,
@@ -93,6 +94,9 @@ def test_the_window_row_gives_the_profile_numpy_computes_from_the_samples(trace,
             assert sql.daily_peaks.days == ref.daily_peaks.days
             assert sql.daily_peaks.std_vcpu == pytest.approx(ref.daily_peaks.std_vcpu, rel=1e-9, abs=1e-12)
             assert sql.daily_peaks.second_half_mean_vcpu == pytest.approx(ref.daily_peaks.second_half_mean_vcpu)
+            assert sql.daily_peaks.mean_vcpu == pytest.approx(ref.daily_peaks.mean_vcpu)
+            assert sql.daily_peaks.first_half_mean_vcpu == pytest.approx(ref.daily_peaks.first_half_mean_vcpu)
+            assert adaptive_factor(sql) == pytest.approx(adaptive_factor(ref))
         np.testing.assert_allclose(sql.series.mean_vcpu, ref.series.mean_vcpu)
         assert (
             recommend_resize(sql, instance_type, REGION, catalog).best
