@@ -61,6 +61,8 @@ def read_inputs(lake: Lake, feature_inputs: Sequence[FeatureInput], account_id: 
         if parts:
             common = [c for c in parts[0].column_names if all(c in t.column_names for t in parts)]
             tables[feature.table] = pa.concat_tables([t.select(common) for t in parts], promote_options="permissive")
+        else:
+            tables[feature.table] = pa.table({"resource_id": pa.array([], pa.string())})
         days_found[feature.table] = tuple(days)
     return tables, days_found
 
