@@ -140,29 +140,30 @@ def plan(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run on the warehouse, read-only.")],
-    max_rows: Annotated[int, typer.Option(help="Rows to print at most.")] = 50,
+    query: Annotated[str, typer.Argument(help="One SQL query to run on the warehouse, read-only.")],
+    max_rows: Annotated[
+        int, typer.Option(help="Rows to print at most, 1 to 10000 (read bigger results with DuckDB directly).")
+    ] = 50,
 ) -> None:
-    """Run a read-only query on the warehouse and print the result as a table."""
+    """Run one read-only query on the warehouse and print the result as a table. Only queries and EXPLAIN
+    run: no file outside the warehouse and the lake can be read, none written, no extension loaded."""
     import duckdb
 
-    from cloudopt_pipelines.storage.warehouse import read_only
+    from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query
 
+    if not 1 <= max_rows <= MAX_SQL_ROWS:
+        raise typer.BadParameter(f"must be between 1 and {MAX_SQL_ROWS} (got {max_rows})", param_hint="--max-rows")
     settings = load_settings()
     try:
-        with read_only(settings.warehouse_path) as con:
-            relation = con.sql(query)
-            if relation is None:
-                typer.echo("ok")
-                return
-            columns = relation.columns
-            rows = relation.limit(max_rows).fetchall()
-    except (duckdb.Error, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_dir)
+    except (duckdb.Error, FileNotFoundError, PermissionError, ValueError) as exc:
+        typer.echo(f"error: {str(exc).strip()}", err=True)
         raise typer.Exit(2) from None
     from tabulate import tabulate
 
-    typer.echo(tabulate(rows, headers=columns, tablefmt="github", floatfmt=".4g"))
+    typer.echo(tabulate(result.rows, headers=result.columns, tablefmt="github", floatfmt=".4g"))
+    if result.truncated:
+        typer.echo(f"(first {max_rows} rows shown; raise --max-rows or add a LIMIT)", err=True)
 
 
 @app.command()
