@@ -4,6 +4,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +39,51 @@ def _parse_day(value: str, option: str) -> date:
         raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint=option) from None
 
 
+INTERRUPTED = 130
+
+
+def _usage_error(message: str) -> typer.Exit:
+    """Print a one-line usage error; the caller raises the returned exit (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _range_errors() -> Iterator[None]:
+    """Turn what can go wrong in a range run into one line and an exit code: 2 for a request that cannot
+    run (bad range or accounts), 1 for a failure, 130 when interrupted (Ctrl-C or SIGTERM)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: the run in progress was marked failed; materialised partitions are kept, "
+            "run the command again to finish",
+            err=True,
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    except (RuntimeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _account_option(raw: str | None) -> list[str] | None:
+    """The --accounts option: None when not given; given, it must name at least one valid id."""
+    if raw is None:
+        return None
+    try:
+        parsed = parse_accounts(raw)
+    except ValueError as exc:
+        raise _usage_error(f"--accounts: {exc}") from None
+    if not parsed:
+        raise _usage_error(
+            f"--accounts {raw!r} names no account; give 12-digit ids separated by commas, or leave "
+            "--accounts out to run every account the source reaches"
+        )
+    return parsed
+
+
 def _quiet_dagster() -> None:
     import warnings
 
@@ -59,13 +106,19 @@ def run(
     refresh_catalog: Annotated[bool, typer.Option(help="Rebuild the price catalogue first.")] = False,
 ) -> None:
     """Materialise every account x day in [start, end] through Dagster (one run per partition, as a
-    backfill does), then refresh the warehouse. Exits 1 if any partition failed."""
-    _quiet_dagster()
-    from cloudopt_pipelines.orchestration import run_range
-
+    backfill does), then refresh the warehouse. Exits 1 if any partition failed, 2 for a range or
+    accounts that cannot run, 130 when interrupted."""
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
-    account_list = parse_accounts(accounts) if accounts else None
-    result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
+    account_list = _account_option(accounts)
+    _quiet_dagster()
+    from cloudopt_pipelines.orchestration import day_range, run_range
+
+    try:
+        day_range(first, last)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    with _range_errors():
+        result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
     done = len(result.outcomes) - len(result.failed)
     typer.echo(f"{done}/{len(result.outcomes)} partitions materialised; warehouse: {result.warehouse_path}")
     if result.failed:
@@ -76,7 +129,8 @@ def run(
 
 @app.command()
 def demo() -> None:
-    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary."""
+    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary.
+    Exits 1 if any partition failed, 130 when interrupted."""
     _quiet_dagster()
     from cloudopt_pipelines.orchestration import run_range
     from cloudopt_pipelines.summary import demo_summary
@@ -86,7 +140,8 @@ def demo() -> None:
         raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
     typer.echo(f"cloudopt demo: {DEMO_START} to {DEMO_END}, home {settings.home}")
     started = time.monotonic()
-    result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
+    with _range_errors():
+        result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
     typer.echo("")
     typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
     if result.failed:
@@ -152,7 +207,7 @@ def sql(
     from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query
 
     if not 1 <= max_rows <= MAX_SQL_ROWS:
-        raise typer.BadParameter(f"must be between 1 and {MAX_SQL_ROWS} (got {max_rows})", param_hint="--max-rows")
+        raise _usage_error(f"--max-rows must be between 1 and {MAX_SQL_ROWS} (got {max_rows})")
     settings = load_settings()
     try:
         result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_dir)
