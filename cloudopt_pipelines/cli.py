@@ -223,13 +223,27 @@ def sql(
 
 @app.command()
 def accounts() -> None:
-    """List the account partitions registered in the Dagster instance."""
+    """List the account partitions registered in the Dagster instance, each with its status at the source
+    (ACTIVE or CONFIGURED ones are scheduled; UNREACHABLE ones are ids the source does not list)."""
+    from cloudopt_pipelines.definitions import source_for
     from cloudopt_pipelines.orchestration import ensure_instance
     from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME
+    from cloudopt_pipelines.sources.base import UNREACHABLE
 
-    instance = ensure_instance(load_settings())
+    settings = load_settings()
+    instance = ensure_instance(settings)
+    try:
+        statuses = source_for(settings).get_collector().list_account_statuses()
+    except Exception as exc:  # the list still helps when the source is down
+        typer.echo(f"warning: statuses unavailable ({str(exc).splitlines()[0]})", err=True)
+        statuses = None
     for account in sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)):
-        typer.echo(account)
+        if statuses is None:
+            typer.echo(account)
+        else:
+            status = statuses.get(account, UNREACHABLE)
+            note = " (the source does not list it: check the id)" if status == UNREACHABLE else ""
+            typer.echo(f"{account}  {status}{note}")
 
 
 @app.command()

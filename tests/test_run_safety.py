@@ -302,3 +302,16 @@ def test_approve_refuses_a_plan_that_failed_its_check_in_one_line(demo_home: Set
     said: list[str] = []
     code = approve_command(day, None, True, "alice", False, settings=settings, echo=lambda m, **_k: said.append(m))
     assert code == 2 and said[-1].startswith("error: ") and "check" in said[-1], said
+
+
+def test_accounts_marks_a_registered_id_the_source_does_not_reach(fresh_home: Settings) -> None:
+    from cloudopt_pipelines.orchestration import register_accounts
+
+    register_accounts(ensure_instance(fresh_home), ["000000000042", DEMO_ACCOUNTS[0]])
+    result = CliRunner().invoke(app, ["accounts"], env={"CLOUDOPT_HOME": str(fresh_home.home), "CLOUDOPT_ENV": "demo"})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line[:1].isdigit()]
+    assert lines == [
+        "000000000042  UNREACHABLE (the source does not list it: check the id)",
+        f"{DEMO_ACCOUNTS[0]}  ACTIVE",
+    ]
