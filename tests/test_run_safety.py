@@ -8,6 +8,7 @@ warehouse step when the signal arrives, whatever the machine's speed.
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -139,7 +140,7 @@ def test_a_run_killed_holding_the_warehouse_pool_is_failed_and_the_next_run_comp
     instance = ensure_instance(fresh_home)
     assert instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.STARTED
     assert _claims(fresh_home) == [dead_run]
-    leftover = fresh_home.lake_dir / STAGING / f"{first.process.pid}-{uuid.uuid4().hex}"
+    leftover = fresh_home.lake_dir / STAGING / f"{first.process.pid}@{socket.gethostname()}-{uuid.uuid4().hex}"
     leftover.mkdir(parents=True)
 
     second = _Command(fresh_home.home, *RUN_ARGS)
@@ -315,3 +316,18 @@ def test_accounts_marks_a_registered_id_the_source_does_not_reach(fresh_home: Se
         "000000000042  UNREACHABLE (the source does not list it: check the id)",
         f"{DEMO_ACCOUNTS[0]}  ACTIVE",
     ]
+
+
+def test_the_instance_config_turns_on_run_monitoring_and_upgrades_only_the_previous_default(tmp_path: Path) -> None:
+    from cloudopt_pipelines.orchestration import PREVIOUS_INSTANCE_YAML
+
+    old = Settings(home=tmp_path / "old", env="demo")
+    old.dagster_home.mkdir(parents=True)
+    (old.dagster_home / "dagster.yaml").write_text(PREVIOUS_INSTANCE_YAML)
+    settings = ensure_instance(old).run_monitoring_settings
+    assert settings["enabled"] and settings["free_slots_after_run_end_seconds"] > 0
+    edited = Settings(home=tmp_path / "edited", env="demo")
+    edited.dagster_home.mkdir(parents=True)
+    (edited.dagster_home / "dagster.yaml").write_text(PREVIOUS_INSTANCE_YAML + "# edited by hand\n")
+    ensure_instance(edited)
+    assert (edited.dagster_home / "dagster.yaml").read_text().endswith("# edited by hand\n")

@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 from datetime import date
 from pathlib import Path
 
@@ -166,16 +167,18 @@ def test_sweep_removes_dead_and_stale_staging_but_not_a_live_writers(tmp_path: P
     lake = Lake(tmp_path / "lake")
     lake.write("events", _events(DAYS[0]), ACCOUNT, DAYS[0])
     staging = lake.root / STAGING
-    live = staging / f"{os.getpid()}-live"
-    dead = staging / "999999999-dead"
+    host = socket.gethostname()
+    live = staging / f"{os.getpid()}@{host}-0a1b"
+    dead = staging / f"999999999@{host}-0a1b"
+    elsewhere = staging / "999999999@another-machine-0a1b"
     legacy = staging / "0123abcd"
-    for directory in (live, dead, legacy):
+    for directory in (live, dead, elsewhere, legacy):
         directory.mkdir()
         (directory / "part-x.parquet").write_bytes(b"half")
     now = live.stat().st_mtime + 60
     assert set(sweep_leftovers(lake.root, now=now)) == {dead}
-    assert live.exists() and legacy.exists()
-    assert set(sweep_leftovers(lake.root, now=now + STALE_STAGING_S)) == {live, legacy}
+    assert live.exists() and elsewhere.exists() and legacy.exists()
+    assert set(sweep_leftovers(lake.root, now=now + STALE_STAGING_S)) == {live, elsewhere, legacy}
 
 
 def test_rebuild_removes_temporary_files_of_a_killed_rebuild(warehouse: tuple[Lake, Path]) -> None:

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from datetime import date
@@ -135,7 +136,7 @@ class Lake:
             data = conform(data, schema, table)
         live = self.partition_dir(table, account_id, day)
         live.parent.mkdir(parents=True, exist_ok=True)
-        stage = self.root / STAGING / f"{os.getpid()}-{uuid.uuid4().hex}"
+        stage = self.root / STAGING / f"{_writer()}-{uuid.uuid4().hex}"
         stage.mkdir(parents=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
         try:
@@ -224,8 +225,8 @@ def repair_hint(lake: Lake, table: str, file: Path) -> str:
 def sweep_leftovers(root: Path, now: float | None = None) -> list[Path]:
     """Remove staging directories of writers that are gone or older than ``STALE_STAGING_S``; returns them.
 
-    A writer's directory is named ``<pid>-<uuid>`` and is left alone while that process runs (one
-    without a pid, from an older version, only once it is stale).
+    A writer's directory is named ``<pid>@<host>-<uuid>`` and is left alone while that process runs;
+    one of another machine (a shared lake) or without a pid (an older version) only once it is stale.
     """
     staging = Path(root) / STAGING
     if not staging.is_dir():
@@ -237,12 +238,16 @@ def sweep_leftovers(root: Path, now: float | None = None) -> list[Path]:
             age = now - entry.lstat().st_mtime
         except FileNotFoundError:
             continue
-        pid = entry.name.split("-", 1)[0]
-        writer_gone = pid.isdigit() and not _process_alive(int(pid))
+        pid, _, host = entry.name.rsplit("-", 1)[0].partition("@")
+        writer_gone = host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
         if writer_gone or age > STALE_STAGING_S:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def _writer() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
 
 
 def _process_alive(pid: int) -> bool:
