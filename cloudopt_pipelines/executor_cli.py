@@ -38,7 +38,7 @@ def approve_command(
     """List the plan's actions, or record an approval; returns the exit code."""
     from tabulate import tabulate
 
-    from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanNotFound, approve, read_plan
+    from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
     from cloudopt_pipelines.storage.lake import Lake
 
     settings = settings or load_settings()
@@ -61,7 +61,7 @@ def approve_command(
             return 2
         ids = [a.strip() for a in (actions or "").split(",") if a.strip()]
         approval = approve(lake, paths, day, by, ids, all_actions)
-    except (PlanNotFound, ApprovalError) as exc:
+    except (PlanNotFound, ApprovalError, PlanError) as exc:
         echo(f"error: {exc}", err=True)
         return 2
     covered = [a for a in planned if approval.covers(a)]
@@ -86,7 +86,7 @@ def materialise_executed_actions(
     import dagster as dg
 
     from cloudopt_pipelines.assets.actions import executed_actions
-    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance
+    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance, process_tags
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.resources.storage import LakeResource
 
@@ -106,7 +106,7 @@ def materialise_executed_actions(
             **(resources or {}),
         },
         raise_on_error=False,
-        tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode},
+        tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode, **process_tags()},
     )
 
 
@@ -129,7 +129,17 @@ def execute_command(
     if mode not in MODES:
         echo(f"error: --mode must be one of {', '.join(MODES)} (got {mode!r})", err=True)
         return 2
-    config = yaml.safe_load(config_file.read_text()) or {} if config_file else {}
+    try:
+        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
+    except OSError as exc:
+        echo(f"error: --config {config_file}: {exc.strerror or exc}; give an existing YAML file", err=True)
+        return 2
+    except yaml.YAMLError as exc:
+        echo(f"error: --config {config_file} is not valid YAML: {str(exc).splitlines()[0]}", err=True)
+        return 2
+    if not isinstance(config, Mapping):
+        echo(f"error: --config {config_file} must hold a mapping of executor settings", err=True)
+        return 2
     settings = settings or load_settings()
     result = materialise_executed_actions(day, mode, settings, config, resources)
     if not result.success:

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 SCHEDULABLE_STATUSES = frozenset({"ACTIVE", "CONFIGURED"})
+UNREACHABLE = "UNREACHABLE"
+"""The status of an account id the source does not list (a typo, a closed account): never scheduled by cloudopt run."""
 ENV_TAG_KEYS = ("env", "environment", "Environment")
 TEAM_TAG_KEYS = ("team", "Team", "owner", "Owner")
 SERVICE_TAG_KEYS = ("service", "Service", "app", "App")
