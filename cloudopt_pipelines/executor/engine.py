@@ -2,9 +2,9 @@
 
 For every action of the plan, in order of savings: plug-in found? approved (for this very plan id)?
 the live resource protected? production allowed? inside its change window? already in the target state
-(live)? within the blast radius? Then a dry run reports the exact calls, and an apply records its intent,
-calls, verifies the live state and rolls back at once where the plug-in asks for it. Every decision is
-one ``Decision``, appended to the audit file as it is made.
+(live)? changed since the plan? within the blast radius? Then a dry run reports the exact calls, and an
+apply records its intent, calls, verifies the live state and rolls back at once where the plug-in asks for
+it. Every decision is one ``Decision``, appended to the audit file as it is made.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from cloudopt_pipelines.executor.actions import ActionContext, ActionPlugin, Pro
 from cloudopt_pipelines.executor.approvals import Approval, find_approval
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
+from cloudopt_pipelines.executor.drift import changes_since_plan
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
 from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy, RateLimiter
@@ -182,6 +183,14 @@ class Executor:
             return self._failed(action, mode, run_id, started, exc, region, unreachable, "planning", who)
         if proposal.status != "ready":
             return skipped(proposal.reason, state_before=proposal.before or state_now, **who)
+        # The state the action starts from (an interrupted earlier attempt's, if any) against the plan's.
+        changed = changes_since_plan(action.current_config, {**live.state, **proposal.before})
+        if changed:
+            return skipped(
+                f"changed since the plan ({'; '.join(changed)}): left as it is; re-plan to act on it",
+                state_before=proposal.before or state_now,
+                **who,
+            )
         admitted, because = blast.admit(action.account_id)
         if not admitted:
             return skipped(because, state_before=proposal.before, **who)
