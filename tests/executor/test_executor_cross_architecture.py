@@ -69,7 +69,11 @@ def test_the_recommender_marks_graviton_resizes_cross_architecture() -> None:
     vm = next(v for v in read_trace(TRACES) if v.resource_id == "azure-1061254")
     ts = np.datetime64("2026-11-16T00:00:00") + np.arange(vm.samples) * np.timedelta64(300, "s")
     samples = Samples(
-        ts=ts.astype("datetime64[us]"), cpu_pct=vm.cpu_avg_pct, cpu_peak_pct=vm.cpu_pct, mem_pct=vm.mem_pct, net_bytes=None
+        ts=ts.astype("datetime64[us]"),
+        cpu_pct=vm.cpu_avg_pct,
+        cpu_peak_pct=vm.cpu_pct,
+        mem_pct=vm.mem_pct,
+        net_bytes=None,
     )
     catalog, reserved = Catalog(build_price_catalog()), ReservedRates(build_reserved_prices())
     rec = optimize_standalone_instance("i-1", Instance("i-1", "m5.xlarge", "us-east-1"), samples, catalog, reserved)
