@@ -12,6 +12,7 @@ from cloudopt_pipelines.executor.approvals import Approval, ApprovalError, Appro
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
+from cloudopt_pipelines.executor.lock import ExecutorBusy, executor_lock
 from cloudopt_pipelines.executor.model import MODES, OUTCOMES, Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ChangeWindow, ExecutorPolicy, PolicyError
 from cloudopt_pipelines.executor.service import (
@@ -35,6 +36,7 @@ __all__ = [
     "Decision",
     "Executor",
     "ExecutorAws",
+    "ExecutorBusy",
     "ExecutorError",
     "ExecutorPaths",
     "ExecutorPolicy",
@@ -47,6 +49,7 @@ __all__ = [
     "actions_from_plan",
     "approve",
     "execute_day",
+    "executor_lock",
     "read_plan",
     "rollback",
     "write_actions_partition",

@@ -8,6 +8,7 @@ the table shows it as ``interrupted``, and the next run reads the live state to 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,8 +31,9 @@ class AuditLog:
         self.directory = Path(directory)
         self.path = self.directory / AUDIT_FILE
 
-    def intent(self, record: Mapping[str, Any]) -> None:
-        append_jsonl(self.path, [{**record, "event": "intent", "at": datetime.now(UTC).isoformat()}])
+    def intent(self, record: Mapping[str, Any], at: datetime | None = None) -> None:
+        moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
+        append_jsonl(self.path, [{**record, "event": "intent", "at": moment}])
 
     def decision(self, decision: Decision) -> None:
         append_jsonl(self.path, [decision.to_record()])
@@ -52,6 +54,20 @@ class AuditLog:
         if day is not None:
             found = [r for r in found if r.get("date") == day.isoformat()]
         return found
+
+    def changes_on(self, day: date) -> Counter[str]:
+        """Changes made on the UTC day ``day`` (any run, any plan), per account: applied decisions, other
+        apply decisions with a call that went through, and interrupted intents (they may have changed it)."""
+        counts: Counter[str] = Counter()
+        for r in self.decisions():
+            when = str(r.get("finished_at") or "")[:10]
+            if r.get("mode") != "apply" or when != day.isoformat():
+                continue
+            calls = r.get("api_calls") or []
+            went_through = any(isinstance(c, dict) and c.get("status") == "ok" for c in calls)
+            if r.get("outcome") in ("applied", "interrupted") or went_through:
+                counts[str(r.get("account_id"))] += 1
+        return counts
 
     def history(self, action_id: str) -> list[dict[str, Any]]:
         """Every record (intents and decisions) of one action, oldest first."""

@@ -85,7 +85,14 @@ class Executor:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}; the mode is always explicit")
         result = RunResult(run_id=run_id or uuid.uuid4().hex, mode=mode, plan_id=plan_id, day=day)
-        blast = BlastRadius(self.policy.max_actions_per_run, self.policy.max_actions_per_account)
+        today = self.now().astimezone(UTC).date()
+        blast = BlastRadius(
+            self.policy.max_actions_per_run,
+            self.policy.max_actions_per_account,
+            self.policy.max_actions_per_day,
+            before=self.audit.changes_on(today),
+            day=f"{today} (UTC)",
+        )
         unreachable: dict[str, str] = {}
         commitments = [a for a in actions if a.is_commitment]
         if commitments:
@@ -238,7 +245,8 @@ class Executor:
                 "state_before": proposal.before,
                 "api_calls": [c.to_dict() for c in proposal.calls],
                 **who,
-            }
+            },
+            at=self.now(),
         )
         with self.aws.recording() as calls:
             try:
@@ -376,7 +384,7 @@ class Executor:
             if mode == "dry_run":
                 calls = [c.to_dict() for c in plugin.rollback_plan(record)]
                 return decision("would_apply", f"rollback of {action_id} by {by}", api_calls=calls)
-            self.audit.intent({**record, "run_id": run_id, "event": "intent", "mode": mode})
+            self.audit.intent({**record, "run_id": run_id, "event": "intent", "mode": mode}, at=self.now())
             with self.aws.recording() as calls:
                 after = plugin.rollback(ctx, record)
                 return decision(

@@ -159,6 +159,7 @@ class ExecutorPolicy:
     untagged_is_production: bool = True
     production_allowed_actions: tuple[str, ...] = PRODUCTION_ALLOWED_ACTIONS
     max_actions_per_run: int = 20
+    max_actions_per_day: int = 20
     max_actions_per_account: int = 10
     max_calls_per_second: float = 2.0
     change_windows: tuple[ChangeWindow, ...] = ()
@@ -169,8 +170,8 @@ class ExecutorPolicy:
     def __post_init__(self) -> None:
         if self.schedule_method not in SCHEDULE_METHODS:
             raise PolicyError(f"schedule_method {self.schedule_method!r} is not one of {', '.join(SCHEDULE_METHODS)}")
-        if self.max_actions_per_run < 0 or self.max_actions_per_account < 0:
-            raise PolicyError("max_actions_per_run and max_actions_per_account must be >= 0")
+        if min(self.max_actions_per_run, self.max_actions_per_day, self.max_actions_per_account) < 0:
+            raise PolicyError("max_actions_per_run, max_actions_per_day and max_actions_per_account must be >= 0")
 
     def protection(self, tags: Mapping[str, str]) -> tuple[bool, str]:
         """(protected, why) from the live tags."""
@@ -214,18 +215,31 @@ class ExecutorPolicy:
 
 @dataclass
 class BlastRadius:
-    """Counts changes admitted in one run: at most ``per_run`` in all and ``per_account`` per account."""
+    """Counts changes: at most ``per_run`` in this run, ``per_day`` in all and ``per_account`` per account
+    over the UTC day, the day's earlier changes (``before``, per account, from the audit) included."""
 
     per_run: int
     per_account: int
+    per_day: int | None = None
+    before: Counter[str] = field(default_factory=Counter)
+    day: str = "today"
     admitted: Counter[str] = field(default_factory=Counter)
 
     def admit(self, account_id: str) -> tuple[bool, str]:
         total = sum(self.admitted.values())
         if total >= self.per_run:
             return False, f"blast radius: max_actions_per_run={self.per_run} reached in this run"
-        if self.admitted[account_id] >= self.per_account:
-            return False, f"blast radius: max_actions_per_account={self.per_account} reached for account {account_id}"
+        earlier = sum(self.before.values())
+        if self.per_day is not None and earlier + total >= self.per_day:
+            return False, (
+                f"blast radius: max_actions_per_day={self.per_day} reached for {self.day} "
+                f"({earlier} change(s) by earlier runs that day, from the audit, and {total} by this run)"
+            )
+        if self.before[account_id] + self.admitted[account_id] >= self.per_account:
+            return False, (
+                f"blast radius: max_actions_per_account={self.per_account} reached for account {account_id} "
+                f"on {self.day} ({self.before[account_id]} by earlier runs, {self.admitted[account_id]} by this run)"
+            )
         self.admitted[account_id] += 1
         return True, ""
 

@@ -7,6 +7,7 @@ day) is rebuilt from the audit file after every run, so it holds every decision 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -16,6 +17,7 @@ from cloudopt_pipelines.executor.approvals import Approval, ApprovalStore, new_a
 from cloudopt_pipelines.executor.audit import AuditLog, decisions_table
 from cloudopt_pipelines.executor.aws import ExecutorAws
 from cloudopt_pipelines.executor.engine import Executor, RunResult
+from cloudopt_pipelines.executor.lock import executor_lock
 from cloudopt_pipelines.executor.model import Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
 from cloudopt_pipelines.storage.lake import Lake
@@ -130,11 +132,13 @@ def execute_day(
     now: Callable[[], datetime] | None = None,
 ) -> tuple[RunResult, Path]:
     """Run the executor on ``day``'s plan, then rebuild that day's ``executed_actions`` partition."""
-    plan_id, actions = read_plan(lake, day)
-    approvals = [*paths.approvals().for_day(day), *extra_approvals]
-    executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
-    result = executor.run(day, plan_id, actions, approvals, mode, run_id)
-    return result, write_actions_partition(lake, paths.audit(), day)
+    run_id = run_id or uuid.uuid4().hex
+    with executor_lock(paths.home, f"execute {day} --mode {mode}", run_id=run_id):
+        plan_id, actions = read_plan(lake, day)
+        approvals = [*paths.approvals().for_day(day), *extra_approvals]
+        executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
+        result = executor.run(day, plan_id, actions, approvals, mode, run_id)
+        return result, write_actions_partition(lake, paths.audit(), day)
 
 
 def rollback(
@@ -148,12 +152,13 @@ def rollback(
 ) -> Decision:
     """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""
     audit = paths.audit()
-    try:
-        return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by)
-    finally:
-        days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
-        for day in days:
-            write_actions_partition(lake, audit, date.fromisoformat(str(day)))
+    with executor_lock(paths.home, f"rollback {action_id} --mode {mode}", by=by):
+        try:
+            return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by)
+        finally:
+            days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
+            for day in days:
+                write_actions_partition(lake, audit, date.fromisoformat(str(day)))
 
 
 def write_actions_partition(lake: Lake, audit: AuditLog, day: date) -> Path:
