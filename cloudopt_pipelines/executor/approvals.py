@@ -7,6 +7,7 @@ An approval names the plan id it was given for. When the plan of that day has be
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,7 @@ from cloudopt_pipelines.executor.model import PlannedAction
 from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
 
 APPROVALS_FILE = "approvals.jsonl"
+log = logging.getLogger(__name__)
 
 
 class ApprovalError(ValueError):
@@ -148,24 +150,41 @@ def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple
 
 
 def append_jsonl(path: Path, records: Iterable[dict[str, object]]) -> None:
-    """Append whole lines and fsync, so that a crash leaves complete records only."""
+    """Append whole lines and fsync. The first starts on a new line even after a torn last line (a crash
+    mid-write), so a torn line is never glued to the next record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as handle:
+    payload = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode()
+    with open(path, "a+b") as handle:
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                payload = b"\n" + payload
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
-    """Every complete record of a JSONL file (a torn last line, from a crash mid-write, is ignored)."""
+    """Every complete record of a JSONL file. A line that is not a whole JSON object (torn by a crash
+    mid-write) is skipped with a warning naming the file and the line."""
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            if line.strip():
-                records.append(json.loads(line))
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                log.warning(
+                    "%s line %d is not a complete JSON record (a write cut off by a crash?): skipped; "
+                    "the records before and after it are read as usual",
+                    path,
+                    number,
+                )
+                continue
+            records.append(record)
     return records
