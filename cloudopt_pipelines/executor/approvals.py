@@ -17,8 +17,11 @@ from pathlib import Path
 
 from cloudopt_pipelines.executor.model import PlannedAction
 from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
+from cloudopt_pipelines.storage.lake import Lake
 
 APPROVALS_FILE = "approvals.jsonl"
+PLAN_TABLE = "portfolio_plan"
+PLAN_CHECKS_TABLE = "portfolio_plan_checks"
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +42,8 @@ class Approval:
     all_actions: bool = False
     source: str = "cli"
     note: str = ""
+    #: content hash of the plan partition that was approved: an edited partition approves nothing
+    plan_sha256: str = ""
 
     def covers(self, action: PlannedAction, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:
         """True when this approval names the action, or approves all and the action needs no explicit approval."""
@@ -63,6 +68,7 @@ class Approval:
             all_actions=bool(record.get("all_actions")),
             source=str(record.get("source") or "cli"),
             note=str(record.get("note") or ""),
+            plan_sha256=str(record.get("plan_sha256") or ""),
         )
 
 
@@ -120,12 +126,14 @@ def new_approval(
         all_actions=all_actions,
         source=source,
         note=note,
+        plan_sha256=next((a.plan_sha256 for a in actions), ""),
     )
 
 
 def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple[Approval | None, str]:
     """The first valid approval covering ``action``, or None and why not (stale, terminate not named, none)."""
     stale: list[Approval] = []
+    edited: list[Approval] = []
     for approval in approvals:
         if approval.date != action.date.isoformat():
             continue
@@ -134,7 +142,17 @@ def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple
                 stale.append(approval)
             continue
         if approval.covers(action):
+            if approval.plan_sha256 != action.plan_sha256:
+                edited.append(approval)
+                continue
             return approval, ""
+    if edited:
+        e = edited[-1]
+        return None, (
+            f"approval {e.approval_id} (by {e.approved_by}) was given for plan {e.plan_id} with rows of sha256 "
+            f"{e.plan_sha256[:12] or '(none recorded)'}, but the plan partition of {action.date} now hashes to "
+            f"{action.plan_sha256[:12]} (its rows changed since, under the same plan id): review it and approve again"
+        )
     if any(a.all_actions and a.plan_id == action.plan_id for a in approvals):
         return None, (
             f"not approved: '{action.action}' needs its own action id in an approval (--actions {action.action_id}); "
@@ -147,6 +165,52 @@ def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple
             f"{action.date} is now {action.plan_id} (re-materialised since): approve again"
         )
     return None, f"not approved: no approval of plan {action.plan_id} names {action.action_id}"
+
+
+@dataclass(frozen=True)
+class PlanCheckStatus:
+    """The verdict of the plan's constraint check for one plan partition: ``passed``, else why not."""
+
+    passed: bool
+    reason: str = ""
+
+
+def plan_check_status(lake: Lake, day: date, plan_id: str, plan_sha256: str) -> PlanCheckStatus:
+    """Did the independent constraint check pass on exactly these plan rows (plan id and content hash)?
+
+    The one place the executor reads the check's result (today the ``portfolio_plan_checks`` lake table)."""
+    if lake.partition_file(PLAN_CHECKS_TABLE, day=day) is None:
+        return PlanCheckStatus(
+            False,
+            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check ('{PLAN_CHECKS_TABLE}'); "
+            "re-materialise plan/portfolio_plan for that day so that its check runs",
+        )
+    checks = [r for r in lake.read(PLAN_CHECKS_TABLE, day=day).to_pylist() if r["plan_id"] == plan_id]
+    if not checks:
+        return PlanCheckStatus(
+            False,
+            f"the constraint check of {day} is for another plan than {plan_id}; re-materialise plan/portfolio_plan",
+        )
+    if not all(c["passed"] for c in checks):
+        failed = checks[0]
+        return PlanCheckStatus(
+            False,
+            f"the portfolio plan of {day} ({plan_id}) failed its constraint check "
+            f"({failed['violation_count']} violation(s), solver {failed['solver_status']}: "
+            f"{failed['violations'][:300]}); "
+            "the executor never acts on it: fix the constraints (config/constraints.yaml) and re-plan",
+        )
+    checked = {str(c.get("plan_sha256") or "") for c in checks}
+    if checked != {plan_sha256}:
+        recorded = ", ".join(sorted(h[:12] for h in checked if h)) or "no content hash (an older check)"
+        return PlanCheckStatus(
+            False,
+            f"the plan partition {lake.partition_file(PLAN_TABLE, day=day)} of {day} ({plan_id}) is not the one "
+            f"its constraint check passed on: its rows hash to {plan_sha256[:12]}, the check recorded {recorded}. "
+            "The partition was edited after it was written (the plan id alone does not show it); the executor "
+            f"never acts on it: re-materialise plan/portfolio_plan for {day}",
+        )
+    return PlanCheckStatus(True)
 
 
 def append_jsonl(path: Path, records: Iterable[dict[str, object]]) -> None:

@@ -13,18 +13,23 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from cloudopt_pipelines.executor.approvals import Approval, ApprovalStore, new_approval
+from cloudopt_pipelines.executor.approvals import (
+    PLAN_TABLE,
+    Approval,
+    ApprovalStore,
+    new_approval,
+    plan_check_status,
+)
 from cloudopt_pipelines.executor.audit import AuditLog, decisions_table
 from cloudopt_pipelines.executor.aws import ExecutorAws
 from cloudopt_pipelines.executor.engine import Executor, RunResult
 from cloudopt_pipelines.executor.lock import executor_lock
 from cloudopt_pipelines.executor.model import Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import EXECUTED_ACTIONS
 
-PLAN_TABLE = "portfolio_plan"
-PLAN_CHECKS_TABLE = "portfolio_plan_checks"
 ACTIONS_TABLE = "executed_actions"
 
 
@@ -65,34 +70,21 @@ def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
             f"{lake.partition_dir(PLAN_TABLE, day=day)}. Materialise plan/portfolio_plan for {day} first "
             "(the executor only applies a plan that exists and was approved)"
         )
-    plan_id, actions = actions_from_plan(lake.read(PLAN_TABLE, day=day), day)
-    require_passed_check(lake, day, plan_id)
+    table = lake.read(PLAN_TABLE, day=day)
+    plan_id, actions = actions_from_plan(table, day)
+    require_passed_check(lake, day, plan_id, table_sha256(table))
     return plan_id, actions
 
 
-def require_passed_check(lake: Lake, day: date, plan_id: str) -> None:
-    """The plan's independent constraint check must have passed for this very plan id: actions never
-    run (nor get approved) on a plan that failed it, or whose check was never recorded."""
+def require_passed_check(lake: Lake, day: date, plan_id: str, plan_sha256: str = "") -> None:
+    """The plan's independent constraint check must have passed for this very plan id and these very rows
+    (content hash): actions never run (nor get approved) on a plan that failed it, whose check was never
+    recorded, or whose partition was edited after the check."""
     if not plan_id:
         return  # a plan of keeps only: nothing to act on
-    if lake.partition_file(PLAN_CHECKS_TABLE, day=day) is None:
-        raise PlanError(
-            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check ('{PLAN_CHECKS_TABLE}'); "
-            "re-materialise plan/portfolio_plan for that day so that its check runs"
-        )
-    checks = [r for r in lake.read(PLAN_CHECKS_TABLE, day=day).to_pylist() if r["plan_id"] == plan_id]
-    if not checks:
-        raise PlanError(
-            f"the constraint check of {day} is for another plan than {plan_id}; re-materialise plan/portfolio_plan"
-        )
-    if not all(c["passed"] for c in checks):
-        failed = checks[0]
-        raise PlanError(
-            f"the portfolio plan of {day} ({plan_id}) failed its constraint check "
-            f"({failed['violation_count']} violation(s), solver {failed['solver_status']}: "
-            f"{failed['violations'][:300]}); "
-            "the executor never acts on it: fix the constraints (config/constraints.yaml) and re-plan"
-        )
+    status = plan_check_status(lake, day, plan_id, plan_sha256)
+    if not status.passed:
+        raise PlanError(status.reason)
 
 
 def approve(
