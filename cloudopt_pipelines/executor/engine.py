@@ -121,6 +121,7 @@ class Executor:
             started_at=started,
             finished_at=self.now(),
             monthly_savings_usd=action.monthly_savings_usd,
+            plan_config={"current": action.current_config, "proposed": action.proposed_config},
             **fields,
         )
 
@@ -339,8 +340,17 @@ class Executor:
 
     # ----------------------------------------------------------------------------------- rollback
 
-    def rollback(self, action_id: str, mode: str, by: str, run_id: str | None = None) -> Decision:
-        """Undo an applied action from its recorded state; refuses clearly where that is impossible."""
+    def rollback(
+        self,
+        action_id: str,
+        mode: str,
+        by: str,
+        run_id: str | None = None,
+        planned: PlannedAction | None = None,
+    ) -> Decision:
+        """Undo an applied action from its recorded state; refuses clearly where that is impossible: a record
+        that fails its signature, or a state to restore the plan (``planned``, else the record's copy of the
+        plan row) never held."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         history = [r for r in self.audit.history(action_id) if r.get("event") == "decision"]
@@ -371,7 +381,7 @@ class Executor:
             self.audit.decision(d)
             return d
 
-        refusal = plugin.rollback_refusal(record)
+        refusal = self._untrusted(action_id, record, plugin, planned) or plugin.rollback_refusal(record)
         if refusal:
             decision("skipped", f"rollback refused: {refusal}")
             raise RollbackRefused(refusal)
@@ -401,6 +411,35 @@ class Executor:
             decision("failed", "rollback failed", error=str(error))
             raise error from None
 
+    def _untrusted(
+        self, action_id: str, record: Mapping[str, Any], plugin: ActionPlugin, planned: PlannedAction | None
+    ) -> str | None:
+        """Why the audit cannot be trusted to roll ``action_id`` back: an edited or unsigned record of it, or a
+        type to restore that the plan never held."""
+        for r in self.audit.history(action_id):
+            problem = self.audit.verification_error(r)
+            if problem:
+                return f"{problem}; nothing is rolled back from it: check the audit file and roll back by hand"
+        if not plugin.restores_instance_type:
+            return None
+        configs = (
+            (planned.current_config, planned.proposed_config)
+            if planned is not None
+            else (
+                (record.get("plan_config") or {}).get("current") or {},
+                (record.get("plan_config") or {}).get("proposed") or {},
+            )
+        )
+        held = sorted({str(c["instance_type"]) for c in configs if c.get("instance_type")})
+        wanted = (record.get("state_before") or {}).get("instance_type")
+        if wanted and wanted not in held:
+            return (
+                f"the audit record of {action_id} would restore {record.get('resource_id')} to type {wanted}, a "
+                f"type the plan of {record.get('date')} never held ({', '.join(held) or 'none recorded'}); "
+                "refusing to resize to it: check the audit file and the instance by hand"
+            )
+        return None
+
 
 class _NoApproval:
     approved_by = None
@@ -418,7 +457,7 @@ def _action_of(record: Mapping[str, Any]) -> PlannedAction:
         resource_kind=str(record.get("resource_kind") or ""),
         action=str(record["action"]),
         option_name=str(record.get("option_name") or record["action"]),
-        proposed_config={},
-        current_config={},
+        proposed_config=dict((record.get("plan_config") or {}).get("proposed") or {}),
+        current_config=dict((record.get("plan_config") or {}).get("current") or {}),
         monthly_savings_usd=float(record.get("monthly_savings_usd") or 0.0),
     )

@@ -90,6 +90,8 @@ class Decision:
     api_calls: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     monthly_savings_usd: float = 0.0
+    #: the plan row's configurations (``current`` and ``proposed``), kept with the signed record
+    plan_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

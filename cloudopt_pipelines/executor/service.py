@@ -58,8 +58,12 @@ class ExecutorPaths:
     def approvals(self) -> ApprovalStore:
         return ApprovalStore(self.approvals_dir)
 
+    @property
+    def audit_key_file(self) -> Path:
+        return self.home / "keys" / "audit.key"
+
     def audit(self) -> AuditLog:
-        return AuditLog(self.audit_dir)
+        return AuditLog(self.audit_dir, self.audit_key_file)
 
 
 def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
@@ -146,11 +150,25 @@ def rollback(
     audit = paths.audit()
     with executor_lock(paths.home, f"rollback {action_id} --mode {mode}", by=by):
         try:
-            return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by)
+            planned = planned_action(lake, audit, action_id)
+            return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by, planned=planned)
         finally:
             days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
             for day in days:
                 write_actions_partition(lake, audit, date.fromisoformat(str(day)))
+
+
+def planned_action(lake: Lake, audit: AuditLog, action_id: str) -> PlannedAction | None:
+    """The plan row of ``action_id`` if the plan partition of its day still holds it (else None)."""
+    for day in sorted({str(r["date"]) for r in audit.history(action_id) if r.get("date")}):
+        try:
+            _, actions = actions_from_plan(lake.read(PLAN_TABLE, day=date.fromisoformat(day)), date.fromisoformat(day))
+        except (FileNotFoundError, PlanError, ValueError):
+            continue
+        found = next((a for a in actions if a.action_id == action_id), None)
+        if found is not None:
+            return found
+    return None
 
 
 def write_actions_partition(lake: Lake, audit: AuditLog, day: date) -> Path:

@@ -138,6 +138,7 @@ class ResizeInstance(ActionPlugin):
     actions = ("resize",)
     resource_kinds = ("ec2_instance",)
     rollback_on_failure = True
+    restores_instance_type = True
 
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
         return read_instance(ctx, action.resource_id)
@@ -525,6 +526,7 @@ class ResizeAndSchedule(ActionPlugin):
     actions = ("resize+schedule",)
     resource_kinds = ("ec2_instance",)
     rollback_on_failure = True
+    restores_instance_type = True
 
     def __init__(self) -> None:
         self.resize, self.schedule = ResizeInstance(), ScheduleInstance()
