@@ -122,6 +122,7 @@ class Executor:
             finished_at=self.now(),
             monthly_savings_usd=action.monthly_savings_usd,
             plan_config={"current": action.current_config, "proposed": action.proposed_config},
+            policy=self.policy.in_force(),
             **fields,
         )
 

@@ -92,6 +92,8 @@ class Decision:
     monthly_savings_usd: float = 0.0
     #: the plan row's configurations (``current`` and ``proposed``), kept with the signed record
     plan_config: dict[str, Any] | None = None
+    #: the safety policy in force for this decision (``ExecutorPolicy.in_force()``)
+    policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 
 import cloudopt_pipelines.executor as executor_pkg
 import cloudopt_pipelines.sources.aws as aws_source
+from cloudopt_pipelines.executor.policy import PROTECT_TAG_KEY, PROTECT_TAG_VALUES, ExecutorPolicy, is_protected_value
 from tests.executor.conftest import dev_instance, executor_aws, plan_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +63,30 @@ def test_policy_lists_exactly_the_actions_the_executor_calls() -> None:
     assert set(statement("CloudoptExecutorAssumeRole")["Action"]) == calls_in(Path(aws_source.__file__), {"sts"})
     deny = statement("CloudoptExecutorNeverTouchesProtected")
     assert set(deny["Action"]) <= called and deny["Effect"] == "Deny"
-    assert deny["Condition"] == {"StringEquals": {"aws:ResourceTag/cloudopt:protect": "true"}}
+    assert deny["Condition"] == {
+        "StringEqualsIgnoreCase": {f"aws:ResourceTag/{PROTECT_TAG_KEY}": list(PROTECT_TAG_VALUES)}
+    }
+
+
+def iam_denies(condition: dict, value: str) -> bool:
+    """IAM's evaluation of the Deny's condition on a resource whose protect tag has ``value``."""
+    ((operator, test),) = condition.items()
+    ((_, wanted),) = test.items()
+    wanted = [wanted] if isinstance(wanted, str) else wanted
+    if operator == "StringEqualsIgnoreCase":
+        return any(value.lower() == w.lower() for w in wanted)
+    assert operator == "StringEquals", operator
+    return value in wanted
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["true", "TRUE", "True", "tRUe", "1", "yes", "YES", "Yes", " true", "true ", "false", "0", "no", "", "yes!", "2"],
+)
+def test_the_deny_backstop_matches_every_value_the_code_treats_as_protected(value: str) -> None:
+    condition = statement("CloudoptExecutorNeverTouchesProtected")["Condition"]
+    assert iam_denies(condition, value) == is_protected_value(value)
+    assert ExecutorPolicy().protection({PROTECT_TAG_KEY: value})[0] == is_protected_value(value)
 
 
 def test_the_executor_role_writes_and_the_collector_role_never_does() -> None:
