@@ -163,6 +163,9 @@ def rollback_command(
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.storage.lake import Lake
 
+    if not by.strip():
+        echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
+        return 2
     settings = settings or load_settings()
     paths = ExecutorPaths(settings.home)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()

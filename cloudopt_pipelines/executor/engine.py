@@ -354,6 +354,9 @@ class Executor:
         plan row) never held."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if not by.strip():
+            raise ValueError("a rollback needs the name of who rolls back (--by NAME), not an empty one")
+        by = by.strip()
         history = [r for r in self.audit.history(action_id) if r.get("event") == "decision"]
         if not history:
             raise RollbackError(f"no audit record of action {action_id} in {self.audit.path}")
