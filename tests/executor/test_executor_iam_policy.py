@@ -9,8 +9,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+import cloudopt_pipelines.aws.sessions as aws_sessions
 import cloudopt_pipelines.executor as executor_pkg
-import cloudopt_pipelines.sources.aws as aws_source
 from cloudopt_pipelines.executor.policy import PROTECT_TAG_KEY, PROTECT_TAG_VALUES, ExecutorPolicy, is_protected_value
 from tests.executor.conftest import dev_instance, executor_aws, plan_row
 
@@ -30,7 +30,7 @@ def calls_in(path: Path, only: set[str] | None = None) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
             func = node.value.func
-            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client"):
+            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client", "base_client"):
                 names = [a.value for a in node.value.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
                 if not names:
                     continue  # the generic factory
@@ -59,8 +59,8 @@ def test_policy_lists_exactly_the_actions_the_executor_calls() -> None:
     called = executor_calls()
     assert len(called) >= 14 and all(a.startswith("ec2:") for a in called)
     assert set(statement("CloudoptExecutorReadAndChange")["Action"]) == called
-    # Reaching accounts: the collector's session machinery (STS only), reused by the executor.
-    assert set(statement("CloudoptExecutorAssumeRole")["Action"]) == calls_in(Path(aws_source.__file__), {"sts"})
+    # Reaching accounts: the shared session machinery (STS only), used by the collector and the executor.
+    assert set(statement("CloudoptExecutorAssumeRole")["Action"]) == calls_in(Path(aws_sessions.__file__), {"sts"})
     deny = statement("CloudoptExecutorNeverTouchesProtected")
     assert set(deny["Action"]) <= called and deny["Effect"] == "Deny"
     assert deny["Condition"] == {
