@@ -26,6 +26,7 @@ from cloudopt_pipelines.executor.engine import Executor, RunResult
 from cloudopt_pipelines.executor.lock import executor_lock
 from cloudopt_pipelines.executor.model import Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.executor.targets import ExecutionTarget
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import EXECUTED_ACTIONS
@@ -121,7 +122,7 @@ def execute_day(
     paths: ExecutorPaths,
     day: date,
     mode: str,
-    aws: ExecutorAws,
+    aws: ExecutorAws | ExecutionTarget,
     policy: ExecutorPolicy | None = None,
     extra_approvals: Sequence[Approval] = (),
     run_id: str | None = None,
@@ -143,7 +144,7 @@ def rollback(
     action_id: str,
     mode: str,
     by: str,
-    aws: ExecutorAws,
+    aws: ExecutorAws | ExecutionTarget,
     policy: ExecutorPolicy | None = None,
 ) -> Decision:
     """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""
