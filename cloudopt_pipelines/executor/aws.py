@@ -58,8 +58,13 @@ class ExecutorAws:
         poll_seconds: float = 5.0,
         wait_timeout_seconds: float = 600.0,
         sleep: Callable[[float], None] | None = None,
+        rate_clock: Callable[[], float] = time.monotonic,
+        rate_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``sleep`` waits between state polls; ``rate_clock`` / ``rate_sleep`` pace mutating calls (injected
+        by tests, so that no test depends on the machine's speed)."""
         self.settings = settings
+        self.rate_clock, self.rate_sleep = rate_clock, rate_sleep
         self.sessions = AwsSessions(
             settings,
             user_agent=DEFAULT_EXECUTOR_SESSION_NAME,

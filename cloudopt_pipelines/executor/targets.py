@@ -83,7 +83,7 @@ class AwsTarget:
         return self.aws.describe_error(exc, account_id, region, doing)
 
     def limit_rate(self, calls_per_second: float) -> None:
-        self.aws.rate_limiter = RateLimiter(calls_per_second)
+        self.aws.rate_limiter = RateLimiter(calls_per_second, self.aws.rate_clock, self.aws.rate_sleep)
 
 
 def as_targets(
