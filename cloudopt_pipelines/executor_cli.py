@@ -6,6 +6,9 @@ work on the records under ``$CLOUDOPT_HOME`` directly. Heavy imports stay inside
 ``cloudopt --help`` stays fast.
 """
 
+import logging
+import os
+import sys
 from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
@@ -173,6 +176,9 @@ def rollback_command(
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.storage.lake import Lake
 
+    if not by.strip():
+        echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
+        return 2
     settings = settings or load_settings()
     paths = ExecutorPaths(settings.home)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
@@ -191,6 +197,24 @@ def rollback_command(
     if mode == "dry_run":
         echo("dry run: nothing changed; re-run with --mode apply")
     return 0
+
+
+def exit_process(code: int) -> None:
+    """End the command with ``code``. As the process's own top-level command (its stdout is the process's),
+    flush everything and leave with ``os._exit``: the records are already fsync'd and the run is in the
+    instance, and the native thread pools that Parquet reads leave behind (Arrow's, with DuckDB loaded) must
+    not be torn down by C++ static destructors at exit, which once in a while aborts the process with
+    "terminate called without an active exception" (rc 134) after a successful run. Called in-process (tests,
+    another command), it only raises ``typer.Exit``."""
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        raise typer.Exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def register_executor_commands(app: typer.Typer) -> None:
@@ -220,7 +244,7 @@ def register_executor_commands(app: typer.Typer) -> None:
     ) -> None:
         """Materialise actions/executed_actions for a day through Dagster: apply the approved actions (dry run
         unless --mode apply) and print every decision. Exits 1 if an action failed."""
-        raise typer.Exit(execute_command(_parse_day(date_), mode, config))
+        exit_process(execute_command(_parse_day(date_), mode, config))
 
     @app.command()
     def rollback(
@@ -230,4 +254,4 @@ def register_executor_commands(app: typer.Typer) -> None:
     ) -> None:
         """Undo an applied action from its recorded state (resize back, restart, re-tag, restore a deleted
         volume from its snapshot). Refuses clearly what cannot be undone (released Elastic IPs, terminations)."""
-        raise typer.Exit(rollback_command(action_id, mode, by))
+        exit_process(rollback_command(action_id, mode, by))

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from cloudopt_pipelines.executor.approvals import Approval, ApprovalError
+from cloudopt_pipelines.executor.lock import ExecutorBusy
 from cloudopt_pipelines.executor.model import Decision
 from cloudopt_pipelines.executor.policy import (
     ENVIRONMENT_TAG_KEYS,
@@ -59,8 +60,13 @@ class ExecutedActionsConfig(dg.Config):
         default=list(PRODUCTION_ALLOWED_ACTIONS), description="Actions allowed on production resources."
     )
     max_actions_per_run: int = Field(default=_DEFAULTS.max_actions_per_run, description="Changes per run at most.")
+    max_actions_per_day: int = Field(
+        default=_DEFAULTS.max_actions_per_day,
+        description="Changes per UTC day at most, every run of the day counted (from the audit).",
+    )
     max_actions_per_account: int = Field(
-        default=_DEFAULTS.max_actions_per_account, description="Changes per account and run at most."
+        default=_DEFAULTS.max_actions_per_account,
+        description="Changes per account and UTC day at most, every run of the day counted (from the audit).",
     )
     max_calls_per_second: float = Field(
         default=_DEFAULTS.max_calls_per_second, description="Mutating AWS calls per second at most (0: no limit)."
@@ -86,6 +92,7 @@ class ExecutedActionsConfig(dg.Config):
             untagged_is_production=self.untagged_is_production,
             production_allowed_actions=tuple(self.production_allowed_actions),
             max_actions_per_run=self.max_actions_per_run,
+            max_actions_per_day=self.max_actions_per_day,
             max_actions_per_account=self.max_actions_per_account,
             max_calls_per_second=self.max_calls_per_second,
             change_windows=tuple(
@@ -158,7 +165,7 @@ def executed_actions(
         result, path = execute_day(
             store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id
         )
-    except (PlanNotFound, ApprovalError, PolicyError, ValueError) as exc:
+    except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
     counts = result.counts()
     failed = result.by_outcome("failed")

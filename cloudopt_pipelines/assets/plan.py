@@ -26,6 +26,7 @@ from cloudopt_pipelines.optimizers.portfolio import (
 )
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, daily_partitions
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN_CHECKS
 
@@ -128,7 +129,7 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
         plan = store.read("portfolio_plan", day=day)  # the check reads what was written, not what was meant
         violations = verify_plan(plan, problem)
         summary = plan_summary(problem, solution, plan)
-        store.write("portfolio_plan_checks", plan_check_row(day, summary, violations), day=day)
+        store.write("portfolio_plan_checks", plan_check_row(day, summary, violations, table_sha256(plan)), day=day)
         if not has_plan(solution):
             context.log.error(f"no feasible portfolio plan for {day}: {explanation_text(solution)}")
         return dg.MaterializeResult(
@@ -171,8 +172,9 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
     return portfolio_plan
 
 
-def plan_check_row(day: date, summary: dict, violations: list[str]) -> pa.Table:
-    """The check's verdict as the one-row ``portfolio_plan_checks`` partition the executor reads."""
+def plan_check_row(day: date, summary: dict, violations: list[str], plan_sha256: str | None = None) -> pa.Table:
+    """The check's verdict as the one-row ``portfolio_plan_checks`` partition the executor reads, bound to the
+    content hash of the rows it checked (``plan_sha256``)."""
     return pa.Table.from_pylist(
         [
             {
@@ -183,6 +185,7 @@ def plan_check_row(day: date, summary: dict, violations: list[str]) -> pa.Table:
                 "violation_count": len(violations),
                 "violations": json.dumps(violations[:200]),
                 "checked_at": datetime.now(UTC),
+                "plan_sha256": plan_sha256,
             }
         ],
         schema=PORTFOLIO_PLAN_CHECKS,

@@ -346,7 +346,7 @@ def optimize_standalone_instance(
         return InstanceOption(
             option_name="keep" if o.is_current else f"resize:{o.instance_type}",
             action=action,
-            proposed_config={"instance_type": o.instance_type, "market": "on_demand"},
+            proposed_config={"instance_type": o.instance_type, "market": "on_demand", **_architecture_change(o)},
             market="on_demand",
             vcpu=float(o.vcpu),
             memory_gib=float(o.memory_gib),
@@ -359,6 +359,12 @@ def optimize_standalone_instance(
             rationale=resize.rationale if not o.is_current else _keep_rationale(resize),
             details={"notes": list(o.notes), "architecture": o.architecture},
         )
+
+    def _architecture_change(o) -> dict[str, Any]:
+        # An image of one architecture does not boot on the other: the executor refuses it in place.
+        if o.architecture == resize.current.architecture:
+            return {}
+        return {"architecture": o.architecture, "cross_architecture": True}
 
     options.append(sizing_row(resize.current, "keep"))
     for o in resize.options:

@@ -7,10 +7,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from cloudopt_pipelines.aws import AwsSettings
 from cloudopt_pipelines.config import load_settings
 from cloudopt_pipelines.executor.aws import DEFAULT_EXECUTOR_SESSION_NAME, ExecutorAws
 from cloudopt_pipelines.executor.service import ExecutorPaths
-from cloudopt_pipelines.sources.aws import AwsSettings
 
 
 class AwsExecutorResource(dg.ConfigurableResource):

@@ -192,6 +192,7 @@ PORTFOLIO_PLAN_CHECKS = pa.schema(
         ("violation_count", pa.int32()),
         ("violations", pa.string()),
         ("checked_at", TS),
+        ("plan_sha256", pa.string()),
     ]
 )
 

@@ -24,6 +24,7 @@ from cloudopt_pipelines.executor import ExecutorAws, ExecutorPaths, ExecutorPoli
 from cloudopt_pipelines.executor.approvals import new_approval
 from cloudopt_pipelines.executor.model import actions_from_plan
 from cloudopt_pipelines.sources.aws import AwsSettings
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN, PORTFOLIO_PLAN_CHECKS
 from tests.aws.conftest import (
@@ -216,8 +217,9 @@ class Home:
         return actions_from_plan(self.lake.read("portfolio_plan", day=day), day)[1]
 
     def write_check(self, plan_id: str, passed: bool, day: date = DAY) -> None:
-        """The plan's constraint check, as the portfolio_plan asset records it."""
+        """The plan's constraint check, as the portfolio_plan asset records it (on the partition's rows)."""
         row = {
+            "plan_sha256": table_sha256(self.lake.read("portfolio_plan", day=day)),
             "date": day,
             "plan_id": plan_id,
             "passed": passed,
