@@ -41,13 +41,16 @@ def approve_command(
     """List the plan's actions, or record an approval; returns the exit code."""
     from tabulate import tabulate
 
+    from cloudopt_pipelines.assets.plan import plan_check_reader
     from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
+    from cloudopt_pipelines.orchestration import ensure_instance
     from cloudopt_pipelines.storage.lake import Lake
 
     settings = settings or load_settings()
     lake, paths = Lake(settings.lake_dir), ExecutorPaths(settings.home)
+    checks = plan_check_reader(ensure_instance(settings))
     try:
-        plan_id, planned = read_plan(lake, day)
+        plan_id, planned = read_plan(lake, day, checks)
         if list_only or (not actions and not all_actions):
             echo(f"plan {plan_id or '(empty)'} of {day}: {len(planned)} action(s)")
             rows = [
@@ -63,7 +66,7 @@ def approve_command(
             echo("error: an approval needs the approver's name: --by NAME", err=True)
             return 2
         ids = [a.strip() for a in (actions or "").split(",") if a.strip()]
-        approval = approve(lake, paths, day, by, ids, all_actions)
+        approval = approve(lake, paths, day, by, ids, all_actions, checks=checks)
     except (PlanNotFound, ApprovalError, PlanError) as exc:
         echo(f"error: {exc}", err=True)
         return 2

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cloudopt_pipelines.assets.plan import PLAN_CHECK, build_portfolio_plan_asset, plan_problem
+from cloudopt_pipelines.assets.plan import PLAN_CHECK, build_portfolio_plan_asset, latest_plan_check, plan_problem
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
 from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.optimizers.base import all_optimizers
@@ -18,6 +18,7 @@ from cloudopt_pipelines.optimizers.portfolio import verify_plan
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.plan_cli import EXIT_OK, plan_command
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
@@ -89,8 +90,13 @@ def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Setting
     # same date, input and constraints: same plan id
     _, problem = plan_problem(Lake(plan_home.lake_dir), DAY, OPTIMIZERS)
     assert problem.plan_id == meta["plan_id"].value
-    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DAY).to_pylist()
-    assert (check["plan_id"], check["passed"], check["violation_count"]) == (meta["plan_id"].value, True, 0)
+    check = latest_plan_check(ensure_instance(plan_home), DAY)  # what the executor reads
+    assert check is not None and (check.plan_id, check.passed, check.violation_count) == (
+        meta["plan_id"].value,
+        True,
+        0,
+    )
+    assert check.plan_sha256 == table_sha256(plan)
 
 
 def test_the_check_fails_on_a_tampered_plan(plan_home: Settings) -> None:
@@ -152,8 +158,9 @@ def test_infeasible_constraints_fail_the_blocking_check_with_the_explanation(
     assert set(plan["option_name"].to_pylist()) == {"keep"}
     assert set(plan["solver_status"].to_pylist()) == {"infeasible"}
     assert all("raise monthly_budget_usd" in r for r in plan["reason"].to_pylist())
-    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DEMO_DAYS[1]).to_pylist()
-    assert check["passed"] is False and check["solver_status"] == "infeasible"
+    check = latest_plan_check(ensure_instance(plan_home), DEMO_DAYS[1])
+    assert check is not None and check.passed is False and check.solver_status == "infeasible"
+    assert latest_plan_check(ensure_instance(plan_home), DAY).passed  # another day's check is its own
 
 
 def test_a_day_without_recommendations_is_a_clear_error(plan_home: Settings) -> None:

@@ -288,18 +288,28 @@ def test_plan_and_execute_refuse_bad_files_in_one_line(fresh_home: Settings, tmp
 def test_approve_refuses_a_plan_that_failed_its_check_in_one_line(demo_home: Settings, tmp_path: Path) -> None:
     import shutil
 
-    import pyarrow as pa
+    import dagster as dg
 
+    from cloudopt_pipelines.assets.plan import PLAN_CHECK, PLAN_KEY, latest_plan_check, plan_check_metadata
     from cloudopt_pipelines.executor_cli import approve_command
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.orchestration import ensure_instance
 
     settings = Settings(home=tmp_path / "home", env="demo")
     shutil.copytree(demo_home.lake_dir, settings.lake_dir)
-    lake = Lake(settings.lake_dir)
+    shutil.copytree(demo_home.dagster_home, settings.dagster_home)
     day = date.fromisoformat(DAY)
-    checks = lake.read("portfolio_plan_checks", day=day)
-    failed = checks.set_column(checks.schema.get_field_index("passed"), "passed", pa.array([False] * checks.num_rows))
-    lake.write("portfolio_plan_checks", failed, day=day, schema=checks.schema)
+    instance = ensure_instance(settings)
+    passed = latest_plan_check(instance, day)
+    assert passed is not None and passed.passed
+    # The check of the very same rows, evaluated again and failed (as after a stricter constraints file).
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=PLAN_KEY,
+            check_name=PLAN_CHECK,
+            passed=False,
+            metadata=plan_check_metadata(day, passed.plan_id, passed.plan_sha256, "optimal", ["budget: over"]),
+        )
+    )
     said: list[str] = []
     code = approve_command(day, None, True, "alice", False, settings=settings, echo=lambda m, **_k: said.append(m))
     assert code == 2 and said[-1].startswith("error: ") and "check" in said[-1], said

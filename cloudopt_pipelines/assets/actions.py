@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from cloudopt_pipelines.assets.plan import plan_check_reader
 from cloudopt_pipelines.executor.approvals import Approval, ApprovalError
 from cloudopt_pipelines.executor.lock import ExecutorBusy
 from cloudopt_pipelines.executor.model import Decision
@@ -141,6 +142,7 @@ def executed_actions(
     decision is a row here and a line of $CLOUDOPT_HOME/audit/actions.jsonl (see docs/executor.md)."""
     day = daily_partitions.time_window_for_partition_key(context.partition_key).start.date()
     store, paths = lake.get_lake(), aws_executor.get_paths()
+    checks = plan_check_reader(context.instance)
     try:
         policy = config.policy()
         extra: list[Approval] = []
@@ -160,10 +162,11 @@ def executed_actions(
                     config.approve_all,
                     source="run_config",
                     plan_id=config.approve_plan_id,
+                    checks=checks,
                 )
             )
         result, path = execute_day(
-            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id
+            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id, checks=checks
         )
     except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc

@@ -2,13 +2,14 @@
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
 from cloudopt_pipelines.assets.recommendations import RESOURCES_KEY, recommendation_key
+from cloudopt_pipelines.executor.approvals import PLAN_CHECK_NAME, PlanCheckReader, PlanCheckRecord
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer
 from cloudopt_pipelines.optimizers.portfolio import (
     Candidate,
@@ -28,11 +29,10 @@ from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, daily_partit
 from cloudopt_pipelines.resources.storage import LakeResource
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN_CHECKS
 
 PLAN_PREFIX = "plan"
 PLAN_JOB = "portfolio_plan_job"
-PLAN_CHECK = "plan_satisfies_constraints"
+PLAN_CHECK = PLAN_CHECK_NAME
 PLAN_KEY = dg.AssetKey([PLAN_PREFIX, "portfolio_plan"])
 ACROSS_ACCOUNTS = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
 
@@ -129,7 +129,6 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
         plan = store.read("portfolio_plan", day=day)  # the check reads what was written, not what was meant
         violations = verify_plan(plan, problem)
         summary = plan_summary(problem, solution, plan)
-        store.write("portfolio_plan_checks", plan_check_row(day, summary, violations, table_sha256(plan)), day=day)
         if not has_plan(solution):
             context.log.error(f"no feasible portfolio plan for {day}: {explanation_text(solution)}")
         return dg.MaterializeResult(
@@ -160,9 +159,9 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
                     severity=dg.AssetCheckSeverity.ERROR,
                     description=None if not violations else violations[0],
                     metadata={
-                        "violations": dg.MetadataValue.json(violations[:50]),
-                        "violation_count": len(violations),
-                        "plan_id": summary["plan_id"],
+                        **plan_check_metadata(
+                            day, summary["plan_id"], table_sha256(plan), summary["solver_status"], violations
+                        ),
                         **({"explanation": summary["explanation"]} if summary["explanation"] else {}),
                     },
                 )
@@ -172,24 +171,54 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
     return portfolio_plan
 
 
-def plan_check_row(day: date, summary: dict, violations: list[str], plan_sha256: str | None = None) -> pa.Table:
-    """The check's verdict as the one-row ``portfolio_plan_checks`` partition the executor reads, bound to the
-    content hash of the rows it checked (``plan_sha256``)."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "date": day,
-                "plan_id": summary["plan_id"],
-                "passed": not violations,
-                "solver_status": summary["solver_status"],
-                "violation_count": len(violations),
-                "violations": json.dumps(violations[:200]),
-                "checked_at": datetime.now(UTC),
-                "plan_sha256": plan_sha256,
-            }
-        ],
-        schema=PORTFOLIO_PLAN_CHECKS,
-    )
+def plan_check_metadata(
+    day: date, plan_id: str, plan_sha256: str, solver_status: str, violations: list[str]
+) -> dict[str, dg.MetadataValue]:
+    """What the check records beside its verdict: the day, plan id and content hash of the rows it checked
+    (the executor acts only on exactly those rows), and the violations."""
+    return {
+        "date": dg.MetadataValue.text(day.isoformat()),
+        "plan_id": dg.MetadataValue.text(plan_id),
+        "plan_sha256": dg.MetadataValue.text(plan_sha256),
+        "solver_status": dg.MetadataValue.text(solver_status),
+        "violation_count": dg.MetadataValue.int(len(violations)),
+        "violations": dg.MetadataValue.json(violations[:50]),
+    }
+
+
+def latest_plan_check(instance: dg.DagsterInstance, day: date, page: int = 100) -> PlanCheckRecord | None:
+    """The latest evaluation of the plan check for ``day`` recorded in the Dagster instance, or None.
+
+    Dagster 1.13 records a partitioned asset's check evaluation without its partition key, so the day is
+    matched on the ``date`` the check writes into its metadata."""
+    check_key = dg.AssetCheckKey(PLAN_KEY, PLAN_CHECK)
+    cursor = None
+    while True:
+        records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=page, cursor=cursor)
+        for record in records:
+            evaluation = record.evaluation
+            if not isinstance(evaluation, dg.AssetCheckEvaluation):
+                continue  # planned, not evaluated yet
+            meta = {k: v.value for k, v in evaluation.metadata.items()}
+            if meta.get("date") != day.isoformat():
+                continue
+            return PlanCheckRecord(
+                day=day,
+                plan_id=str(meta.get("plan_id") or ""),
+                passed=evaluation.passed,
+                plan_sha256=str(meta.get("plan_sha256") or ""),
+                solver_status=str(meta.get("solver_status") or ""),
+                violation_count=int(meta.get("violation_count") or 0),
+                violations=json.dumps(meta.get("violations") or []),
+            )
+        if len(records) < page:
+            return None
+        cursor = records[-1].id
+
+
+def plan_check_reader(instance: dg.DagsterInstance) -> PlanCheckReader:
+    """The executor's view of the plan check: the asset check's latest evaluation per day, in ``instance``."""
+    return lambda day: latest_plan_check(instance, day)
 
 
 portfolio_plan_job = dg.define_asset_job(

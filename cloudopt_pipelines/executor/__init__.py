@@ -10,7 +10,13 @@
 - ``engine``: the safety rules in order, and rollback; ``service``: approve / execute a day / roll back.
 """
 
-from cloudopt_pipelines.executor.approvals import Approval, ApprovalError, ApprovalStore
+from cloudopt_pipelines.executor.approvals import (
+    Approval,
+    ApprovalError,
+    ApprovalStore,
+    PlanCheckReader,
+    PlanCheckRecord,
+)
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
@@ -45,6 +51,8 @@ __all__ = [
     "ExecutorError",
     "ExecutorPaths",
     "ExecutorPolicy",
+    "PlanCheckReader",
+    "PlanCheckRecord",
     "PlanError",
     "PlanNotFound",
     "PlannedAction",

@@ -10,18 +10,17 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from cloudopt_pipelines.executor.model import PlannedAction
 from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
-from cloudopt_pipelines.storage.lake import Lake
 
 APPROVALS_FILE = "approvals.jsonl"
 PLAN_TABLE = "portfolio_plan"
-PLAN_CHECKS_TABLE = "portfolio_plan_checks"
+PLAN_CHECK_NAME = "plan_satisfies_constraints"
 log = logging.getLogger(__name__)
 
 
@@ -175,40 +174,56 @@ class PlanCheckStatus:
     reason: str = ""
 
 
-def plan_check_status(lake: Lake, day: date, plan_id: str, plan_sha256: str) -> PlanCheckStatus:
+@dataclass(frozen=True)
+class PlanCheckRecord:
+    """One evaluation of the plan's constraint check (the Dagster asset check ``plan_satisfies_constraints``
+    of ``plan/portfolio_plan``), as the executor needs it."""
+
+    day: date
+    plan_id: str
+    passed: bool
+    plan_sha256: str
+    solver_status: str = ""
+    violation_count: int = 0
+    violations: str = ""
+
+
+PlanCheckReader = Callable[[date], "PlanCheckRecord | None"]
+"""The latest check evaluation of a day's plan, or None: the asset layer reads it from the Dagster instance."""
+
+
+def plan_check_status(record: PlanCheckRecord | None, day: date, plan_id: str, plan_sha256: str) -> PlanCheckStatus:
     """Did the independent constraint check pass on exactly these plan rows (plan id and content hash)?
 
-    The one place the executor reads the check's result (today the ``portfolio_plan_checks`` lake table)."""
-    if lake.partition_file(PLAN_CHECKS_TABLE, day=day) is None:
+    ``record`` is the latest evaluation of the day's plan check (``PlanCheckReader``)."""
+    if record is None:
         return PlanCheckStatus(
             False,
-            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check ('{PLAN_CHECKS_TABLE}'); "
+            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check "
+            f"(asset check {PLAN_CHECK_NAME} of plan/portfolio_plan); "
             "re-materialise plan/portfolio_plan for that day so that its check runs",
         )
-    checks = [r for r in lake.read(PLAN_CHECKS_TABLE, day=day).to_pylist() if r["plan_id"] == plan_id]
-    if not checks:
+    if record.plan_id != plan_id:
         return PlanCheckStatus(
             False,
-            f"the constraint check of {day} is for another plan than {plan_id}; re-materialise plan/portfolio_plan",
+            f"the constraint check of {day} is for plan {record.plan_id}, not {plan_id}; "
+            "re-materialise plan/portfolio_plan",
         )
-    if not all(c["passed"] for c in checks):
-        failed = checks[0]
+    if not record.passed:
         return PlanCheckStatus(
             False,
             f"the portfolio plan of {day} ({plan_id}) failed its constraint check "
-            f"({failed['violation_count']} violation(s), solver {failed['solver_status']}: "
-            f"{failed['violations'][:300]}); "
+            f"({record.violation_count} violation(s), solver {record.solver_status}: {record.violations[:300]}); "
             "the executor never acts on it: fix the constraints (config/constraints.yaml) and re-plan",
         )
-    checked = {str(c.get("plan_sha256") or "") for c in checks}
-    if checked != {plan_sha256}:
-        recorded = ", ".join(sorted(h[:12] for h in checked if h)) or "no content hash (an older check)"
+    if record.plan_sha256 != plan_sha256:
+        recorded = record.plan_sha256[:12] or "no content hash (an older check)"
         return PlanCheckStatus(
             False,
-            f"the plan partition {lake.partition_file(PLAN_TABLE, day=day)} of {day} ({plan_id}) is not the one "
-            f"its constraint check passed on: its rows hash to {plan_sha256[:12]}, the check recorded {recorded}. "
-            "The partition was edited after it was written (the plan id alone does not show it); the executor "
-            f"never acts on it: re-materialise plan/portfolio_plan for {day}",
+            f"the plan partition of {day} ({plan_id}) is not the one its constraint check passed on: its rows "
+            f"hash to {plan_sha256[:12]}, the check recorded {recorded}. The partition was edited after it was "
+            "written (the plan id alone does not show it); the executor never acts on it: re-materialise "
+            f"plan/portfolio_plan for {day}",
         )
     return PlanCheckStatus(True)
 

@@ -17,6 +17,7 @@ from cloudopt_pipelines.executor.approvals import (
     PLAN_TABLE,
     Approval,
     ApprovalStore,
+    PlanCheckReader,
     new_approval,
     plan_check_status,
 )
@@ -67,8 +68,9 @@ class ExecutorPaths:
         return AuditLog(self.audit_dir, self.audit_key_file)
 
 
-def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
-    """The plan id and actions of ``day``'s portfolio plan; a clear error when that partition does not exist."""
+def read_plan(lake: Lake, day: date, checks: PlanCheckReader) -> tuple[str, list[PlannedAction]]:
+    """The plan id and actions of ``day``'s portfolio plan, whose constraint check (read by ``checks``) must
+    have passed on these very rows; a clear error when that partition does not exist."""
     if lake.partition_file(PLAN_TABLE, day=day) is None:
         raise PlanNotFound(
             f"no portfolio plan for {day}: lake table '{PLAN_TABLE}' has no partition "
@@ -77,17 +79,17 @@ def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
         )
     table = lake.read(PLAN_TABLE, day=day)
     plan_id, actions = actions_from_plan(table, day)
-    require_passed_check(lake, day, plan_id, table_sha256(table))
+    require_passed_check(checks, day, plan_id, table_sha256(table))
     return plan_id, actions
 
 
-def require_passed_check(lake: Lake, day: date, plan_id: str, plan_sha256: str = "") -> None:
+def require_passed_check(checks: PlanCheckReader, day: date, plan_id: str, plan_sha256: str) -> None:
     """The plan's independent constraint check must have passed for this very plan id and these very rows
     (content hash): actions never run (nor get approved) on a plan that failed it, whose check was never
     recorded, or whose partition was edited after the check."""
     if not plan_id:
         return  # a plan of keeps only: nothing to act on
-    status = plan_check_status(lake, day, plan_id, plan_sha256)
+    status = plan_check_status(checks(day), day, plan_id, plan_sha256)
     if not status.passed:
         raise PlanError(status.reason)
 
@@ -102,9 +104,11 @@ def approve(
     source: str = "cli",
     plan_id: str | None = None,
     now: datetime | None = None,
+    *,
+    checks: PlanCheckReader,
 ) -> Approval:
     """Record an approval of ``action_ids`` (or all) of ``day``'s current plan; ``plan_id``, when given, must match."""
-    current, actions = read_plan(lake, day)
+    current, actions = read_plan(lake, day, checks)
     if plan_id is not None and plan_id != current:
         from cloudopt_pipelines.executor.approvals import ApprovalError
 
@@ -127,11 +131,13 @@ def execute_day(
     extra_approvals: Sequence[Approval] = (),
     run_id: str | None = None,
     now: Callable[[], datetime] | None = None,
+    *,
+    checks: PlanCheckReader,
 ) -> tuple[RunResult, Path]:
     """Run the executor on ``day``'s plan, then rebuild that day's ``executed_actions`` partition."""
     run_id = run_id or uuid.uuid4().hex
     with executor_lock(paths.home, f"execute {day} --mode {mode}", run_id=run_id):
-        plan_id, actions = read_plan(lake, day)
+        plan_id, actions = read_plan(lake, day, checks)
         approvals = [*paths.approvals().for_day(day), *extra_approvals]
         executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
         result = executor.run(day, plan_id, actions, approvals, mode, run_id)

@@ -81,6 +81,7 @@ def test_blast_radius_counts_every_run_of_the_day_from_the_audit(home, ec2, moto
         aws,
         ExecutorPolicy(max_actions_per_day=2, max_calls_per_second=0),
         now=lambda: NOW + timedelta(days=1),
+        checks=home.checks,
     )
     assert next(d for d in result.decisions if d.resource_id == ids[0]).outcome == "applied"
     assert instance(ec2, ids[0])["State"]["Name"] == "stopped"

@@ -27,7 +27,10 @@ def test_a_hand_edited_plan_partition_keeping_its_plan_id_is_refused(home, ec2, 
     home.approve_all()
     edit_plan(home, kept, action="stop", option_name="stop")  # keep edited to stop, same plan_id
     aws = executor_aws(moto_url)
-    for attempt in (lambda: home.run(aws, mode="dry_run"), lambda: approve(home.lake, home.paths, DAY, "eve")):
+    for attempt in (
+        lambda: home.run(aws, mode="dry_run"),
+        lambda: approve(home.lake, home.paths, DAY, "eve", checks=home.checks),
+    ):
         with pytest.raises(PlanError) as refused:
             attempt()
         message = str(refused.value)

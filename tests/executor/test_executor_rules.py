@@ -153,6 +153,7 @@ def test_change_windows_hold_actions_outside_them(home, ec2, moto_url) -> None:
         aws,
         ExecutorPolicy(change_windows=(nightly,)),
         now=lambda: datetime(2026, 11, 20, 23, 0, tzinfo=UTC),
+        checks=home.checks,
     )
     assert result.decisions[0].outcome == "applied"
     assert instance(ec2, iid)["State"]["Name"] == "stopped"
@@ -233,7 +234,7 @@ def test_a_plan_that_failed_its_constraint_check_is_never_approved_nor_executed(
     with pytest.raises(PlanError, match=r"failed its constraint check .*never acts on it"):
         home.run(executor_aws(moto_url), mode="apply")
     with pytest.raises(PlanError, match="failed its constraint check"):
-        approve(home.lake, home.paths, DAY, "mallory", all_actions=True)
+        approve(home.lake, home.paths, DAY, "mallory", all_actions=True, checks=home.checks)
     home.write_check("another-plan", passed=True)
     with pytest.raises(PlanError, match="for another plan than plan-1"):
         home.run(executor_aws(moto_url), mode="apply")

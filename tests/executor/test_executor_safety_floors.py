@@ -17,6 +17,7 @@ def materialise(home, moto_url: str, config: dict) -> dg.ExecuteInPlaceResult:
     return dg.materialize(
         [executed_actions],
         partition_key=DAY.isoformat(),
+        instance=home.instance,
         resources=resources(home, moto_url),
         run_config={"ops": {EXECUTED_ACTIONS_OP: {"config": {"mode": "apply", **config}}}},
         raise_on_error=False,

@@ -123,7 +123,7 @@ def test_an_ecs_resize_goes_to_its_own_target_and_never_collides_with_ec2(home, 
         ]
     )
     home.approve_all()
-    plan_id, actions = read_plan(home.lake, DAY)
+    plan_id, actions = read_plan(home.lake, DAY, home.checks)
     executor = Executor(
         [AwsTarget(executor_aws(moto_url)), other],
         home.paths.audit(),
