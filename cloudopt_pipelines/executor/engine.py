@@ -23,7 +23,7 @@ from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
-from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy, RateLimiter
+from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy
 
 
 class RollbackError(ExecutorError):
@@ -68,7 +68,7 @@ class Executor:
         self.policy = policy or ExecutorPolicy()
         self.plugins = dict(plugins if plugins is not None else default_plugins())
         self.now = now
-        self.aws.rate_limiter = RateLimiter(self.policy.max_calls_per_second)
+        self.aws.rate_limiter = self.aws.rate_limiter.at_rate(self.policy.max_calls_per_second)
 
     # ---------------------------------------------------------------------------------------- run
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from cloudopt_pipelines.executor import ChangeWindow, execute_day
-from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.executor.policy import ExecutorPolicy, RateLimiter
 from tests.executor.conftest import (
     DAY,
     NOW,
@@ -160,9 +162,23 @@ def test_rate_limit_spaces_mutating_calls(home, ec2, moto_url) -> None:
     ids = [dev_instance(ec2) for _ in range(3)]
     home.write_plan([plan_row(i, "stop", {"state": "stopped"}) for i in ids])
     home.approve_all()
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the injected clock moves only when the limiter waits
+        slept.append(seconds)
+        now[0] += seconds
+
     aws = executor_aws(moto_url)
-    home.run(aws, max_calls_per_second=5.0)
-    assert aws.rate_limiter.waited > 0.1  # 3 calls at 5/s: 0.4 s of spacing, minus the work in between
+    shared_limiter = aws.rate_limiter
+    aws.rate_limiter = RateLimiter(0, clock=lambda: now[0], sleep=sleep)
+    try:
+        decisions = home.run(aws, max_calls_per_second=5.0).decisions
+    finally:
+        aws.rate_limiter = shared_limiter
+    calls = sum(len(d.api_calls) for d in decisions)
+    assert calls >= 3 and {d.outcome for d in decisions} == {"applied"}
+    assert slept == pytest.approx([0.2] * (calls - 1))  # 5 calls/s: every mutating call 0.2 s after the last
     assert all(instance(ec2, i)["State"]["Name"] == "stopped" for i in ids)
 
 
