@@ -150,11 +150,11 @@ def executor_aws(endpoint: str, **overrides: Any) -> ExecutorAws:
             "role_session_name": "cloudopt-executor",
             "max_attempts": 2,
             "connect_timeout_seconds": 1,
-            "read_timeout_seconds": 10,
+            "read_timeout_seconds": 60,
             **overrides,
         }
     )
-    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=10)
+    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=120)  # bounds only: a busy machine is slow
     if not overrides:
         _SHARED[endpoint] = aws
     return aws
