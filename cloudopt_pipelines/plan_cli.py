@@ -317,7 +317,7 @@ def _inputs(
     except ValueError:
         raise PlanInputError(f"--date {day!r} is not a date as YYYY-MM-DD") from None
     if lake_dir is None:
-        from cloudopt_pipelines.config import load_settings
+        from cloudopt_pipelines.settings import load_settings
 
         lake_dir = load_settings().lake_dir
     _, problem = problem_for_day(Lake(lake_dir), when, constraints_path)

@@ -14,8 +14,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.resources.sources import DemoSourceResource
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.base import Collected, Collector
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake

@@ -12,11 +12,11 @@ import pytest
 
 from cloudopt_pipelines.assets.plan import PLAN_CHECK, portfolio_plan
 from cloudopt_pipelines.assets.recommendations import recommendations
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.optimizers.portfolio import problem_for_day, verify_plan
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.plan_cli import EXIT_OK, plan_command
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 

@@ -204,7 +204,8 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     from cloudopt_pipelines.assets.features import SOURCE_TABLES
     from cloudopt_pipelines.assets.recommendations import recommendations
     from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
-    from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
+    from cloudopt_pipelines.project_files import sql_models_dir
+    from cloudopt_pipelines.resources.storage import LakeResource
     from cloudopt_pipelines.sqlmodels.runner import load_models, run_model
     from cloudopt_pipelines.storage.lake import Lake
 
@@ -214,7 +215,7 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     days = collector.days[:3]
     lake.write("price_catalog", catalog_table)
     lake.write("reserved_prices", build_reserved_prices())
-    stg = next(m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES)) if m.name == "stg_utilization_5m")
+    stg = next(m for m in load_models(sql_models_dir(), set(SOURCE_TABLES)) if m.name == "stg_utilization_5m")
     partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}
     for d in days:
         lake.write("resources", collector.collect_inventory(account, d).table, account, d)

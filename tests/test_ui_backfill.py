@@ -14,10 +14,10 @@ import dagster as dg
 import pytest
 
 from cloudopt_pipelines.automation import CATALOG_JOB
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import account_daily_partitions
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
