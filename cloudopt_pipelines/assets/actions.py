@@ -156,7 +156,7 @@ def executed_actions(
                 )
             )
         result, path = execute_day(
-            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id
+            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run.run_id
         )
     except (PlanNotFound, ApprovalError, PolicyError, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
