@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cloudopt_pipelines.config import load_settings, parse_accounts
 from cloudopt_pipelines.executor_cli import register_executor_commands
+from cloudopt_pipelines.settings import load_settings, parse_accounts
 
 app = typer.Typer(
     help="cloudopt: cloud-cost optimisation pipelines on Dagster.",

@@ -15,27 +15,23 @@ from cloudopt_pipelines.automation import (
     daily_pipeline_schedule,
     daily_plan_schedule,
 )
-from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.optimizers.base import select_optimizers
 from cloudopt_pipelines.partitions import account_daily_partitions
-from cloudopt_pipelines.resources.executor import AwsExecutorResource
-from cloudopt_pipelines.resources.sources import DemoSourceResource, SourceResource
-from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
+from cloudopt_pipelines.resources.environments import resources_for
+from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.settings import Settings, load_settings
 
 
 def source_for(settings: Settings) -> SourceResource:
     """The source of inventory and metrics for CLOUDOPT_ENV (demo: embedded data; aws: real APIs)."""
-    if settings.env == "aws":
-        from cloudopt_pipelines.resources.aws import AwsResource
-
-        return AwsResource.from_env()
-    return DemoSourceResource()
+    return resources_for(settings)["source"]
 
 
 def build_definitions(settings: Settings | None = None, source: SourceResource | None = None) -> dg.Definitions:
     """All definitions for one CLOUDOPT_HOME and source; tests pass their own."""
     settings = settings or load_settings()
-    sql_assets = build_sql_model_assets()
+    window_days = {"utilization_window": settings.utilization_window_days} if settings.utilization_window_days else None
+    sql_assets = build_sql_model_assets(window_days=window_days)
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
     optimizers = select_optimizers(settings.deployment_types)
     recommendation_assets = build_recommendation_assets(optimizers)
@@ -56,13 +52,11 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule, daily_plan_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
-        resources={
-            "source": source or source_for(settings),
-            "lake": LakeResource(root=str(settings.lake_dir)),
-            "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
-            "aws_executor": AwsExecutorResource.from_env(home=settings.home),
-        },
+        resources={**resources_for(settings), **({"source": source} if source else {})},
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What Dagster's loader loads (workspace.yaml, ``dg``): the settings are read then, not at import."""
+    return build_definitions()

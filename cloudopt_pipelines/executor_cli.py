@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudopt_pipelines.config import Settings, load_settings
+from cloudopt_pipelines.settings import Settings, load_settings
 
 Echo = Callable[..., None]
 EXECUTED_ACTIONS_OP = "actions__executed_actions"

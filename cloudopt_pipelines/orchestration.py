@@ -26,10 +26,10 @@ import dagster as dg
 from cloudopt_pipelines.assets.plan import PLAN_JOB
 from cloudopt_pipelines.assets.warehouse import WAREHOUSE_POOL
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
-from cloudopt_pipelines.config import Settings, load_settings
 from cloudopt_pipelines.definitions import build_definitions, source_for
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key, daily_partitions
 from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
 from cloudopt_pipelines.storage.lake import Lake, sweep_leftovers
 
@@ -260,7 +260,7 @@ def day_range(start: date, end: date) -> list[date]:
     last_key = daily_partitions.get_last_partition_key()
     last = date.fromisoformat(last_key) if last_key else first
     if start < first:
-        raise ValueError(f"--start {start} is before the first partition {first} (set CLOUDOPT_START_DATE earlier)")
+        raise ValueError(f"--start {start} is before the first partition {first}: pick --start {first} or later")
     if end > last:
         raise ValueError(f"--end {end} is not a complete UTC day yet: the latest partition is {last}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]

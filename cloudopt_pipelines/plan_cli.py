@@ -349,8 +349,8 @@ def _inputs(
     if input_path is not None:
         return load_instances(input_path), load_constraints(constraints_path)
     from cloudopt_pipelines.assets.plan import plan_problem
-    from cloudopt_pipelines.config import load_settings
     from cloudopt_pipelines.optimizers.base import select_optimizers
+    from cloudopt_pipelines.settings import load_settings
     from cloudopt_pipelines.storage.lake import Lake
 
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.orchestration import PLAN_OUTCOME_ACCOUNT, RangeResult
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import UNION_VIEWS
 

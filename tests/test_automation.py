@@ -5,11 +5,11 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from cloudopt_pipelines.automation import DAILY_JOB, WAREHOUSE_JOB, account_discovery, daily_pipeline_schedule
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import daily_partitions
 from cloudopt_pipelines.resources.sources import DemoSourceResource
+from cloudopt_pipelines.settings import Settings
 from tests.conftest import DEMO_ACCOUNTS
 
 

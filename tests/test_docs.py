@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -20,7 +20,6 @@ from cloudopt_pipelines.assets.recommendations import (
     settings_config_class,
 )
 from cloudopt_pipelines.catalog.prices import build_price_catalog, build_reserved_prices
-from cloudopt_pipelines.config import Settings, load_settings, parse_deployment_types
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.optimizers.base import (
     DeploymentOptimizer,
@@ -35,6 +34,7 @@ from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_r
 from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer, StandaloneSettings
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import Settings, load_settings, parse_deployment_types
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, RESOURCES
 from cloudopt_pipelines.storage.warehouse import build_warehouse

@@ -12,12 +12,12 @@ import pytest
 
 from cloudopt_pipelines.assets.plan import PLAN_CHECK, build_portfolio_plan_asset, latest_plan_check, plan_problem
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.optimizers.base import all_optimizers
 from cloudopt_pipelines.optimizers.portfolio import verify_plan
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.plan_cli import EXIT_OK, plan_command
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS

@@ -24,7 +24,6 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudopt_pipelines.cli import app
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.orchestration import (
     WAREHOUSE_POOL,
     PoolBusyError,
@@ -33,6 +32,7 @@ from cloudopt_pipelines.orchestration import (
     recover_dead_runs,
     wait_for_pool,
 )
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import STAGING
 from tests.conftest import DEMO_ACCOUNTS
 

@@ -166,7 +166,15 @@ def executed_actions(
                 )
             )
         result, path = execute_day(
-            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id, checks=checks
+            store,
+            paths,
+            day,
+            config.mode,
+            aws_executor.get_aws(),
+            policy,
+            extra,
+            run_id=context.run.run_id,
+            checks=checks,
         )
     except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc

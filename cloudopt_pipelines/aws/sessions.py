@@ -7,9 +7,8 @@ that credential handling, retries and timeouts are the same code for reading and
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,26 +53,6 @@ class AwsSettings:
     max_pool_connections: int = 20
     page_size: int | None = None
     region_concurrency: int = 4
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
-        """Read ``CLOUDOPT_ACCOUNTS``, ``CLOUDOPT_REGIONS``, ``CLOUDOPT_ASSUME_ROLE``,
-        ``CLOUDOPT_EXTERNAL_ID`` and the usual AWS variables (``AWS_PROFILE``, ``AWS_REGION`` /
-        ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_MAX_ATTEMPTS``)."""
-        env = os.environ if environ is None else environ
-        regions = _split(env.get("CLOUDOPT_REGIONS", "")) or [
-            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        ]
-        accounts = _parse_accounts(env.get("CLOUDOPT_ACCOUNTS", ""))
-        return cls(
-            regions=tuple(regions),
-            accounts=tuple(accounts),
-            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            profile=env.get("AWS_PROFILE") or None,
-            assume_role=env.get("CLOUDOPT_ASSUME_ROLE") or None,
-            external_id=env.get("CLOUDOPT_EXTERNAL_ID") or None,
-            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts),
-        )
 
     def role_arn(self, account_id: str, partition: str = "aws") -> str | None:
         """The role to assume in ``account_id``: a name, an ARN or an ARN template with ``{account_id}``."""
@@ -271,15 +250,3 @@ class AwsSessions:
                 self._on_client(client, key)
             self._clients[(key, service, region)] = client
             return client
-
-
-def _split(raw: str) -> list[str]:
-    return [part.strip() for part in raw.split(",") if part.strip()]
-
-
-def _parse_accounts(raw: str) -> list[str]:
-    accounts = _split(raw)
-    bad = [a for a in accounts if not (len(a) == 12 and a.isdigit())]
-    if bad:
-        raise ValueError(f"CLOUDOPT_ACCOUNTS has {bad}, not 12-digit AWS account ids (keep leading zeros)")
-    return sorted(set(accounts))

@@ -322,6 +322,10 @@ class RateLimiter:
                 now += wait
             self._next = now + self.interval
 
+    def at_rate(self, per_second: float) -> RateLimiter:
+        """A fresh limiter at ``per_second`` with this one's clock and sleep (tests inject theirs)."""
+        return RateLimiter(per_second, clock=self._clock, sleep=self._sleep)
+
 
 def approval_needed_explicitly(action: str, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:
     return action in explicit

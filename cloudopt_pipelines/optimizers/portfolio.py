@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -33,10 +32,12 @@ from typing import Any
 import pyarrow as pa
 
 from cloudopt_pipelines.optimizers.linear import KEEP, LinearOptimizer, Solution, check_plan
+from cloudopt_pipelines.project_files import default_constraints_path
+from cloudopt_pipelines.settings import plan_constraints
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
 
 CONFIG_ENV = "CLOUDOPT_PLAN_CONSTRAINTS"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "constraints.yaml"
+DEFAULT_CONFIG_PATH = default_constraints_path()
 BUILT_IN = "<built-in defaults>"
 
 PORTFOLIO_KEYS = ("monthly_budget_usd", "max_one_time_cost_usd", "max_changes", "max_average_performance_risk")
@@ -106,11 +107,11 @@ class PlanConfig:
 
 def config_path(explicit: str | Path | None = None, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
     """The constraints file to use and why: explicit (asset config / CLI) > $CLOUDOPT_PLAN_CONSTRAINTS > default."""
-    environ = os.environ if environ is None else environ
     if explicit:
         return Path(explicit).expanduser(), "asset config constraints_path"
-    if environ.get(CONFIG_ENV, "").strip():
-        return Path(environ[CONFIG_ENV].strip()).expanduser(), f"${CONFIG_ENV}"
+    from_env = plan_constraints(environ)
+    if from_env is not None:
+        return from_env, f"${CONFIG_ENV}"
     return DEFAULT_CONFIG_PATH, "default"
 
 

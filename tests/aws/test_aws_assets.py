@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from cloudopt_pipelines.automation import DAILY_JOB
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import account_day_key
 from cloudopt_pipelines.resources.aws import AwsResource
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from tests.aws.conftest import (
     MANAGEMENT_ACCOUNT,

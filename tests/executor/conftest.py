@@ -22,11 +22,11 @@ import pyarrow as pa
 import pytest
 
 from cloudopt_pipelines.assets.plan import PLAN_CHECK, PLAN_KEY, plan_check_metadata, plan_check_reader
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.executor import ExecutorAws, ExecutorPaths, ExecutorPolicy, execute_day
 from cloudopt_pipelines.executor.approvals import PlanCheckReader, new_approval
 from cloudopt_pipelines.executor.model import actions_from_plan
 from cloudopt_pipelines.orchestration import ensure_instance
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.aws import AwsSettings
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
@@ -155,11 +155,11 @@ def executor_aws(endpoint: str, **overrides: Any) -> ExecutorAws:
             "role_session_name": "cloudopt-executor",
             "max_attempts": 2,
             "connect_timeout_seconds": 1,
-            "read_timeout_seconds": 10,
+            "read_timeout_seconds": 60,
             **overrides,
         }
     )
-    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=10)
+    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=120)  # bounds only: a busy machine is slow
     if not overrides:
         _SHARED[endpoint] = aws
     return aws
