@@ -23,7 +23,6 @@ def build_jobs(account_daily_keys: list[dg.AssetKey], catalog_keys: list[dg.Asse
     daily = dg.define_asset_job(
         DAILY_JOB,
         selection=dg.AssetSelection.assets(*account_daily_keys),
-        partitions_def=account_daily_partitions,
         description="Collect, then compute features, for one account on one UTC day.",
     )
     catalog = dg.define_asset_job(

@@ -147,6 +147,5 @@ def plan_check_row(day: date, summary: dict, violations: list[str]) -> pa.Table:
 portfolio_plan_job = dg.define_asset_job(
     PLAN_JOB,
     selection=dg.AssetSelection.assets(portfolio_plan),
-    partitions_def=daily_partitions,
     description="The portfolio plan of one UTC day across every account (after the accounts' daily runs).",
 )
