@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 ENVIRONMENTS = ("demo", "aws")
+DEFAULT_PLAN_DEADLINE_HOURS = 12.0
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,7 @@ class Settings:
 
     home: Path
     env: str
+    plan_deadline: timedelta = timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
 
     @property
     def lake_dir(self) -> Path:
@@ -30,7 +33,8 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    """Read ``CLOUDOPT_HOME`` (default ``./.cloudopt``) and ``CLOUDOPT_ENV`` (default ``demo``)."""
+    """Read ``CLOUDOPT_HOME`` (default ``./.cloudopt``), ``CLOUDOPT_ENV`` (default ``demo``) and
+    ``CLOUDOPT_PLAN_DEADLINE_HOURS`` (default 12)."""
     home = Path(os.environ.get("CLOUDOPT_HOME", ".cloudopt")).expanduser().resolve()
     env = os.environ.get("CLOUDOPT_ENV", "demo").strip().lower()
     if env not in ENVIRONMENTS:
@@ -38,7 +42,25 @@ def load_settings() -> Settings:
             f"CLOUDOPT_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}; "
             "use 'demo' for the embedded data or 'aws' for real accounts"
         )
-    return Settings(home=home, env=env)
+    deadline = parse_plan_deadline_hours(os.environ.get("CLOUDOPT_PLAN_DEADLINE_HOURS", ""))
+    return Settings(home=home, env=env, plan_deadline=deadline)
+
+
+def parse_plan_deadline_hours(raw: str) -> timedelta:
+    """How long after the end of day D the plan of D waits for missing accounts (hours, >= 0; empty: 12)."""
+    if not raw.strip():
+        return timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = -1.0
+    if not 0 <= hours <= 24 * 31:
+        raise ValueError(
+            f"CLOUDOPT_PLAN_DEADLINE_HOURS={raw!r} is not a number of hours between 0 and 744; "
+            f"it is how long after the end of a UTC day its plan waits for missing accounts "
+            f"(default {DEFAULT_PLAN_DEADLINE_HOURS:g})"
+        )
+    return timedelta(hours=hours)
 
 
 def configured_accounts() -> list[str]:
