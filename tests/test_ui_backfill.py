@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cloudopt_pipelines.automation import CATALOG_JOB
+from cloudopt_pipelines.automation import CATALOG_JOB, WAREHOUSE_JOB, WAREHOUSE_SENSOR
 from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
@@ -78,7 +78,9 @@ def dagster_services(fresh_home: Settings, tmp_path: Path) -> Iterator[str]:
     """dagster-webserver and dagster-daemon on the home's instance, as `make dev` runs them."""
     instance = ensure_instance(fresh_home)
     register_accounts(instance, DEMO_ACCOUNTS)
-    build_definitions(fresh_home).resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance)
+    defs = build_definitions(fresh_home)
+    defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance)
+    defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(instance=instance)  # so only the backfill is new
     env = {
         **os.environ,
         "CLOUDOPT_HOME": str(fresh_home.home),
@@ -153,6 +155,25 @@ def test_backfill_from_the_ui_materialises_the_range_and_the_ui_shows_it(
     instance = dg.DagsterInstance.from_config(str(fresh_home.dagster_home))
     for path in DAILY_ASSETS:
         assert instance.get_materialized_partitions(dg.AssetKey(path)) == set(keys), path
+
+    # The daemon's warehouse_refresh sensor rebuilds the warehouse once for the whole backfill (its
+    # ticks during the backfill wait for it), not once per run.
+    backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]}))
+    assert len(backfill_runs) > 1
+    by_sensor = dg.RunsFilter(job_name=WAREHOUSE_JOB, tags={"dagster/sensor_name": WAREHOUSE_SENSOR})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        refreshes = instance.get_runs(filters=by_sensor)
+        if refreshes and refreshes[0].is_finished:
+            break
+        time.sleep(2)
+    assert len(refreshes) == 1, (
+        [(r.tags.get("dagster/run_key"), r.status) for r in refreshes],
+        len(backfill_runs),
+        (tmp_path / "daemon.log").read_text()[-3000:],
+    )
+    assert refreshes[0].status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+
     # utilization_daily has a single-run backfill policy: one run computed both partitions in one
     # statement; the collection ran one run per partition.
     runs = {
