@@ -14,7 +14,7 @@ import pytest
 from cloudopt_pipelines.assets.plan import PLAN_JOB, portfolio_plan
 from cloudopt_pipelines.assets.recommendations import recommendations
 from cloudopt_pipelines.automation import PLAN_SENSOR, PlanCursor, build_plan_sensor, decide_plan, plan_deadline
-from cloudopt_pipelines.config import Settings, parse_plan_deadline_hours
+from cloudopt_pipelines.config import Settings, load_settings, parse_plan_deadline_hours
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import account_day_key
@@ -248,6 +248,14 @@ def test_no_recommendations_keys_is_a_clear_error() -> None:
 def test_plan_deadline_setting(raw: str, hours: float) -> None:
     assert parse_plan_deadline_hours(raw) == timedelta(hours=hours)
     assert plan_deadline(DAY, timedelta(hours=hours)) == datetime(2026, 11, 23, tzinfo=UTC) + timedelta(hours=hours)
+
+
+def test_load_settings_reads_the_plan_deadline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLOUDOPT_HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDOPT_PLAN_DEADLINE_HOURS", "30")
+    assert load_settings().plan_deadline == timedelta(hours=30)
+    monkeypatch.delenv("CLOUDOPT_PLAN_DEADLINE_HOURS")
+    assert load_settings().plan_deadline == timedelta(hours=12)
 
 
 @pytest.mark.parametrize("raw", ["twelve", "-1", "nan", "1000"])
