@@ -11,9 +11,9 @@ from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
     build_jobs,
+    build_plan_sensor,
     build_warehouse_refresh_sensor,
     daily_pipeline_schedule,
-    daily_plan_schedule,
 )
 from cloudopt_pipelines.optimizers.base import select_optimizers
 from cloudopt_pipelines.partitions import account_daily_partitions
@@ -50,8 +50,12 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     return dg.Definitions(
         assets=[*lake_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
-        schedules=[daily_pipeline_schedule, daily_plan_schedule],
-        sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
+        schedules=[daily_pipeline_schedule],
+        sensors=[
+            account_discovery,
+            build_plan_sensor([k for a in recommendation_assets for k in a.keys], deadline=settings.plan_deadline),
+            build_warehouse_refresh_sensor(warehouse_asset),
+        ],
         resources={**resources_for(settings), **({"source": source} if source else {})},
     )
 

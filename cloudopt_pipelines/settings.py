@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 ENVIRONMENTS = ("demo", "aws")
@@ -22,6 +23,7 @@ SOURCES = ("aws",)
 DEFAULT_HOME = ".cloudopt"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_AWS_MAX_ATTEMPTS = 10
+DEFAULT_PLAN_DEADLINE_HOURS = 12.0
 EXTERNAL_ID_VAR = "CLOUDOPT_EXTERNAL_ID"
 EXECUTOR_EXTERNAL_ID_VAR = "CLOUDOPT_EXECUTOR_EXTERNAL_ID"
 #: The first daily partition: fixed, so that every deployment and every code location has one partition set.
@@ -70,6 +72,7 @@ class Settings:
     utilization_window_days: int | None = None
     batch_max_rows: int | None = None
     deployment_types: tuple[str, ...] | None = None  # None: every optimiser runs
+    plan_deadline: timedelta = timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
 
     @property
     def lake_dir(self) -> Path:
@@ -106,6 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         utilization_window_days=utilization_window_days(env),
         batch_max_rows=batch_max_rows(env),
         deployment_types=parse_deployment_types(env.get("CLOUDOPT_DEPLOYMENT_TYPES")),
+        plan_deadline=parse_plan_deadline_hours(env.get("CLOUDOPT_PLAN_DEADLINE_HOURS", "")),
     )
 
 
@@ -142,6 +146,24 @@ def parse_deployment_types(raw: str | None) -> tuple[str, ...] | None:
     except UnknownDeploymentTypeError as exc:
         raise SettingsError(str(exc)) from None
     return types
+
+
+def parse_plan_deadline_hours(raw: str) -> timedelta:
+    """``CLOUDOPT_PLAN_DEADLINE_HOURS``: how long after the end of day D the plan of D waits for missing
+    accounts (hours, 0 to 744; empty: 12)."""
+    if not raw.strip():
+        return timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = -1.0
+    if not 0 <= hours <= 24 * 31:
+        raise SettingsError(
+            f"CLOUDOPT_PLAN_DEADLINE_HOURS={raw!r} is not a number of hours between 0 and 744; "
+            f"it is how long after the end of a UTC day its plan waits for missing accounts "
+            f"(default {DEFAULT_PLAN_DEADLINE_HOURS:g})"
+        )
+    return timedelta(hours=hours)
 
 
 def plan_constraints(environ: Mapping[str, str] | None = None) -> Path | None:
