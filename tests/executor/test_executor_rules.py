@@ -236,6 +236,6 @@ def test_a_plan_that_failed_its_constraint_check_is_never_approved_nor_executed(
     with pytest.raises(PlanError, match="failed its constraint check"):
         approve(home.lake, home.paths, DAY, "mallory", all_actions=True, checks=home.checks)
     home.write_check("another-plan", passed=True)
-    with pytest.raises(PlanError, match="for another plan than plan-1"):
+    with pytest.raises(PlanError, match="is for plan another-plan, not plan-1"):
         home.run(executor_aws(moto_url), mode="apply")
     assert instance(ec2, iid)["InstanceType"] == "m5.xlarge"  # read back from the server: untouched
