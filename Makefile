@@ -35,7 +35,7 @@ test: install-dev
 ## dev: the Dagster UI (and daemon) on the demo instance, http://127.0.0.1:3000
 dev: install-dev
 	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || $(BIN)/python -c 'from cloudopt_pipelines.orchestration import ensure_instance; from cloudopt_pipelines.config import load_settings; ensure_instance(load_settings())'
+	test -f $(DAGSTER_HOME)/dagster.yaml || $(BIN)/python -c 'from cloudopt_pipelines.orchestration import ensure_instance; from cloudopt_pipelines.settings import load_settings; ensure_instance(load_settings())'
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install-dev

@@ -4,14 +4,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cloudopt_pipelines.config import load_settings, parse_accounts
 from cloudopt_pipelines.executor_cli import register_executor_commands
+from cloudopt_pipelines.settings import load_settings, parse_accounts
 
 app = typer.Typer(
     help="cloudopt: cloud-cost optimisation pipelines on Dagster.",
@@ -37,6 +39,51 @@ def _parse_day(value: str, option: str) -> date:
         raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint=option) from None
 
 
+INTERRUPTED = 130
+
+
+def _usage_error(message: str) -> typer.Exit:
+    """Print a one-line usage error; the caller raises the returned exit (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def _range_errors() -> Iterator[None]:
+    """Turn what can go wrong in a range run into one line and an exit code: 2 for a request that cannot
+    run (bad range or accounts), 1 for a failure, 130 when interrupted (Ctrl-C or SIGTERM)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: the run in progress was marked failed; materialised partitions are kept, "
+            "run the command again to finish",
+            err=True,
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    except (RuntimeError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _account_option(raw: str | None) -> list[str] | None:
+    """The --accounts option: None when not given; given, it must name at least one valid id."""
+    if raw is None:
+        return None
+    try:
+        parsed = parse_accounts(raw)
+    except ValueError as exc:
+        raise _usage_error(f"--accounts: {exc}") from None
+    if not parsed:
+        raise _usage_error(
+            f"--accounts {raw!r} names no account; give 12-digit ids separated by commas, or leave "
+            "--accounts out to run every account the source reaches"
+        )
+    return parsed
+
+
 def _quiet_dagster() -> None:
     import warnings
 
@@ -59,13 +106,19 @@ def run(
     refresh_catalog: Annotated[bool, typer.Option(help="Rebuild the price catalogue first.")] = False,
 ) -> None:
     """Materialise every account x day in [start, end] through Dagster (one run per partition, as a
-    backfill does), then refresh the warehouse. Exits 1 if any partition failed."""
-    _quiet_dagster()
-    from cloudopt_pipelines.orchestration import run_range
-
+    backfill does), then refresh the warehouse. Exits 1 if any partition failed, 2 for a range or
+    accounts that cannot run, 130 when interrupted."""
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
-    account_list = parse_accounts(accounts) if accounts else None
-    result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
+    account_list = _account_option(accounts)
+    _quiet_dagster()
+    from cloudopt_pipelines.orchestration import day_range, run_range
+
+    try:
+        day_range(first, last)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    with _range_errors():
+        result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
     done = len(result.outcomes) - len(result.failed)
     typer.echo(f"{done}/{len(result.outcomes)} partitions materialised; warehouse: {result.warehouse_path}")
     if result.failed:
@@ -76,7 +129,8 @@ def run(
 
 @app.command()
 def demo() -> None:
-    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary."""
+    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary.
+    Exits 1 if any partition failed, 130 when interrupted."""
     _quiet_dagster()
     from cloudopt_pipelines.orchestration import run_range
     from cloudopt_pipelines.summary import demo_summary
@@ -86,7 +140,8 @@ def demo() -> None:
         raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
     typer.echo(f"cloudopt demo: {DEMO_START} to {DEMO_END}, home {settings.home}")
     started = time.monotonic()
-    result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
+    with _range_errors():
+        result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
     typer.echo("")
     typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
     if result.failed:
@@ -140,40 +195,55 @@ def plan(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run on the warehouse, read-only.")],
-    max_rows: Annotated[int, typer.Option(help="Rows to print at most.")] = 50,
+    query: Annotated[str, typer.Argument(help="One SQL query to run on the warehouse, read-only.")],
+    max_rows: Annotated[
+        int, typer.Option(help="Rows to print at most, 1 to 10000 (read bigger results with DuckDB directly).")
+    ] = 50,
 ) -> None:
-    """Run a read-only query on the warehouse and print the result as a table."""
+    """Run one read-only query on the warehouse and print the result as a table. Only queries and EXPLAIN
+    run: no file outside the warehouse and the lake can be read, none written, no extension loaded."""
     import duckdb
 
-    from cloudopt_pipelines.storage.warehouse import read_only
+    from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query
 
+    if not 1 <= max_rows <= MAX_SQL_ROWS:
+        raise _usage_error(f"--max-rows must be between 1 and {MAX_SQL_ROWS} (got {max_rows})")
     settings = load_settings()
     try:
-        with read_only(settings.warehouse_path) as con:
-            relation = con.sql(query)
-            if relation is None:
-                typer.echo("ok")
-                return
-            columns = relation.columns
-            rows = relation.limit(max_rows).fetchall()
-    except (duckdb.Error, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_dir)
+    except (duckdb.Error, FileNotFoundError, PermissionError, ValueError) as exc:
+        typer.echo(f"error: {str(exc).strip()}", err=True)
         raise typer.Exit(2) from None
     from tabulate import tabulate
 
-    typer.echo(tabulate(rows, headers=columns, tablefmt="github", floatfmt=".4g"))
+    typer.echo(tabulate(result.rows, headers=result.columns, tablefmt="github", floatfmt=".4g"))
+    if result.truncated:
+        typer.echo(f"(first {max_rows} rows shown; raise --max-rows or add a LIMIT)", err=True)
 
 
 @app.command()
 def accounts() -> None:
-    """List the account partitions registered in the Dagster instance."""
+    """List the account partitions registered in the Dagster instance, each with its status at the source
+    (ACTIVE or CONFIGURED ones are scheduled; UNREACHABLE ones are ids the source does not list)."""
+    from cloudopt_pipelines.definitions import source_for
     from cloudopt_pipelines.orchestration import ensure_instance
     from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME
+    from cloudopt_pipelines.sources.base import UNREACHABLE
 
-    instance = ensure_instance(load_settings())
+    settings = load_settings()
+    instance = ensure_instance(settings)
+    try:
+        statuses = source_for(settings).get_collector().list_account_statuses()
+    except Exception as exc:  # the list still helps when the source is down
+        typer.echo(f"warning: statuses unavailable ({str(exc).splitlines()[0]})", err=True)
+        statuses = None
     for account in sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)):
-        typer.echo(account)
+        if statuses is None:
+            typer.echo(account)
+        else:
+            status = statuses.get(account, UNREACHABLE)
+            note = " (the source does not list it: check the id)" if status == UNREACHABLE else ""
+            typer.echo(f"{account}  {status}{note}")
 
 
 @app.command()

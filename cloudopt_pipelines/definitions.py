@@ -4,45 +4,43 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
-from cloudopt_pipelines.assets.plan import portfolio_plan, portfolio_plan_job
+from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
-from cloudopt_pipelines.assets.recommendations import recommendations
+from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
     build_jobs,
+    build_plan_sensor,
     build_warehouse_refresh_sensor,
     daily_pipeline_schedule,
-    daily_plan_schedule,
 )
-from cloudopt_pipelines.config import Settings, load_settings
+from cloudopt_pipelines.optimizers.base import select_optimizers
 from cloudopt_pipelines.partitions import account_daily_partitions
-from cloudopt_pipelines.resources.executor import AwsExecutorResource
-from cloudopt_pipelines.resources.sources import DemoSourceResource, SourceResource
-from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
+from cloudopt_pipelines.resources.environments import resources_for
+from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.settings import Settings, load_settings
 
 
 def source_for(settings: Settings) -> SourceResource:
     """The source of inventory and metrics for CLOUDOPT_ENV (demo: embedded data; aws: real APIs)."""
-    if settings.env == "aws":
-        from cloudopt_pipelines.resources.aws import AwsResource
-
-        return AwsResource.from_env()
-    return DemoSourceResource()
+    return resources_for(settings)["source"]
 
 
 def build_definitions(settings: Settings | None = None, source: SourceResource | None = None) -> dg.Definitions:
     """All definitions for one CLOUDOPT_HOME and source; tests pass their own."""
     settings = settings or load_settings()
-    sql_assets = build_sql_model_assets()
+    window_days = {"utilization_window": settings.utilization_window_days} if settings.utilization_window_days else None
+    sql_assets = build_sql_model_assets(window_days=window_days)
     raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
-    upstream = [
-        key for a in [*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions] for key in a.keys
-    ]
-    warehouse_asset = build_warehouse_asset(upstream)
+    optimizers = select_optimizers(settings.deployment_types)
+    recommendation_assets = build_recommendation_assets(optimizers)
+    portfolio_plan = build_portfolio_plan_asset(optimizers)
+    lake_assets = [*raw_assets, *sql_assets, *recommendation_assets, portfolio_plan, executed_actions]
+    warehouse_asset = build_warehouse_asset([key for a in lake_assets for key in a.keys])
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, recommendations]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, *recommendation_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
@@ -50,17 +48,19 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     return dg.Definitions(
-        assets=[*raw_assets, *sql_assets, recommendations, portfolio_plan, executed_actions, warehouse_asset],
+        assets=[*lake_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
-        schedules=[daily_pipeline_schedule, daily_plan_schedule],
-        sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
-        resources={
-            "source": source or source_for(settings),
-            "lake": LakeResource(root=str(settings.lake_dir)),
-            "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
-            "aws_executor": AwsExecutorResource.from_env(home=settings.home),
-        },
+        schedules=[daily_pipeline_schedule],
+        sensors=[
+            account_discovery,
+            build_plan_sensor([k for a in recommendation_assets for k in a.keys], deadline=settings.plan_deadline),
+            build_warehouse_refresh_sensor(warehouse_asset),
+        ],
+        resources={**resources_for(settings), **({"source": source} if source else {})},
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What Dagster's loader loads (workspace.yaml, ``dg``): the settings are read then, not at import."""
+    return build_definitions()

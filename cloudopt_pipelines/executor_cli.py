@@ -6,6 +6,9 @@ work on the records under ``$CLOUDOPT_HOME`` directly. Heavy imports stay inside
 ``cloudopt --help`` stays fast.
 """
 
+import logging
+import os
+import sys
 from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudopt_pipelines.config import Settings, load_settings
+from cloudopt_pipelines.settings import Settings, load_settings
 
 Echo = Callable[..., None]
 EXECUTED_ACTIONS_OP = "actions__executed_actions"
@@ -38,13 +41,16 @@ def approve_command(
     """List the plan's actions, or record an approval; returns the exit code."""
     from tabulate import tabulate
 
-    from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanNotFound, approve, read_plan
+    from cloudopt_pipelines.assets.plan import plan_check_reader
+    from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
+    from cloudopt_pipelines.orchestration import ensure_instance
     from cloudopt_pipelines.storage.lake import Lake
 
     settings = settings or load_settings()
     lake, paths = Lake(settings.lake_dir), ExecutorPaths(settings.home)
+    checks = plan_check_reader(ensure_instance(settings))
     try:
-        plan_id, planned = read_plan(lake, day)
+        plan_id, planned = read_plan(lake, day, checks)
         if list_only or (not actions and not all_actions):
             echo(f"plan {plan_id or '(empty)'} of {day}: {len(planned)} action(s)")
             rows = [
@@ -60,8 +66,8 @@ def approve_command(
             echo("error: an approval needs the approver's name: --by NAME", err=True)
             return 2
         ids = [a.strip() for a in (actions or "").split(",") if a.strip()]
-        approval = approve(lake, paths, day, by, ids, all_actions)
-    except (PlanNotFound, ApprovalError) as exc:
+        approval = approve(lake, paths, day, by, ids, all_actions, checks=checks)
+    except (PlanNotFound, ApprovalError, PlanError) as exc:
         echo(f"error: {exc}", err=True)
         return 2
     covered = [a for a in planned if approval.covers(a)]
@@ -86,7 +92,7 @@ def materialise_executed_actions(
     import dagster as dg
 
     from cloudopt_pipelines.assets.actions import executed_actions
-    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance
+    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance, process_tags
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.resources.storage import LakeResource
 
@@ -106,7 +112,7 @@ def materialise_executed_actions(
             **(resources or {}),
         },
         raise_on_error=False,
-        tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode},
+        tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode, **process_tags()},
     )
 
 
@@ -129,7 +135,17 @@ def execute_command(
     if mode not in MODES:
         echo(f"error: --mode must be one of {', '.join(MODES)} (got {mode!r})", err=True)
         return 2
-    config = yaml.safe_load(config_file.read_text()) or {} if config_file else {}
+    try:
+        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file else {}
+    except OSError as exc:
+        echo(f"error: --config {config_file}: {exc.strerror or exc}; give an existing YAML file", err=True)
+        return 2
+    except yaml.YAMLError as exc:
+        echo(f"error: --config {config_file} is not valid YAML: {str(exc).splitlines()[0]}", err=True)
+        return 2
+    if not isinstance(config, Mapping):
+        echo(f"error: --config {config_file} must hold a mapping of executor settings", err=True)
+        return 2
     settings = settings or load_settings()
     result = materialise_executed_actions(day, mode, settings, config, resources)
     if not result.success:
@@ -163,6 +179,9 @@ def rollback_command(
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.storage.lake import Lake
 
+    if not by.strip():
+        echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
+        return 2
     settings = settings or load_settings()
     paths = ExecutorPaths(settings.home)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
@@ -181,6 +200,24 @@ def rollback_command(
     if mode == "dry_run":
         echo("dry run: nothing changed; re-run with --mode apply")
     return 0
+
+
+def exit_process(code: int) -> None:
+    """End the command with ``code``. As the process's own top-level command (its stdout is the process's),
+    flush everything and leave with ``os._exit``: the records are already fsync'd and the run is in the
+    instance, and the native thread pools that Parquet reads leave behind (Arrow's, with DuckDB loaded) must
+    not be torn down by C++ static destructors at exit, which once in a while aborts the process with
+    "terminate called without an active exception" (rc 134) after a successful run. Called in-process (tests,
+    another command), it only raises ``typer.Exit``."""
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        raise typer.Exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def register_executor_commands(app: typer.Typer) -> None:
@@ -210,7 +247,7 @@ def register_executor_commands(app: typer.Typer) -> None:
     ) -> None:
         """Materialise actions/executed_actions for a day through Dagster: apply the approved actions (dry run
         unless --mode apply) and print every decision. Exits 1 if an action failed."""
-        raise typer.Exit(execute_command(_parse_day(date_), mode, config))
+        exit_process(execute_command(_parse_day(date_), mode, config))
 
     @app.command()
     def rollback(
@@ -220,4 +257,4 @@ def register_executor_commands(app: typer.Typer) -> None:
     ) -> None:
         """Undo an applied action from its recorded state (resize back, restart, re-tag, restore a deleted
         volume from its snapshot). Refuses clearly what cannot be undone (released Elastic IPs, terminations)."""
-        raise typer.Exit(rollback_command(action_id, mode, by))
+        exit_process(rollback_command(action_id, mode, by))

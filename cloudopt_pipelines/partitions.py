@@ -1,17 +1,15 @@
 """Partitions: every account x UTC day, and UTC days alone for the cross-account plan."""
 
-import os
 from datetime import date
 
 import dagster as dg
 
+from cloudopt_pipelines.settings import START_DATE
+
 ACCOUNTS_PARTITIONS_NAME = "accounts"
-DEFAULT_START_DATE = "2026-01-01"
 
 account_partitions = dg.DynamicPartitionsDefinition(name=ACCOUNTS_PARTITIONS_NAME)
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("CLOUDOPT_START_DATE", DEFAULT_START_DATE), timezone="UTC"
-)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
 account_daily_partitions = dg.MultiPartitionsDefinition({"account": account_partitions, "date": daily_partitions})
 
 

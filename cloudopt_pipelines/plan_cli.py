@@ -52,6 +52,10 @@ def load_constraints(path: str | Path | None) -> dict[str, Any]:
     return dict(data)
 
 
+MAX_INPUT_DEPTH = 32
+"""Nesting levels an input file may have: the formats need four, and deeper input only exhausts the stack."""
+
+
 def _read(path: str | Path, what: str) -> Any:
     import yaml
 
@@ -59,15 +63,43 @@ def _read(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise PlanInputError(f"{what} file {path} does not exist")
     text = path.read_text()
+    too_deep = PlanInputError(
+        f"{path}: nested more than {MAX_INPUT_DEPTH} levels deep, far deeper than a {what} file nests (see "
+        "docs/linear_optimizer.md)"
+    )
     try:
-        return json.loads(text)
+        data = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
     except json.JSONDecodeError as exc:
         if path.suffix.lower() == ".json":
             raise PlanInputError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PlanInputError(f"{path}: neither JSON nor YAML: {exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except RecursionError:
+            raise too_deep from None
+        except yaml.YAMLError as exc:
+            raise PlanInputError(f"{path}: neither JSON nor YAML: {exc}") from None
+    if _depth(data) > MAX_INPUT_DEPTH:
+        raise too_deep
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and mappings nest in ``data`` (without recursion)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_INPUT_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 # ------------------------------------------------------------------------------------- output
@@ -242,6 +274,9 @@ def plan_command(
     ``input_path``: the lake's recommendations of that day under the constraints *file*
     ``constraints_path`` (the asset's YAML format; default as the asset), nothing written.
     """
+    if chart and not Path(chart).parent.is_dir():
+        echo(f"error: --chart {chart}: folder {Path(chart).parent} does not exist; create it first", err=True)
+        return EXIT_BAD_INPUT
     try:
         with _solver_chatter_to_stderr():
             instances, constraints = _inputs(input_path, constraints_path, day, lake_dir)
@@ -257,7 +292,11 @@ def plan_command(
 
     if sweep is not None:
         if chart:
-            Path(chart).write_text(sweep_svg(points, sweep))
+            try:
+                Path(chart).write_text(sweep_svg(points, sweep))
+            except OSError as exc:
+                echo(f"error: --chart {chart}: cannot write it ({exc.strerror or exc})", err=True)
+                return EXIT_BAD_INPUT
         if as_json:
             echo(json.dumps(_finite(points), indent=2, allow_nan=False))
         else:
@@ -309,18 +348,18 @@ def _inputs(
         raise PlanInputError("give exactly one of --input FILE (what-if on a file) or --date YYYY-MM-DD (the lake)")
     if input_path is not None:
         return load_instances(input_path), load_constraints(constraints_path)
-    from cloudopt_pipelines.optimizers.portfolio import problem_for_day
+    from cloudopt_pipelines.assets.plan import plan_problem
+    from cloudopt_pipelines.optimizers.base import select_optimizers
+    from cloudopt_pipelines.settings import load_settings
     from cloudopt_pipelines.storage.lake import Lake
 
     try:
         when = date.fromisoformat(day)
     except ValueError:
         raise PlanInputError(f"--date {day!r} is not a date as YYYY-MM-DD") from None
-    if lake_dir is None:
-        from cloudopt_pipelines.config import load_settings
-
-        lake_dir = load_settings().lake_dir
-    _, problem = problem_for_day(Lake(lake_dir), when, constraints_path)
+    settings = load_settings()
+    lake_dir = settings.lake_dir if lake_dir is None else lake_dir
+    _, problem = plan_problem(Lake(lake_dir), when, select_optimizers(settings.deployment_types), constraints_path)
     return problem.instances, problem.constraints
 
 

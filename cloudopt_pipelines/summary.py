@@ -7,9 +7,10 @@ from pathlib import Path
 
 import duckdb
 
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.orchestration import PLAN_OUTCOME_ACCOUNT, RangeResult
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.schemas import UNION_VIEWS
 
 
 def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sql: str) -> str:
@@ -37,15 +38,16 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
             f"FROM read_parquet('{lake.glob('utilization_daily')}', hive_partitioning = false)"
         ).fetchone()
         lines.append(f"Utilisation: {samples:,} 5-minute samples over {series} instances")
-    if lake.exists("recommendations"):
-        recs = lake.glob("recommendations")
+    rec_tables = [t for t in lake.tables() if t.startswith(UNION_VIEWS["recommendations"])]
+    if rec_tables:
+        recs = "[" + ", ".join(f"'{lake.glob(t)}'" for t in rec_tables) + "]"
         top = con.execute(
             f"""
             SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
                    savings_pct, confidence
-            FROM read_parquet('{recs}', hive_partitioning = false)
+            FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true)
             WHERE is_best AND action <> 'keep'
-              AND date = (SELECT max(date) FROM read_parquet('{recs}', hive_partitioning = false))
+              AND date = (SELECT max(date) FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true))
             ORDER BY monthly_savings_usd DESC
             """
         ).fetchall()

@@ -6,7 +6,8 @@
 --   Daylight-saving changes are handled by the zone rules (each sample is converted on its own).
 --   A sample is active when its 5-minute CPU peak is at least 5 %. expected_samples counts the
 --   5-minute slots of the window that fall in the bucket; coverage_pct is samples over that.
---   Buckets with no samples are absent (never zero-filled).
+--   Buckets with no samples are absent (never zero-filled). cpu_p95_pct is the exact 95th percentile
+--   of the bucket's 5-minute CPU peaks (quantile_cont): the off-hours schedule's idle test.
 -- grain: one row per (account_id, date, resource_id, hour_of_week)
 -- partitioned_by: account_date
 -- window_days: 14
@@ -76,7 +77,8 @@ buckets AS (
         count(*) AS samples,
         avg(cpu_pct) AS cpu_mean_pct,
         max(cpu_peak_pct) AS cpu_max_pct,
-        count(*) FILTER (WHERE cpu_peak_pct >= 5) AS active_samples
+        count(*) FILTER (WHERE cpu_peak_pct >= 5) AS active_samples,
+        quantile_cont(cpu_peak_pct, 0.95) AS cpu_p95_pct
     FROM samples
     GROUP BY resource_id, hour_of_week
 )
@@ -96,7 +98,8 @@ SELECT
     b.cpu_mean_pct,
     b.cpu_max_pct,
     CAST(b.active_samples AS INTEGER) AS active_samples,
-    round(100.0 * b.active_samples / b.samples, 3) AS active_share_pct
+    round(100.0 * b.active_samples / b.samples, 3) AS active_share_pct,
+    b.cpu_p95_pct
 FROM buckets AS b
 JOIN slots AS sl ON sl.timezone = b.timezone AND sl.hour_of_week = b.hour_of_week
 ORDER BY b.resource_id, b.hour_of_week

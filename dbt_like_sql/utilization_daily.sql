@@ -10,8 +10,11 @@
 --   over the samples present (NULL when there are none), and coverage_pct says how many of the day's
 --   288 five-minute slots had one. NaN and infinite values are excluded in the staging models
 --   (nonfinite_samples counts the samples that had one), so no statistic is NaN or infinite;
---   out_of_range_samples counts samples outside 0-100 %. Quantiles are exact (DuckDB quantile_cont: linear interpolation
---   between order statistics, numpy's default 'linear', Hyndman and Fan type 7).
+--   out_of_range_samples counts samples outside 0-100 %. Quantiles are exact (DuckDB
+--   quantile_cont: linear interpolation between order statistics, numpy's default 'linear',
+--   Hyndman and Fan type 7). cpu_peak_samples counts the samples with a CPU peak,
+--   cpu_saturated_samples those whose 5-minute average (the peak where there is no average) is at
+--   least 90 %: the saturation rule of right-sizing.
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- group: features
@@ -59,7 +62,10 @@ agg AS (
         count(nullif(nonfinite, false)) AS nonfinite_samples,
         sum(dup_count) - count(*) AS duplicate_samples,
         count(nullif(missing_slots_before, 0)) + count(nullif(missing_slots_after, 0)) AS gaps,
-        greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots
+        greatest(max(missing_slots_before), max(missing_slots_after), 0) AS longest_gap_slots,
+        count(cpu_peak_pct) AS cpu_peak_samples,
+        -- Saturation is read on the 5-minute averages (the peak where a slot has no average).
+        count(nullif(coalesce(cpu_pct, cpu_peak_pct) >= 90, false)) AS cpu_saturated_samples
     FROM samples
     GROUP BY account_id, date, resource_id
 )
@@ -105,9 +111,11 @@ SELECT
     END AS idle_trusted_advisor,
     net_in_samples > 0 OR net_out_samples > 0 AS has_network_data,
     CAST(out_of_range_samples AS INTEGER) AS out_of_range_samples,
-    CAST(nonfinite_samples AS INTEGER) AS nonfinite_samples,
     CAST(duplicate_samples AS INTEGER) AS duplicate_samples,
     CAST(gaps AS INTEGER) AS gaps,
-    CAST(5 * longest_gap_slots AS INTEGER) AS longest_gap_minutes
+    CAST(5 * longest_gap_slots AS INTEGER) AS longest_gap_minutes,
+    CAST(cpu_peak_samples AS INTEGER) AS cpu_peak_samples,
+    CAST(cpu_saturated_samples AS INTEGER) AS cpu_saturated_samples,
+    CAST(nonfinite_samples AS INTEGER) AS nonfinite_samples
 FROM agg
 ORDER BY account_id, date, resource_id

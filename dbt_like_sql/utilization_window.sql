@@ -9,7 +9,11 @@
 --   than 7 days has not seen a weekly cycle); confidence is high (>= 80), medium (>= 50), low, or
 --   insufficient (less than 30 hours). Trusted Advisor's low-utilisation rule is applied as AWS
 --   does: idle (CPU <= 10 % and network <= 5 MB) on 4 or more days of the window. NaN and infinite
---   samples are excluded (nonfinite_samples counts them), never a statistic.
+--   samples are excluded (nonfinite_samples counts them), never a statistic. For right-sizing:
+--   cpu_saturated_share_pct (share of the samples with a CPU peak whose 5-minute average is at least
+--   90 %), and the spread and trend of the daily CPU peaks over the days with at least a quarter of
+--   their samples (cpu_daily_peak_*: count, mean, population standard deviation, and the means of
+--   the first floor(n / 2) such days and of the rest, in date order).
 -- grain: one row per (account_id, date, resource_id)
 -- partitioned_by: account_date
 -- window_days: 14
@@ -64,9 +68,24 @@ days AS (
         max(cpu_max_pct) AS cpu_max_pct,
         sum(mem_mean_pct * mem_samples) / nullif(sum(mem_samples), 0) AS mem_mean_pct,
         max(mem_max_pct) AS mem_max_pct,
-        max(net_max_bytes) AS net_max_bytes
+        max(net_max_bytes) AS net_max_bytes,
+        sum(cpu_peak_samples) AS cpu_peak_samples,
+        sum(cpu_saturated_samples) AS cpu_saturated_samples,
+        -- The daily peaks of the days with at least a quarter of their 288 samples, in date order.
+        list(cpu_max_pct ORDER BY date) FILTER (WHERE cpu_peak_samples >= 72 AND cpu_max_pct IS NOT NULL)
+            AS daily_peaks
     FROM {{ ref('utilization_daily') }}
     GROUP BY resource_id
+),
+peaks AS (
+    SELECT
+        resource_id,
+        len(daily_peaks) AS cpu_daily_peak_days,
+        list_avg(daily_peaks) AS cpu_daily_peak_mean_pct,
+        list_aggregate(daily_peaks, 'stddev_pop') AS cpu_daily_peak_std_pct,
+        list_avg(daily_peaks[1:len(daily_peaks) // 2]) AS cpu_daily_peak_first_half_pct,
+        list_avg(daily_peaks[len(daily_peaks) // 2 + 1:]) AS cpu_daily_peak_second_half_pct
+    FROM days
 )
 SELECT
     {{ var('account_id') }} AS account_id,
@@ -124,10 +143,19 @@ SELECT
     CASE WHEN d.days_with_network_data = 0 THEN NULL ELSE d.idle_days_trusted_advisor >= 4 END
         AS low_utilization_trusted_advisor,
     CAST(d.out_of_range_samples AS INTEGER) AS out_of_range_samples,
-    CAST(d.nonfinite_samples AS INTEGER) AS nonfinite_samples,
     CAST(d.duplicate_samples AS INTEGER) AS duplicate_samples,
     s.first_sample_ts,
-    s.last_sample_ts
+    s.last_sample_ts,
+    CAST(d.cpu_peak_samples AS INTEGER) AS cpu_peak_samples,
+    CAST(d.cpu_saturated_samples AS INTEGER) AS cpu_saturated_samples,
+    100.0 * d.cpu_saturated_samples / nullif(d.cpu_peak_samples, 0) AS cpu_saturated_share_pct,
+    CAST(coalesce(p.cpu_daily_peak_days, 0) AS INTEGER) AS cpu_daily_peak_days,
+    p.cpu_daily_peak_mean_pct,
+    p.cpu_daily_peak_std_pct,
+    p.cpu_daily_peak_first_half_pct,
+    p.cpu_daily_peak_second_half_pct,
+    CAST(d.nonfinite_samples AS INTEGER) AS nonfinite_samples
 FROM stats AS s
 JOIN days AS d USING (resource_id)
+LEFT JOIN peaks AS p USING (resource_id)
 ORDER BY s.resource_id

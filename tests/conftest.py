@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.settings import Settings
 
 DEMO_ACCOUNTS = ["123456789012", "210987654321"]
 DEMO_DAYS = [date(2026, 11, 16), date(2026, 11, 17)]

@@ -9,8 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
+from cloudopt_pipelines.settings import Settings
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
 

@@ -14,10 +14,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.resources.sources import DemoSourceResource
+from cloudopt_pipelines.settings import Settings
+from cloudopt_pipelines.sources.base import Collected, Collector
+from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
+RENDEZVOUS_TIMEOUT_SECONDS = 300
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 
 
@@ -58,16 +62,46 @@ def postgres() -> Iterator[int]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+class _RendezvousCollector(DemoCollector):
+    """The demo fleet, but an account's inventory is served only once every party's run has asked for
+    its own: both runs are then under way at once, however fast or busy the machine is."""
+
+    def __init__(self, folder: Path, parties: int) -> None:
+        super().__init__()
+        self.folder, self.parties = folder, parties
+
+    def collect_inventory(self, account_id: str, day: date) -> Collected:
+        (self.folder / account_id).touch()
+        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_SECONDS
+        while len(list(self.folder.iterdir())) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the other run never reached its inventory within {RENDEZVOUS_TIMEOUT_SECONDS} s")
+            time.sleep(0.05)
+        return super().collect_inventory(account_id, day)
+
+
+class _RendezvousSource(DemoSourceResource):
+    """The demo source whose runs meet at the inventory step (see ``_RendezvousCollector``)."""
+
+    folder: str
+    parties: int
+
+    def get_collector(self) -> Collector:
+        return _RendezvousCollector(Path(self.folder), self.parties)
+
+
 def _run_one_account(home: str, account: str, day: str, result_queue) -> None:
     from cloudopt_pipelines.orchestration import run_range
 
     settings = Settings(home=Path(home), env="demo")
+    source = _RendezvousSource(folder=str(Path(home) / "rendezvous"), parties=len(DEMO_ACCOUNTS))
     try:
         outcome = run_range(
             date.fromisoformat(day),
             date.fromisoformat(day),
             accounts=[account],
             settings=settings,
+            source=source,
             progress=lambda _: None,
         )
         result_queue.put((account, [o.error for o in outcome.failed]))
@@ -78,6 +112,7 @@ def _run_one_account(home: str, account: str, day: str, result_queue) -> None:
 def test_parallel_runs_of_different_partitions_never_conflict(postgres: int, tmp_path: Path) -> None:
     home = tmp_path / "cloudopt"
     (home / "dagster").mkdir(parents=True)
+    (home / "rendezvous").mkdir()
     # SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which dagster-postgres's NOTIFY does not support.
     (home / "dagster" / "dagster.yaml").write_text(
         f"""
@@ -117,13 +152,10 @@ telemetry:
     assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     started = sorted(instance.get_run_record_by_id(r.run_id).start_time for r in runs)
     ended = sorted(instance.get_run_record_by_id(r.run_id).end_time for r in runs)
-    assert started[1] < ended[0], "the two runs did not overlap in time; the test proved nothing"
+    assert started[1] < ended[0], "the two runs did not overlap in time; the rendezvous failed"
 
     lake = Lake(home / "lake")
     assert lake.partitions("utilization_daily") == [(a, day) for a in DEMO_ACCOUNTS]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (home / "warehouse.duckdb").exists():
-        time.sleep(0.1)
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(DISTINCT account_id) FROM utilization_daily").fetchall() == [(2,)]
     assert not list((home / "lake" / ".staging").iterdir())

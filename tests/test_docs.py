@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cloudopt_pipelines.config import Settings
+from cloudopt_pipelines.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -43,9 +43,11 @@ def _sql_blocks(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("query", _sql_blocks(DOCS / "warehouse.md"), ids=lambda q: q.split("\n")[0][:40])
 def test_documented_query_runs_on_the_demo_warehouse(demo_home: Settings, query: str) -> None:
-    with duckdb.connect(str(demo_home.warehouse_path), read_only=True) as con:
-        rows = con.execute(query).fetchall()
-    assert rows, "a documented example should return rows on the demo data"
+    """On the analysts' locked-down connection, as `cloudopt sql` runs it."""
+    from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query
+
+    result = analyst_query(demo_home.warehouse_path, query, MAX_SQL_ROWS, lake_root=demo_home.lake_dir)
+    assert result.rows, "a documented example should return rows on the demo data"
 
 
 def test_readme_names_the_two_commands_and_every_cli_command() -> None:

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pytest
 
 from cloudopt_pipelines.assets.features import SOURCE_TABLES, build_sql_model_assets, window_mapping
-from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
+from cloudopt_pipelines.project_files import sql_models_dir
+from cloudopt_pipelines.resources.storage import LakeResource
 from cloudopt_pipelines.sqlmodels.runner import ModelError, execute_model, execute_model_batch, load_models, parse_model
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 from cloudopt_pipelines.storage.lake import Lake
@@ -34,7 +35,7 @@ QS = (0.5, 0.9, 0.95, 0.99, 0.995)
 QNAMES = ("p50", "p90", "p95", "p99", "p995")
 RTOL = 1e-9
 
-MODELS = {m.name: m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES))}
+MODELS = {m.name: m for m in load_models(sql_models_dir(), set(SOURCE_TABLES))}
 PARTITIONING = {k: v[0] for k, v in SOURCE_TABLES.items()} | {m.name: m.partitioned_by for m in MODELS.values()}
 
 
@@ -444,7 +445,7 @@ def test_activity_profile_in_the_tagged_time_zone(lake: Lake, raw: pd.DataFrame)
     for rid, tz in ((ids[0], "America/New_York"), (ids[2], "Asia/Kolkata"), (ids[3], "UTC")):
         g = ref[ref.resource_id == rid].copy()
         local = pd.to_datetime(g.ts, utc=True).dt.tz_convert(tz)
-        g["how"] = local.dt.dayofweek * 24 + local.dt.hour
+        g["how"] = local.dt.day_of_week * 24 + local.dt.hour
         exp = g.groupby("how").agg(
             samples=("cpu_pct", "size"), mean=("cpu_pct", "mean"), active=("cpu_max_pct", lambda s: int((s >= 5).sum()))
         )
@@ -585,7 +586,7 @@ def test_a_batch_takes_the_partition_from_the_path_and_refuses_a_missing_input(
 
 
 def test_a_batch_model_may_not_use_the_partition_variables(tmp_path: Path) -> None:
-    text = (REPO_SQL_DIR / "utilization_daily.sql").read_text()
+    text = (sql_models_dir() / "utilization_daily.sql").read_text()
     bad = tmp_path / "utilization_daily.sql"
     bad.write_text(
         text.replace(
@@ -640,13 +641,14 @@ def test_a_range_run_materialises_every_partition_with_checks_over_the_batch(
 
 def test_batch_rows_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from cloudopt_pipelines.assets.features import max_batch_rows
+    from cloudopt_pipelines.settings import SettingsError
 
     monkeypatch.delenv("CLOUDOPT_BATCH_MAX_ROWS", raising=False)
     assert max_batch_rows() == 64_000_000
     monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "2_000_000")
     assert max_batch_rows() == 2_000_000
     monkeypatch.setenv("CLOUDOPT_BATCH_MAX_ROWS", "lots")
-    with pytest.raises(ModelError, match="CLOUDOPT_BATCH_MAX_ROWS='lots' is not a positive whole number"):
+    with pytest.raises(SettingsError, match="CLOUDOPT_BATCH_MAX_ROWS='lots' is not a positive whole number"):
         max_batch_rows()
 
 
@@ -654,7 +656,7 @@ def test_a_batch_refuses_rows_without_a_partition_and_a_lake_root_with_an_equals
     tmp_path: Path, raw: pd.DataFrame
 ) -> None:
     lake, partitions = _second_account(tmp_path, raw)
-    text = (REPO_SQL_DIR / "utilization_daily.sql").read_text()
+    text = (sql_models_dir() / "utilization_daily.sql").read_text()
     models = tmp_path / "models"
     models.mkdir()
     stray = text.replace("ORDER BY account_id, date, resource_id", "") + (

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cloudopt_pipelines.backtest.features import MODELS, run_feature_models
 from cloudopt_pipelines.catalog.prices import build_price_catalog
 from cloudopt_pipelines.optimizers.sizing import Catalog
-from cloudopt_pipelines.optimizers.standalone import recommend_account
+from cloudopt_pipelines.optimizers.standalone import STANDALONE_FEATURE_INPUTS, recommend_account
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M
 from tests.test_features import ACCOUNT, DAY0, RTOL, run, ts_of
@@ -21,6 +22,11 @@ INF, NAN = math.inf, math.nan
 A, B = "i-000000000000000aa", "i-000000000000000bb"
 CLUSTER = "arn:aws:ecs:us-east-1:000011112222:cluster/c1"
 NOT_A_NUMBER = re.compile(r"\b(nan|inf)\s*(%|vcpu|gib)", re.IGNORECASE)  # "P99.5 ... is nan %"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog(build_price_catalog())
 
 
 def write_partition(lake: Lake) -> tuple[np.ndarray, np.ndarray]:
@@ -94,11 +100,8 @@ def test_nonfinite_samples_are_excluded_and_counted(tmp_path: Path) -> None:
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
 
 
-def test_the_recommender_on_the_staged_samples_names_the_excluded_ones(tmp_path: Path) -> None:
-    lake = Lake(tmp_path / "lake")
-    write_partition(lake)
-    stg = run(lake, "stg_utilization_5m", DAY0).table
-    resources = pa.Table.from_pylist(
+def resources_row() -> pa.Table:
+    return pa.Table.from_pylist(
         [
             {
                 "account_id": ACCOUNT,
@@ -115,9 +118,43 @@ def test_the_recommender_on_the_staged_samples_names_the_excluded_ones(tmp_path:
         ],
         schema=RESOURCES,
     )
-    recs = recommend_account(ACCOUNT, DAY0, resources, stg, Catalog(build_price_catalog())).table.to_pylist()
+
+
+def feature_tables(lake: Lake) -> dict[str, pa.Table]:
+    """The partition through the shipped models, and the tables the recommender reads (as the asset passes)."""
+    write_partition(lake)
+    lake.write("resources", resources_row(), ACCOUNT, DAY0)
+    run_feature_models(lake, ACCOUNT, [DAY0], (*MODELS, "activity_profile"), window_days=7)
+    return {name: lake.read(name, ACCOUNT, DAY0) for name in STANDALONE_FEATURE_INPUTS}
+
+
+def test_the_recommender_on_the_feature_tables_names_the_excluded_samples(tmp_path: Path, catalog) -> None:
+    features = feature_tables(Lake(tmp_path / "lake"))
+    [window] = [r for r in features["utilization_window"].to_pylist() if r["resource_id"] == A]
+    assert window["nonfinite_samples"] == 4
+    recs = recommend_account(ACCOUNT, DAY0, resources_row(), features, catalog).table.to_pylist()
     assert recs and all(r["resource_id"] == A for r in recs)
+    assert all(r["finding"] is not None for r in recs)  # sized from the finite statistics, not left out
     for r in recs:
         assert "4 sample(s) with a NaN or infinite value were excluded" in r["rationale"]
         assert not NOT_A_NUMBER.search(r["rationale"])
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("column", ["cpu_p995_pct", "cpu_max_pct", "mem_max_pct", "cpu_daily_peak_std_pct"])
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_a_window_statistic_that_is_not_finite_is_never_sized_from(tmp_path: Path, catalog, column, value) -> None:
+    features = feature_tables(Lake(tmp_path / "lake"))
+    window = features["utilization_window"].to_pylist()
+    for row in window:
+        if row["resource_id"] == A:
+            row[column] = value  # a partition the shipped models did not write
+    schema = features["utilization_window"].schema
+    features = {**features, "utilization_window": pa.Table.from_pylist(window, schema=schema)}
+    [row] = recommend_account(ACCOUNT, DAY0, resources_row(), features, catalog).table.to_pylist()
+    price = catalog.get("us-east-1", "m5.xlarge").monthly_usd
+    assert row["option_name"] == "keep" and row["is_best"] and row["confidence"] == 0.0
+    assert row["monthly_cost_proposed_usd"] == pytest.approx(price) == row["monthly_cost_current_usd"]
+    assert f"utilization_window of {A}: {column} is {value}" in row["rationale"]
+    assert "no recommendation is made from it" in row["rationale"] and "re-materialise" in row["rationale"]
+    assert row["rationale"].endswith("Kept as it is.")

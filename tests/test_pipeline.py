@@ -12,10 +12,10 @@ import duckdb
 import pytest
 
 from cloudopt_pipelines.automation import DAILY_JOB
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts, run_range
 from cloudopt_pipelines.partitions import account_day_key
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import TABLES
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS

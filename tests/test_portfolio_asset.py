@@ -10,17 +10,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cloudopt_pipelines.assets.plan import PLAN_CHECK, portfolio_plan
-from cloudopt_pipelines.assets.recommendations import recommendations
-from cloudopt_pipelines.config import Settings
-from cloudopt_pipelines.optimizers.portfolio import problem_for_day, verify_plan
+from cloudopt_pipelines.assets.plan import PLAN_CHECK, build_portfolio_plan_asset, latest_plan_check, plan_problem
+from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
+from cloudopt_pipelines.optimizers.base import all_optimizers
+from cloudopt_pipelines.optimizers.portfolio import verify_plan
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.plan_cli import EXIT_OK, plan_command
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import Settings
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
 DAY = DEMO_DAYS[0]
+OPTIMIZERS = all_optimizers()
+portfolio_plan = build_portfolio_plan_asset(OPTIMIZERS)
+recommendation_assets = build_recommendation_assets(OPTIMIZERS)
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -38,7 +43,7 @@ def materialize(settings: Settings, day: date, config: dict | None = None) -> dg
     if config:
         run_config["ops"] = {"plan__portfolio_plan": {"config": config}}
     return dg.materialize(
-        [portfolio_plan, recommendations],
+        [portfolio_plan, *recommendation_assets],
         selection=[portfolio_plan],
         partition_key=day.isoformat(),
         instance=ensure_instance(settings),
@@ -69,7 +74,9 @@ def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Setting
     assert "| account | resource |" in meta["top_changes"].value
 
     plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DAY)
-    recs = pa.concat_tables([Lake(plan_home.lake_dir).read("recommendations", a, DAY) for a in DEMO_ACCOUNTS])
+    recs = pa.concat_tables(
+        [Lake(plan_home.lake_dir).read("recommendations_standalone_ec2", a, DAY) for a in DEMO_ACCOUNTS]
+    )
     resources = {(a, r) for a, r in zip(recs["account_id"].to_pylist(), recs["resource_id"].to_pylist(), strict=True)}
     keys = list(zip(plan["account_id"].to_pylist(), plan["resource_id"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) and set(keys) == resources  # one row per resource, keeps included
@@ -81,17 +88,22 @@ def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Setting
     assert all(r["performance_risk"] <= 1 for r in rows if r["env"] == "prod" and r["option_name"] != "keep")
     assert all(r["reason"] for r in rows)
     # same date, input and constraints: same plan id
-    _, problem = problem_for_day(Lake(plan_home.lake_dir), DAY)
+    _, problem = plan_problem(Lake(plan_home.lake_dir), DAY, OPTIMIZERS)
     assert problem.plan_id == meta["plan_id"].value
-    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DAY).to_pylist()
-    assert (check["plan_id"], check["passed"], check["violation_count"]) == (meta["plan_id"].value, True, 0)
+    check = latest_plan_check(ensure_instance(plan_home), DAY)  # what the executor reads
+    assert check is not None and (check.plan_id, check.passed, check.violation_count) == (
+        meta["plan_id"].value,
+        True,
+        0,
+    )
+    assert check.plan_sha256 == table_sha256(plan)
 
 
 def test_the_check_fails_on_a_tampered_plan(plan_home: Settings) -> None:
     lake = Lake(plan_home.lake_dir)
     if lake.partition_file("portfolio_plan", day=DAY) is None:
         assert materialize(plan_home, DAY).success
-    _, problem = problem_for_day(lake, DAY)
+    _, problem = plan_problem(lake, DAY, OPTIMIZERS)
     plan = lake.read("portfolio_plan", day=DAY)
     assert verify_plan(plan, problem) == []
     rows = plan.to_pylist()
@@ -146,8 +158,9 @@ def test_infeasible_constraints_fail_the_blocking_check_with_the_explanation(
     assert set(plan["option_name"].to_pylist()) == {"keep"}
     assert set(plan["solver_status"].to_pylist()) == {"infeasible"}
     assert all("raise monthly_budget_usd" in r for r in plan["reason"].to_pylist())
-    [check] = Lake(plan_home.lake_dir).read("portfolio_plan_checks", day=DEMO_DAYS[1]).to_pylist()
-    assert check["passed"] is False and check["solver_status"] == "infeasible"
+    check = latest_plan_check(ensure_instance(plan_home), DEMO_DAYS[1])
+    assert check is not None and check.passed is False and check.solver_status == "infeasible"
+    assert latest_plan_check(ensure_instance(plan_home), DAY).passed  # another day's check is its own
 
 
 def test_a_day_without_recommendations_is_a_clear_error(plan_home: Settings) -> None:
@@ -170,7 +183,7 @@ def test_an_unpriceable_resource_is_left_out_and_the_day_still_plans(demo_home: 
     shutil.copytree(demo_home.dagster_home, tmp_path / "dagster")
     home = Settings(home=tmp_path, env="demo")
     lake = Lake(home.lake_dir)
-    recs = lake.read("recommendations", DEMO_ACCOUNTS[0], DAY)
+    recs = lake.read("recommendations_standalone_ec2", DEMO_ACCOUNTS[0], DAY)
     # The recommender's row for an instance type missing from the price catalogue: a keep without costs.
     mega = {**recs.to_pylist()[0], "resource_id": "i-zz9mega", "option_name": "keep", "action": "keep"}
     mega.update(
@@ -180,7 +193,7 @@ def test_an_unpriceable_resource_is_left_out_and_the_day_still_plans(demo_home: 
         rationale=("Not analysed: unknown instance type 'zz9.mega' in region 'us-east-1' (not in the price catalogue)"),
     )
     lake.write(
-        "recommendations",
+        "recommendations_standalone_ec2",
         pa.concat_tables([recs, pa.Table.from_pylist([mega], schema=recs.schema)]),
         DEMO_ACCOUNTS[0],
         DAY,

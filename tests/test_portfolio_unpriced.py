@@ -9,6 +9,7 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
+from cloudopt_pipelines.assets.plan import plan_problem, read_plan_inputs
 from cloudopt_pipelines.catalog.prices import build_price_catalog
 from cloudopt_pipelines.optimizers.portfolio import (
     candidates_from_recommendations,
@@ -21,12 +22,18 @@ from cloudopt_pipelines.optimizers.portfolio import (
 )
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.optimizers.standalone import recommend_account
+from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, RESOURCES, UTILIZATION_5M
+from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, RESOURCES
 from tests.test_portfolio import WEB, rec_rows
 
 DAY = date(2026, 11, 16)
 GOOD, BAD = "123456789012", "210987654321"
+OPTIMIZER = StandaloneEc2Optimizer()
+# No feature rows: neither instance has samples in the window (the unknown type is refused before them).
+NO_FEATURES = {
+    name: pa.table({"resource_id": pa.array([], pa.string())}) for name in ("utilization_window", "activity_profile")
+}
 
 
 def instance_row(account: str, resource_id: str, instance_type: str) -> dict:
@@ -56,15 +63,21 @@ def test_an_unknown_instance_type_is_left_out_and_every_account_still_plans(tmp_
     resources = pa.Table.from_pylist(
         [instance_row(BAD, "i-mega", "zz9.mega"), instance_row(BAD, "i-known", "m5.xlarge")], schema=RESOURCES
     )
-    recs = recommend_account(BAD, DAY, resources, UTILIZATION_5M.empty_table(), catalog).table
+    recs = recommend_account(BAD, DAY, resources, NO_FEATURES, catalog).table
     mega = [r for r in recs.to_pylist() if r["resource_id"] == "i-mega"]
     assert [r["monthly_cost_proposed_usd"] for r in mega] == [None]
+    good = pa.Table.from_pylist(rec_rows("i-web", WEB, GOOD), schema=RECOMMENDATIONS)
     lake.write("resources", resources, BAD, DAY)
-    lake.write("recommendations", recs, BAD, DAY)
-    lake.write("recommendations", pa.Table.from_pylist(rec_rows("i-web", WEB, GOOD), schema=RECOMMENDATIONS), GOOD, DAY)
+    lake.write(OPTIMIZER.table_name, recs, BAD, DAY, schema=RECOMMENDATIONS)
+    lake.write(OPTIMIZER.table_name, good, GOOD, DAY, schema=RECOMMENDATIONS)
 
-    accounts, problem = problem_for_day(lake, DAY)
+    accounts, candidate_sets, unpriced, _ = read_plan_inputs(lake, DAY, (OPTIMIZER,))
     assert accounts == [GOOD, BAD]
+    assert [(u.account_id, u.resource_id) for u in unpriced] == [(BAD, "i-mega")]
+    assert unpriced[0].reason.startswith(f"{OPTIMIZER.name}: ")  # the optimiser that wrote the row
+    assert {c.resource_id for cs in candidate_sets for c in cs} == {"i-web", "i-known"}
+
+    accounts, problem = plan_problem(lake, DAY, (OPTIMIZER,))
     assert set(problem.by_key) == {f"{GOOD}/i-web", f"{BAD}/i-known"}
     reason = problem.unpriced[f"{BAD}/i-mega"]
     assert "no monthly_cost_proposed_usd" in reason and "zz9.mega" in reason and "not planned" in reason
@@ -76,6 +89,17 @@ def test_an_unknown_instance_type_is_left_out_and_every_account_still_plans(tmp_
     assert {r["resource_id"] for r in table.to_pylist()} == {"i-web", "i-known"}
     assert verify_plan(table, problem) == []
     assert plan_summary(problem, solution, table)["unpriced_resources"] == 1
+
+
+def test_the_pure_problem_takes_the_unpriced_resources_it_is_given(catalog) -> None:
+    resources = pa.Table.from_pylist([instance_row(BAD, "i-mega", "zz9.mega")], schema=RESOURCES)
+    recs = recommend_account(BAD, DAY, resources, NO_FEATURES, catalog).table
+    good = pa.Table.from_pylist(rec_rows("i-web", WEB, GOOD), schema=RECOMMENDATIONS)
+    candidates = [OPTIMIZER.candidates(good), OPTIMIZER.candidates(recs)]
+    assert candidates[1] == []
+    problem = problem_for_day(DAY, candidates, resources, unpriced=OPTIMIZER.unpriced(recs))
+    assert list(problem.unpriced) == [f"{BAD}/i-mega"] and set(problem.by_key) == {f"{GOOD}/i-web"}
+    assert problem_for_day(DAY, candidates, resources).unpriced == {}  # nothing given, nothing named
 
 
 @pytest.mark.parametrize("cost", [math.inf, 1e308, -1.0, math.nan])

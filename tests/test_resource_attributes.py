@@ -9,20 +9,24 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from cloudopt_pipelines.optimizers.base import OptimizerInputs
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.optimizers.standalone import recommend_account
+from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import (
     RESOURCE_ATTRIBUTES,
     RESOURCES,
-    UTILIZATION_5M,
     AttributesError,
     validate_attributes,
 )
 from cloudopt_pipelines.vocabulary import RESOURCE_KINDS
 
 DAY = date(2026, 11, 16)
+NO_FEATURES = {
+    name: pa.table({"resource_id": pa.array([], pa.string())}) for name in ("utilization_window", "activity_profile")
+}
 
 
 def volume_row(resource_id: str, attributes: dict | None) -> dict:
@@ -83,10 +87,17 @@ def test_attributes_off_the_schema_are_never_taken_for_unattached() -> None:
         volume_row("vol-free", {"attached_to": None, "attached_instances": [], "volume_type": "gp3", "size_gib": 8}),
     ]
     table = pa.Table.from_pylist(rows, schema=RESOURCES)
-    result = recommend_account("123456789012", DAY, table, UTILIZATION_5M.empty_table(), Catalog([]))
+    result = recommend_account("123456789012", DAY, table, NO_FEATURES, Catalog([]))
     deleted = {r["resource_id"] for r in result.table.to_pylist() if r["action"] == "delete_volume"}
     assert deleted == {"vol-free"}
     assert len(result.notes) == 1 and "vol-old not analysed" in result.notes[0] and "'attached'" in result.notes[0]
+
+    # Through the optimiser interface, the note reaches the asset's metadata.
+    inputs = OptimizerInputs("123456789012", DAY, table, NO_FEATURES, {}, Catalog([]))
+    optimizer = StandaloneEc2Optimizer()
+    answer = optimizer.recommend(inputs, optimizer.default_settings())
+    assert answer.metadata["notes"] == list(result.notes)
+    assert answer.table.equals(result.table)
 
 
 def test_docs_list_every_attributes_key() -> None:

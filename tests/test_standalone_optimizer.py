@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from cloudopt_pipelines.backtest.features import MODELS, run_feature_models
 from cloudopt_pipelines.backtest.traces import read_trace
 from cloudopt_pipelines.catalog.prices import build_price_catalog, build_reserved_prices
 from cloudopt_pipelines.optimizers.commitments import (
@@ -22,6 +23,7 @@ from cloudopt_pipelines.optimizers.commitments import (
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.optimizers.standalone import (
     RECOMMENDATIONS,
+    STANDALONE_FEATURE_INPUTS,
     Instance,
     Samples,
     StandaloneConfig,
@@ -30,6 +32,7 @@ from cloudopt_pipelines.optimizers.standalone import (
 )
 from cloudopt_pipelines.optimizers.standalone_actions import find_orphans, spot_eligible
 from cloudopt_pipelines.sources.demo import DemoCollector
+from cloudopt_pipelines.storage.lake import Lake
 
 DATA = Path(__file__).parent / "data" / "standalone"
 START = np.datetime64("2026-11-16T00:00:00")
@@ -148,17 +151,29 @@ def test_group_members_are_refused(azure, catalog):
         optimize_standalone_instance("i-3", inst, samples_of(azure["azure-1061254"]), catalog)
 
 
-def _demo_inputs(account: str, days: int):
+def demo_features(root: Path, account: str, days: int):
+    """The demo's first ``days`` days through the feature models, as the pipeline builds them: the
+    day, its inventory, and the feature tables of STANDALONE_FEATURE_INPUTS."""
     collector = DemoCollector()
-    day = collector.days[days - 1]
-    resources = collector.collect_inventory(account, day).table
-    util = pa.concat_tables([collector.collect_metrics(account, d).table for d in collector.days[:days]])
-    return day, resources, util
+    lake = Lake(root)
+    window = collector.days[:days]
+    for d in window:
+        lake.write("resources", collector.collect_inventory(account, d).table, account, d)
+        lake.write("utilization_5m", collector.collect_metrics(account, d).table, account, d)
+    run_feature_models(lake, account, window, (*MODELS, "activity_profile"))
+    day = window[-1]
+    features = {
+        "utilization_window": lake.read("utilization_window", account, day),
+        "activity_profile": lake.read("activity_profile", account, day),
+        "stg_utilization_5m": pa.concat_tables([lake.read("stg_utilization_5m", account, d) for d in window]),
+    }
+    assert set(features) == set(STANDALONE_FEATURE_INPUTS)
+    return day, lake.read("resources", account, day), features
 
 
-def test_account_table_covers_standalone_instances_and_orphans_only(catalog, reserved):
-    day, resources, util = _demo_inputs("123456789012", 7)
-    result = recommend_account("123456789012", day, resources, util, catalog, reserved)
+def test_account_table_covers_standalone_instances_and_orphans_only(tmp_path, catalog, reserved):
+    day, resources, features = demo_features(tmp_path, "123456789012", 7)
+    result = recommend_account("123456789012", day, resources, features, catalog, reserved)
     table = result.table
     assert table.schema.equals(RECOMMENDATIONS)
     rows = table.to_pylist()
@@ -190,23 +205,21 @@ def test_account_table_covers_standalone_instances_and_orphans_only(catalog, res
     assert result.commitments_table()
 
 
-def test_unknown_type_in_the_inventory_is_reported_not_fatal(catalog):
-    day, resources, util = _demo_inputs("123456789012", 1)
+def test_unknown_type_in_the_inventory_is_reported_not_fatal(tmp_path, catalog):
+    day, resources, features = demo_features(tmp_path, "123456789012", 1)
     rows = resources.to_pylist()
     rows[0]["instance_type"] = "m9.huge"
     broken = pa.Table.from_pylist(rows, schema=resources.schema)
-    table = recommend_account("123456789012", day, broken, util, catalog).table
+    table = recommend_account("123456789012", day, broken, features, catalog).table
     row = [r for r in table.to_pylist() if r["resource_id"] == rows[0]["resource_id"]]
     assert len(row) == 1 and "unknown instance type 'm9.huge'" in row[0]["rationale"]
 
 
 def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
-    from cloudopt_pipelines.assets.features import SOURCE_TABLES
-    from cloudopt_pipelines.assets.recommendations import recommendations
+    from cloudopt_pipelines.assets.recommendations import build_recommendation_asset
+    from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
     from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key
-    from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
-    from cloudopt_pipelines.sqlmodels.runner import load_models, run_model
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.resources.storage import LakeResource
 
     account = "210987654321"
     lake = Lake(tmp_path / "lake")
@@ -214,26 +227,24 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     days = collector.days[:3]
     lake.write("price_catalog", catalog_table)
     lake.write("reserved_prices", build_reserved_prices())
-    stg = next(m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES)) if m.name == "stg_utilization_5m")
-    partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}
     for d in days:
         lake.write("resources", collector.collect_inventory(account, d).table, account, d)
         lake.write("utilization_5m", collector.collect_metrics(account, d).table, account, d)
-        run_model(stg, lake, partitioning, account, d)
+    run_feature_models(lake, account, days, (*MODELS, "activity_profile"))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME, [account])
     result = dg.materialize(
-        [recommendations],
+        [build_recommendation_asset(StandaloneEc2Optimizer())],
         instance=instance,
         partition_key=account_day_key(account, days[-1]),
         resources={"lake": LakeResource(root=str(lake.root))},
-        run_config={"ops": {"recommendations__recommendations": {"config": {"window_days": 14}}}},
+        run_config={"ops": {"recommendations__standalone_ec2": {"config": {"risk_setting": "balanced"}}}},
     )
     assert result.success
-    table = lake.read("recommendations", account, days[-1])
+    table = lake.read("recommendations_standalone_ec2", account, days[-1])
     assert table.num_rows > 0 and table.schema.equals(RECOMMENDATIONS)
-    meta = result.asset_materializations_for_node("recommendations__recommendations")[0].metadata
-    assert meta["window_days_found"].value == 3
+    meta = result.asset_materializations_for_node("recommendations__standalone_ec2")[0].metadata
+    assert meta["window_days_found/stg_utilization_5m"].value == 3
     confidence = pc.unique(table.filter(pc.equal(table["resource_kind"], "ec2_instance"))["confidence"])
     assert confidence.to_pylist() == [round(3 / 14, 3)]
     assert json.loads(table["current_config"][0].as_py())

@@ -3,7 +3,9 @@
 import dagster as dg
 from pydantic import Field
 
+from cloudopt_pipelines.assets.plan import plan_check_reader
 from cloudopt_pipelines.executor.approvals import Approval, ApprovalError
+from cloudopt_pipelines.executor.lock import ExecutorBusy
 from cloudopt_pipelines.executor.model import Decision
 from cloudopt_pipelines.executor.policy import (
     ENVIRONMENT_TAG_KEYS,
@@ -59,8 +61,13 @@ class ExecutedActionsConfig(dg.Config):
         default=list(PRODUCTION_ALLOWED_ACTIONS), description="Actions allowed on production resources."
     )
     max_actions_per_run: int = Field(default=_DEFAULTS.max_actions_per_run, description="Changes per run at most.")
+    max_actions_per_day: int = Field(
+        default=_DEFAULTS.max_actions_per_day,
+        description="Changes per UTC day at most, every run of the day counted (from the audit).",
+    )
     max_actions_per_account: int = Field(
-        default=_DEFAULTS.max_actions_per_account, description="Changes per account and run at most."
+        default=_DEFAULTS.max_actions_per_account,
+        description="Changes per account and UTC day at most, every run of the day counted (from the audit).",
     )
     max_calls_per_second: float = Field(
         default=_DEFAULTS.max_calls_per_second, description="Mutating AWS calls per second at most (0: no limit)."
@@ -86,6 +93,7 @@ class ExecutedActionsConfig(dg.Config):
             untagged_is_production=self.untagged_is_production,
             production_allowed_actions=tuple(self.production_allowed_actions),
             max_actions_per_run=self.max_actions_per_run,
+            max_actions_per_day=self.max_actions_per_day,
             max_actions_per_account=self.max_actions_per_account,
             max_calls_per_second=self.max_calls_per_second,
             change_windows=tuple(
@@ -134,6 +142,7 @@ def executed_actions(
     decision is a row here and a line of $CLOUDOPT_HOME/audit/actions.jsonl (see docs/executor.md)."""
     day = daily_partitions.time_window_for_partition_key(context.partition_key).start.date()
     store, paths = lake.get_lake(), aws_executor.get_paths()
+    checks = plan_check_reader(context.instance)
     try:
         policy = config.policy()
         extra: list[Approval] = []
@@ -153,12 +162,21 @@ def executed_actions(
                     config.approve_all,
                     source="run_config",
                     plan_id=config.approve_plan_id,
+                    checks=checks,
                 )
             )
         result, path = execute_day(
-            store, paths, day, config.mode, aws_executor.get_aws(), policy, extra, run_id=context.run_id
+            store,
+            paths,
+            day,
+            config.mode,
+            aws_executor.get_aws(),
+            policy,
+            extra,
+            run_id=context.run.run_id,
+            checks=checks,
         )
-    except (PlanNotFound, ApprovalError, PolicyError, ValueError) as exc:
+    except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
     counts = result.counts()
     failed = result.by_outcome("failed")

@@ -22,7 +22,6 @@ feed a partition. Days missing inside the window are allowed (coverage says so);
 any data is an error naming the partition (see ``sqlmodels/runner.py``).
 """
 
-import os
 import re
 from datetime import date
 from pathlib import Path
@@ -32,10 +31,11 @@ import duckdb
 import pyarrow as pa
 
 from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions
-from cloudopt_pipelines.resources.storage import REPO_SQL_DIR, LakeResource
+from cloudopt_pipelines.project_files import sql_models_dir
+from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import batch_max_rows
 from cloudopt_pipelines.sqlmodels.runner import (
     DEFAULT_MAX_BATCH_ROWS,
-    ModelError,
     ModelRun,
     SqlModel,
     iter_model_batch,
@@ -51,8 +51,6 @@ SOURCE_TABLES: dict[str, tuple[str, list[str]]] = {
     "price_catalog": ("none", ["raw", "price_catalog"]),
     "reserved_prices": ("none", ["raw", "reserved_prices"]),
 }
-# Environment overrides of a window model's days, e.g. CLOUDOPT_UTILIZATION_WINDOW_DAYS=32.
-WINDOW_ENV = {"utilization_window": "CLOUDOPT_UTILIZATION_WINDOW_DAYS"}
 DEFAULT_COVERAGE_WARN_BELOW = 50.0
 _PARTITIONS = {"account_date": account_daily_partitions, "date": daily_partitions, "none": None}
 _GRAIN_COLUMNS = re.compile(r"\(([^)]*)\)")
@@ -60,16 +58,7 @@ _GRAIN_COLUMNS = re.compile(r"\(([^)]*)\)")
 
 def max_batch_rows() -> int:
     """Input rows per batch statement: CLOUDOPT_BATCH_MAX_ROWS, else the runner's default."""
-    raw = os.environ.get("CLOUDOPT_BATCH_MAX_ROWS")
-    if not raw:
-        return DEFAULT_MAX_BATCH_ROWS
-    try:
-        rows = int(raw.replace("_", ""))
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise ModelError(f"CLOUDOPT_BATCH_MAX_ROWS={raw!r} is not a positive whole number of rows (e.g. 64000000)")
-    return rows
+    return batch_max_rows() or DEFAULT_MAX_BATCH_ROWS
 
 
 def grain_columns(model: SqlModel) -> list[str]:
@@ -83,25 +72,21 @@ def model_key(model: SqlModel) -> dg.AssetKey:
 
 
 def window_days_for(model: SqlModel, overrides: dict[str, int] | None = None) -> int | None:
-    """The window of a window model: an explicit override, else its environment variable, else its header."""
+    """The window of a window model: an explicit override (CLOUDOPT_UTILIZATION_WINDOW_DAYS through the
+    definitions), else its header."""
     if model.window_days is None:
         return None
     if overrides and model.name in overrides:
         return int(overrides[model.name])
-    env = WINDOW_ENV.get(model.name)
-    if env and os.environ.get(env):
-        try:
-            return int(os.environ[env])
-        except ValueError:
-            raise ModelError(f"{env}={os.environ[env]!r} is not a whole number of days (7, 14, 32 or 93)") from None
     return model.window_days
 
 
 def build_sql_model_assets(
-    models_dir: Path = REPO_SQL_DIR, window_days: dict[str, int] | None = None
+    models_dir: Path | None = None, window_days: dict[str, int] | None = None
 ) -> list[dg.AssetsDefinition]:
-    """An asset per model file (marts excluded: they are warehouse views)."""
-    models = load_models(models_dir, set(SOURCE_TABLES))
+    """An asset per model file of ``models_dir`` (default: the package's ``dbt_like_sql``; marts excluded:
+    they are warehouse views)."""
+    models = load_models(models_dir or sql_models_dir(), set(SOURCE_TABLES))
     keys = {name: dg.AssetKey(key) for name, (_, key) in SOURCE_TABLES.items()}
     keys.update({m.name: model_key(m) for m in models})
     partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}

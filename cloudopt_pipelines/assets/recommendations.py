@@ -1,114 +1,139 @@
-"""Recommendations stage: every option for every standalone instance and orphaned resource, per account x day."""
+"""Recommendations stage: one asset per deployment-type optimiser (``recommendations/<name>``), per account x day.
 
+Every asset is made by :func:`build_recommendation_asset` from the optimiser's declaration: its feature
+inputs become dependencies (a trailing window through a ``TimeWindowPartitionMapping``), its pydantic
+settings model becomes the run configuration, and its lake table is ``recommendations_<name>``. The
+warehouse's ``recommendations`` view is the union of all of them.
+"""
+
+from collections.abc import Sequence
 from datetime import date, timedelta
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import create_model
 
+from cloudopt_pipelines.assets.features import window_mapping
+from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs
 from cloudopt_pipelines.optimizers.commitments import ReservedRates
-from cloudopt_pipelines.optimizers.sizing import DEFAULT_RISK_SETTING, RISK_SETTINGS, Catalog
-from cloudopt_pipelines.optimizers.standalone import (
-    RECOMMENDATIONS,
-    StandaloneConfig,
-    recommend_account,
-    recommendations_summary,
-)
+from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.partitions import account_daily_partitions, split_account_day
 from cloudopt_pipelines.resources.storage import LakeResource
 from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
 
 RECOMMENDATIONS_PREFIX = "recommendations"
+DEPLOYMENT_TYPE_TAG = "cloudopt/deployment_type"
+RESOURCES_KEY = dg.AssetKey(["raw", "resources"])
+PRICE_KEYS = (dg.AssetKey(["raw", "price_catalog"]), dg.AssetKey(["raw", "reserved_prices"]))
 
 
-class StandaloneRecommendationsConfig(dg.Config):
-    """Run configuration of the standalone optimiser (the defaults are the issue's defaults)."""
+def recommendation_key(optimizer: DeploymentOptimizer) -> dg.AssetKey:
+    return dg.AssetKey([RECOMMENDATIONS_PREFIX, optimizer.name])
 
-    window_days: int = Field(default=14, description="Trailing days of stg_utilization_5m to read.")
-    risk_setting: str = Field(
-        default=DEFAULT_RISK_SETTING, description=f"One of {', '.join(RISK_SETTINGS)} (see docs/standalone.md)."
+
+def settings_config_class(optimizer: DeploymentOptimizer) -> type[dg.Config]:
+    """The run configuration of an optimiser's asset, derived field by field from its settings model."""
+    settings = optimizer.settings_type
+    fields: dict[str, Any] = {name: (f.annotation, f) for name, f in settings.model_fields.items()}
+    camel = "".join(part.capitalize() for part in optimizer.name.split("_"))
+    return create_model(
+        f"{camel}RecommendationsConfig",
+        __base__=dg.Config,
+        __doc__=f"Run configuration of the {optimizer.name} optimiser (from {settings.__name__}).",
+        **fields,
     )
-    environment_tag_keys: list[str] = Field(
-        default=["env", "environment", "Environment"], description="Tags that say production or not."
-    )
-    spot_workload_values: list[str] = Field(
-        default=["stateless", "fault-tolerant"], description="Values of tag 'workload' that allow Spot."
-    )
 
 
-def read_window(lake: Lake, account_id: str, day: date, window_days: int) -> tuple[pa.Table, list[date]]:
-    """The ``stg_utilization_5m`` partitions of the trailing window that exist, and which days they are."""
-    tables, days = [], []
-    for offset in range(window_days - 1, -1, -1):
-        d = day - timedelta(days=offset)
-        if lake.partition_file("stg_utilization_5m", account_id, d) is not None:
-            tables.append(lake.read("stg_utilization_5m", account_id, d))
-            days.append(d)
-    if not tables:
-        return pa.table({"resource_id": pa.array([], pa.string())}), days
-    common = [c for c in tables[0].column_names if all(c in t.column_names for t in tables)]
-    return pa.concat_tables([t.select(common) for t in tables], promote_options="permissive"), days
+def read_inputs(lake: Lake, feature_inputs: Sequence[FeatureInput], account_id: str, day: date):
+    """Each declared input's rows over its window (the days that exist), and which days those were."""
+    tables: dict[str, pa.Table] = {}
+    days_found: dict[str, tuple[date, ...]] = {}
+    for feature in feature_inputs:
+        parts, days = [], []
+        for offset in range(feature.window_days - 1, -1, -1):
+            d = day - timedelta(days=offset)
+            if lake.partition_file(feature.table, account_id, d) is not None:
+                parts.append(lake.read(feature.table, account_id, d))
+                days.append(d)
+        if parts:
+            common = [c for c in parts[0].column_names if all(c in t.column_names for t in parts)]
+            tables[feature.table] = pa.concat_tables([t.select(common) for t in parts], promote_options="permissive")
+        else:
+            tables[feature.table] = pa.table({"resource_id": pa.array([], pa.string())})
+        days_found[feature.table] = tuple(days)
+    return tables, days_found
 
 
-@dg.asset(
-    key=[RECOMMENDATIONS_PREFIX, "recommendations"],
-    partitions_def=account_daily_partitions,
-    deps=[
-        dg.AssetKey(["features", "stg_utilization_5m"]),
-        dg.AssetKey(["raw", "resources"]),
-        dg.AssetKey(["raw", "price_catalog"]),
-        dg.AssetKey(["raw", "reserved_prices"]),
-    ],
-    kinds={"python", "parquet"},
-    group_name="recommendations",
-)
-def recommendations(
-    context: dg.AssetExecutionContext, config: StandaloneRecommendationsConfig, lake: LakeResource
-) -> dg.MaterializeResult:
-    """Right-sizing, schedules, Spot, idle and commitment options for every standalone EC2 instance of
-    one account (never group or cluster members), plus unattached EBS volumes and idle Elastic IPs.
-    One row per (resource, option), ranked by monthly cost; reads the trailing window of 5-minute
-    utilisation that exists in the lake (missing days lower the confidence)."""
-    account_id, day = split_account_day(context)
-    store = lake.get_lake()
-    utilization, days = read_window(store, account_id, day, config.window_days)
-    result = recommend_account(
-        account_id,
-        day,
-        store.read("resources", account_id, day),
-        utilization,
-        Catalog(store.read("price_catalog")),
-        ReservedRates(store.read("reserved_prices")),
-        StandaloneConfig(
-            risk_setting=config.risk_setting,
-            window_days=config.window_days,
-            environment_tag_keys=tuple(config.environment_tag_keys),
-            spot_workload_values=tuple(config.spot_workload_values),
+def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefinition:
+    """The ``recommendations/<name>`` asset of one optimiser."""
+    config_class = settings_config_class(optimizer)
+    deployment_type = optimizer.deployment_types[0] if len(optimizer.deployment_types) == 1 else "clusters"
+    deps = [dg.AssetDep(RESOURCES_KEY), *(dg.AssetDep(k) for k in PRICE_KEYS)]
+    for feature in optimizer.inputs:
+        key = dg.AssetKey(list(feature.asset_key_path))
+        mapping = window_mapping(feature.window_days) if feature.window_days > 1 else None
+        deps.append(dg.AssetDep(key, partition_mapping=mapping))
+    windows = ", ".join(f"{f.table} ({f.window_days} d)" for f in optimizer.inputs)
+
+    @dg.asset(
+        name=optimizer.name,
+        key_prefix=[RECOMMENDATIONS_PREFIX],
+        partitions_def=account_daily_partitions,
+        deps=deps,
+        kinds={"python", "parquet"},
+        group_name=RECOMMENDATIONS_PREFIX,
+        tags={DEPLOYMENT_TYPE_TAG: deployment_type},
+        description=(
+            f"{optimizer.description} One row per (resource, option), ranked by monthly cost; lake table "
+            f"{optimizer.table_name}. Reads raw/resources and {windows} (missing days lower the confidence)."
         ),
     )
-    path = store.write("recommendations", result.table, account_id, day, schema=RECOMMENDATIONS)
-    summary = recommendations_summary(result.table)
-    best = result.table.filter(pc.equal(result.table["is_best"], True)) if result.table.num_rows else None
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": result.table.num_rows,
-            "path": dg.MetadataValue.path(str(path)),
-            "window_days_found": len(days),
-            "window_days_wanted": config.window_days,
-            "resources": summary["resources"],
-            "best_monthly_savings_usd": summary["best_monthly_savings_usd"],
-            "orphan_monthly_savings_usd": summary.get("orphan_monthly_savings_usd", 0.0),
-            "commitments": dg.MetadataValue.json(result.commitments_table()),
-            "preview": dg.MetadataValue.md(
-                _preview(best, ["resource_id", "finding", "option_name", "monthly_savings_usd", "performance_risk"])
-            ),
-        }
-    )
+    def _asset(context: dg.AssetExecutionContext, config: config_class, lake: LakeResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
+        account_id, day = split_account_day(context)
+        store = lake.get_lake()
+        tables, days_found = read_inputs(store, optimizer.inputs, account_id, day)
+        inputs = OptimizerInputs(
+            account_id=account_id,
+            day=day,
+            inventory=optimizer.select(store.read("resources", account_id, day)),
+            tables=tables,
+            days_found=days_found,
+            catalog=Catalog(store.read("price_catalog")),
+            reserved=ReservedRates(store.read("reserved_prices")),
+        )
+        settings = optimizer.settings_type.model_validate(config.model_dump())
+        result = optimizer.recommend(inputs, settings)
+        path = store.write(optimizer.table_name, result.table, account_id, day, schema=RECOMMENDATIONS)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": result.table.num_rows,
+                "path": dg.MetadataValue.path(str(path)),
+                "selected_resources": inputs.inventory.num_rows,
+                **{f"window_days_found/{t}": len(d) for t, d in days_found.items()},
+                **{k: float(v) for k, v in result.summary.items()},
+                **{k: dg.MetadataValue.json(v) for k, v in result.metadata.items()},
+                "preview": dg.MetadataValue.md(
+                    _preview(
+                        result.table,
+                        ["resource_id", "finding", "option_name", "monthly_savings_usd", "performance_risk"],
+                    )
+                ),
+            }
+        )
+
+    return _asset
 
 
-def _preview(table: pa.Table | None, columns: list[str], rows: int = 10) -> str:
-    if table is None or table.num_rows == 0:
+def build_recommendation_assets(optimizers: Sequence[DeploymentOptimizer]) -> list[dg.AssetsDefinition]:
+    return [build_recommendation_asset(o) for o in optimizers]
+
+
+def _preview(table: pa.Table, columns: list[str], rows: int = 10) -> str:
+    best = table.filter(pc.equal(table["is_best"], True)) if table.num_rows else table
+    if best.num_rows == 0:
         return "_no rows_"
-    top = table.sort_by([("monthly_savings_usd", "descending")]).select(columns).slice(0, rows)
+    top = best.sort_by([("monthly_savings_usd", "descending")]).select(columns).slice(0, rows)
     return top.to_pandas().to_markdown(index=False)

@@ -17,16 +17,22 @@ def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
     )
-    def duckdb_warehouse(lake: LakeResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def duckdb_warehouse(
+        context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
         """Views over every lake table plus the marts, rebuilt into a new file that atomically replaces
-        the old one, so analysts with the warehouse open read-only are never blocked."""
+        the old one, so analysts with the warehouse open read-only are never blocked. A bad lake entry
+        (an unreadable file, a folder that is not a table) is left out and listed in `warnings`."""
         build = warehouse.rebuild(lake.get_lake())
+        for warning in build.warnings:
+            context.log.warning(warning)
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(build.path)),
                 "views": dg.MetadataValue.json(build.views),
                 "empty_views": dg.MetadataValue.json(build.empty_views),
                 "marts": dg.MetadataValue.json(build.marts),
+                "warnings": dg.MetadataValue.json(build.warnings),
             }
         )
 

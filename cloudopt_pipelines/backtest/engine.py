@@ -4,8 +4,10 @@ For each VM of a trace and each strategy:
 
 1. map the VM onto its current type (the trace's ``instance_type``, else the smallest ``m5`` covering its
    provisioned cores and memory, else ``DEFAULT_INSTANCE_TYPE``);
-2. build the utilisation profile of the *training* window only and pick the cheapest catalogue type
-   (us-east-1, same architecture) that the strategy says fits;
+2. build the utilisation profile of the *training* window only, with the pipeline's own feature
+   models (``features.py``: the training samples become ``utilization_5m`` partitions of a temporary
+   lake and the SQL runner builds ``utilization_window`` from them, as for an account), and pick the
+   cheapest catalogue type (us-east-1, same architecture) that the strategy says fits;
 3. replay the *test* window on that type: an interval violates when its CPU demand (5-minute maximum, in
    vCPU) exceeds the type's vCPU (for burstable types, the capacity its CPU credits allow at that
    moment) or its memory demand exceeds the type's memory.
@@ -20,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cloudopt_pipelines.backtest.features import TraceFeatures, trace_features
 from cloudopt_pipelines.backtest.traces import VmTrace
 from cloudopt_pipelines.optimizers.sizing import (
     CPU_HEADROOMS_PCT,
@@ -35,12 +39,13 @@ from cloudopt_pipelines.optimizers.sizing import (
     InstanceType,
     SizingPolicy,
     UtilizationProfile,
-    analyze_utilization,
     candidate_types,
     cheapest_fit,
+    profile_from_features,
     required_capacity,
     simulate_credits,
 )
+from cloudopt_pipelines.sqlmodels.sources import MODELS_DIR
 
 REGION = "us-east-1"
 DEFAULT_INSTANCE_TYPE = "m5.xlarge"
@@ -59,14 +64,10 @@ class Strategy:
     description: str
 
 
-def _pct(series: np.ndarray, q: float) -> float:
-    return float(np.percentile(series, q)) if series.size else 0.0
-
-
 def _baseline(name: str, cpu_q: float, cpu_h: float, mem_q: float, mem_h: float, description: str) -> Strategy:
     def demand(profile: UtilizationProfile) -> Demand:
-        cpu = _pct(profile.cpu_peak_vcpu, cpu_q)
-        mem = _pct(profile.mem_gib, mem_q) * (1 + mem_h / 100) if profile.has_memory else None
+        cpu = profile.cpu_vcpu(cpu_q)
+        mem = profile.mem_gib(mem_q) * (1 + mem_h / 100) if profile.has_memory else None
         return Demand(
             vcpu=cpu * (1 + cpu_h / 100),
             memory_gib=mem,
@@ -244,13 +245,13 @@ class StrategyResult:
         }
 
 
-def _profile(vm: VmTrace, current: InstanceType, sl: slice) -> UtilizationProfile:
-    return analyze_utilization(
-        vm.cpu_avg_pct[sl],
-        cpu_max_pct=vm.cpu_pct[sl],
-        mem_pct=None if vm.mem_pct is None else vm.mem_pct[sl],
+def _profile(vm: VmTrace, current: InstanceType, features: TraceFeatures) -> UtilizationProfile:
+    """The training profile from the feature models' rows, as the recommender builds it."""
+    return profile_from_features(
+        features.window,
         vcpu=current.vcpu,
         memory_gib=current.memory_gib,
+        series=features.series(current.vcpu, vm.provisioned_vcpu),
         provisioned_vcpu=vm.provisioned_vcpu,
         provisioned_memory_gib=vm.provisioned_memory_gib,
     )
@@ -288,19 +289,23 @@ def run_backtest(
     train_days: float = 14,
     test_days: float = 7,
     strategies: Sequence[Strategy] | None = None,
+    models_dir: Path = MODELS_DIR,
 ) -> tuple[Split, list[StrategyResult]]:
-    """Backtest every strategy on every VM; the split is the same for all VMs of the trace."""
+    """Backtest every strategy on every VM; the split is the same for all VMs of the trace.
+
+    The training profiles come from the SQL models in ``models_dir`` (the shipped ones by default).
+    """
     with_memory = any(vm.mem_pct is not None for vm in vms)
     strategies = list(strategies or default_strategies(with_memory))
     total = min((vm.samples for vm in vms), default=0)
     split = split_samples(total, train_days, test_days)
     results = [StrategyResult(s) for s in strategies]
     candidates_cache: dict[tuple[str, bool], list[InstanceType]] = {}
-    for vm in vms:
-        if vm.samples < split.train + split.test:
-            continue
+    eligible = [vm for vm in vms if vm.samples >= split.train + split.test]
+    features = trace_features(eligible, split.train, models_dir)
+    for vm in eligible:
         current = current_type_for(vm, catalog)
-        profile = _profile(vm, current, slice(0, split.train))
+        profile = _profile(vm, current, features[vm.resource_id])
         if profile.samples < split.train * 0.5:
             continue  # under half the training window: no recommendation, as in production
         for result in results:

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cloudopt_pipelines.assets.features import SOURCE_TABLES
-from cloudopt_pipelines.resources.storage import REPO_SQL_DIR
+from cloudopt_pipelines.project_files import sql_models_dir
 from cloudopt_pipelines.sources.demo import DEMO_DATA
 from cloudopt_pipelines.sqlmodels.runner import execute_model, execute_model_batch, load_models
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
@@ -210,7 +210,7 @@ def run_features_benchmark(
     window = window_days or days
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cloudopt-bench-features-"))
     lake = Lake(root / "lake")
-    models = {m.name: m for m in load_models(REPO_SQL_DIR, set(SOURCE_TABLES))}
+    models = {m.name: m for m in load_models(sql_models_dir(), set(SOURCE_TABLES))}
     partitioning = {k: v[0] for k, v in SOURCE_TABLES.items()} | {m.name: m.partitioned_by for m in models.values()}
     schemas = source_schemas()
     try:

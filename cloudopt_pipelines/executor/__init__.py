@@ -3,15 +3,24 @@
 - ``model``: planned actions (from ``portfolio_plan`` rows), decisions, outcomes, action ids;
 - ``policy``: protection, production, blast radius, rate limit, change windows (cron + time zone);
 - ``approvals`` / ``audit``: append-only JSONL records under ``$CLOUDOPT_HOME``;
-- ``aws``: the executor role's boto3 clients (the collector's credential machinery), calls recorded;
-- ``actions``: one plug-in per kind of change (read, plan, apply, verify, roll back);
+- ``aws``: the executor role's boto3 clients (sessions from the shared ``cloudopt_pipelines.aws``), calls recorded;
+- ``actions``: one plug-in per (resource kind, action) (read, plan, apply, verify, roll back);
+- ``targets``: ``ExecutionTarget``, where actions are applied (``AwsTarget`` now; Kubernetes, ECS next);
+- ``drift``, ``lock``: changed since the plan?; one executor at a time per home;
 - ``engine``: the safety rules in order, and rollback; ``service``: approve / execute a day / roll back.
 """
 
-from cloudopt_pipelines.executor.approvals import Approval, ApprovalError, ApprovalStore
+from cloudopt_pipelines.executor.approvals import (
+    Approval,
+    ApprovalError,
+    ApprovalStore,
+    PlanCheckReader,
+    PlanCheckRecord,
+)
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
+from cloudopt_pipelines.executor.lock import ExecutorBusy, executor_lock
 from cloudopt_pipelines.executor.model import MODES, OUTCOMES, Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ChangeWindow, ExecutorPolicy, PolicyError
 from cloudopt_pipelines.executor.service import (
@@ -23,6 +32,7 @@ from cloudopt_pipelines.executor.service import (
     rollback,
     write_actions_partition,
 )
+from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget
 
 __all__ = [
     "MODES",
@@ -31,13 +41,18 @@ __all__ = [
     "ApprovalError",
     "ApprovalStore",
     "AuditLog",
+    "AwsTarget",
     "ChangeWindow",
     "Decision",
+    "ExecutionTarget",
     "Executor",
     "ExecutorAws",
+    "ExecutorBusy",
     "ExecutorError",
     "ExecutorPaths",
     "ExecutorPolicy",
+    "PlanCheckReader",
+    "PlanCheckRecord",
     "PlanError",
     "PlanNotFound",
     "PlannedAction",
@@ -47,6 +62,7 @@ __all__ = [
     "actions_from_plan",
     "approve",
     "execute_day",
+    "executor_lock",
     "read_plan",
     "rollback",
     "write_actions_partition",

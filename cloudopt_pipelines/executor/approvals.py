@@ -7,9 +7,10 @@ An approval names the plan id it was given for. When the plan of that day has be
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,6 +19,9 @@ from cloudopt_pipelines.executor.model import PlannedAction
 from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
 
 APPROVALS_FILE = "approvals.jsonl"
+PLAN_TABLE = "portfolio_plan"
+PLAN_CHECK_NAME = "plan_satisfies_constraints"
+log = logging.getLogger(__name__)
 
 
 class ApprovalError(ValueError):
@@ -37,6 +41,8 @@ class Approval:
     all_actions: bool = False
     source: str = "cli"
     note: str = ""
+    #: content hash of the plan partition that was approved: an edited partition approves nothing
+    plan_sha256: str = ""
 
     def covers(self, action: PlannedAction, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:
         """True when this approval names the action, or approves all and the action needs no explicit approval."""
@@ -61,6 +67,7 @@ class Approval:
             all_actions=bool(record.get("all_actions")),
             source=str(record.get("source") or "cli"),
             note=str(record.get("note") or ""),
+            plan_sha256=str(record.get("plan_sha256") or ""),
         )
 
 
@@ -118,12 +125,14 @@ def new_approval(
         all_actions=all_actions,
         source=source,
         note=note,
+        plan_sha256=next((a.plan_sha256 for a in actions), ""),
     )
 
 
 def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple[Approval | None, str]:
     """The first valid approval covering ``action``, or None and why not (stale, terminate not named, none)."""
     stale: list[Approval] = []
+    edited: list[Approval] = []
     for approval in approvals:
         if approval.date != action.date.isoformat():
             continue
@@ -132,7 +141,17 @@ def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple
                 stale.append(approval)
             continue
         if approval.covers(action):
+            if approval.plan_sha256 != action.plan_sha256:
+                edited.append(approval)
+                continue
             return approval, ""
+    if edited:
+        e = edited[-1]
+        return None, (
+            f"approval {e.approval_id} (by {e.approved_by}) was given for plan {e.plan_id} with rows of sha256 "
+            f"{e.plan_sha256[:12] or '(none recorded)'}, but the plan partition of {action.date} now hashes to "
+            f"{action.plan_sha256[:12]} (its rows changed since, under the same plan id): review it and approve again"
+        )
     if any(a.all_actions and a.plan_id == action.plan_id for a in approvals):
         return None, (
             f"not approved: '{action.action}' needs its own action id in an approval (--actions {action.action_id}); "
@@ -147,25 +166,104 @@ def find_approval(action: PlannedAction, approvals: Sequence[Approval]) -> tuple
     return None, f"not approved: no approval of plan {action.plan_id} names {action.action_id}"
 
 
+@dataclass(frozen=True)
+class PlanCheckStatus:
+    """The verdict of the plan's constraint check for one plan partition: ``passed``, else why not."""
+
+    passed: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PlanCheckRecord:
+    """One evaluation of the plan's constraint check (the Dagster asset check ``plan_satisfies_constraints``
+    of ``plan/portfolio_plan``), as the executor needs it."""
+
+    day: date
+    plan_id: str
+    passed: bool
+    plan_sha256: str
+    solver_status: str = ""
+    violation_count: int = 0
+    violations: str = ""
+
+
+PlanCheckReader = Callable[[date], "PlanCheckRecord | None"]
+"""The latest check evaluation of a day's plan, or None: the asset layer reads it from the Dagster instance."""
+
+
+def plan_check_status(record: PlanCheckRecord | None, day: date, plan_id: str, plan_sha256: str) -> PlanCheckStatus:
+    """Did the independent constraint check pass on exactly these plan rows (plan id and content hash)?
+
+    ``record`` is the latest evaluation of the day's plan check (``PlanCheckReader``)."""
+    if record is None:
+        return PlanCheckStatus(
+            False,
+            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check "
+            f"(asset check {PLAN_CHECK_NAME} of plan/portfolio_plan); "
+            "re-materialise plan/portfolio_plan for that day so that its check runs",
+        )
+    if record.plan_id != plan_id:
+        return PlanCheckStatus(
+            False,
+            f"the constraint check of {day} is for plan {record.plan_id}, not {plan_id}; "
+            "re-materialise plan/portfolio_plan",
+        )
+    if not record.passed:
+        return PlanCheckStatus(
+            False,
+            f"the portfolio plan of {day} ({plan_id}) failed its constraint check "
+            f"({record.violation_count} violation(s), solver {record.solver_status}: {record.violations[:300]}); "
+            "the executor never acts on it: fix the constraints (config/constraints.yaml) and re-plan",
+        )
+    if record.plan_sha256 != plan_sha256:
+        recorded = record.plan_sha256[:12] or "no content hash (an older check)"
+        return PlanCheckStatus(
+            False,
+            f"the plan partition of {day} ({plan_id}) is not the one its constraint check passed on: its rows "
+            f"hash to {plan_sha256[:12]}, the check recorded {recorded}. The partition was edited after it was "
+            "written (the plan id alone does not show it); the executor never acts on it: re-materialise "
+            f"plan/portfolio_plan for {day}",
+        )
+    return PlanCheckStatus(True)
+
+
 def append_jsonl(path: Path, records: Iterable[dict[str, object]]) -> None:
-    """Append whole lines and fsync, so that a crash leaves complete records only."""
+    """Append whole lines and fsync. The first starts on a new line even after a torn last line (a crash
+    mid-write), so a torn line is never glued to the next record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as handle:
+    payload = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode()
+    with open(path, "a+b") as handle:
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                payload = b"\n" + payload
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
-    """Every complete record of a JSONL file (a torn last line, from a crash mid-write, is ignored)."""
+    """Every complete record of a JSONL file. A line that is not a whole JSON object (torn by a crash
+    mid-write) is skipped with a warning naming the file and the line."""
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            if line.strip():
-                records.append(json.loads(line))
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                log.warning(
+                    "%s line %d is not a complete JSON record (a write cut off by a crash?): skipped; "
+                    "the records before and after it are read as usual",
+                    path,
+                    number,
+                )
+                continue
+            records.append(record)
     return records

@@ -1,12 +1,11 @@
-"""AWS access of the executor: its own role, the collector's credential machinery, every call recorded.
+"""AWS access of the executor: its own role, the shared session machinery, every call recorded.
 
 ``ExecutorAws`` reaches each account through the executor role (``CLOUDOPT_EXECUTOR_ROLE``), never the
-collector's read-only role: it reuses ``AwsCollector``'s sessions (assumed-role credentials cached per
-account and refreshed before expiry, adaptive retries, timeouts, ``endpoint_url``) but assumes the
-executor role in every account, the base credentials' own included, so that write permissions live in
-one role only. Every call is seen through botocore events: mutating calls are rate limited and recorded
-(name, parameters, status) for the audit. No Dagster here.
-"""
+collector's read-only role: its sessions come from ``cloudopt_pipelines.aws`` (assumed-role credentials
+cached per account and refreshed before expiry, adaptive retries, timeouts, ``endpoint_url``), the same
+module the collector uses, with the executor role assumed in every account, the base credentials' own
+included, so that write permissions live in one role only. Every call is seen through botocore events:
+mutating calls are rate limited and recorded (name, parameters, status) for the audit. No Dagster here."""
 
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import boto3
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -26,9 +25,10 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from cloudopt_pipelines.aws import AwsSessionError, AwsSessions, AwsSettings
+from cloudopt_pipelines.aws.sessions import BASE_CLIENTS
 from cloudopt_pipelines.executor.model import ApiCall
 from cloudopt_pipelines.executor.policy import RateLimiter
-from cloudopt_pipelines.sources.aws import AwsCollector, AwsSettings, CollectorError
 
 DEFAULT_EXECUTOR_SESSION_NAME = "cloudopt-executor"
 READ_PREFIXES = ("Describe", "List", "Get")
@@ -42,20 +42,6 @@ class ExecutorError(RuntimeError):
         super().__init__(message)
         self.unreachable = unreachable
         self.code = code
-
-
-class _ExecutorSessions(AwsCollector):
-    """The collector's session machinery, assuming the configured role in every account."""
-
-    def session_for(self, account_id: str) -> boto3.Session:
-        if not self.settings.assume_role:
-            return super().session_for(account_id)
-        with self._lock:
-            session = self._sessions.get(account_id)
-            if session is None:
-                session = self._assumed_session(account_id)
-                self._sessions[account_id] = session
-            return session
 
 
 def is_mutating(operation: str) -> bool:
@@ -72,35 +58,46 @@ class ExecutorAws:
         poll_seconds: float = 5.0,
         wait_timeout_seconds: float = 600.0,
         sleep: Callable[[float], None] | None = None,
+        rate_clock: Callable[[], float] = time.monotonic,
+        rate_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``sleep`` waits between state polls; ``rate_clock`` / ``rate_sleep`` pace mutating calls (injected
+        by tests, so that no test depends on the machine's speed)."""
         self.settings = settings
-        self.sessions = _ExecutorSessions(settings)
+        self.rate_clock, self.rate_sleep = rate_clock, rate_sleep
+        self.sessions = AwsSessions(
+            settings,
+            user_agent=DEFAULT_EXECUTOR_SESSION_NAME,
+            assume_in_own_account=True,
+            on_client=self._hook,
+            no_role_hint="set CLOUDOPT_EXECUTOR_ROLE to the executor role created in every account (docs/executor.md)",
+        )
         self.rate_limiter = rate_limiter or RateLimiter(0)
         self.poll_seconds = poll_seconds
         self.wait_timeout_seconds = wait_timeout_seconds
         self.sleep = sleep or time.sleep
         self.seen_actions: set[str] = set()
-        self._hooked: set[int] = set()
         self._local = threading.local()
 
     def client(self, account_id: str, service: str, region: str) -> Any:
         """The cached client of ``service`` in ``account_id`` and ``region`` through the executor role."""
         try:
-            client = self.sessions.client(account_id, service, region)
-        except CollectorError as exc:
+            return self.sessions.client(account_id, service, region)
+        except (AwsSessionError, BotoCoreError, ClientError) as exc:
             raise ExecutorError(
                 f"cannot reach account {account_id} in {region} with the executor role "
-                f"{self.settings.role_arn(account_id) or '(none: base credentials)'}: {exc}. Fix: create the role "
-                "with docs/iam/executor-policy.json and let the pipeline's identity assume it "
+                f"{self.settings.role_arn(account_id) or '(none: base credentials)'}: {_clean(exc)}. Fix: create the "
+                "role with docs/iam/executor-policy.json and let the pipeline's identity assume it "
                 "(CLOUDOPT_EXECUTOR_ROLE, docs/executor.md)",
                 unreachable=True,
             ) from None
-        if id(client) not in self._hooked:
-            client.meta.events.register("before-parameter-build", self._before)
-            client.meta.events.register("after-call", self._after)
-            client.meta.events.register("after-call-error", self._after_error)
-            self._hooked.add(id(client))
-        return client
+
+    def _hook(self, client: Any, account: str) -> None:
+        if account == BASE_CLIENTS:
+            return  # STS of the base credentials: reaching accounts is not an action to record or rate limit
+        client.meta.events.register("before-parameter-build", self._before)
+        client.meta.events.register("after-call", self._after)
+        client.meta.events.register("after-call-error", self._after_error)
 
     @contextmanager
     def recording(self) -> Iterator[list[ApiCall]]:
@@ -176,6 +173,13 @@ class ExecutorAws:
             f"{name}: {text}. Fix: {fix}",
             unreachable=unreachable,
         )
+
+
+def _clean(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', '')}: {error.get('Message', '')}".strip(": ")
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _iam_prefix(signing_name: str) -> str:

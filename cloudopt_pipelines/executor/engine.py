@@ -2,9 +2,9 @@
 
 For every action of the plan, in order of savings: plug-in found? approved (for this very plan id)?
 the live resource protected? production allowed? inside its change window? already in the target state
-(live)? within the blast radius? Then a dry run reports the exact calls, and an apply records its intent,
-calls, verifies the live state and rolls back at once where the plug-in asks for it. Every decision is
-one ``Decision``, appended to the audit file as it is made.
+(live)? changed since the plan? within the blast radius? Then a dry run reports the exact calls, and an
+apply records its intent, calls, verifies the live state and rolls back at once where the plug-in asks for
+it. Every decision is one ``Decision``, appended to the audit file as it is made.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from cloudopt_pipelines.executor.actions import ActionContext, ActionPlugin, Proposal, RollbackRefused, default_plugins
+from cloudopt_pipelines.executor.actions import ActionPlugin, PluginKey, Proposal, RollbackRefused
 from cloudopt_pipelines.executor.approvals import Approval, find_approval
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
+from cloudopt_pipelines.executor.drift import changes_since_plan
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
-from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy, RateLimiter
+from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy
+from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget, as_targets, plugin_table
 
 
 class RollbackError(ExecutorError):
@@ -57,18 +59,24 @@ class Executor:
 
     def __init__(
         self,
-        aws: ExecutorAws,
+        targets: ExecutorAws | ExecutionTarget | Sequence[ExecutionTarget],
         audit: AuditLog,
         exports_dir: Path,
         policy: ExecutorPolicy | None = None,
-        plugins: Mapping[str, ActionPlugin] | None = None,
+        plugins: Mapping[PluginKey, ActionPlugin] | None = None,
         now: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self.aws, self.audit, self.exports_dir = aws, audit, Path(exports_dir)
+        """``targets``: where actions are applied (an ``ExecutorAws`` is the AWS target); ``plugins`` replaces
+        the AWS target's plug-ins (``(resource kind, action)`` -> plug-in)."""
+        if plugins is not None and isinstance(targets, ExecutorAws):
+            targets = AwsTarget(targets, plugins)
+        self.targets = as_targets(targets)
+        self.audit, self.exports_dir = audit, Path(exports_dir)
         self.policy = policy or ExecutorPolicy()
-        self.plugins = dict(plugins if plugins is not None else default_plugins())
+        self.plugins = plugin_table(self.targets)
         self.now = now
-        self.aws.rate_limiter = RateLimiter(self.policy.max_calls_per_second)
+        for target in self.targets:
+            target.limit_rate(self.policy.max_calls_per_second)
 
     # ---------------------------------------------------------------------------------------- run
 
@@ -84,7 +92,14 @@ class Executor:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}; the mode is always explicit")
         result = RunResult(run_id=run_id or uuid.uuid4().hex, mode=mode, plan_id=plan_id, day=day)
-        blast = BlastRadius(self.policy.max_actions_per_run, self.policy.max_actions_per_account)
+        today = self.now().astimezone(UTC).date()
+        blast = BlastRadius(
+            self.policy.max_actions_per_run,
+            self.policy.max_actions_per_account,
+            self.policy.max_actions_per_day,
+            before=self.audit.changes_on(today),
+            day=f"{today} (UTC)",
+        )
         unreachable: dict[str, str] = {}
         commitments = [a for a in actions if a.is_commitment]
         if commitments:
@@ -113,6 +128,8 @@ class Executor:
             started_at=started,
             finished_at=self.now(),
             monthly_savings_usd=action.monthly_savings_usd,
+            plan_config={"current": action.current_config, "proposed": action.proposed_config},
+            policy=self.policy.in_force(),
             **fields,
         )
 
@@ -144,25 +161,22 @@ class Executor:
                 **who,
                 reason=f"commitment purchases are never executed: listed in {where} for a person to buy",
             )
-        plugin = self.plugins.get(action.action)
-        if plugin is None:
-            return skipped(
-                f"no plug-in for action '{action.action}' (only {', '.join(sorted(self.plugins))} are applied)"
-            )
-        if plugin.resource_kinds and action.resource_kind not in plugin.resource_kinds:
-            return skipped(
-                f"plug-in of '{action.action}' does not act on {action.resource_kind or 'unknown'} resources"
-            )
+        found = self.plugins.get((action.resource_kind, action.action))
+        if found is None:
+            return skipped(self._no_plugin(action.resource_kind, action.action))
+        target, plugin = found
         if approval is None:
             return skipped(why)
         if action.account_id in unreachable:
             return skipped(f"not attempted: {unreachable[action.account_id]}", **who)
-        region = action.region or self.aws.settings.regions[0]
-        ctx = ActionContext(self.aws, action.account_id, region, self.policy, self.now)
+        region = action.region or target.default_region()
         try:
-            live = plugin.read(ctx, action)
+            ctx = target.context(action.account_id, region, self.policy, self.now)
+            live = target.read_live(plugin, ctx, action)
         except Exception as exc:
-            return self._failed(action, mode, run_id, started, exc, region, unreachable, "reading its live state", who)
+            return self._failed(
+                target, action, mode, run_id, started, exc, region, unreachable, "reading its live state", who
+            )
         state_now = {**live.state, "tags": live.tags} if live.exists else {"exists": False}
         if live.exists:
             protected, because = self.policy.protection(live.tags)
@@ -179,9 +193,17 @@ class Executor:
         try:
             proposal = plugin.plan(ctx, action, live, self.audit.history(action.action_id))
         except Exception as exc:
-            return self._failed(action, mode, run_id, started, exc, region, unreachable, "planning", who)
+            return self._failed(target, action, mode, run_id, started, exc, region, unreachable, "planning", who)
         if proposal.status != "ready":
             return skipped(proposal.reason, state_before=proposal.before or state_now, **who)
+        # The state the action starts from (an interrupted earlier attempt's, if any) against the plan's.
+        changed = changes_since_plan(action.current_config, {**live.state, **proposal.before})
+        if changed:
+            return skipped(
+                f"changed since the plan ({'; '.join(changed)}): left as it is; re-plan to act on it",
+                state_before=proposal.before or state_now,
+                **who,
+            )
         admitted, because = blast.admit(action.account_id)
         if not admitted:
             return skipped(because, state_before=proposal.before, **who)
@@ -199,13 +221,15 @@ class Executor:
                 api_calls=planned,
                 **who,
             )
-        return self._apply(action, plugin, ctx, proposal, run_id, started, unreachable, who)
+        return self._apply(target, action, plugin, ctx, region, proposal, run_id, started, unreachable, who)
 
     def _apply(
         self,
+        target: ExecutionTarget,
         action: PlannedAction,
         plugin: ActionPlugin,
-        ctx: ActionContext,
+        ctx: Any,
+        region: str,
         proposal: Proposal,
         run_id: str,
         started: datetime,
@@ -229,9 +253,10 @@ class Executor:
                 "state_before": proposal.before,
                 "api_calls": [c.to_dict() for c in proposal.calls],
                 **who,
-            }
+            },
+            at=self.now(),
         )
-        with self.aws.recording() as calls:
+        with target.recording() as calls:
             try:
                 applied = plugin.apply(ctx, action, proposal)
                 check = plugin.verify(ctx, action, proposal, applied)
@@ -250,7 +275,7 @@ class Executor:
                     )
                 error = ExecutorError(f"verification failed: {check.reason}")
             except Exception as exc:
-                error = self.aws.describe_error(exc, action.account_id, ctx.region, f"applying {action.action}")
+                error = target.describe_error(exc, action.account_id, region, f"applying {action.action}")
             if error.unreachable:
                 unreachable[action.account_id] = f"account {action.account_id} unreachable after {error}"
             if plugin.rollback_on_failure and not error.unreachable:
@@ -262,7 +287,7 @@ class Executor:
                 try:
                     after = plugin.rollback(ctx, record)
                 except Exception as exc:
-                    second = self.aws.describe_error(exc, action.account_id, ctx.region, "rolling back")
+                    second = target.describe_error(exc, action.account_id, region, "rolling back")
                     return self._decision(
                         action,
                         mode,
@@ -303,6 +328,7 @@ class Executor:
 
     def _failed(
         self,
+        target: ExecutionTarget,
         action: PlannedAction,
         mode: str,
         run_id: str,
@@ -313,7 +339,7 @@ class Executor:
         doing: str,
         who: dict[str, Any],
     ) -> Decision:
-        error = self.aws.describe_error(exc, action.account_id, region, doing)
+        error = target.describe_error(exc, action.account_id, region, doing)
         if error.unreachable:
             unreachable[action.account_id] = f"account {action.account_id} unreachable after {error}"
         return self._decision(
@@ -322,10 +348,22 @@ class Executor:
 
     # ----------------------------------------------------------------------------------- rollback
 
-    def rollback(self, action_id: str, mode: str, by: str, run_id: str | None = None) -> Decision:
-        """Undo an applied action from its recorded state; refuses clearly where that is impossible."""
+    def rollback(
+        self,
+        action_id: str,
+        mode: str,
+        by: str,
+        run_id: str | None = None,
+        planned: PlannedAction | None = None,
+    ) -> Decision:
+        """Undo an applied action from its recorded state; refuses clearly where that is impossible: a record
+        that fails its signature, or a state to restore the plan (``planned``, else the record's copy of the
+        plan row) never held."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if not by.strip():
+            raise ValueError("a rollback needs the name of who rolls back (--by NAME), not an empty one")
+        by = by.strip()
         history = [r for r in self.audit.history(action_id) if r.get("event") == "decision"]
         if not history:
             raise RollbackError(f"no audit record of action {action_id} in {self.audit.path}")
@@ -338,15 +376,16 @@ class Executor:
         ]
         if later:
             raise RollbackError(f"action {action_id} was already rolled back at {later[-1].get('finished_at')}")
-        plugin = self.plugins.get(str(record["action"]))
-        if plugin is None:
-            raise RollbackError(f"no plug-in for action '{record['action']}' to roll back {action_id}")
+        found = self.plugins.get((str(record.get("resource_kind") or ""), str(record["action"])))
+        if found is None:
+            no_plugin = self._no_plugin(str(record.get("resource_kind") or ""), str(record["action"]))
+            raise RollbackError(f"{no_plugin}: cannot roll back {action_id}")
+        target, plugin = found
         action = _action_of(record)
         started = self.now()
         run_id = run_id or uuid.uuid4().hex
-        ctx = ActionContext(
-            self.aws, action.account_id, action.region or self.aws.settings.regions[0], self.policy, self.now
-        )
+        region = action.region or target.default_region()
+        ctx = target.context(action.account_id, region, self.policy, self.now)
         base = {"approved_by": by, "approval_id": None, "state_before": record.get("state_after")}
 
         def decision(outcome: str, reason: str, **fields: Any) -> Decision:
@@ -354,12 +393,12 @@ class Executor:
             self.audit.decision(d)
             return d
 
-        refusal = plugin.rollback_refusal(record)
+        refusal = self._untrusted(action_id, record, plugin, planned) or plugin.rollback_refusal(record)
         if refusal:
             decision("skipped", f"rollback refused: {refusal}")
             raise RollbackRefused(refusal)
         try:
-            live = plugin.read(ctx, action)
+            live = target.read_live(plugin, ctx, action)
             if live.exists:
                 protected, because = self.policy.protection(live.tags)
                 if protected:
@@ -367,8 +406,8 @@ class Executor:
             if mode == "dry_run":
                 calls = [c.to_dict() for c in plugin.rollback_plan(record)]
                 return decision("would_apply", f"rollback of {action_id} by {by}", api_calls=calls)
-            self.audit.intent({**record, "run_id": run_id, "event": "intent", "mode": mode})
-            with self.aws.recording() as calls:
+            self.audit.intent({**record, "run_id": run_id, "event": "intent", "mode": mode}, at=self.now())
+            with target.recording() as calls:
                 after = plugin.rollback(ctx, record)
                 return decision(
                     "rolled_back",
@@ -380,9 +419,47 @@ class Executor:
             decision("skipped", f"rollback refused: {exc}")
             raise
         except Exception as exc:
-            error = self.aws.describe_error(exc, action.account_id, ctx.region, f"rolling back {action.action}")
+            error = target.describe_error(exc, action.account_id, region, f"rolling back {action.action}")
             decision("failed", "rollback failed", error=str(error))
             raise error from None
+
+    def _no_plugin(self, kind: str, action: str) -> str:
+        kinds = sorted(k for k, a in self.plugins if a == action)
+        if kinds:
+            return (
+                f"no plug-in for action '{action}' on {kind or 'unknown'} resources "
+                f"(its plug-ins act on {', '.join(kinds)})"
+            )
+        return f"no plug-in for action '{action}' (only {', '.join(sorted({a for _, a in self.plugins}))} are applied)"
+
+    def _untrusted(
+        self, action_id: str, record: Mapping[str, Any], plugin: ActionPlugin, planned: PlannedAction | None
+    ) -> str | None:
+        """Why the audit cannot be trusted to roll ``action_id`` back: an edited or unsigned record of it, or a
+        type to restore that the plan never held."""
+        for r in self.audit.history(action_id):
+            problem = self.audit.verification_error(r)
+            if problem:
+                return f"{problem}; nothing is rolled back from it: check the audit file and roll back by hand"
+        if not plugin.restores_instance_type:
+            return None
+        configs = (
+            (planned.current_config, planned.proposed_config)
+            if planned is not None
+            else (
+                (record.get("plan_config") or {}).get("current") or {},
+                (record.get("plan_config") or {}).get("proposed") or {},
+            )
+        )
+        held = sorted({str(c["instance_type"]) for c in configs if c.get("instance_type")})
+        wanted = (record.get("state_before") or {}).get("instance_type")
+        if wanted and wanted not in held:
+            return (
+                f"the audit record of {action_id} would restore {record.get('resource_id')} to type {wanted}, a "
+                f"type the plan of {record.get('date')} never held ({', '.join(held) or 'none recorded'}); "
+                "refusing to resize to it: check the audit file and the instance by hand"
+            )
+        return None
 
 
 class _NoApproval:
@@ -401,7 +478,7 @@ def _action_of(record: Mapping[str, Any]) -> PlannedAction:
         resource_kind=str(record.get("resource_kind") or ""),
         action=str(record["action"]),
         option_name=str(record.get("option_name") or record["action"]),
-        proposed_config={},
-        current_config={},
+        proposed_config=dict((record.get("plan_config") or {}).get("proposed") or {}),
+        current_config=dict((record.get("plan_config") or {}).get("current") or {}),
         monthly_savings_usd=float(record.get("monthly_savings_usd") or 0.0),
     )

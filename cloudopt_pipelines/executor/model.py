@@ -10,6 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from cloudopt_pipelines.storage.digest import table_sha256
+
 MODES = ("dry_run", "apply")
 # would_apply: what a dry run would do; skipped: not done, and why; failed: the error; rolled_back: applied,
 # then undone (automatically after a failed verification, or by `cloudopt rollback`); exported: a
@@ -42,6 +44,8 @@ class PlannedAction:
     env: str | None = None
     monthly_savings_usd: float = 0.0
     plan_protected: bool = False
+    #: content hash of the whole plan partition the action was read from (approvals are bound to it)
+    plan_sha256: str = ""
 
     @property
     def is_commitment(self) -> bool:
@@ -86,6 +90,10 @@ class Decision:
     api_calls: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     monthly_savings_usd: float = 0.0
+    #: the plan row's configurations (``current`` and ``proposed``), kept with the signed record
+    plan_config: dict[str, Any] | None = None
+    #: the safety policy in force for this decision (``ExecutorPolicy.in_force()``)
+    policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -119,7 +127,7 @@ def actions_from_plan(plan: pa.Table, day: date) -> tuple[str, list[PlannedActio
         raise PlanError(f"portfolio_plan of {day} holds several plan ids {plan_ids}; one partition is one plan")
     if not plan_ids:
         return "", []
-    plan_id = plan_ids[0]
+    plan_id, content = plan_ids[0], table_sha256(plan)
     actions = []
     for r in rows:
         if (r.get("action") or "keep") in NO_OP_ACTIONS:
@@ -141,6 +149,7 @@ def actions_from_plan(plan: pa.Table, day: date) -> tuple[str, list[PlannedActio
                 env=r.get("env"),
                 monthly_savings_usd=float(r.get("monthly_savings_usd") or 0.0),
                 plan_protected=bool(r.get("protected") or False),
+                plan_sha256=content,
             )
         )
     actions.sort(key=lambda a: (-a.monthly_savings_usd, a.account_id, a.action_id))

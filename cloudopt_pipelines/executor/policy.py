@@ -25,7 +25,14 @@ SCHEDULE_METHODS = ("custodian_tag", "instance_scheduler_tag", "stop_start")
 
 
 class PolicyError(ValueError):
-    """A policy setting that cannot work (a bad cron field, an unknown time zone)."""
+    """A policy setting that cannot work (a bad cron field, an unknown time zone) or would lower a safety floor."""
+
+
+def is_protected_value(value: str | None) -> bool:
+    """Does this value of the ``cloudopt:protect`` tag protect? Exactly the values the IAM ``Deny`` of
+    docs/iam/executor-policy.json matches (``StringEqualsIgnoreCase`` on ``PROTECT_TAG_VALUES``): any case,
+    no trimming. The one place protected values are recognised."""
+    return value is not None and value.lower() in PROTECT_TAG_VALUES
 
 
 # ------------------------------------------------------------------------------------------- cron
@@ -158,6 +165,7 @@ class ExecutorPolicy:
     untagged_is_production: bool = True
     production_allowed_actions: tuple[str, ...] = PRODUCTION_ALLOWED_ACTIONS
     max_actions_per_run: int = 20
+    max_actions_per_day: int = 20
     max_actions_per_account: int = 10
     max_calls_per_second: float = 2.0
     change_windows: tuple[ChangeWindow, ...] = ()
@@ -166,17 +174,56 @@ class ExecutorPolicy:
     instance_scheduler_tag_key: str = "Schedule"
 
     def __post_init__(self) -> None:
+        # Safety floors: a configuration adds protect values, environment tags and production values, and
+        # never removes the built-in ones; the protect tag cloudopt:protect always protects.
+        object.__setattr__(self, "protect_tag_values", _with(self.protect_tag_values, PROTECT_TAG_VALUES, lower=True))
+        object.__setattr__(self, "environment_tag_keys", _with(self.environment_tag_keys, ENVIRONMENT_TAG_KEYS))
+        object.__setattr__(self, "production_values", _with(self.production_values, PRODUCTION_VALUES, lower=True))
+        if not self.untagged_is_production:
+            raise PolicyError(
+                "untagged_is_production: false would lower a safety floor: a resource without an environment tag "
+                "always counts as production. Tag non-production resources (env=dev, ...) instead "
+                "(docs/executor.md#safety-floors)"
+            )
+        lowering = [a for a in self.production_allowed_actions if a in STOPS_OR_TERMINATES]
+        if lowering:
+            raise PolicyError(
+                f"production_allowed_actions may not include {lowering}: production never gets an action that "
+                f"stops or terminates ({', '.join(STOPS_OR_TERMINATES)}), whatever the configuration; allowed are "
+                f"for instance {', '.join(PRODUCTION_ALLOWED_ACTIONS)} (docs/executor.md#safety-floors)"
+            )
         if self.schedule_method not in SCHEDULE_METHODS:
             raise PolicyError(f"schedule_method {self.schedule_method!r} is not one of {', '.join(SCHEDULE_METHODS)}")
-        if self.max_actions_per_run < 0 or self.max_actions_per_account < 0:
-            raise PolicyError("max_actions_per_run and max_actions_per_account must be >= 0")
+        if min(self.max_actions_per_run, self.max_actions_per_day, self.max_actions_per_account) < 0:
+            raise PolicyError("max_actions_per_run, max_actions_per_day and max_actions_per_account must be >= 0")
 
     def protection(self, tags: Mapping[str, str]) -> tuple[bool, str]:
-        """(protected, why) from the live tags."""
+        """(protected, why) from the live tags: the built-in ``cloudopt:protect`` tag always, and the configured
+        ``protect_tag_key`` with any of ``protect_tag_values``."""
+        value = tags.get(PROTECT_TAG_KEY)
+        if is_protected_value(value):
+            return True, f"protected: live tag {PROTECT_TAG_KEY}={value}"
         value = tags.get(self.protect_tag_key)
-        if value is not None and value.strip().lower() in self.protect_tag_values:
+        if value is not None and (is_protected_value(value) or value.lower() in self.protect_tag_values):
             return True, f"protected: live tag {self.protect_tag_key}={value}"
         return False, ""
+
+    def in_force(self) -> dict[str, object]:
+        """The effective settings (floors applied), as recorded with every audited decision."""
+        return {
+            "protect_tag_keys": sorted({PROTECT_TAG_KEY, self.protect_tag_key}),
+            "protect_tag_values": list(self.protect_tag_values),
+            "environment_tag_keys": list(self.environment_tag_keys),
+            "production_values": list(self.production_values),
+            "untagged_is_production": self.untagged_is_production,
+            "production_allowed_actions": list(self.production_allowed_actions),
+            "max_actions_per_run": self.max_actions_per_run,
+            "max_actions_per_day": self.max_actions_per_day,
+            "max_actions_per_account": self.max_actions_per_account,
+            "max_calls_per_second": self.max_calls_per_second,
+            "change_windows": [w.label for w in self.change_windows],
+            "schedule_method": self.schedule_method,
+        }
 
     def environment(self, tags: Mapping[str, str]) -> tuple[str | None, bool]:
         """(environment tag value, is production) from the live tags: any production-like tag wins."""
@@ -211,20 +258,38 @@ class ExecutorPolicy:
         return False, f"outside change window(s) {', '.join(w.label for w in governing)}{when}"
 
 
+def _with(values: Sequence[str], floor: Sequence[str], lower: bool = False) -> tuple[str, ...]:
+    given = [v.lower() if lower else v for v in values]
+    return tuple(dict.fromkeys([*given, *floor]))
+
+
 @dataclass
 class BlastRadius:
-    """Counts changes admitted in one run: at most ``per_run`` in all and ``per_account`` per account."""
+    """Counts changes: at most ``per_run`` in this run, ``per_day`` in all and ``per_account`` per account
+    over the UTC day, the day's earlier changes (``before``, per account, from the audit) included."""
 
     per_run: int
     per_account: int
+    per_day: int | None = None
+    before: Counter[str] = field(default_factory=Counter)
+    day: str = "today"
     admitted: Counter[str] = field(default_factory=Counter)
 
     def admit(self, account_id: str) -> tuple[bool, str]:
         total = sum(self.admitted.values())
         if total >= self.per_run:
             return False, f"blast radius: max_actions_per_run={self.per_run} reached in this run"
-        if self.admitted[account_id] >= self.per_account:
-            return False, f"blast radius: max_actions_per_account={self.per_account} reached for account {account_id}"
+        earlier = sum(self.before.values())
+        if self.per_day is not None and earlier + total >= self.per_day:
+            return False, (
+                f"blast radius: max_actions_per_day={self.per_day} reached for {self.day} "
+                f"({earlier} change(s) by earlier runs that day, from the audit, and {total} by this run)"
+            )
+        if self.before[account_id] + self.admitted[account_id] >= self.per_account:
+            return False, (
+                f"blast radius: max_actions_per_account={self.per_account} reached for account {account_id} "
+                f"on {self.day} ({self.before[account_id]} by earlier runs, {self.admitted[account_id]} by this run)"
+            )
         self.admitted[account_id] += 1
         return True, ""
 
@@ -255,6 +320,10 @@ class RateLimiter:
                 self.waited += wait
                 now += wait
             self._next = now + self.interval
+
+    def at_rate(self, per_second: float) -> RateLimiter:
+        """A fresh limiter at ``per_second`` with this one's clock and sleep (tests inject theirs)."""
+        return RateLimiter(per_second, clock=self._clock, sleep=self._sleep)
 
 
 def approval_needed_explicitly(action: str, explicit: Sequence[str] = EXPLICIT_APPROVAL_ACTIONS) -> bool:

@@ -7,22 +7,31 @@ day) is rebuilt from the audit file after every run, so it holds every decision 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from cloudopt_pipelines.executor.approvals import Approval, ApprovalStore, new_approval
+from cloudopt_pipelines.executor.approvals import (
+    PLAN_TABLE,
+    Approval,
+    ApprovalStore,
+    PlanCheckReader,
+    new_approval,
+    plan_check_status,
+)
 from cloudopt_pipelines.executor.audit import AuditLog, decisions_table
 from cloudopt_pipelines.executor.aws import ExecutorAws
 from cloudopt_pipelines.executor.engine import Executor, RunResult
+from cloudopt_pipelines.executor.lock import executor_lock
 from cloudopt_pipelines.executor.model import Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.executor.targets import ExecutionTarget
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import EXECUTED_ACTIONS
 
-PLAN_TABLE = "portfolio_plan"
-PLAN_CHECKS_TABLE = "portfolio_plan_checks"
 ACTIONS_TABLE = "executed_actions"
 
 
@@ -51,46 +60,38 @@ class ExecutorPaths:
     def approvals(self) -> ApprovalStore:
         return ApprovalStore(self.approvals_dir)
 
+    @property
+    def audit_key_file(self) -> Path:
+        return self.home / "keys" / "audit.key"
+
     def audit(self) -> AuditLog:
-        return AuditLog(self.audit_dir)
+        return AuditLog(self.audit_dir, self.audit_key_file)
 
 
-def read_plan(lake: Lake, day: date) -> tuple[str, list[PlannedAction]]:
-    """The plan id and actions of ``day``'s portfolio plan; a clear error when that partition does not exist."""
+def read_plan(lake: Lake, day: date, checks: PlanCheckReader) -> tuple[str, list[PlannedAction]]:
+    """The plan id and actions of ``day``'s portfolio plan, whose constraint check (read by ``checks``) must
+    have passed on these very rows; a clear error when that partition does not exist."""
     if lake.partition_file(PLAN_TABLE, day=day) is None:
         raise PlanNotFound(
             f"no portfolio plan for {day}: lake table '{PLAN_TABLE}' has no partition "
             f"{lake.partition_dir(PLAN_TABLE, day=day)}. Materialise plan/portfolio_plan for {day} first "
             "(the executor only applies a plan that exists and was approved)"
         )
-    plan_id, actions = actions_from_plan(lake.read(PLAN_TABLE, day=day), day)
-    require_passed_check(lake, day, plan_id)
+    table = lake.read(PLAN_TABLE, day=day)
+    plan_id, actions = actions_from_plan(table, day)
+    require_passed_check(checks, day, plan_id, table_sha256(table))
     return plan_id, actions
 
 
-def require_passed_check(lake: Lake, day: date, plan_id: str) -> None:
-    """The plan's independent constraint check must have passed for this very plan id: actions never
-    run (nor get approved) on a plan that failed it, or whose check was never recorded."""
+def require_passed_check(checks: PlanCheckReader, day: date, plan_id: str, plan_sha256: str) -> None:
+    """The plan's independent constraint check must have passed for this very plan id and these very rows
+    (content hash): actions never run (nor get approved) on a plan that failed it, whose check was never
+    recorded, or whose partition was edited after the check."""
     if not plan_id:
         return  # a plan of keeps only: nothing to act on
-    if lake.partition_file(PLAN_CHECKS_TABLE, day=day) is None:
-        raise PlanError(
-            f"the portfolio plan of {day} ({plan_id}) has no recorded constraint check ('{PLAN_CHECKS_TABLE}'); "
-            "re-materialise plan/portfolio_plan for that day so that its check runs"
-        )
-    checks = [r for r in lake.read(PLAN_CHECKS_TABLE, day=day).to_pylist() if r["plan_id"] == plan_id]
-    if not checks:
-        raise PlanError(
-            f"the constraint check of {day} is for another plan than {plan_id}; re-materialise plan/portfolio_plan"
-        )
-    if not all(c["passed"] for c in checks):
-        failed = checks[0]
-        raise PlanError(
-            f"the portfolio plan of {day} ({plan_id}) failed its constraint check "
-            f"({failed['violation_count']} violation(s), solver {failed['solver_status']}: "
-            f"{failed['violations'][:300]}); "
-            "the executor never acts on it: fix the constraints (config/constraints.yaml) and re-plan"
-        )
+    status = plan_check_status(checks(day), day, plan_id, plan_sha256)
+    if not status.passed:
+        raise PlanError(status.reason)
 
 
 def approve(
@@ -103,9 +104,11 @@ def approve(
     source: str = "cli",
     plan_id: str | None = None,
     now: datetime | None = None,
+    *,
+    checks: PlanCheckReader,
 ) -> Approval:
     """Record an approval of ``action_ids`` (or all) of ``day``'s current plan; ``plan_id``, when given, must match."""
-    current, actions = read_plan(lake, day)
+    current, actions = read_plan(lake, day, checks)
     if plan_id is not None and plan_id != current:
         from cloudopt_pipelines.executor.approvals import ApprovalError
 
@@ -123,18 +126,22 @@ def execute_day(
     paths: ExecutorPaths,
     day: date,
     mode: str,
-    aws: ExecutorAws,
+    aws: ExecutorAws | ExecutionTarget,
     policy: ExecutorPolicy | None = None,
     extra_approvals: Sequence[Approval] = (),
     run_id: str | None = None,
     now: Callable[[], datetime] | None = None,
+    *,
+    checks: PlanCheckReader,
 ) -> tuple[RunResult, Path]:
     """Run the executor on ``day``'s plan, then rebuild that day's ``executed_actions`` partition."""
-    plan_id, actions = read_plan(lake, day)
-    approvals = [*paths.approvals().for_day(day), *extra_approvals]
-    executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
-    result = executor.run(day, plan_id, actions, approvals, mode, run_id)
-    return result, write_actions_partition(lake, paths.audit(), day)
+    run_id = run_id or uuid.uuid4().hex
+    with executor_lock(paths.home, f"execute {day} --mode {mode}", run_id=run_id):
+        plan_id, actions = read_plan(lake, day, checks)
+        approvals = [*paths.approvals().for_day(day), *extra_approvals]
+        executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
+        result = executor.run(day, plan_id, actions, approvals, mode, run_id)
+        return result, write_actions_partition(lake, paths.audit(), day)
 
 
 def rollback(
@@ -143,17 +150,32 @@ def rollback(
     action_id: str,
     mode: str,
     by: str,
-    aws: ExecutorAws,
+    aws: ExecutorAws | ExecutionTarget,
     policy: ExecutorPolicy | None = None,
 ) -> Decision:
     """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""
     audit = paths.audit()
-    try:
-        return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by)
-    finally:
-        days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
-        for day in days:
-            write_actions_partition(lake, audit, date.fromisoformat(str(day)))
+    with executor_lock(paths.home, f"rollback {action_id} --mode {mode}", by=by):
+        try:
+            planned = planned_action(lake, audit, action_id)
+            return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by, planned=planned)
+        finally:
+            days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
+            for day in days:
+                write_actions_partition(lake, audit, date.fromisoformat(str(day)))
+
+
+def planned_action(lake: Lake, audit: AuditLog, action_id: str) -> PlannedAction | None:
+    """The plan row of ``action_id`` if the plan partition of its day still holds it (else None)."""
+    for day in sorted({str(r["date"]) for r in audit.history(action_id) if r.get("date")}):
+        try:
+            _, actions = actions_from_plan(lake.read(PLAN_TABLE, day=date.fromisoformat(day)), date.fromisoformat(day))
+        except (FileNotFoundError, PlanError, ValueError):
+            continue
+        found = next((a for a in actions if a.action_id == action_id), None)
+        if found is not None:
+            return found
+    return None
 
 
 def write_actions_partition(lake: Lake, audit: AuditLog, day: date) -> Path:

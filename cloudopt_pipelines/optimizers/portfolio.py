@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -34,11 +33,12 @@ import pyarrow as pa
 
 from cloudopt_pipelines import vocabulary
 from cloudopt_pipelines.optimizers.linear import KEEP, LinearOptimizer, Solution, check_plan
-from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.project_files import default_constraints_path
+from cloudopt_pipelines.settings import plan_constraints
 from cloudopt_pipelines.storage.schemas import MAX_COST_USD, PORTFOLIO_PLAN
 
 CONFIG_ENV = "CLOUDOPT_PLAN_CONSTRAINTS"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "constraints.yaml"
+DEFAULT_CONFIG_PATH = default_constraints_path()
 BUILT_IN = "<built-in defaults>"
 
 PORTFOLIO_KEYS = ("monthly_budget_usd", "max_one_time_cost_usd", "max_changes", "max_average_performance_risk")
@@ -108,11 +108,11 @@ class PlanConfig:
 
 def config_path(explicit: str | Path | None = None, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
     """The constraints file to use and why: explicit (asset config / CLI) > $CLOUDOPT_PLAN_CONSTRAINTS > default."""
-    environ = os.environ if environ is None else environ
     if explicit:
         return Path(explicit).expanduser(), "asset config constraints_path"
-    if environ.get(CONFIG_ENV, "").strip():
-        return Path(environ[CONFIG_ENV].strip()).expanduser(), f"${CONFIG_ENV}"
+    from_env = plan_constraints(environ)
+    if from_env is not None:
+        return from_env, f"${CONFIG_ENV}"
     return DEFAULT_CONFIG_PATH, "default"
 
 
@@ -710,55 +710,29 @@ def _plan_id(day: date | None, instances: list, constraints: Mapping, rules: Map
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------- from the lake
+# ------------------------------------------------------------------------------------ the day
 
 
-def read_day(lake: Lake, day: date) -> tuple[list[str], pa.Table | None, pa.Table | None]:
-    """The accounts with a ``recommendations`` partition on ``day``, their rows and their ``resources`` rows."""
-    accounts = sorted({a for a, d in lake.partitions("recommendations") if a and d == day.isoformat()})
-    recs = [lake.read("recommendations", a, day) for a in accounts]
-    resources = [lake.read("resources", a, day) for a in accounts if lake.partition_file("resources", a, day)]
-    return (
-        accounts,
-        pa.concat_tables(recs) if recs else None,
-        pa.concat_tables(resources, promote_options="permissive") if resources else None,
-    )
+def problem_for_day(
+    day: date,
+    candidate_sets: Sequence[Iterable[Candidate]],
+    resources: pa.Table | None,
+    constraints_path: str | Path | None = None,
+    unpriced: Sequence[Unpriced] = (),
+) -> PlanProblem:
+    """The plan problem of one day from every optimiser's candidates (the asset, and ``cloudopt plan --date``).
 
-
-def _read_recommendations(lake: Lake, day: date) -> tuple[list[str], pa.Table, pa.Table | None]:
-    accounts, recs, resources = read_day(lake, day)
-    if not accounts or recs is None:
-        raise NoAccountsError(
-            f"no account has a recommendations partition for {day} under {lake.table_dir('recommendations')}; "
-            f"materialise the daily pipeline for that day first (cloudopt run --start {day} --end {day})"
-        )
-    return accounts, recs, resources
-
-
-def day_candidates(lake: Lake, day: date) -> tuple[list[str], list[Candidate], pa.Table | None, list[str]]:
-    """Accounts present, candidates of every recommender, their ``resources`` rows and merge notes.
-
-    Recommenders plug in here: each adds its own ``candidates_from_...`` list to ``merge_candidates``.
-    Unpriceable resources are not candidates: :func:`unpriceable_resources` says which and why.
-    """
-    accounts, recs, resources = _read_recommendations(lake, day)
-    candidates, notes = merge_candidates(candidates_from_recommendations(recs))
-    return accounts, candidates, resources, notes
-
-
-def problem_for_day(lake: Lake, day: date, constraints_path: str | Path | None = None) -> tuple[list[str], PlanProblem]:
-    """The accounts present and the plan problem of one day (the asset, and ``cloudopt plan --date``).
-
-    Unpriceable resources (an instance type missing from the price catalogue, a cost that is not a
-    finite amount within bounds) are left out of the plan, each named with its reason in
-    ``problem.unpriced`` and ``problem.notes``; the rest of the day plans as usual.
+    ``candidate_sets`` holds one list per optimiser, in registry order; ``resources`` is the day's
+    inventory of the accounts present (for the group and environment labels). ``unpriced`` are the
+    resources the optimisers' rows could not price (:meth:`DeploymentOptimizer.unpriced`: an instance
+    type missing from the price catalogue, a cost that is not a finite amount within bounds): they are
+    not candidates, and each is named with its reason in ``problem.unpriced`` and ``problem.notes``;
+    the rest of the day plans as usual.
     """
     config = load_config(constraints_path)
-    accounts, recs, resources = _read_recommendations(lake, day)
-    candidates, notes = merge_candidates(candidates_from_recommendations(recs))
+    candidates, notes = merge_candidates(*candidate_sets)
     labels = label_candidates(candidates, resources, config)
-    unpriced = unpriceable_resources(recs)
-    return accounts, build_problem(candidates, labels, config, day=day, notes=notes, unpriced=unpriced)
+    return build_problem(candidates, labels, config, day=day, notes=notes, unpriced=unpriced)
 
 
 # -------------------------------------------------------------------------------------- solve

@@ -1,7 +1,9 @@
 """Off-hours schedules for non-production instances: pure logic, no Dagster.
 
-From the 5-minute samples we build the hour-of-week activity profile (168 buckets, Monday 00:00 first,
-in the instance's own time zone from tag ``tz`` / ``timezone``, else UTC). A bucket is *idle* when the
+The schedule reads the hour-of-week activity profile (168 buckets, Monday 00:00 first, in the
+instance's own time zone from tag ``tz`` / ``timezone``, else UTC): the ``activity_profile`` feature
+model in the recommender (:func:`hour_of_week_from_features`), or :func:`hour_of_week_profile` over raw
+5-minute samples. A bucket is *idle* when the
 95th percentile of its 5-minute CPU maxima is at most ``idle_cpu_pct`` (default 5 %). The schedule
 stops the instance over the longest run of hours idle on **every** weekday (wrapping midnight) and,
 when Saturday and Sunday are idle all day, over the whole weekend. It is written two ways people
@@ -22,6 +24,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
+import pyarrow as pa
 
 from cloudopt_pipelines import vocabulary
 from cloudopt_pipelines.vocabulary import ENVIRONMENT_TAG_KEYS, PRODUCTION_VALUES
@@ -163,9 +166,71 @@ def _longest_circular_run(flags: np.ndarray) -> tuple[int, int]:
     return best
 
 
+@dataclass(frozen=True)
+class HourOfWeek:
+    """P95 of the 5-minute CPU maxima per hour-of-week bucket (NaN: no sample), samples per bucket,
+    and the zone the buckets are in."""
+
+    p95_pct: np.ndarray
+    samples: np.ndarray
+    timezone: str
+
+
+def hour_of_week_from_features(rows: pa.Table | Sequence[Mapping[str, object]], tags: Mapping[str, str]) -> HourOfWeek:
+    """The buckets of one instance from its ``activity_profile`` rows (``cpu_p95_pct``, ``samples``).
+
+    The model resolves the zone from the tags; a zone tag that is not an IANA name is an error
+    naming the tag (as :func:`timezone_of`), never a silent UTC schedule.
+    """
+    records = rows.to_pylist() if isinstance(rows, pa.Table) else list(rows)
+    p95 = np.full(HOURS_PER_WEEK, np.nan)
+    counts = np.zeros(HOURS_PER_WEEK, dtype=int)
+    zone = None
+    for r in records:
+        if r.get("tz_source") == "invalid_tag":
+            timezone_of(tags)  # raises the error that names the tag
+        zone = zone or r.get("timezone")
+        b = int(r["hour_of_week"])
+        counts[b] = int(r["samples"] or 0)
+        p95[b] = np.nan if r.get("cpu_p95_pct") is None else float(r["cpu_p95_pct"])
+    return HourOfWeek(p95, counts, zone or timezone_of(tags))
+
+
 def recommend_schedule(
     timestamps: Sequence[datetime] | np.ndarray,
     cpu_max_pct: Sequence[float] | np.ndarray,
+    tags: Mapping[str, str],
+    monthly_instance_cost_usd: float,
+    *,
+    idle_cpu_pct: float = 5.0,
+    min_stop_hours: int = 4,
+    margin_hours: int = 1,
+    min_days: int = 7,
+    environment_tag_keys: Sequence[str] = ENVIRONMENT_TAG_KEYS,
+) -> ScheduleRecommendation | None:
+    """An off-hours schedule for a non-production standalone instance from raw 5-minute samples, or None.
+
+    The samples path of :func:`schedule_from_profile` (which the recommender calls with the
+    ``activity_profile`` features); the same rules and arguments.
+    """
+    if is_production(tags, environment_tag_keys) or is_group_member(tags):
+        return None
+    tz = timezone_of(tags)
+    profile, counts = hour_of_week_profile(timestamps, cpu_max_pct, tz)
+    return schedule_from_profile(
+        HourOfWeek(profile, counts, tz),
+        tags,
+        monthly_instance_cost_usd,
+        idle_cpu_pct=idle_cpu_pct,
+        min_stop_hours=min_stop_hours,
+        margin_hours=margin_hours,
+        min_days=min_days,
+        environment_tag_keys=environment_tag_keys,
+    )
+
+
+def schedule_from_profile(
+    hours: HourOfWeek,
     tags: Mapping[str, str],
     monthly_instance_cost_usd: float,
     *,
@@ -179,12 +244,13 @@ def recommend_schedule(
 
     None when the instance is production (or has no environment tag), belongs to a group or cluster,
     has under ``min_days`` of samples, or has no idle run of at least ``min_stop_hours`` a night and no
-    idle weekend. ``margin_hours`` of idle time is kept running on each side of the active period.
+    idle weekend. A bucket is idle when its P95 is at most ``idle_cpu_pct``. ``margin_hours`` of idle
+    time is kept running on each side of the active period.
     """
     if is_production(tags, environment_tag_keys) or is_group_member(tags):
         return None
-    tz = timezone_of(tags)
-    profile, counts = hour_of_week_profile(timestamps, cpu_max_pct, tz)
+    tz = hours.timezone
+    profile, counts = hours.p95_pct, hours.samples
     if int(counts.sum()) < min_days * 288 * 0.8 or (counts == 0).any():
         return None
     idle = profile <= idle_cpu_pct

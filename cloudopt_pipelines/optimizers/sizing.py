@@ -1,4 +1,10 @@
-"""Right-sizing of one EC2 instance from its 5-minute utilisation: pure logic, no Dagster.
+"""Right-sizing of one EC2 instance from its utilisation over the window: pure logic, no Dagster.
+
+The statistics come from the features stage: :func:`profile_from_features` reads one
+``utilization_window`` row (percentiles, maxima, means, saturation, daily-peak spread and trend,
+network peak), and only the burstable credit replay reads the ordered 5-minute series
+(``stg_utilization_5m``, :func:`cpu_series`). :func:`analyze_utilization` computes the same profile
+from raw samples with numpy, for tests and ad-hoc use.
 
 The rules, in the order a reader would check them:
 
@@ -25,8 +31,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -126,23 +132,55 @@ RISK_SETTINGS: dict[str, SizingPolicy] = {
 DEFAULT_RISK_SETTING = "balanced"
 
 
+# The percentiles a profile carries: those of the ``utilization_window`` feature model (100 = maximum).
+PROFILE_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 100.0)
+_WINDOW_COLUMNS = {50.0: "p50", 90.0: "p90", 95.0: "p95", 99.0: "p99", 99.5: "p995", 100.0: "max"}
+MIN_PEAK_DAY_SAMPLES = SAMPLES_PER_DAY // 4
+
+
+@dataclass(frozen=True)
+class CpuSeries:
+    """The ordered 5-minute CPU of one instance (vCPU), only for what needs the order: the burstable
+    credit replay spends credits interval by interval, which no percentile can stand in for."""
+
+    mean_vcpu: np.ndarray  # 5-minute averages (the peak where a slot has no average)
+    peak_vcpu: np.ndarray  # 5-minute maxima where the source gives them, else the averages
+
+
+@dataclass(frozen=True)
+class DailyPeaks:
+    """Spread and trend of the daily CPU peaks (vCPU), over days with a quarter of their samples."""
+
+    days: int
+    mean_vcpu: float
+    std_vcpu: float
+    first_half_mean_vcpu: float | None  # the first floor(days / 2) days, in date order
+    second_half_mean_vcpu: float | None
+
+
 @dataclass(frozen=True)
 class UtilizationProfile:
-    """What the 5-minute samples of one instance say, in vCPU and GiB of the current instance."""
+    """What the utilisation of one instance over the window says, in vCPU and GiB of the current instance.
+
+    The shipped recommender builds it from the ``utilization_window`` feature row
+    (:func:`profile_from_features`); :func:`analyze_utilization` computes the same statistics from raw
+    5-minute samples with numpy (same percentile method: linear interpolation, numpy's default).
+    """
 
     vcpu: float
     memory_gib: float
-    cpu_peak_vcpu: np.ndarray  # per 5-minute interval, maxima where the source gives them
-    cpu_mean_vcpu: np.ndarray
-    mem_gib: np.ndarray | None  # None: no memory data
+    cpu_peak_quantiles_vcpu: dict[float, float]  # percentile (PROFILE_PERCENTILES) of the 5-minute maxima
+    cpu_mean_vcpu: float  # mean of the 5-minute averages
+    mem_quantiles_gib: dict[float, float] | None  # None: no memory data
     net_peak_bps: float | None  # None: no network data
     net_bytes_per_day: float | None
     samples: int
     expected_samples: int
     days_with_data: int
-    daily_peaks: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    daily_peaks: DailyPeaks | None = None
     capacity_vcpu: float = 0.0  # what 100 % CPU means in vCPU (the VM's own cores, else the instance's)
     saturated_share: float = 0.0  # share of 5-minute averages at or above SATURATION_PCT
+    series: CpuSeries | None = None  # None: no ordered series (burstable types cannot be checked)
     nonfinite_samples: int = 0  # samples with a NaN (flagged by the features stage) or infinite value: excluded
     out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
     max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
@@ -153,8 +191,7 @@ class UtilizationProfile:
         the metric is not capped at all (a source that reports over 100 %, such as MHz-based traces)."""
         if self.saturated_share >= SATURATED_SHARE:
             return True
-        peak = float(self.cpu_peak_vcpu.max()) if self.cpu_peak_vcpu.size else 0.0
-        return bool(self.capacity_vcpu) and peak > self.capacity_vcpu * 1.0001
+        return bool(self.capacity_vcpu) and self.cpu_max_vcpu > self.capacity_vcpu * 1.0001
 
     @property
     def coverage(self) -> float:
@@ -162,13 +199,29 @@ class UtilizationProfile:
 
     @property
     def has_memory(self) -> bool:
-        return self.mem_gib is not None and self.mem_gib.size > 0
+        return self.mem_quantiles_gib is not None
+
+    def cpu_vcpu(self, q: float) -> float:
+        """Percentile ``q`` of the 5-minute CPU maxima, in vCPU (0 without samples)."""
+        if not self.samples:
+            return 0.0
+        return _quantile(self.cpu_peak_quantiles_vcpu, q, "CPU")
+
+    def mem_gib(self, q: float = 100.0) -> float:
+        """Percentile ``q`` of memory used, in GiB (0 without memory data)."""
+        return _quantile(self.mem_quantiles_gib, q, "memory") if self.mem_quantiles_gib else 0.0
+
+    @property
+    def cpu_max_vcpu(self) -> float:
+        return self.cpu_vcpu(100.0)
+
+    @property
+    def mem_max_gib(self) -> float:
+        return self.mem_gib(100.0)
 
     def cpu_pct(self, q: float) -> float:
         """Percentile ``q`` of the 5-minute CPU maxima, as % of the current instance."""
-        if self.cpu_peak_vcpu.size == 0:
-            return 0.0
-        return float(np.percentile(self.cpu_peak_vcpu, q)) / self.vcpu * 100
+        return self.cpu_vcpu(q) / self.vcpu * 100
 
     @property
     def cpu_max_pct(self) -> float:
@@ -176,7 +229,7 @@ class UtilizationProfile:
 
     @property
     def cpu_mean_pct(self) -> float:
-        return float(self.cpu_mean_vcpu.mean()) / self.vcpu * 100 if self.cpu_mean_vcpu.size else 0.0
+        return self.cpu_mean_vcpu / self.vcpu * 100
 
     @property
     def is_idle(self) -> bool:
@@ -185,6 +238,16 @@ class UtilizationProfile:
             return False
         low_network = self.net_bytes_per_day is None or self.net_bytes_per_day <= IDLE_MAX_NET_BYTES_PER_DAY
         return self.cpu_max_pct <= IDLE_MAX_CPU_PCT and low_network
+
+
+def _quantile(quantiles: dict[float, float], q: float, what: str) -> float:
+    try:
+        return quantiles[float(q)]
+    except KeyError:
+        raise SizingError(
+            f"the {what} percentile {q:g} is not in the utilisation profile; it carries "
+            f"{', '.join(f'{p:g}' for p in PROFILE_PERCENTILES)} (the utilization_window feature columns)"
+        ) from None
 
 
 def analyze_utilization(
@@ -201,9 +264,11 @@ def analyze_utilization(
 ) -> UtilizationProfile:
     """Turn 5-minute samples (in %, of ``provisioned_*`` or else of the instance) into a profile.
 
-    ``cpu_max_pct`` is CloudWatch ``Maximum`` per 5 minutes (used for sizing where given; ``cpu_pct``
-    otherwise); NaN marks a missing sample. ``net_bytes`` is in+out bytes per 5 minutes.
-    ``window_days`` sets the expected sample count that coverage and confidence are measured against.
+    The samples path, for tests and ad-hoc use: the recommender and the backtest read the same
+    statistics from the feature models (:func:`profile_from_features`). ``cpu_max_pct`` is CloudWatch
+    ``Maximum`` per 5 minutes (used for sizing where given; ``cpu_pct`` otherwise); NaN marks a missing
+    sample. ``net_bytes`` is in+out bytes per 5 minutes. ``window_days`` sets the expected sample count
+    that coverage and confidence are measured against. Days are consecutive runs of 288 samples.
     """
     base_vcpu = provisioned_vcpu or vcpu
     base_mem = provisioned_memory_gib or memory_gib
@@ -219,6 +284,7 @@ def analyze_utilization(
     out_of_range = (peak < 0) | (peak > 100) | (avg < 0) | (avg > 100)
     peak_v = np.clip(peak[present], 0, None) / 100 * base_vcpu
     mean_v = np.clip(np.where(np.isnan(avg), peak, avg)[present], 0, None) / 100 * base_vcpu
+    avg_present = avg[~np.isnan(avg)]
     mem = None
     extra_nonfinite = extra_out_of_range = 0
     if mem_pct is not None:
@@ -230,7 +296,8 @@ def analyze_utilization(
         else:
             extra_nonfinite, extra_out_of_range = int(m_bad.sum()), int(m_out.sum())
         m = m[~np.isnan(m)]
-        mem = np.clip(m, 0, None) / 100 * base_mem if m.size else None
+        if m.size:
+            mem = _quantiles(np.clip(m, 0, None) / 100 * base_mem)
     net_peak = net_day = None
     if net_bytes is not None:
         nb = np.asarray(net_bytes, dtype=float)
@@ -243,29 +310,29 @@ def analyze_utilization(
         if nb.size:
             net_peak = float(nb.max()) * 8 / 300
             net_day = float(nb.sum()) / max(nb.size / SAMPLES_PER_DAY, 1 / SAMPLES_PER_DAY)
-    n_days = math.ceil(peak.size / SAMPLES_PER_DAY)
     daily = []
-    for d in range(n_days):
+    for d in range(math.ceil(peak.size / SAMPLES_PER_DAY)):
         chunk = peak[d * SAMPLES_PER_DAY : (d + 1) * SAMPLES_PER_DAY]
         chunk = chunk[~np.isnan(chunk)]
-        if chunk.size >= SAMPLES_PER_DAY // 4:
+        if chunk.size >= MIN_PEAK_DAY_SAMPLES:
             daily.append(float(chunk.max()) / 100 * base_vcpu)
     saturated = float((mean_v >= SATURATION_PCT / 100 * base_vcpu).mean()) if mean_v.size else 0.0
     expected = round((window_days if window_days is not None else peak.size / SAMPLES_PER_DAY) * SAMPLES_PER_DAY)
     return UtilizationProfile(
         vcpu=float(vcpu),
         memory_gib=float(memory_gib),
-        cpu_peak_vcpu=peak_v,
-        cpu_mean_vcpu=mean_v,
-        mem_gib=mem,
+        cpu_peak_quantiles_vcpu=_quantiles(peak_v),
+        cpu_mean_vcpu=float(np.clip(avg_present, 0, None).mean()) / 100 * base_vcpu if avg_present.size else 0.0,
+        mem_quantiles_gib=mem,
         net_peak_bps=net_peak,
         net_bytes_per_day=net_day,
         samples=int(present.sum()),
         expected_samples=expected,
         days_with_data=len(daily),
-        daily_peaks=np.asarray(daily),
+        daily_peaks=_daily_peaks(np.asarray(daily)),
         capacity_vcpu=float(base_vcpu),
         saturated_share=saturated,
+        series=CpuSeries(mean_v, peak_v),
         nonfinite_samples=int(infinite.sum()) + extra_nonfinite,
         out_of_range_samples=int(out_of_range.sum()) + extra_out_of_range,
         max_sample_pct=float(np.nanmax(peak)) if present.any() else 0.0,
@@ -274,6 +341,122 @@ def analyze_utilization(
 
 def _finite_or_nan(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values), values, np.nan)
+
+
+def _quantiles(values: np.ndarray) -> dict[float, float]:
+    if values.size == 0:
+        return dict.fromkeys(PROFILE_PERCENTILES, 0.0)
+    return {q: float(v) for q, v in zip(PROFILE_PERCENTILES, np.percentile(values, PROFILE_PERCENTILES), strict=True)}
+
+
+def _daily_peaks(peaks: np.ndarray) -> DailyPeaks | None:
+    if peaks.size == 0:
+        return None
+    half = peaks.size // 2
+    return DailyPeaks(
+        days=int(peaks.size),
+        mean_vcpu=float(peaks.mean()),
+        std_vcpu=float(peaks.std()),
+        first_half_mean_vcpu=float(peaks[:half].mean()) if half else None,
+        second_half_mean_vcpu=float(peaks[half:].mean()),
+    )
+
+
+def profile_from_features(
+    window: Mapping[str, Any] | None,
+    *,
+    vcpu: float,
+    memory_gib: float,
+    series: CpuSeries | None = None,
+    provisioned_vcpu: float | None = None,
+    provisioned_memory_gib: float | None = None,
+) -> UtilizationProfile:
+    """The profile of one instance from its ``utilization_window`` row (the features stage).
+
+    Percentages are of ``provisioned_*`` (the VM's own size, where a trace gives it) or else of the
+    instance. ``series`` is the ordered 5-minute CPU (:func:`cpu_series`), needed only to replay a
+    burstable type's credits; without it no burstable type is offered. ``window`` None (no row: no
+    samples in the window) gives an empty profile. Negative percentages (out of range) count as 0.
+
+    Bad samples, as the features stage counted them: ``nonfinite_samples`` (NaN or infinite, excluded
+    from every statistic) are named in the rationale; ``out_of_range_samples`` (CPU or memory outside
+    0-100 %, kept) cap the confidence and are named with the highest CPU seen. A statistic the sizing
+    reads that is itself NaN or infinite (a partition not written by the shipped models) raises
+    :class:`NonFiniteStatistic` naming the column: nothing is sized from it, never a silent 0.
+    """
+    base_vcpu = float(provisioned_vcpu or vcpu)
+    base_mem = float(provisioned_memory_gib or memory_gib)
+    row = dict(window or {})
+
+    def pct(name: str) -> float | None:
+        value = row.get(name)
+        if value is None:
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteStatistic(
+                f"utilization_window of {row.get('resource_id')}: {name} is {value} (not a finite number), so no "
+                "recommendation is made from it; the models exclude NaN and infinite samples: re-materialise "
+                "features/utilization_window for the window (and what it reads)"
+            )
+        return value
+
+    def vcpu_of(value: float | None) -> float:
+        return max(value or 0.0, 0.0) / 100 * base_vcpu
+
+    cpu = {q: vcpu_of(pct(f"cpu_{col}_pct")) for q, col in _WINDOW_COLUMNS.items()}
+    mem = None
+    if row.get("mem_samples"):
+        mem = {q: max(pct(f"mem_{col}_pct") or 0.0, 0.0) / 100 * base_mem for q, col in _WINDOW_COLUMNS.items()}
+    net_peak = net_day = None
+    net_max = pct("net_max_bytes")
+    if row.get("net_samples") and net_max is not None:
+        net_peak = net_max * 8 / 300
+        total = (pct("net_in_bytes") or 0.0) + (pct("net_out_bytes") or 0.0)
+        net_day = total / (int(row["net_samples"]) / SAMPLES_PER_DAY)
+    peaks = None
+    if row.get("cpu_daily_peak_days"):
+        first, second = pct("cpu_daily_peak_first_half_pct"), pct("cpu_daily_peak_second_half_pct")
+        peaks = DailyPeaks(
+            days=int(row["cpu_daily_peak_days"]),
+            mean_vcpu=vcpu_of(pct("cpu_daily_peak_mean_pct")),
+            std_vcpu=(pct("cpu_daily_peak_std_pct") or 0.0) / 100 * base_vcpu,
+            first_half_mean_vcpu=None if first is None else vcpu_of(first),
+            second_half_mean_vcpu=None if second is None else vcpu_of(second),
+        )
+    return UtilizationProfile(
+        vcpu=float(vcpu),
+        memory_gib=float(memory_gib),
+        cpu_peak_quantiles_vcpu=cpu,
+        cpu_mean_vcpu=vcpu_of(pct("cpu_mean_pct")),
+        mem_quantiles_gib=mem,
+        net_peak_bps=net_peak,
+        net_bytes_per_day=net_day,
+        samples=int(row.get("samples") or 0),
+        expected_samples=int(row.get("expected_samples") or 0),
+        days_with_data=int(row.get("days_with_data") or 0),
+        daily_peaks=peaks,
+        capacity_vcpu=base_vcpu,
+        saturated_share=(pct("cpu_saturated_share_pct") or 0.0) / 100,
+        series=series,
+        nonfinite_samples=int(row.get("nonfinite_samples") or 0),
+        out_of_range_samples=int(row.get("out_of_range_samples") or 0),
+        max_sample_pct=pct("cpu_max_pct") or 0.0,
+    )
+
+
+def cpu_series(
+    cpu_pct: np.ndarray, cpu_peak_pct: np.ndarray, vcpu: float, provisioned_vcpu: float | None = None
+) -> CpuSeries:
+    """The ordered series for the credit replay from ``stg_utilization_5m`` columns (in %, NaN = NULL):
+    slots without a CPU peak are left out, a slot without an average spends its peak."""
+    base = provisioned_vcpu or vcpu
+    avg = _finite_or_nan(np.asarray(cpu_pct, dtype=float))  # the models write NULL, never NaN or Inf
+    peak = _finite_or_nan(np.asarray(cpu_peak_pct, dtype=float))
+    peak = np.where(np.isnan(peak), avg, peak)
+    present = ~np.isnan(peak)
+    mean = np.where(np.isnan(avg), peak, avg)[present]
+    return CpuSeries(np.clip(mean, 0, None) / 100 * base, np.clip(peak[present], 0, None) / 100 * base)
 
 
 def adaptive_factor(profile: UtilizationProfile) -> float:
@@ -285,11 +468,10 @@ def adaptive_factor(profile: UtilizationProfile) -> float:
     samples do not count. With under 3 days there is no trend to read: the factor is 1.
     """
     peaks = profile.daily_peaks
-    if peaks.size < 3 or peaks.mean() <= 0:
+    if peaks is None or peaks.days < 3 or peaks.mean_vcpu <= 0:
         return 1.0
-    cv = min(float(peaks.std() / peaks.mean()), 0.5)
-    half = peaks.size // 2
-    first, second = float(peaks[:half].mean()), float(peaks[half:].mean())
+    cv = min(peaks.std_vcpu / peaks.mean_vcpu, 0.5)
+    first, second = peaks.first_half_mean_vcpu or 0.0, peaks.second_half_mean_vcpu or 0.0
     growth = min(max((second - first) / first, 0.0), 0.5) if first > 0 else 0.0
     return (1 + cv) * (1 + growth)
 
@@ -312,18 +494,18 @@ class Demand:
 
 def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Demand:
     """The vCPU, memory and network a candidate must provide under ``policy``."""
-    p_cpu = float(np.percentile(profile.cpu_peak_vcpu, policy.cpu_percentile)) if profile.samples else 0.0
+    p_cpu = profile.cpu_vcpu(policy.cpu_percentile)
     factor = adaptive_factor(profile) if policy.adaptive else 1.0
     headroom = (1 + policy.cpu_headroom_pct / 100) * factor
     vcpu = p_cpu * headroom
     if policy.floor_at_max and profile.samples:
-        vcpu = max(vcpu, float(profile.cpu_peak_vcpu.max()))
+        vcpu = max(vcpu, profile.cpu_max_vcpu)
     if policy.cap_at_current and not profile.is_saturated and profile.capacity_vcpu:
         # Headroom on a metric capped at 100 % cannot prove a need above the current size.
         vcpu = min(vcpu, profile.capacity_vcpu)
     mem = None
     if profile.has_memory:
-        mem = float(profile.mem_gib.max()) * (1 + policy.memory_headroom_pct / 100)
+        mem = profile.mem_max_gib * (1 + policy.memory_headroom_pct / 100)
     net = profile.net_peak_bps * (1 + policy.cpu_headroom_pct / 100) if profile.net_peak_bps is not None else None
     for name, value in (
         (f"CPU P{policy.cpu_percentile:g} of the 5-minute maxima", p_cpu),
@@ -551,50 +733,65 @@ def simulate_credits(
 
 
 def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> tuple[bool, str]:
-    """Does the CPU profile fit this burstable type's baseline credits?"""
+    """Does the CPU profile fit this burstable type's baseline credits?
+
+    The mean is the window's (``utilization_window.cpu_mean_pct``); whether the credits last needs the
+    ordered series (``profile.series``): without it the answer is no.
+    """
     baseline_pct = instance.burstable_baseline_pct
     if baseline_pct is None:
         return False, "not a burstable type"
     baseline_vcpu = baseline_pct / 100 * instance.vcpu
-    mean = float(profile.cpu_mean_vcpu.mean()) if profile.cpu_mean_vcpu.size else 0.0
+    mean = profile.cpu_mean_vcpu
     if mean * (1 + demand.cpu_headroom_pct / 100) > baseline_vcpu:
         return False, (
             f"mean CPU {mean:.2f} vCPU with headroom exceeds the {baseline_pct:g} % baseline "
             f"({baseline_vcpu:.2f} vCPU) of {instance.instance_type}"
         )
-    capacity, _ = simulate_credits(profile.cpu_mean_vcpu, instance)
+    if profile.series is None:
+        return False, f"no 5-minute series to replay the CPU credits of {instance.instance_type}"
+    capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
     if np.any(capacity < instance.vcpu):
         return False, f"the CPU credits of {instance.instance_type} run out in the window"
     return True, f"mean CPU stays under the {baseline_pct:g} % baseline and credits never run out"
 
 
+def _risk_from_quantiles(quantiles: dict[float, float], capacity: float) -> float:
+    """The 0-4 score of a fixed capacity, read from the window's percentiles: over capacity in at most
+    0.5 % of intervals is P99.5 <= capacity, at most 5 % is P95 <= capacity."""
+    if quantiles[100.0] <= 0.8 * capacity:
+        return 0.0
+    if quantiles[100.0] <= capacity:
+        return 1.0
+    return 2.0 if quantiles[99.5] <= capacity else 3.0 if quantiles[95.0] <= capacity else 4.0
+
+
 def performance_risk(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> float:
     """Compute Optimizer's 0-4 scale (0 very low ... 4 very high), the worst over CPU and memory.
 
-    Per dimension, with the observed 5-minute demand replayed on the candidate:
-    0 the maximum stays under 80 % of capacity; 1 under 100 %; 2 at most 0.5 % of intervals over;
-    3 at most 5 % over; 4 more. Burstable types replay their credits. Without memory data the memory
+    Per dimension, with the observed 5-minute demand on the candidate: 0 the maximum stays under 80 %
+    of capacity; 1 under 100 %; 2 at most 0.5 % of intervals over; 3 at most 5 % over; 4 more. For a
+    fixed capacity these are read from the window's percentiles; a burstable type's capacity moves
+    with its credits, so its CPU is replayed on the ordered series. Without memory data the memory
     risk is 0 because memory is never reduced.
     """
-
-    def score(series: np.ndarray, capacity: np.ndarray | float) -> float:
-        if series.size == 0:
-            return 0.0
-        ratio = series / capacity
-        if ratio.max() <= 0.8:
-            return 0.0
-        if ratio.max() <= 1.0:
-            return 1.0
-        over = float((ratio > 1.0).mean())
-        return 2.0 if over <= 0.005 else 3.0 if over <= 0.05 else 4.0
-
-    if instance.burstable_baseline_pct is not None:
-        cpu_capacity, _ = simulate_credits(profile.cpu_mean_vcpu, instance)
+    if not profile.samples:
+        cpu_risk = 0.0
+    elif instance.burstable_baseline_pct is not None and profile.series is not None:
+        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
+        ratio = profile.series.peak_vcpu / cpu_capacity
+        if ratio.size == 0 or ratio.max() <= 0.8:
+            cpu_risk = 0.0
+        elif ratio.max() <= 1.0:
+            cpu_risk = 1.0
+        else:
+            over = float((ratio > 1.0).mean())
+            cpu_risk = 2.0 if over <= 0.005 else 3.0 if over <= 0.05 else 4.0
     else:
-        cpu_capacity = float(instance.vcpu)
-    risks = [score(profile.cpu_peak_vcpu, cpu_capacity)]
-    if profile.has_memory:
-        risks.append(score(profile.mem_gib, instance.memory_gib))
+        cpu_risk = _risk_from_quantiles(profile.cpu_peak_quantiles_vcpu, float(instance.vcpu))
+    risks = [cpu_risk]
+    if profile.mem_quantiles_gib is not None:
+        risks.append(_risk_from_quantiles(profile.mem_quantiles_gib, instance.memory_gib))
     return max(risks)
 
 
@@ -706,9 +903,7 @@ def recommend_resize(
             performance_risk=performance_risk(profile, t, demand),
             migration_effort="VeryLow" if t.instance_type == current.instance_type else migration_effort(current, t),
             projected_cpu_pct=round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2),
-            projected_memory_pct=(
-                round(100 * float(profile.mem_gib.max()) / t.memory_gib, 2) if profile.has_memory else None
-            ),
+            projected_memory_pct=(round(100 * profile.mem_max_gib / t.memory_gib, 2) if profile.has_memory else None),
             is_current=t.instance_type == current.instance_type,
             is_estimate=t.is_estimate,
             notes=tuple(notes),
@@ -774,7 +969,7 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
     ]
     if d.memory_gib is not None:
         parts.append(
-            f"Memory peak {float(profile.mem_gib.max()):.2f} GiB plus {rec.policy.memory_headroom_pct:g} % headroom "
+            f"Memory peak {profile.mem_max_gib:.2f} GiB plus {rec.policy.memory_headroom_pct:g} % headroom "
             f"needs {d.memory_gib:.2f} GiB."
         )
     else:

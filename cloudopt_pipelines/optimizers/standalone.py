@@ -1,7 +1,13 @@
 """The standalone EC2 optimiser: every recommendation for one instance, and the ``recommendations`` rows.
 
-Pure logic (numpy, pyarrow), never Dagster: the ``recommendations`` asset reads the lake and calls
-:func:`recommend_account`; tests and the backtest call the pieces directly.
+Pure logic (numpy, pyarrow), never Dagster: the ``recommendations`` asset reads the feature tables
+named in :data:`STANDALONE_FEATURE_INPUTS` from the lake and calls :func:`recommend_account`; tests
+and the backtest call the pieces directly.
+
+The statistics are the features stage's (``dbt_like_sql/``): percentiles, maxima, means, saturation,
+daily-peak spread and network peak from ``utilization_window``, the off-hours profile from
+``activity_profile``. Only the burstable credit replay reads raw ``stg_utilization_5m`` rows: it spends
+credits interval by interval, in order (docs/features.md, "Statistics that stay in Python").
 
 Per standalone instance (``deployment_type == 'standalone'``; group and cluster members never) the
 options are, each one row of the table with its own cost and risk:
@@ -42,8 +48,14 @@ from cloudopt_pipelines.optimizers.commitments import (
 )
 from cloudopt_pipelines.optimizers.schedules import (
     ENVIRONMENT_TAG_KEYS,
+    HourOfWeek,
     ScheduleRecommendation,
-    recommend_schedule,
+    hour_of_week_from_features,
+    hour_of_week_profile,
+    is_group_member,
+    is_production,
+    schedule_from_profile,
+    timezone_of,
 )
 from cloudopt_pipelines.optimizers.sizing import (
     DEFAULT_RISK_SETTING,
@@ -56,6 +68,8 @@ from cloudopt_pipelines.optimizers.sizing import (
     SizingPolicy,
     UtilizationProfile,
     analyze_utilization,
+    cpu_series,
+    profile_from_features,
     recommend_resize,
 )
 from cloudopt_pipelines.optimizers.standalone_actions import (
@@ -70,6 +84,55 @@ from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 PROTECT_TAG = PROTECT_TAG_KEY
 TS = pa.timestamp("us", tz="UTC")
 
+# The lake tables recommend_account reads, each with the trailing days the asset passes (ending on the
+# partition's day; 1 = that day only). utilization_window and activity_profile already cover their own
+# window (the SQL models'); the raw rows are for the burstable credit replay only, over the default
+# 14-day window of utilization_window.
+STANDALONE_FEATURE_INPUTS: dict[str, int] = {
+    "utilization_window": 1,
+    "activity_profile": 1,
+    "stg_utilization_5m": 14,
+}
+_REQUIRED_FEATURES = ("utilization_window", "activity_profile")
+# Columns the recommender reads from each feature table (the newest ones first: a partition written
+# before they existed must be re-materialised).
+FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "utilization_window": (
+        "nonfinite_samples",
+        "cpu_saturated_share_pct",
+        "cpu_daily_peak_days",
+        "cpu_daily_peak_mean_pct",
+        "cpu_daily_peak_std_pct",
+        "cpu_daily_peak_first_half_pct",
+        "cpu_daily_peak_second_half_pct",
+        "resource_id",
+        "samples",
+        "expected_samples",
+        "days_with_data",
+        "cpu_mean_pct",
+        "cpu_p50_pct",
+        "cpu_p90_pct",
+        "cpu_p95_pct",
+        "cpu_p99_pct",
+        "cpu_p995_pct",
+        "cpu_max_pct",
+        "mem_samples",
+        "mem_p50_pct",
+        "mem_p90_pct",
+        "mem_p95_pct",
+        "mem_p99_pct",
+        "mem_p995_pct",
+        "mem_max_pct",
+        "net_samples",
+        "net_in_bytes",
+        "net_out_bytes",
+        "net_max_bytes",
+        "out_of_range_samples",
+    ),
+    "activity_profile": ("cpu_p95_pct", "resource_id", "hour_of_week", "samples", "timezone", "tz_source"),
+    "stg_utilization_5m": ("resource_id", "ts", "cpu_pct", "cpu_peak_pct"),
+}
+
 
 # Proposed addition to storage/schemas.py (TABLES["recommendations"]); the asset passes it explicitly.
 @dataclass(frozen=True)
@@ -78,7 +141,7 @@ class StandaloneConfig:
 
     risk_setting: str = DEFAULT_RISK_SETTING
     policy: SizingPolicy | None = None  # overrides risk_setting
-    window_days: int = 14
+    window_days: int = 14  # expected days of the raw-samples path; utilization_window has its own
     environment_tag_keys: tuple[str, ...] = ENVIRONMENT_TAG_KEYS
     spot_workload_tag: str = SPOT_WORKLOAD_TAG
     spot_workload_values: tuple[str, ...] = SPOT_WORKLOAD_VALUES
@@ -170,6 +233,17 @@ class Samples:
 
 
 @dataclass(frozen=True)
+class InstanceFeatures:
+    """The feature rows of one instance: its ``utilization_window`` row (None: no samples in the
+    window), its ``activity_profile`` buckets, and its ordered ``stg_utilization_5m`` series (None: not
+    read; then no burstable type can be checked)."""
+
+    window: Mapping[str, Any] | None
+    activity: HourOfWeek | pa.Table | None = None
+    series: Samples | None = None
+
+
+@dataclass(frozen=True)
 class InstanceOption:
     """One row of ``recommendations`` for an instance, before ranking."""
 
@@ -219,16 +293,18 @@ class InstanceRecommendation:
 def optimize_standalone_instance(
     instance_id: str,
     instance: Instance | Mapping[str, Any],
-    samples: Samples | pa.Table,
+    samples: InstanceFeatures | Samples | pa.Table,
     catalog: Catalog,
     reserved: ReservedRates | None = None,
     config: StandaloneConfig | None = None,
 ) -> InstanceRecommendation:
     """Every recommendation for one standalone instance, each with its monthly savings.
 
-    ``instance`` is an :class:`Instance` or a ``resources`` row; ``samples`` the instance's 5-minute
-    rows over the window (or a table holding them, filtered here by ``instance_id``). Raises
-    ``ValueError`` for group or cluster members, which are never sized one by one.
+    ``instance`` is an :class:`Instance` or a ``resources`` row. ``samples`` is the instance's
+    :class:`InstanceFeatures` (what :func:`recommend_account` passes), or, for ad-hoc use, its raw
+    5-minute rows over the window (:class:`Samples`, or a table holding them, filtered here by
+    ``instance_id``) from which the same statistics are computed with numpy. Raises ``ValueError`` for
+    group or cluster members, which are never sized one by one.
     """
     config = config or StandaloneConfig()
     inst = instance if isinstance(instance, Instance) else Instance.from_row(instance)
@@ -239,19 +315,40 @@ def optimize_standalone_instance(
             f"{instance_id} is a {inst.deployment_type} member: group and cluster members are sized with their "
             "group, never as standalone instances"
         )
-    series = samples if isinstance(samples, Samples) else Samples.from_table(samples, instance_id)
     current = catalog.get(inst.region, inst.instance_type)
-    profile = analyze_utilization(
-        series.cpu_pct,
-        cpu_max_pct=series.cpu_peak_pct,
-        mem_pct=series.mem_pct,
-        net_bytes=series.net_bytes,
-        vcpu=current.vcpu,
-        memory_gib=current.memory_gib,
-        window_days=config.window_days,
-    )
-    if series.nonfinite_samples:
-        profile = replace(profile, nonfinite_samples=profile.nonfinite_samples + series.nonfinite_samples)
+    if isinstance(samples, InstanceFeatures):
+        series = samples.series
+        profile = profile_from_features(
+            samples.window,
+            vcpu=current.vcpu,
+            memory_gib=current.memory_gib,
+            series=None if series is None else cpu_series(series.cpu_pct, series.cpu_peak_pct, current.vcpu),
+        )
+
+        def hours() -> HourOfWeek:
+            if isinstance(samples.activity, HourOfWeek):
+                return samples.activity
+            rows = samples.activity if samples.activity is not None else []
+            return hour_of_week_from_features(rows, inst.tags)
+    else:
+        series = samples if isinstance(samples, Samples) else Samples.from_table(samples, instance_id)
+        profile = analyze_utilization(
+            series.cpu_pct,
+            cpu_max_pct=series.cpu_peak_pct,
+            mem_pct=series.mem_pct,
+            net_bytes=series.net_bytes,
+            vcpu=current.vcpu,
+            memory_gib=current.memory_gib,
+            window_days=config.window_days,
+        )
+        if series.nonfinite_samples:  # stg rows: the features stage already made their NaN / Inf NULL
+            profile = replace(profile, nonfinite_samples=profile.nonfinite_samples + series.nonfinite_samples)
+
+        def hours() -> HourOfWeek:
+            tz = timezone_of(inst.tags)
+            finite_peaks = np.where(np.isfinite(series.cpu_peak_pct), series.cpu_peak_pct, np.nan)
+            return HourOfWeek(*hour_of_week_profile(series.ts, finite_peaks, tz), tz)
+
     policy = config.sizing_policy
     resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
     protected = is_protected(inst.tags)
@@ -263,7 +360,7 @@ def optimize_standalone_instance(
         return InstanceOption(
             option_name="keep" if o.is_current else f"resize:{o.instance_type}",
             action=action,
-            proposed_config={"instance_type": o.instance_type, "market": "on_demand"},
+            proposed_config={"instance_type": o.instance_type, "market": "on_demand", **_architecture_change(o)},
             market="on_demand",
             vcpu=float(o.vcpu),
             memory_gib=float(o.memory_gib),
@@ -276,6 +373,12 @@ def optimize_standalone_instance(
             rationale=resize.rationale if not o.is_current else _keep_rationale(resize),
             details={"notes": list(o.notes), "architecture": o.architecture},
         )
+
+    def _architecture_change(o) -> dict[str, Any]:
+        # An image of one architecture does not boot on the other: the executor refuses it in place.
+        if o.architecture == resize.current.architecture:
+            return {}
+        return {"architecture": o.architecture, "cross_architecture": True}
 
     options.append(sizing_row(resize.current, "keep"))
     for o in resize.options:
@@ -325,14 +428,15 @@ def optimize_standalone_instance(
             )
         )
 
-    schedule = recommend_schedule(
-        series.ts,
-        np.where(np.isfinite(series.cpu_peak_pct), series.cpu_peak_pct, np.nan),
-        inst.tags,
-        target_cost,
-        idle_cpu_pct=config.schedule_idle_cpu_pct,
-        environment_tag_keys=config.environment_tag_keys,
-    )
+    schedule = None
+    if not is_production(inst.tags, config.environment_tag_keys) and not is_group_member(inst.tags):
+        schedule = schedule_from_profile(
+            hours(),
+            inst.tags,
+            target_cost,
+            idle_cpu_pct=config.schedule_idle_cpu_pct,
+            environment_tag_keys=config.environment_tag_keys,
+        )
     if schedule is not None and not profile.is_idle:
         options.append(
             InstanceOption(
@@ -497,23 +601,37 @@ def recommend_account(
     account_id: str,
     day: date,
     resources: pa.Table,
-    utilization: pa.Table,
+    features: Mapping[str, pa.Table],
     catalog: Catalog,
     reserved: ReservedRates | None = None,
     config: StandaloneConfig | None = None,
 ) -> AccountRecommendations:
     """The ``recommendations`` rows of one account on one day (schema ``RECOMMENDATIONS``).
 
-    ``resources`` is that day's inventory, ``utilization`` the ``stg_utilization_5m`` rows of the
-    trailing window. Instances whose type is not in the catalogue get a ``keep`` row whose rationale
-    says so, instead of failing the whole account. Commitments per (region, family) are computed
-    from the instances left always-on (they are also an option on each such instance's rows).
+    ``resources`` is that day's inventory; ``features`` the lake tables of
+    :data:`STANDALONE_FEATURE_INPUTS` by name: the day's ``utilization_window`` and
+    ``activity_profile`` rows (required) and the ``stg_utilization_5m`` rows of the trailing window
+    (optional: only the burstable credit replay reads them; without them no burstable type is
+    offered). Instances whose type is not in the catalogue get a ``keep`` row whose rationale says
+    so, instead of failing the whole account. Commitments per (region, family) are computed from the
+    instances left always-on (they are also an option on each such instance's rows).
     """
     config = config or StandaloneConfig()
+    missing = [name for name in _REQUIRED_FEATURES if name not in features]
+    if missing:
+        raise ValueError(
+            f"recommend_account for account {account_id} on {day} needs the feature table(s) {', '.join(missing)}; "
+            f"pass every table of STANDALONE_FEATURE_INPUTS ({', '.join(STANDALONE_FEATURE_INPUTS)})"
+        )
+    for name, table in features.items():
+        _check_columns(name, table, account_id, day)
+    windows = {r["resource_id"]: r for r in _on_day(features["utilization_window"], day).to_pylist()}
+    activity = _hours_by_resource(_on_day(features["activity_profile"], day))
+    raw = features.get("stg_utilization_5m")
+    by_resource = _split_by_resource(raw) if raw is not None else {}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     steady: list[SteadyUsage] = []
-    by_resource = _split_by_resource(utilization)
     for res in resources.to_pylist():
         kind = res.get("resource_kind")
         if kind in ("ebs_volume", "elastic_ip"):
@@ -530,20 +648,18 @@ def recommend_account(
         if res.get("state") not in (None, "running"):
             continue
         inst = Instance.from_row(res)
-        samples = by_resource.get(inst.resource_id)
+        rid = inst.resource_id
+        inputs = InstanceFeatures(
+            windows.get(rid),
+            activity.get(rid, HourOfWeek(*_no_hours(), "UTC")),
+            by_resource.get(rid, _empty_samples()) if raw is not None else None,
+        )
         try:
-            rec = optimize_standalone_instance(
-                inst.resource_id,
-                inst,
-                samples if samples is not None else _empty_samples(),
-                catalog,
-                reserved,
-                config,
-            )
+            rec = optimize_standalone_instance(rid, inst, inputs, catalog, reserved, config)
         except NonFiniteStatistic as exc:  # kept as it is, priced, with the reason
             rows.append(_unpriced_row(account_id, day, inst, str(exc), catalog.get(inst.region, inst.instance_type)))
             continue
-        except ValueError as exc:  # unknown type or region: say so on the row, keep going
+        except ValueError as exc:  # unknown type or region, a bad zone tag: say so on the row, keep going
             rows.append(_unpriced_row(account_id, day, inst, str(exc)))
             continue
         rows.extend(instance_rows(account_id, day, rec, config))
@@ -555,6 +671,54 @@ def recommend_account(
     )
     table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
     return AccountRecommendations(table=table, commitments=commitments, notes=tuple(notes))
+
+
+def _check_columns(name: str, table: pa.Table, account_id: str, day: date) -> None:
+    """A feature table with rows must have every column the recommender reads (never a silent default)."""
+    missing = [c for c in FEATURE_COLUMNS.get(name, ()) if c not in table.column_names]
+    if table.num_rows and missing:
+        raise ValueError(
+            f"feature table '{name}' for account {account_id} on {day} lacks column(s) {', '.join(missing)}: "
+            f"its partitions were written by an older model; re-materialise features/{name} for the window "
+            "(and what it reads) before the recommendations"
+        )
+
+
+def _on_day(table: pa.Table, day: date) -> pa.Table:
+    """The rows of the partition's day (a feature table passed over more days keeps only that one)."""
+    if table.num_rows == 0 or "date" not in table.column_names:
+        return table
+    return table.filter(pc.equal(table["date"], pa.scalar(day, pa.date32())))
+
+
+def _no_hours() -> tuple[np.ndarray, np.ndarray]:
+    return np.full(168, np.nan), np.zeros(168, dtype=int)
+
+
+def _hours_by_resource(table: pa.Table) -> dict[str, HourOfWeek]:
+    """``activity_profile`` rows as one :class:`HourOfWeek` per resource (vectorised: up to 168 rows each)."""
+    if table.num_rows == 0:
+        return {}
+    ids = table["resource_id"].to_numpy(zero_copy_only=False).astype(str)
+    bucket = table["hour_of_week"].to_numpy(zero_copy_only=False).astype(int)
+    samples = table["samples"].to_numpy(zero_copy_only=False).astype(int)
+    p95 = table["cpu_p95_pct"].to_numpy(zero_copy_only=False).astype(float)
+    zones = table["timezone"].to_numpy(zero_copy_only=False).astype(str)
+    sources = table["tz_source"].to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(ids, kind="stable")
+    bounds = np.flatnonzero(ids[order][1:] != ids[order][:-1]) + 1
+    out = {}
+    for chunk in np.split(order, bounds):
+        rid = ids[chunk[0]]
+        if (sources[chunk] == "invalid_tag").any():
+            # Left to hour_of_week_from_features, which names the tag when a schedule is considered.
+            out[rid] = table.take(pa.array(chunk))
+            continue
+        values, counts = _no_hours()
+        values[bucket[chunk]] = p95[chunk]
+        counts[bucket[chunk]] = samples[chunk]
+        out[rid] = HourOfWeek(values, counts, zones[chunk[0]])
+    return out
 
 
 def instance_rows(
@@ -751,8 +915,10 @@ def recommendations_summary(table: pa.Table) -> dict[str, float]:
 __all__ = [
     "HOURS_PER_MONTH",
     "RECOMMENDATIONS",
+    "STANDALONE_FEATURE_INPUTS",
     "AccountRecommendations",
     "Instance",
+    "InstanceFeatures",
     "InstanceOption",
     "InstanceRecommendation",
     "Samples",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from pydantic import Field, PrivateAttr
 
+from cloudopt_pipelines.resources.secrets import resolved, secret_from_env
 from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.settings import EXTERNAL_ID_VAR, AwsSourceSettings, load_settings
 from cloudopt_pipelines.sources.aws import DEFAULT_ROLE_SESSION_NAME, AwsCollector, AwsSettings
 
 
@@ -47,7 +48,10 @@ class AwsResource(SourceResource):
     )
     external_id: str | None = Field(
         default=None,
-        description="External id required by the role's trust policy (CLOUDOPT_EXTERNAL_ID); never logged.",
+        description=(
+            "External id required by the role's trust policy: dg.EnvVar('CLOUDOPT_EXTERNAL_ID'), read at run "
+            "time and never part of the definitions; never logged."
+        ),
     )
     role_session_name: str = Field(
         default=DEFAULT_ROLE_SESSION_NAME, description="Session name of assumed roles, seen in CloudTrail."
@@ -72,19 +76,23 @@ class AwsResource(SourceResource):
     _collector: AwsCollector | None = PrivateAttr(default=None)
 
     @classmethod
+    def from_settings(cls, aws: AwsSourceSettings) -> AwsResource:
+        """The resource for the parsed settings; the external id goes in as ``dg.EnvVar``, never as its value."""
+        return cls(
+            regions=list(aws.regions),
+            accounts=list(aws.accounts),
+            endpoint_url=aws.endpoint_url,
+            profile=aws.profile,
+            assume_role=aws.assume_role,
+            external_id=secret_from_env(EXTERNAL_ID_VAR, aws.external_id_set),
+            max_attempts=aws.max_attempts,
+        )
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsResource:
         """The resource configured from ``CLOUDOPT_ACCOUNTS``, ``CLOUDOPT_REGIONS``, ``CLOUDOPT_ASSUME_ROLE``,
-        ``CLOUDOPT_EXTERNAL_ID`` and the usual AWS variables."""
-        settings = AwsSettings.from_env(os.environ if environ is None else environ)
-        return cls(
-            regions=list(settings.regions),
-            accounts=list(settings.accounts),
-            endpoint_url=settings.endpoint_url,
-            profile=settings.profile,
-            assume_role=settings.assume_role,
-            external_id=settings.external_id,
-            max_attempts=settings.max_attempts,
-        )
+        ``CLOUDOPT_EXTERNAL_ID`` and the usual AWS variables (parsed by ``settings.load_settings``)."""
+        return cls.from_settings(load_settings(environ).aws)
 
     def settings(self) -> AwsSettings:
         """The plain settings the collector runs with."""
@@ -94,7 +102,7 @@ class AwsResource(SourceResource):
             endpoint_url=self.endpoint_url,
             profile=self.profile,
             assume_role=self.assume_role,
-            external_id=self.external_id,
+            external_id=resolved(self.external_id),
             role_session_name=self.role_session_name,
             role_duration_seconds=self.role_duration_seconds,
             credential_refresh_margin_seconds=self.credential_refresh_margin_seconds,

@@ -1,16 +1,18 @@
 """The Dagster resource that changes AWS resources, through its own role (never the collector's)."""
 
-import os
+from __future__ import annotations
+
 from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from cloudopt_pipelines.config import load_settings
+from cloudopt_pipelines.aws import AwsSettings
 from cloudopt_pipelines.executor.aws import DEFAULT_EXECUTOR_SESSION_NAME, ExecutorAws
 from cloudopt_pipelines.executor.service import ExecutorPaths
-from cloudopt_pipelines.sources.aws import AwsSettings
+from cloudopt_pipelines.resources.secrets import resolved, secret_from_env
+from cloudopt_pipelines.settings import EXECUTOR_EXTERNAL_ID_VAR, Settings, load_settings
 
 
 class AwsExecutorResource(dg.ConfigurableResource):
@@ -38,7 +40,11 @@ class AwsExecutorResource(dg.ConfigurableResource):
         ),
     )
     external_id: str | None = Field(
-        default=None, description="External id of the executor role's trust policy (CLOUDOPT_EXECUTOR_EXTERNAL_ID)."
+        default=None,
+        description=(
+            "External id of the executor role's trust policy: dg.EnvVar('CLOUDOPT_EXECUTOR_EXTERNAL_ID'), read at "
+            "run time and never part of the definitions."
+        ),
     )
     role_session_name: str = Field(
         default=DEFAULT_EXECUTOR_SESSION_NAME, description="Session name of the executor role, seen in CloudTrail."
@@ -59,29 +65,31 @@ class AwsExecutorResource(dg.ConfigurableResource):
     _aws: ExecutorAws | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, home: Path | str | None = None
-    ) -> "AwsExecutorResource":
-        """Configured from ``CLOUDOPT_EXECUTOR_ROLE``, ``CLOUDOPT_EXECUTOR_EXTERNAL_ID``, ``CLOUDOPT_REGIONS`` and
-        the usual AWS variables."""
-        env = os.environ if environ is None else environ
-        base = AwsSettings.from_env(env)
+    def from_settings(cls, settings: Settings, home: Path | str | None = None) -> AwsExecutorResource:
+        """The resource for the parsed settings; the external id goes in as ``dg.EnvVar``, never as its value."""
         return cls(
-            regions=list(base.regions),
-            endpoint_url=base.endpoint_url,
-            profile=base.profile,
-            executor_role=env.get("CLOUDOPT_EXECUTOR_ROLE") or None,
-            external_id=env.get("CLOUDOPT_EXECUTOR_EXTERNAL_ID") or None,
+            regions=list(settings.aws.regions),
+            endpoint_url=settings.aws.endpoint_url,
+            profile=settings.aws.profile,
+            executor_role=settings.executor.role,
+            external_id=secret_from_env(EXECUTOR_EXTERNAL_ID_VAR, settings.executor.external_id_set),
             home=None if home is None else str(home),
         )
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, home: Path | str | None = None) -> AwsExecutorResource:
+        """Configured from ``CLOUDOPT_EXECUTOR_ROLE``, ``CLOUDOPT_EXECUTOR_EXTERNAL_ID``, ``CLOUDOPT_REGIONS`` and
+        the usual AWS variables (parsed by ``settings.load_settings``)."""
+        return cls.from_settings(load_settings(environ), home=home)
+
     def settings(self) -> AwsSettings:
+        """The plain settings the executor's AWS access runs with."""
         return AwsSettings(
             regions=tuple(self.regions),
             endpoint_url=self.endpoint_url,
             profile=self.profile,
             assume_role=self.executor_role,
-            external_id=self.external_id,
+            external_id=resolved(self.external_id),
             role_session_name=self.role_session_name,
             max_attempts=self.max_attempts,
             connect_timeout_seconds=self.connect_timeout_seconds,

@@ -8,10 +8,9 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from cloudopt_pipelines.project_files import marts_dir
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.warehouse import WarehouseBuild, build_warehouse, read_only
-
-REPO_SQL_DIR = Path(__file__).resolve().parents[2] / "dbt_like_sql"
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -27,10 +26,13 @@ class WarehouseResource(dg.ConfigurableResource):
     """The analysts' DuckDB warehouse: views over the lake plus the marts of ``dbt_like_sql/marts``."""
 
     path: str = Field(description="Path of the DuckDB file (default: $CLOUDOPT_HOME/warehouse.duckdb).")
-    marts_dir: str = Field(default=str(REPO_SQL_DIR / "marts"), description="Directory of the mart SQL files.")
+    marts_dir: str | None = Field(
+        default=None, description="Directory of the mart SQL files (default: dbt_like_sql/marts, as installed)."
+    )
 
     def rebuild(self, lake: Lake) -> WarehouseBuild:
-        return build_warehouse(lake, Path(self.path), Path(self.marts_dir))
+        """Rebuild the warehouse from the lake and the marts (a new file swapped in atomically)."""
+        return build_warehouse(lake, Path(self.path), Path(self.marts_dir) if self.marts_dir else marts_dir())
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

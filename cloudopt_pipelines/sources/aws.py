@@ -23,12 +23,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import boto3
-import botocore.session
 import pyarrow as pa
-from botocore.config import Config
-from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloudopt_pipelines.aws.sessions import DEFAULT_ROLE_SESSION_NAME as DEFAULT_ROLE_SESSION_NAME
+from cloudopt_pipelines.aws.sessions import AwsSessions, AwsSettings
 from cloudopt_pipelines.sources.base import (
     SCHEDULABLE_STATUSES,
     Collected,
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 SOURCE = "aws"
 PERIOD_SECONDS = 300
 MAX_QUERIES_PER_CALL = 500  # the GetMetricData limit on MetricDataQueries per request
-DEFAULT_ROLE_SESSION_NAME = "cloudopt-collector"
 # What list_account_statuses() returns for ids given in CLOUDOPT_ACCOUNTS (not looked up).
 CONFIGURED = "CONFIGURED"
 
@@ -73,59 +71,6 @@ class CollectorError(RuntimeError):
     """An AWS call failed; the message names the endpoint, account, region, API call and the fix."""
 
 
-@dataclass(frozen=True)
-class AwsSettings:
-    """Everything the collector needs to reach AWS; no secrets (boto3 finds credentials itself)."""
-
-    regions: tuple[str, ...] = ("us-east-1",)
-    accounts: tuple[str, ...] = ()
-    endpoint_url: str | None = None
-    profile: str | None = None
-    assume_role: str | None = None
-    external_id: str | None = None
-    role_session_name: str = DEFAULT_ROLE_SESSION_NAME
-    role_duration_seconds: int = 3600
-    credential_refresh_margin_seconds: int = 300
-    retry_mode: str = "adaptive"
-    max_attempts: int = 10
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 60.0
-    max_pool_connections: int = 20
-    page_size: int | None = None
-    region_concurrency: int = 4
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
-        """Read ``CLOUDOPT_ACCOUNTS``, ``CLOUDOPT_REGIONS``, ``CLOUDOPT_ASSUME_ROLE``,
-        ``CLOUDOPT_EXTERNAL_ID`` and the usual AWS variables (``AWS_PROFILE``, ``AWS_REGION`` /
-        ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_MAX_ATTEMPTS``)."""
-        env = os.environ if environ is None else environ
-        regions = _split(env.get("CLOUDOPT_REGIONS", "")) or [
-            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        ]
-        accounts = _parse_accounts(env.get("CLOUDOPT_ACCOUNTS", ""))
-        return cls(
-            regions=tuple(regions),
-            accounts=tuple(accounts),
-            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            profile=env.get("AWS_PROFILE") or None,
-            assume_role=env.get("CLOUDOPT_ASSUME_ROLE") or None,
-            external_id=env.get("CLOUDOPT_EXTERNAL_ID") or None,
-            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts),
-        )
-
-    def role_arn(self, account_id: str, partition: str = "aws") -> str | None:
-        """The role to assume in ``account_id``: a name, an ARN or an ARN template with ``{account_id}``."""
-        role = (self.assume_role or "").strip()
-        if not role:
-            return None
-        if "{account_id}" in role:
-            return role.format(account_id=account_id)
-        if role.startswith("arn:"):
-            return role
-        return f"arn:{partition}:iam::{account_id}:role/{role}"
-
-
 @dataclass
 class _CallStats:
     """API calls made for one partition (shared by the worker threads of that partition)."""
@@ -149,19 +94,6 @@ class _Where:
     region: str
 
 
-class _AssumedRoleProvider(CredentialProvider):
-    """A botocore credential provider whose credentials come from ``sts:AssumeRole`` and refresh."""
-
-    METHOD = "cloudopt-assume-role"
-
-    def __init__(self, credentials: RefreshableCredentials) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    def load(self) -> RefreshableCredentials:
-        return self._credentials
-
-
 class AwsCollector:
     """Collects one AWS account's inventory and metrics for one UTC day, across the configured regions."""
 
@@ -175,19 +107,18 @@ class AwsCollector:
     ) -> None:
         self.settings = settings or AwsSettings()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
         self._local = threading.local()
-        self._base_session: boto3.Session | None = None
-        self._caller_account: str | None = None
-        self._sessions: dict[str, boto3.Session] = {}
-        self._clients: dict[tuple[str, str, str], Any] = {}
-        self._config = Config(
-            retries={"mode": self.settings.retry_mode, "max_attempts": self.settings.max_attempts},
-            connect_timeout=self.settings.connect_timeout_seconds,
-            read_timeout=self.settings.read_timeout_seconds,
-            max_pool_connections=self.settings.max_pool_connections,
-            user_agent_extra="cloudopt-collector",
+        self._aws = AwsSessions(
+            self.settings,
+            user_agent="cloudopt-collector",
+            clock=self._clock,
+            errors=lambda account, region, role: self._errors(_Where(account, region), role_arn=role),
+            on_client=self._hook_client,
+            error_type=CollectorError,
+            no_role_hint="set CLOUDOPT_ASSUME_ROLE (or AwsResource.assume_role) to the read-only role "
+            "created in every member account (see docs/aws.md)",
         )
+        self._lock = self._aws.lock
 
     # ----------------------------------------------------------------------------------- accounts
 
@@ -214,113 +145,30 @@ class AwsCollector:
 
         ``for_account`` is the account being collected, named in the error if the lookup fails.
         """
-        with self._lock:
-            if self._caller_account is None:
-                region = self.settings.regions[0]
-                with self._errors(_Where(for_account, region)):
-                    sts = self._base_client("sts", region)
-                    self._caller_account = str(sts.get_caller_identity()["Account"])
-            return self._caller_account
+        return self._aws.caller_account(for_account)
 
     def session_for(self, account_id: str) -> boto3.Session:
-        """A boto3 session for ``account_id``: the base session for its own account, else the assumed role.
-
-        Assumed-role credentials are cached per account and refreshed automatically
-        ``credential_refresh_margin_seconds`` before they expire.
-        """
-        with self._lock:
-            session = self._sessions.get(account_id)
-            if session is not None:
-                return session
-            if account_id == self.caller_account(account_id):
-                session = self._base()
-            else:
-                session = self._assumed_session(account_id)
-            self._sessions[account_id] = session
-            return session
+        """A boto3 session for ``account_id``: the base session for its own account, else the assumed role
+        (credentials cached per account and refreshed before they expire; ``cloudopt_pipelines.aws``)."""
+        return self._aws.session_for(account_id)
 
     @property
     def base_session(self) -> boto3.Session:
         """The boto3 session of the base credentials (profile or default chain)."""
-        return self._base()
-
-    def _base(self) -> boto3.Session:
-        with self._lock:
-            if self._base_session is None:
-                self._base_session = boto3.Session(
-                    profile_name=self.settings.profile, region_name=self.settings.regions[0]
-                )
-            return self._base_session
-
-    def _assumed_session(self, account_id: str) -> boto3.Session:
-        region = self.settings.regions[0]
-        role_arn = self.settings.role_arn(account_id, _partition(region))
-        if role_arn is None:
-            raise CollectorError(
-                f"account {account_id} is not the account of the base credentials "
-                f"({self.caller_account()}) and no role to assume is configured; "
-                "set CLOUDOPT_ASSUME_ROLE (or AwsResource.assume_role) to the read-only role "
-                "created in every member account (see docs/aws.md)"
-            )
-
-        def fetch() -> dict[str, str]:
-            params: dict[str, Any] = {
-                "RoleArn": role_arn,
-                "RoleSessionName": self.settings.role_session_name,
-                "DurationSeconds": self.settings.role_duration_seconds,
-            }
-            if self.settings.external_id:
-                params["ExternalId"] = self.settings.external_id
-            with self._errors(_Where(account_id, region), role_arn=role_arn):
-                sts = self._base_client("sts", region)
-                creds = sts.assume_role(**params)["Credentials"]
-            log.info("assumed %s for account %s", role_arn, account_id)
-            return {
-                "access_key": creds["AccessKeyId"],
-                "secret_key": creds["SecretAccessKey"],
-                "token": creds["SessionToken"],
-                "expiry_time": creds["Expiration"].astimezone(UTC).isoformat(),
-            }
-
-        first = fetch()
-        margin = self.settings.credential_refresh_margin_seconds
-        credentials = RefreshableCredentials(
-            access_key=first["access_key"],
-            secret_key=first["secret_key"],
-            token=first["token"],
-            expiry_time=datetime.fromisoformat(first["expiry_time"]),
-            refresh_using=fetch,
-            method=_AssumedRoleProvider.METHOD,
-            time_fetcher=self._clock,
-            advisory_timeout=margin,
-            mandatory_timeout=max(1, min(margin, 120)),
-        )
-        core = botocore.session.Session()
-        core.register_component("credential_provider", CredentialResolver([_AssumedRoleProvider(credentials)]))
-        return boto3.Session(botocore_session=core, region_name=region)
+        return self._aws.base_session()
 
     # ------------------------------------------------------------------------------------ clients
 
     def _base_client(self, service: str, region: str) -> Any:
-        return self._client_for("(base)", self._base(), service, region)
+        return self._aws.base_client(service, region)
 
     def client(self, account_id: str, service: str, region: str) -> Any:
         """The cached boto3 client of ``service`` for ``account_id`` in ``region`` (built on first use)."""
-        return self._client_for(account_id, self.session_for(account_id), service, region)
+        return self._aws.client(account_id, service, region)
 
-    def _client_for(self, key: str, session: boto3.Session, service: str, region: str) -> Any:
-        with self._lock:
-            cached = self._clients.get((key, service, region))
-            if cached is not None:
-                return cached
-            kwargs: dict[str, Any] = {"region_name": region, "config": self._config}
-            if self.settings.endpoint_url:
-                kwargs["endpoint_url"] = self.settings.endpoint_url
-            client = session.client(service, **kwargs)
-            client.meta.events.register("before-call", self._before_call)
-            client.meta.events.register("after-call", self._after_call)
-            self._clients[(key, service, region)] = client
-            return client
+    def _hook_client(self, client: Any, account: str) -> None:
+        client.meta.events.register("before-call", self._before_call)
+        client.meta.events.register("after-call", self._after_call)
 
     def _before_call(self, model: Any, **_: Any) -> None:
         prefix = _iam_prefix(model.service_model.signing_name)
@@ -389,7 +237,7 @@ class AwsCollector:
     def _endpoint_for(self, call: str, region: str) -> str:
         service = call.split(":", 1)[0]
         with self._lock:
-            for (_, _service, reg), client in self._clients.items():
+            for (_, _service, reg), client in self._aws.clients():
                 if reg == region and _iam_prefix(client.meta.service_model.signing_name) == service:
                     return str(client.meta.endpoint_url)
         return self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "(default AWS endpoint)"
@@ -1108,29 +956,9 @@ class AwsCollector:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _split(raw: str) -> list[str]:
-    return [part.strip() for part in raw.split(",") if part.strip()]
-
-
-def _parse_accounts(raw: str) -> list[str]:
-    accounts = _split(raw)
-    bad = [a for a in accounts if not (len(a) == 12 and a.isdigit())]
-    if bad:
-        raise ValueError(f"CLOUDOPT_ACCOUNTS has {bad}, not 12-digit AWS account ids (keep leading zeros)")
-    return sorted(set(accounts))
-
-
 def _iam_prefix(signing_name: str) -> str:
     """The IAM service prefix of a botocore signing name (CloudWatch signs as ``monitoring``)."""
     return {"monitoring": "cloudwatch"}.get(signing_name, signing_name)
-
-
-def _partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:

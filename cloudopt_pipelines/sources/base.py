@@ -25,6 +25,8 @@ from cloudopt_pipelines.vocabulary import (
 )
 
 SCHEDULABLE_STATUSES = frozenset({"ACTIVE", "CONFIGURED"})
+UNREACHABLE = "UNREACHABLE"
+"""The status of an account id the source does not list (a typo, a closed account): never scheduled by cloudopt run."""
 ENV_TAG_KEYS = ENVIRONMENT_TAG_KEYS
 
 

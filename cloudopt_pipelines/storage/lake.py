@@ -11,12 +11,20 @@ rewritten in place: DuckDB reopens a file between planning and scanning a query,
 under the same name in between would mix two versions. With a new name per version, a query that
 overlaps a rewrite of the very same partition fails with "file not found" and can simply be rerun.
 Writers of different partitions never share a path, so they run in parallel freely.
+
+Every file is written with Parquet page checksums (CRC32) and read back with their verification,
+so a flipped bit fails the read with an error instead of returning wrong numbers. A staging
+directory is named after the writer's process: ``sweep_leftovers`` removes those of processes that
+are gone (a killed run) and any older than a write could take.
 """
 
 import ctypes
 import errno
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from datetime import date
 from pathlib import Path
@@ -27,6 +35,9 @@ import pyarrow.parquet as pq
 from cloudopt_pipelines.storage.schemas import TABLES, conform
 
 STAGING = ".staging"
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+STALE_STAGING_S = 6 * 3600.0
+"""A staging directory this old is a leftover whatever its process: one partition is written in seconds."""
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -87,10 +98,27 @@ class Lake:
         return base.is_dir() and next(base.rglob("part-*.parquet"), None) is not None
 
     def tables(self) -> list[str]:
-        """Every table with at least one partition written."""
+        """Every table with at least one partition written (folders that are not table names are not tables)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != STAGING and self.exists(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and is_table_name(p.name) and self.exists(p.name)
+        )
+
+    def ignored_folders(self) -> list[str]:
+        """Visible folders of the lake that are not table names (a copy such as ``price_catalog backup``)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and not is_table_name(p.name)
+        )
+
+    def files(self, table: str) -> list[Path]:
+        """Every partition file of ``table``, sorted."""
+        base = self.table_dir(table)
+        return sorted(base.rglob("part-*.parquet")) if base.is_dir() else []
 
     def write(
         self,
@@ -101,18 +129,18 @@ class Lake:
         schema: pa.Schema | None = None,
     ) -> Path:
         """Replace one partition of ``table`` with ``data``, atomically; returns the file written."""
-        if not table or "/" in table or table.startswith("."):
-            raise ValueError(f"{table!r} is not a lake table name")
+        if not is_table_name(table):
+            raise ValueError(f"{table!r} is not a lake table name (lower-case letters, digits and '_')")
         schema = schema if schema is not None else TABLES.get(table)
         if schema is not None:
             data = conform(data, schema, table)
         live = self.partition_dir(table, account_id, day)
         live.parent.mkdir(parents=True, exist_ok=True)
-        stage = self.root / STAGING / uuid.uuid4().hex
+        stage = self.root / STAGING / f"{_writer()}-{uuid.uuid4().hex}"
         stage.mkdir(parents=True)
         name = f"part-{uuid.uuid4().hex}.parquet"
         try:
-            pq.write_table(data, stage / name, compression="zstd")
+            pq.write_table(data, stage / name, compression="zstd", write_page_checksum=True)
             with open(stage / name, "rb") as handle:
                 os.fsync(handle.fileno())
             if live.is_dir() and not _only_parts(live):
@@ -149,7 +177,12 @@ class Lake:
                 "(cloudopt run --start ... --end ...)"
             )
         with open(path, "rb") as handle:
-            return pq.read_table(handle)
+            try:
+                return pq.read_table(handle, page_checksum_verification=True)
+            except (OSError, pa.ArrowException) as exc:
+                raise OSError(
+                    f"lake file {path} cannot be read ({str(exc).splitlines()[0]}): {repair_hint(self, table, path)}"
+                ) from exc
 
     def partitions(self, table: str) -> list[tuple[str | None, str | None]]:
         """(account_id, date) of every partition written, sorted."""
@@ -159,6 +192,72 @@ class Lake:
             parts = dict(p.split("=", 1) for p in path.relative_to(base).parts[:-1] if "=" in p)
             found.append((parts.get("account_id"), parts.get("date")))
         return sorted(found, key=lambda key: (key[0] or "", key[1] or ""))
+
+
+def is_table_name(name: str) -> bool:
+    """A lake table name: lower-case letters, digits and '_', starting with a letter."""
+    return TABLE_NAME.fullmatch(name) is not None
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as a quoted SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def repair_hint(lake: Lake, table: str, file: Path) -> str:
+    """The command that rewrites the partition holding ``file`` (a rewrite replaces the whole partition)."""
+    try:
+        parts = dict(p.split("=", 1) for p in file.relative_to(lake.table_dir(table)).parts[:-1] if "=" in p)
+    except ValueError:
+        parts = {}
+    day, account = parts.get("date"), parts.get("account_id")
+    if day is None:
+        return f"rebuild '{table}' (cloudopt run --start DAY --end DAY --refresh-catalog)"
+    accounts = f" --accounts {account}" if account else ""
+    return f"re-materialise that partition (cloudopt run --start {day} --end {day}{accounts})"
+
+
+def sweep_leftovers(root: Path, now: float | None = None) -> list[Path]:
+    """Remove staging directories of writers that are gone or older than ``STALE_STAGING_S``; returns them.
+
+    A writer's directory is named ``<pid>@<host>-<uuid>`` and is left alone while that process runs;
+    one of another machine (a shared lake) or without a pid (an older version) only once it is stale.
+    """
+    staging = Path(root) / STAGING
+    if not staging.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    for entry in staging.iterdir():
+        try:
+            age = now - entry.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        pid, _, host = entry.name.rsplit("-", 1)[0].partition("@")
+        writer_gone = host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+        if writer_gone or age > STALE_STAGING_S:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _writer() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _only_parts(directory: Path) -> bool:

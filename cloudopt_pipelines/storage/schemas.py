@@ -195,20 +195,6 @@ PORTFOLIO_PLAN = pa.schema(
     ]
 )
 
-# The result of the plan's independent constraint check (date partition, one row): the executor acts
-# only on a plan whose check passed, whichever run wrote the plan.
-PORTFOLIO_PLAN_CHECKS = pa.schema(
-    [
-        ("date", pa.date32()),
-        ("plan_id", pa.string()),
-        ("passed", pa.bool_()),
-        ("solver_status", pa.string()),
-        ("violation_count", pa.int32()),
-        ("violations", pa.string()),
-        ("checked_at", TS),
-    ]
-)
-
 # Every decision of the executor (date partition): applied, skipped and why, failed and the error.
 EXECUTED_ACTIONS = pa.schema(
     [
@@ -245,10 +231,12 @@ TABLES: dict[str, pa.Schema] = {
     "cluster_metrics_5m": CLUSTER_METRICS_5M,
     "recommendations": RECOMMENDATIONS,
     "portfolio_plan": PORTFOLIO_PLAN,
-    "portfolio_plan_checks": PORTFOLIO_PLAN_CHECKS,
     "executed_actions": EXECUTED_ACTIONS,
 }
 
+# Warehouse views that are the union of every lake table with a prefix: each deployment-type optimiser
+# writes its own ``recommendations_<name>`` table, analysts query ``recommendations`` (the contract name).
+UNION_VIEWS: dict[str, str] = {"recommendations": "recommendations_"}
 
 # ------------------------------------------------------------------------------- resources.attributes
 

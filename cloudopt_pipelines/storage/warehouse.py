@@ -5,6 +5,11 @@ partitions show up in every query without a rebuild. It is rebuilt (when tables 
 into a temporary file that then replaces the old one with ``os.replace``: an analyst who has the
 warehouse open read-only keeps reading, and no writer ever waits for a reader's lock. Writers are
 serialised by an exclusive file lock beside the database (and by a Dagster concurrency pool).
+
+One bad lake entry never breaks the rebuild: a folder that is not a table name is skipped, a table
+with an unreadable file gets a view over its readable files only, and each is reported with the
+command that repairs it. Analysts' connections (``read_only``) cannot write or read anything but
+the warehouse and the lake, nor load extensions, nor undo those settings.
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cloudopt_pipelines.sqlmodels.runner import parse_model
-from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import TABLES
+from cloudopt_pipelines.storage.lake import Lake, quote_identifier, quote_literal, repair_hint, sweep_leftovers
+from cloudopt_pipelines.storage.schemas import TABLES, UNION_VIEWS
+
+MAX_SQL_ROWS = 10_000
+"""The most rows ``cloudopt sql`` prints: larger results belong in a tool that reads the warehouse directly."""
+FETCH_BATCH_ROWS = 1_000
+ANALYST_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class WarehouseBuild:
     views: list[str]
     empty_views: list[str]
     marts: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -61,30 +73,45 @@ def writer_lock(path: Path, timeout_s: float = 300.0) -> Iterator[None]:
 
 
 def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> WarehouseBuild:
-    """Rebuild the warehouse at ``path``: one view per lake table (and per known empty table), then marts."""
+    """Rebuild the warehouse at ``path``: one view per lake table (and per known empty table), then marts.
+
+    Folders of the lake that are not table names are skipped, and a table with unreadable files gets a
+    view over its readable files; both are listed in ``warnings`` with the fix.
+    """
     views: list[str] = []
     empty: list[str] = []
     marts: list[str] = []
+    warnings: list[str] = []
     with writer_lock(path):
+        sweep_leftovers(lake.root)
+        _sweep_warehouse_temps(path)
+        warnings.extend(
+            f"lake folder {lake.root / name} is not a table (a table name is lower-case letters, digits and "
+            "'_'); skipped: move it out of the lake"
+            for name in lake.ignored_folders()
+        )
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             con = duckdb.connect(str(tmp))
             try:
                 for table in lake.tables():
-                    con.execute(
-                        f"CREATE VIEW {table} AS SELECT * FROM read_parquet("
-                        f"'{lake.glob(table)}', hive_partitioning = false, union_by_name = true)"
-                    )
-                    views.append(table)
+                    if _create_table_view(con, lake, table, warnings):
+                        views.append(table)
+                for view, prefix in UNION_VIEWS.items():
+                    members = [t for t in views if t.startswith(prefix)]
+                    if members and view not in views:
+                        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {quote_identifier(m)}" for m in members)
+                        con.execute(f"CREATE VIEW {quote_identifier(view)} AS {union}")
+                        views.append(view)
                 for table, schema in TABLES.items():
                     if table not in views:
-                        con.execute(f"CREATE VIEW {table} AS {_empty_select(schema)}")
+                        con.execute(f"CREATE VIEW {quote_identifier(table)} AS {_empty_select(schema)}")
                         empty.append(table)
                 if marts_dir is not None and marts_dir.exists():
                     for mart_path in sorted(marts_dir.glob("*.sql")):
                         mart = parse_model(mart_path)
                         try:
-                            con.execute(f"CREATE VIEW {mart.name} AS {mart.render()}")
+                            con.execute(f"CREATE VIEW {quote_identifier(mart.name)} AS {mart.render()}")
                             marts.append(mart.name)
                         except duckdb.Error as exc:
                             # A mart over a table no stage has written yet waits for that stage.
@@ -98,7 +125,44 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
             for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                 if leftover.exists():
                     leftover.unlink()
-    return WarehouseBuild(path=path, views=views, empty_views=empty, marts=marts)
+    return WarehouseBuild(path=path, views=views, empty_views=empty, marts=marts, warnings=warnings)
+
+
+def _create_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, warnings: list[str]) -> bool:
+    """The view of one lake table; over its readable files only when some cannot be read. False if none can."""
+    options = "hive_partitioning = false, union_by_name = true"
+    name = quote_identifier(table)
+    try:
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({quote_literal(lake.glob(table))}, {options})")
+        return True
+    except duckdb.Error as exc:
+        first_error = str(exc).splitlines()[0]
+    good: list[Path] = []
+    for file in lake.files(table):
+        try:
+            pq.read_metadata(file)
+            good.append(file)
+        except (OSError, pa.ArrowException) as exc:
+            warnings.append(
+                f"lake file {file} of table '{table}' cannot be read ({str(exc).splitlines()[0]}); the view "
+                f"'{table}' leaves it out and shows no new partition of that table until it is repaired: "
+                f"{repair_hint(lake, table, file)}"
+            )
+    if good:
+        listing = ", ".join(quote_literal(str(f)) for f in good)
+        try:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], {options})")
+            return True
+        except duckdb.Error as exc:
+            first_error = str(exc).splitlines()[0]
+    warnings.append(f"no view of lake table '{table}': {first_error}; re-materialise that table")
+    return False
+
+
+def _sweep_warehouse_temps(path: Path) -> None:
+    """Remove temporary warehouse files a killed rebuild left; the caller holds the writer lock."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp*"):
+        leftover.unlink(missing_ok=True)
 
 
 def _empty_select(schema: pa.Schema) -> str:
@@ -110,12 +174,73 @@ def _empty_select(schema: pa.Schema) -> str:
 
 
 @contextmanager
-def read_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An analyst's connection: read-only, so it never blocks a pipeline run."""
+def read_only(path: Path, lake_root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An analyst's connection: read-only, so it never blocks a pipeline run, and locked down.
+
+    Nothing but the warehouse file and the lake (``lake_root``, default the ``lake`` folder beside
+    the warehouse) can be read, no file can be written (``COPY``, ``EXPORT``, ``ATTACH`` are refused
+    by DuckDB's ``enable_external_access = false``), no extension installed or loaded, and the
+    configuration is locked so a ``SET`` cannot undo any of it.
+    """
     if not path.exists():
         raise FileNotFoundError(f"no warehouse at {path}; run 'make demo' or 'cloudopt run' first")
-    con = duckdb.connect(str(path), read_only=True)
+    path = path.resolve()
+    lake_root = (lake_root or path.with_name("lake")).resolve()
+    # An in-memory database is never shared through DuckDB's instance cache, so locking its
+    # configuration cannot leak into another connection of this process.
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_persistent_secrets": False,
+        },
+    )
     try:
+        con.execute(f"ATTACH {quote_literal(str(path))} AS warehouse (READ_ONLY)")
+        con.execute("USE warehouse")
+        con.execute("SET allowed_paths = $paths", {"paths": [str(path), f"{path}.wal"]})
+        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{lake_root}/"]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         yield con
     finally:
         con.close()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The first rows of an analyst's query."""
+
+    columns: list[str]
+    rows: list[tuple]
+    truncated: bool
+
+
+def analyst_query(path: Path, query: str, max_rows: int, lake_root: Path | None = None) -> QueryResult:
+    """Run one read-only statement (a query or EXPLAIN) on the warehouse; at most ``max_rows`` rows are kept.
+
+    Rows are fetched in batches and the query is limited to one row more than kept, so memory stays
+    bounded whatever the query returns.
+    """
+    if not 1 <= max_rows <= MAX_SQL_ROWS:
+        raise ValueError(f"--max-rows must be between 1 and {MAX_SQL_ROWS} (got {max_rows})")
+    statements = duckdb.extract_statements(query)
+    if len(statements) != 1:
+        raise ValueError(f"give exactly one SQL statement (got {len(statements)})")
+    if statements[0].type not in ANALYST_STATEMENTS:
+        raise PermissionError(
+            f"the warehouse is read-only: {statements[0].type.name} statements are refused; "
+            "only queries (SELECT, FROM, WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN run here"
+        )
+    rows: list[tuple] = []
+    with read_only(path, lake_root) as con:
+        relation = con.sql(query)
+        columns = list(relation.columns)
+        reader = relation.limit(max_rows + 1).to_arrow_reader(FETCH_BATCH_ROWS)
+        for batch in reader:
+            rows.extend(zip(*(column.to_pylist() for column in batch.columns), strict=True))
+            if len(rows) > max_rows:
+                break
+    return QueryResult(columns=columns, rows=rows[:max_rows], truncated=len(rows) > max_rows)

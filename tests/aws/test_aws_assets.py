@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from cloudopt_pipelines.automation import DAILY_JOB
-from cloudopt_pipelines.config import Settings
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import account_day_key
 from cloudopt_pipelines.resources.aws import AwsResource
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from tests.aws.conftest import (
     MANAGEMENT_ACCOUNT,
@@ -107,7 +107,9 @@ def test_daily_job_collects_from_the_server_and_builds_every_stage(estate: dict[
     for iid, steps in estate["expected"].items():
         assert daily[iid]["samples"] == len(steps)
         assert math.isclose(daily[iid]["cpu_max_pct"], max(p for _, p in steps.values()), rel_tol=1e-12)
-    recommended = {r["resource_id"] for r in lake.read("recommendations", MANAGEMENT_ACCOUNT, DAY).to_pylist()}
+    recommended = {
+        r["resource_id"] for r in lake.read("recommendations_standalone_ec2", MANAGEMENT_ACCOUNT, DAY).to_pylist()
+    }
     assert set(estate["standalone"]) <= recommended and estate["member"] not in recommended
     metadata = result.asset_materializations_for_node("raw__utilization_5m")[0].metadata
     assert metadata["get_metric_data_calls"].value == metadata["min_get_metric_data_calls"].value
@@ -126,7 +128,13 @@ def test_server_lost_mid_run_fails_naming_endpoint_and_account_and_writes_nothin
         str(e.step_failure_data.error.cause.message) for e in failures if e.step_failure_data.error.cause
     )
     assert url in message + causes and MANAGEMENT_ACCOUNT in message + causes
-    for table in ("resources", "utilization_5m", "stg_utilization_5m", "utilization_daily", "recommendations"):
+    for table in (
+        "resources",
+        "utilization_5m",
+        "stg_utilization_5m",
+        "utilization_daily",
+        "recommendations_standalone_ec2",
+    ):
         assert lake.partitions(table) == [], table
     staging = tmp_path / "home" / "lake" / ".staging"
     assert not staging.exists() or not list(staging.iterdir())

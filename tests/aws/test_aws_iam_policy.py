@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 from conftest import FIRST_DAY, MANAGEMENT_ACCOUNT
 
+import cloudopt_pipelines.aws.sessions as aws_sessions
 import cloudopt_pipelines.sources.aws as aws_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,17 +23,22 @@ def policy_actions() -> set[str]:
 
 
 def called_actions() -> set[str]:
-    """IAM actions of every boto3 client method and paginator used in sources/aws.py.
+    """IAM actions of every boto3 client method and paginator used in sources/aws.py and in the shared
+    session module it builds its clients with (aws/sessions.py: STS).
 
     Clients are held in variables named after their service (``ec2 = self.client(account, "ec2", region)``);
     the test checks that convention too, so every call on such a variable is a call of that service.
     """
-    tree = ast.parse(Path(aws_source.__file__).read_text())
+    return _called_in(Path(aws_source.__file__)) | _called_in(Path(aws_sessions.__file__))
+
+
+def _called_in(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     services: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
             func = node.value.func
-            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client"):
+            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client", "base_client"):
                 names = [a.value for a in node.value.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
                 if not names:
                     continue  # the generic factory itself (session.client(service, ...))

@@ -6,6 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 from conftest import EXTERNAL_ID, FIRST_DAY, MANAGEMENT_ACCOUNT, ROLE_NAME, SECRET_KEY, AwsWorld, client, run_instance
 
@@ -290,7 +291,9 @@ def test_in_use_volumes_are_never_recommended_for_deletion(inventory: Collected,
     in_use = {rid for rid, v in volumes.items() if v["parent_id"]}
     assert len(in_use) >= 2 and any(v["parent_id"] in world.protected for v in volumes.values())
     table = inventory.table
-    result = recommend_account(MANAGEMENT_ACCOUNT, FIRST_DAY, table, UTILIZATION_5M.empty_table(), Catalog([]))
+    no_rows = pa.table({"resource_id": pa.array([], pa.string())})  # no feature rows: the orphans need none
+    features = {"utilization_window": no_rows, "activity_profile": no_rows}
+    result = recommend_account(MANAGEMENT_ACCOUNT, FIRST_DAY, table, features, Catalog([]))
     deletions = {r["resource_id"] for r in result.table.to_pylist() if r["action"] == "delete_volume"}
     assert world.unattached_volume in deletions
     assert not deletions & in_use

@@ -17,15 +17,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pyarrow as pa
 import pytest
 
+from cloudopt_pipelines.assets.plan import PLAN_CHECK, PLAN_KEY, plan_check_metadata, plan_check_reader
 from cloudopt_pipelines.executor import ExecutorAws, ExecutorPaths, ExecutorPolicy, execute_day
-from cloudopt_pipelines.executor.approvals import new_approval
+from cloudopt_pipelines.executor.approvals import PlanCheckReader, new_approval
 from cloudopt_pipelines.executor.model import actions_from_plan
+from cloudopt_pipelines.orchestration import ensure_instance
+from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.aws import AwsSettings
+from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
-from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN, PORTFOLIO_PLAN_CHECKS
+from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
 from tests.aws.conftest import (
     LINUX_AMI,
     MANAGEMENT_ACCOUNT,
@@ -150,11 +155,11 @@ def executor_aws(endpoint: str, **overrides: Any) -> ExecutorAws:
             "role_session_name": "cloudopt-executor",
             "max_attempts": 2,
             "connect_timeout_seconds": 1,
-            "read_timeout_seconds": 10,
+            "read_timeout_seconds": 60,
             **overrides,
         }
     )
-    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=10)
+    aws = ExecutorAws(settings, poll_seconds=0.01, wait_timeout_seconds=120)  # bounds only: a busy machine is slow
     if not overrides:
         _SHARED[endpoint] = aws
     return aws
@@ -195,9 +200,10 @@ def plan_row(resource_id: str, action: str, proposed: dict[str, Any], **extra: A
 
 @dataclass
 class Home:
-    """A temporary CLOUDOPT_HOME: the lake and the executor's records."""
+    """A temporary CLOUDOPT_HOME: the lake, the Dagster instance and the executor's records."""
 
     root: Path
+    _instance: dg.DagsterInstance | None = field(default=None, init=False, repr=False)
 
     @property
     def lake(self) -> Lake:
@@ -215,18 +221,29 @@ class Home:
         self.write_check(plan_id, passed=True, day=day)
         return actions_from_plan(self.lake.read("portfolio_plan", day=day), day)[1]
 
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        """The Dagster instance under this home (where the plan's asset check is recorded)."""
+        if self._instance is None:
+            self._instance = ensure_instance(Settings(home=self.root, env="demo"))
+        return self._instance
+
+    @property
+    def checks(self) -> PlanCheckReader:
+        return plan_check_reader(self.instance)
+
     def write_check(self, plan_id: str, passed: bool, day: date = DAY) -> None:
-        """The plan's constraint check, as the portfolio_plan asset records it."""
-        row = {
-            "date": day,
-            "plan_id": plan_id,
-            "passed": passed,
-            "solver_status": "optimal",
-            "violation_count": 0 if passed else 1,
-            "violations": "[]" if passed else '["monthly_budget_usd: 120.00 > 100.00"]',
-            "checked_at": NOW,
-        }
-        self.lake.write("portfolio_plan_checks", pa.Table.from_pylist([row], schema=PORTFOLIO_PLAN_CHECKS), day=day)
+        """The plan's constraint check, as the portfolio_plan asset records it (on the partition's rows)."""
+        violations = [] if passed else ["monthly_budget_usd: 120.00 > 100.00"]
+        sha = table_sha256(self.lake.read("portfolio_plan", day=day))
+        self.instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=PLAN_KEY,
+                check_name=PLAN_CHECK,
+                passed=passed,
+                metadata=plan_check_metadata(day, plan_id, sha, "optimal", violations),
+            )
+        )
 
     def approve_all(self, day: date = DAY, ids: tuple[str, ...] = (), by: str = "alice") -> None:
         plan_id, actions = actions_from_plan(self.lake.read("portfolio_plan", day=day), day)
@@ -234,7 +251,9 @@ class Home:
 
     def run(self, aws: ExecutorAws, mode: str = "apply", day: date = DAY, **policy: Any) -> Any:
         policy.setdefault("max_calls_per_second", 0)  # tests that want the rate limit set it
-        result, _ = execute_day(self.lake, self.paths, day, mode, aws, ExecutorPolicy(**policy), now=lambda: NOW)
+        result, _ = execute_day(
+            self.lake, self.paths, day, mode, aws, ExecutorPolicy(**policy), now=lambda: NOW, checks=self.checks
+        )
         return result
 
 

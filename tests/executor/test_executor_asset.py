@@ -34,6 +34,7 @@ def test_asset_applies_a_run_config_approval_and_reports(home, ec2, moto_url) ->
     result = dg.materialize(
         [executed_actions],
         partition_key=DAY.isoformat(),
+        instance=home.instance,
         resources=resources(home, moto_url),
         run_config={"ops": {EXECUTED_ACTIONS_OP: {"config": config}}},
     )
@@ -54,6 +55,7 @@ def test_asset_fails_clearly_without_a_plan_or_with_a_stale_run_config_approval(
     result = dg.materialize(
         [executed_actions],
         partition_key=DAY.isoformat(),
+        instance=home.instance,
         resources=resources(home, moto_url),
         raise_on_error=False,
     )
@@ -66,6 +68,7 @@ def test_asset_fails_clearly_without_a_plan_or_with_a_stale_run_config_approval(
     result = dg.materialize(
         [executed_actions],
         partition_key=DAY.isoformat(),
+        instance=home.instance,
         resources=resources(home, moto_url),
         run_config={"ops": {EXECUTED_ACTIONS_OP: {"config": config}}},
         raise_on_error=False,

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 
+import cloudopt_pipelines.aws.sessions as aws_sessions
 import cloudopt_pipelines.executor as executor_pkg
-import cloudopt_pipelines.sources.aws as aws_source
+from cloudopt_pipelines.executor.policy import PROTECT_TAG_KEY, PROTECT_TAG_VALUES, ExecutorPolicy, is_protected_value
 from tests.executor.conftest import dev_instance, executor_aws, plan_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +30,7 @@ def calls_in(path: Path, only: set[str] | None = None) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
             func = node.value.func
-            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client"):
+            if isinstance(func, ast.Attribute) and func.attr in ("client", "_base_client", "base_client"):
                 names = [a.value for a in node.value.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
                 if not names:
                     continue  # the generic factory
@@ -57,11 +59,34 @@ def test_policy_lists_exactly_the_actions_the_executor_calls() -> None:
     called = executor_calls()
     assert len(called) >= 14 and all(a.startswith("ec2:") for a in called)
     assert set(statement("CloudoptExecutorReadAndChange")["Action"]) == called
-    # Reaching accounts: the collector's session machinery (STS only), reused by the executor.
-    assert set(statement("CloudoptExecutorAssumeRole")["Action"]) == calls_in(Path(aws_source.__file__), {"sts"})
+    # Reaching accounts: the shared session machinery (STS only), used by the collector and the executor.
+    assert set(statement("CloudoptExecutorAssumeRole")["Action"]) == calls_in(Path(aws_sessions.__file__), {"sts"})
     deny = statement("CloudoptExecutorNeverTouchesProtected")
     assert set(deny["Action"]) <= called and deny["Effect"] == "Deny"
-    assert deny["Condition"] == {"StringEquals": {"aws:ResourceTag/cloudopt:protect": "true"}}
+    assert deny["Condition"] == {
+        "StringEqualsIgnoreCase": {f"aws:ResourceTag/{PROTECT_TAG_KEY}": list(PROTECT_TAG_VALUES)}
+    }
+
+
+def iam_denies(condition: dict, value: str) -> bool:
+    """IAM's evaluation of the Deny's condition on a resource whose protect tag has ``value``."""
+    ((operator, test),) = condition.items()
+    ((_, wanted),) = test.items()
+    wanted = [wanted] if isinstance(wanted, str) else wanted
+    if operator == "StringEqualsIgnoreCase":
+        return any(value.lower() == w.lower() for w in wanted)
+    assert operator == "StringEquals", operator
+    return value in wanted
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["true", "TRUE", "True", "tRUe", "1", "yes", "YES", "Yes", " true", "true ", "false", "0", "no", "", "yes!", "2"],
+)
+def test_the_deny_backstop_matches_every_value_the_code_treats_as_protected(value: str) -> None:
+    condition = statement("CloudoptExecutorNeverTouchesProtected")["Condition"]
+    assert iam_denies(condition, value) == is_protected_value(value)
+    assert ExecutorPolicy().protection({PROTECT_TAG_KEY: value})[0] == is_protected_value(value)
 
 
 def test_the_executor_role_writes_and_the_collector_role_never_does() -> None:

@@ -83,7 +83,8 @@ def test_protection_and_production_from_tags() -> None:
     assert policy.production_check("stop", {})[0] is False  # untagged counts as production
     assert policy.production_check("delete_volume", {"Environment": "production"})[0]
     assert policy.production_check("resize", {"env": "dev"})[0]
-    assert ExecutorPolicy(production_allowed_actions=("resize",)).production_check("resize", {"env": "prod"})[0]
+    with pytest.raises(PolicyError, match="production_allowed_actions may not include"):
+        ExecutorPolicy(production_allowed_actions=("resize",))  # a safety floor (issue 17 defect 15)
 
 
 def test_blast_radius_per_run_and_per_account() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from cloudopt_pipelines.executor import ChangeWindow, execute_day
+import pytest
+
+from cloudopt_pipelines.executor import ChangeWindow, ExecutorAws, execute_day
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
 from tests.executor.conftest import (
     DAY,
@@ -151,6 +153,7 @@ def test_change_windows_hold_actions_outside_them(home, ec2, moto_url) -> None:
         aws,
         ExecutorPolicy(change_windows=(nightly,)),
         now=lambda: datetime(2026, 11, 20, 23, 0, tzinfo=UTC),
+        checks=home.checks,
     )
     assert result.decisions[0].outcome == "applied"
     assert instance(ec2, iid)["State"]["Name"] == "stopped"
@@ -160,9 +163,16 @@ def test_rate_limit_spaces_mutating_calls(home, ec2, moto_url) -> None:
     ids = [dev_instance(ec2) for _ in range(3)]
     home.write_plan([plan_row(i, "stop", {"state": "stopped"}) for i in ids])
     home.approve_all()
-    aws = executor_aws(moto_url)
+    clock = [0.0]  # virtual time: it moves only when the limiter waits, however fast the machine is
+
+    def rate_sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    aws = ExecutorAws(
+        executor_aws(moto_url).settings, poll_seconds=0.01, rate_clock=lambda: clock[0], rate_sleep=rate_sleep
+    )
     home.run(aws, max_calls_per_second=5.0)
-    assert aws.rate_limiter.waited > 0.1  # 3 calls at 5/s: 0.4 s of spacing, minus the work in between
+    assert aws.rate_limiter.waited == pytest.approx(0.4)  # 3 calls at 5/s: two gaps of 0.2 s
     assert all(instance(ec2, i)["State"]["Name"] == "stopped" for i in ids)
 
 
@@ -224,9 +234,9 @@ def test_a_plan_that_failed_its_constraint_check_is_never_approved_nor_executed(
     with pytest.raises(PlanError, match=r"failed its constraint check .*never acts on it"):
         home.run(executor_aws(moto_url), mode="apply")
     with pytest.raises(PlanError, match="failed its constraint check"):
-        approve(home.lake, home.paths, DAY, "mallory", all_actions=True)
+        approve(home.lake, home.paths, DAY, "mallory", all_actions=True, checks=home.checks)
     home.write_check("another-plan", passed=True)
-    with pytest.raises(PlanError, match="for another plan than plan-1"):
+    with pytest.raises(PlanError, match="is for plan another-plan, not plan-1"):
         home.run(executor_aws(moto_url), mode="apply")
     assert instance(ec2, iid)["InstanceType"] == "m5.xlarge"  # read back from the server: untouched
 

@@ -18,9 +18,12 @@ from cloudopt_pipelines.executor.actions.ec2 import (
 )
 from cloudopt_pipelines.executor.actions.eip import ReleaseAddress
 
+# (resource kind, action): an ECS or Kubernetes "resize" is another key than EC2's.
+PluginKey = tuple[str, str]
 
-def default_plugins() -> dict[str, ActionPlugin]:
-    """Plan action -> plug-in. Actions absent here (spot, ...) are audited as skipped: no plug-in."""
+
+def default_plugins() -> dict[PluginKey, ActionPlugin]:
+    """(resource kind, plan action) -> plug-in. Actions absent here (spot, ...) are audited as skipped."""
     plugins: list[ActionPlugin] = [
         ResizeInstance(),
         ScheduleInstance(),
@@ -30,7 +33,7 @@ def default_plugins() -> dict[str, ActionPlugin]:
         DeleteVolume(),
         ReleaseAddress(),
     ]
-    return {action: p for p in plugins for action in p.actions}
+    return {(kind, action): p for p in plugins for kind in p.resource_kinds for action in p.actions}
 
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "ActionPlugin",
     "DeleteVolume",
     "LiveState",
+    "PluginKey",
     "Proposal",
     "ReleaseAddress",
     "ResizeAndSchedule",

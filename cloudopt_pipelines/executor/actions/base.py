@@ -84,6 +84,8 @@ class ActionPlugin(ABC):
     resource_kinds: tuple[str, ...] = ()
     #: a failed verification is undone at once (e.g. a resized instance that does not start)
     rollback_on_failure: bool = False
+    #: its rollback resizes back to the recorded ``state_before.instance_type`` (checked against the plan)
+    restores_instance_type: bool = False
 
     @abstractmethod
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:

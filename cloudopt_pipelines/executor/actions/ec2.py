@@ -47,6 +47,7 @@ def read_instance(ctx: ActionContext, instance_id: str) -> LiveState:
         state={
             "instance_type": inst.get("InstanceType"),
             "state": state,
+            "architecture": inst.get("Architecture"),
             "volumes": [
                 b["Ebs"]["VolumeId"] for b in inst.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("VolumeId")
             ],
@@ -104,12 +105,40 @@ def modify_type_call(instance_id: str, instance_type: str) -> ApiCall:
     return ApiCall("ec2:ModifyInstanceAttribute", {"InstanceId": instance_id, "InstanceType": {"Value": instance_type}})
 
 
+def type_architectures(ctx: ActionContext, instance_type: str) -> tuple[str, ...]:
+    """The CPU architectures an instance type runs (``ec2:DescribeInstanceTypes``), e.g. ``("arm64",)``."""
+    ec2 = ctx.client("ec2")
+    found = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])
+    if not found:
+        raise ExecutorError(f"instance type {instance_type} is unknown in {ctx.region}; re-run the plan")
+    return tuple(found[0].get("ProcessorInfo", {}).get("SupportedArchitectures") or ())
+
+
+def cross_architecture_refusal(
+    ctx: ActionContext, action: PlannedAction, current_type: str, architecture: str | None, target_type: str
+) -> str | None:
+    """Why a resize would change the CPU architecture in place (an x86_64 image cannot boot on arm64, nor the
+    reverse), or None. The plan's ``cross_architecture`` flag refuses on its own; else the live architecture
+    of the instance (its image) is checked against the target type's."""
+    targets = type_architectures(ctx, target_type)
+    if architecture and architecture in targets and not action.proposed_config.get("cross_architecture"):
+        return None
+    to = "/".join(targets) or str(action.proposed_config.get("architecture") or "another architecture")
+    return (
+        f"refused: cross-architecture resize of instance {action.resource_id} from {current_type} "
+        f"({architecture or 'unknown architecture'}) to {target_type} ({to}): a change of architecture in place "
+        f"cannot boot its image. Fix: build an image for {to}, launch a replacement instance from it through its "
+        "own reviewed change, or re-plan without the other architecture (sizing policy allow_graviton: false)"
+    )
+
+
 class ResizeInstance(ActionPlugin):
     """Stop, change the instance type, start again (only if it was running); the state before is recorded."""
 
     actions = ("resize",)
     resource_kinds = ("ec2_instance",)
     rollback_on_failure = True
+    restores_instance_type = True
 
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
         return read_instance(ctx, action.resource_id)
@@ -144,6 +173,9 @@ class ResizeInstance(ActionPlugin):
             return Proposal(
                 "not_applicable", f"instance {iid} is {state}; resize needs running or stopped, retry later"
             )
+        refusal = cross_architecture_refusal(ctx, action, str(current), live.state.get("architecture"), target)
+        if refusal:
+            return Proposal("not_applicable", refusal, before=before)
         calls = [modify_type_call(iid, target)]
         if state == "running":
             calls = [stop_call(iid), *calls, start_call(iid)]
@@ -494,6 +526,7 @@ class ResizeAndSchedule(ActionPlugin):
     actions = ("resize+schedule",)
     resource_kinds = ("ec2_instance",)
     rollback_on_failure = True
+    restores_instance_type = True
 
     def __init__(self) -> None:
         self.resize, self.schedule = ResizeInstance(), ScheduleInstance()
