@@ -19,7 +19,7 @@ from cloudopt_pipelines.assets.plan import PLAN_JOB, PLAN_KEY
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_daily_partitions, account_day_key
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import DEFAULT_PLAN_DEADLINE_HOURS
-from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
+from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES, UNREACHABLE
 
 # The jobs run one partition per run (the schedule, `cloudopt run`), which is what Dagster falls back
 # to for a job whose assets have different backfill policies; the single-run policy of the batch
@@ -78,7 +78,15 @@ def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext, source: Sourc
     registered = context.instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)
     if not registered:
         return dg.SkipReason("no accounts registered yet: turn on the account_discovery sensor or run 'cloudopt run'")
-    active = active_accounts(registered, source.get_collector().list_account_statuses())
+    statuses = source.get_collector().list_account_statuses()
+    unreachable = unreachable_accounts(registered, statuses)
+    if unreachable:
+        context.log.warning(
+            f"account(s) {', '.join(unreachable)} are registered but the source does not reach them: not run. "
+            "Check the id (CLOUDOPT_ACCOUNTS keeps leading zeros) and the role it assumes there; "
+            "the partitions and history stay"
+        )
+    active = active_accounts(registered, statuses)
     if not active:
         return dg.SkipReason(f"none of the {len(registered)} registered accounts is active")
     return yesterday_requests(active, context.scheduled_execution_time or datetime.now(UTC))
@@ -86,8 +94,14 @@ def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext, source: Sourc
 
 def active_accounts(registered: Iterable[str], statuses: Mapping[str, str]) -> list[str]:
     """The registered accounts that are scheduled and that a plan waits for: ACTIVE or CONFIGURED in the
-    source, or unknown to it (an account registered by hand)."""
-    return sorted(a for a in registered if statuses.get(a, "ACTIVE") in SCHEDULABLE_STATUSES)
+    source. An account the source does not list (a mistyped id, a role that cannot be assumed) is
+    UNREACHABLE: it keeps its partitions and history but is neither run nor waited for."""
+    return sorted(a for a in registered if statuses.get(a, UNREACHABLE) in SCHEDULABLE_STATUSES)
+
+
+def unreachable_accounts(registered: Iterable[str], statuses: Mapping[str, str]) -> list[str]:
+    """Registered accounts the source does not reach at all (not even as suspended)."""
+    return sorted(a for a in registered if statuses.get(a, UNREACHABLE) == UNREACHABLE)
 
 
 @dg.sensor(minimum_interval_seconds=3600, default_status=dg.DefaultSensorStatus.RUNNING)

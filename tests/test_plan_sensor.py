@@ -11,10 +11,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cloudopt_pipelines.assets.plan import PLAN_JOB, portfolio_plan
-from cloudopt_pipelines.assets.recommendations import recommendations
+from cloudopt_pipelines.assets.plan import PLAN_JOB, PLAN_KEY
+from cloudopt_pipelines.assets.recommendations import build_recommendation_asset
 from cloudopt_pipelines.automation import PLAN_SENSOR, PlanCursor, build_plan_sensor, decide_plan, plan_deadline
 from cloudopt_pipelines.definitions import build_definitions
+from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.partitions import account_day_key
 from cloudopt_pipelines.resources.sources import DemoSourceResource
@@ -23,8 +24,9 @@ from cloudopt_pipelines.settings import Settings, load_settings, parse_plan_dead
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
 DAY = date(2026, 11, 22)
-LATE = "000000000042"  # registered, unknown to the demo source: expected like an active account
-REC = recommendations.key
+LATE = "000000000042"  # registered, and ACTIVE in the source (_SourceWithLateAccount), but slow to report
+STANDALONE = build_recommendation_asset(StandaloneEc2Optimizer())
+REC = STANDALONE.key
 SECOND = dg.AssetKey(["recommendations", "kubernetes"])  # a second optimiser's asset, as the factory will make
 BEFORE_DEADLINE = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 AFTER_DEADLINE = datetime(2026, 11, 23, 12, 30, tzinfo=UTC)
@@ -66,7 +68,7 @@ class Ticker:
         self.sensor = build_plan_sensor(
             list(keys), deadline=timedelta(hours=12), clock=self.clock, max_requests_per_tick=max_requests_per_tick
         )
-        self.source = source or DemoSourceResource()
+        self.source = source or _SourceWithLateAccount()
         self.cursor: str | None = None
 
     def tick(self, reset: bool = False) -> Tick:
@@ -82,6 +84,24 @@ class Ticker:
         return Tick(list(result.run_requests or []), result.skip_message)
 
 
+class _SourceWithLateAccount(DemoSourceResource):
+    """The demo source, where account LATE exists too (ACTIVE) but has no data: a late account."""
+
+    def get_collector(self):
+        collector = super().get_collector()
+        statuses = {**collector.list_account_statuses(), LATE: "ACTIVE"}
+        collector.list_account_statuses = lambda: statuses
+        return collector
+
+
+def test_an_account_the_source_does_not_reach_is_not_waited_for(fresh_home: Settings) -> None:
+    ticker = Ticker(fresh_home, source=DemoSourceResource())  # the demo source does not know LATE
+    register_accounts(ticker.instance, [*DEMO_ACCOUNTS, LATE])
+    recommend(ticker.instance, DEMO_ACCOUNTS)
+    [request] = ticker.tick().requests
+    assert request.tags["cloudopt/plan_trigger"] == "all_accounts"
+
+
 def recommend(instance: dg.DagsterInstance, accounts: Sequence[str], day: date = DAY, key: dg.AssetKey = REC) -> None:
     """Record a materialisation of ``key`` for each account on ``day`` (the event the sensor reads)."""
     for account in accounts:
@@ -89,7 +109,7 @@ def recommend(instance: dg.DagsterInstance, accounts: Sequence[str], day: date =
 
 
 def planned(instance: dg.DagsterInstance, day: date = DAY) -> None:
-    instance.report_runless_asset_event(dg.AssetMaterialization(portfolio_plan.key, partition=day.isoformat()))
+    instance.report_runless_asset_event(dg.AssetMaterialization(PLAN_KEY, partition=day.isoformat()))
 
 
 def test_every_active_account_present_gives_one_plan_request(fresh_home: Settings) -> None:
@@ -283,7 +303,7 @@ def lake_home(demo_home: Settings, tmp_path: Path) -> Settings:
 def materialize_recommendations(settings: Settings, instance: dg.DagsterInstance, day: date) -> None:
     for account in DEMO_ACCOUNTS:
         result = dg.materialize(
-            [recommendations],
+            [STANDALONE],
             partition_key=account_day_key(account, day),
             instance=instance,
             resources={"lake": LakeResource(root=str(settings.lake_dir))},

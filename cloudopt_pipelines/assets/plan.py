@@ -234,6 +234,5 @@ def plan_check_reader(instance: dg.DagsterInstance) -> PlanCheckReader:
 portfolio_plan_job = dg.define_asset_job(
     PLAN_JOB,
     selection=dg.AssetSelection.assets(PLAN_KEY),
-    partitions_def=daily_partitions,
     description="The portfolio plan of one UTC day across every account (after the accounts' daily runs).",
 )
