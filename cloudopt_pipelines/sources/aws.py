@@ -30,6 +30,7 @@ from cloudopt_pipelines.aws.sessions import DEFAULT_ROLE_SESSION_NAME as DEFAULT
 from cloudopt_pipelines.aws.sessions import AwsSessions, AwsSettings
 from cloudopt_pipelines.sources.base import (
     SCHEDULABLE_STATUSES,
+    UNREACHABLE,
     Collected,
     classify_deployment,
     tag_columns,
@@ -44,6 +45,8 @@ PERIOD_SECONDS = 300
 MAX_QUERIES_PER_CALL = 500  # the GetMetricData limit on MetricDataQueries per request
 # What list_account_statuses() returns for ids given in CLOUDOPT_ACCOUNTS (not looked up).
 CONFIGURED = "CONFIGURED"
+# STS answers that mean "this account or its role cannot be used", as opposed to the service failing.
+REFUSED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "RegionDisabledException"})
 
 EMR_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
 ECS_CLUSTER_METRICS = ("CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation")
@@ -68,7 +71,13 @@ PERCENT_COLUMNS = ("cpu_pct", "cpu_max_pct", "mem_pct")
 
 
 class CollectorError(RuntimeError):
-    """An AWS call failed; the message names the endpoint, account, region, API call and the fix."""
+    """An AWS call failed; the message names the endpoint, account, region, API call and the fix.
+
+    ``code`` is AWS's error code (``AccessDenied``, ...), empty when the call got no answer."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -128,9 +137,11 @@ class AwsCollector:
         return sorted(a for a, status in statuses.items() if status in SCHEDULABLE_STATUSES)
 
     def list_account_statuses(self) -> dict[str, str]:
-        """Every account id with its status (ACTIVE, SUSPENDED, ...; ``CONFIGURED`` when given by settings)."""
+        """Every account id with its status: ACTIVE, SUSPENDED, ... from AWS Organizations, or for accounts
+        given by settings ``CONFIGURED`` when the collector gets credentials for it and ``UNREACHABLE``
+        when it cannot (a mistyped id, a role missing there)."""
         if self.settings.accounts:
-            return {a: CONFIGURED for a in self.settings.accounts}
+            return {a: self._configured_status(a) for a in self.settings.accounts}
         where = _Where(self.caller_account(), self.settings.regions[0])
         statuses: dict[str, str] = {}
         with self._partition(_CallStats()), self._errors(where):
@@ -139,6 +150,23 @@ class AwsCollector:
                 for account in page.get("Accounts", []):
                     statuses[account["Id"]] = account.get("State") or account.get("Status") or "UNKNOWN"
         return dict(sorted(statuses.items()))
+
+    def _configured_status(self, account_id: str) -> str:
+        """CONFIGURED if credentials for ``account_id`` can be had (its role assumed, or the base credentials'
+        own account), UNREACHABLE if they are refused or no role is configured for it. Any other error (the
+        endpoint down, throttling past the retries) is the source's, not the account's: it is raised."""
+        caller = self.caller_account(account_id)
+        if account_id != caller and self.settings.role_arn(account_id) is None:
+            log.warning("account %s is configured but no role to assume there is (CLOUDOPT_ASSUME_ROLE)", account_id)
+            return UNREACHABLE
+        try:
+            self.session_for(account_id)
+        except CollectorError as exc:
+            if exc.code in REFUSED_CODES:
+                log.warning("account %s is configured but cannot be reached: %s", account_id, exc)
+                return UNREACHABLE
+            raise
+        return CONFIGURED
 
     def caller_account(self, for_account: str = "(base credentials)") -> str:
         """The account id of the base credentials (``sts:GetCallerIdentity``), looked up once.
@@ -231,7 +259,8 @@ class AwsCollector:
         fix = _fix_for(exc, code, call, where, role_arn)
         return CollectorError(
             f"AWS call {call} failed for account {where.account_id} in region {where.region} "
-            f"at endpoint {endpoint}: {_clean(exc)}. Fix: {fix}"
+            f"at endpoint {endpoint}: {_clean(exc)}. Fix: {fix}",
+            code=code,
         )
 
     def _endpoint_for(self, call: str, region: str) -> str:

@@ -14,7 +14,7 @@ from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.optimizers.standalone import recommend_account, recommendations_summary
 from cloudopt_pipelines.optimizers.standalone_actions import ebs_monthly_usd
 from cloudopt_pipelines.resources.aws import AwsResource
-from cloudopt_pipelines.sources.aws import CONFIGURED, CollectorError
+from cloudopt_pipelines.sources.aws import CONFIGURED, UNREACHABLE, CollectorError
 from cloudopt_pipelines.sources.base import Collected
 from cloudopt_pipelines.storage.schemas import RESOURCE_KINDS, RESOURCES, UTILIZATION_5M
 
@@ -180,10 +180,21 @@ def test_accounts_are_discovered_with_organizations(collector, world: AwsWorld) 
     assert collector.list_accounts() == sorted([MANAGEMENT_ACCOUNT, world.member_account])
 
 
-def test_configured_accounts_are_not_looked_up(make_collector, world: AwsWorld) -> None:
-    collector = make_collector(accounts=(world.member_account,), endpoint_url="http://127.0.0.1:9")
-    assert collector.list_account_statuses() == {world.member_account: CONFIGURED}
-    assert collector.list_accounts() == [world.member_account]
+def test_configured_accounts_are_checked_and_an_unreachable_one_is_marked(make_collector, world: AwsWorld) -> None:
+    collector = make_collector(accounts=(world.member_account, MANAGEMENT_ACCOUNT))
+    statuses = collector.list_account_statuses()  # the member through its role, the base account as it is
+    assert statuses == {world.member_account: CONFIGURED, MANAGEMENT_ACCOUNT: CONFIGURED}
+    assert collector.list_accounts() == sorted([world.member_account, MANAGEMENT_ACCOUNT])
+    # No role to reach the member (as for a mistyped id): marked, not listed, never run.
+    without_role = make_collector(accounts=(world.member_account, MANAGEMENT_ACCOUNT), assume_role=None)
+    assert without_role.list_account_statuses() == {world.member_account: UNREACHABLE, MANAGEMENT_ACCOUNT: CONFIGURED}
+    assert without_role.list_accounts() == [MANAGEMENT_ACCOUNT]
+
+
+def test_a_dead_endpoint_is_the_sources_error_not_an_unreachable_account(make_collector, world: AwsWorld) -> None:
+    collector = make_collector(accounts=(world.member_account,), endpoint_url="http://127.0.0.1:9", max_attempts=1)
+    with pytest.raises(CollectorError, match=r"127\.0\.0\.1:9"):
+        collector.list_account_statuses()
 
 
 def test_second_account_is_reached_by_assuming_the_role(make_collector, world: AwsWorld) -> None:
