@@ -223,6 +223,74 @@ EXECUTED_ACTIONS = pa.schema(
     ]
 )
 
+# Kubernetes objects of one cluster (CLOUDOPT_K8S_CLUSTERS; docs/kubernetes.md): nodes, node pools,
+# namespaces, workloads grouped by owner (one row per container), HPAs, VPAs and PodDisruptionBudgets.
+K8S_WORKLOADS = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("cluster", pa.string()),
+        ("resource_id", pa.string()),
+        ("object_kind", pa.string()),
+        ("namespace", pa.string()),
+        ("name", pa.string()),
+        ("container", pa.string()),
+        ("target_id", pa.string()),
+        ("replicas", pa.int32()),
+        ("ready_replicas", pa.int32()),
+        ("pods", pa.int32()),
+        ("cpu_request_cores", pa.float64()),
+        ("cpu_limit_cores", pa.float64()),
+        ("mem_request_bytes", pa.float64()),
+        ("mem_limit_bytes", pa.float64()),
+        ("qos_class", pa.string()),
+        ("restarts", pa.int32()),
+        ("last_termination_reason", pa.string()),
+        ("instance_type", pa.string()),
+        ("zone", pa.string()),
+        ("capacity_type", pa.string()),
+        ("nodepool", pa.string()),
+        ("ec2_instance_id", pa.string()),
+        ("allocatable_cpu_cores", pa.float64()),
+        ("allocatable_mem_bytes", pa.float64()),
+        ("taints", pa.string()),
+        ("min_replicas", pa.int32()),
+        ("max_replicas", pa.int32()),
+        ("current_replicas", pa.int32()),
+        ("desired_replicas", pa.int32()),
+        ("metrics", pa.string()),
+        ("labels", pa.string()),
+        ("attributes", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+# Prometheus usage at the query step (5 minutes): one row per (workload, container, ts) with the pods of
+# the workload aggregated, and one row per (node, ts) with scope 'node'.
+K8S_CONTAINER_USAGE = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("cluster", pa.string()),
+        ("resource_id", pa.string()),
+        ("scope", pa.string()),
+        ("namespace", pa.string()),
+        ("workload_kind", pa.string()),
+        ("workload", pa.string()),
+        ("container", pa.string()),
+        ("ts", TS),
+        ("cpu_cores", pa.float64()),
+        ("cpu_cores_max", pa.float64()),
+        ("mem_bytes", pa.float64()),
+        ("mem_bytes_max", pa.float64()),
+        ("cpu_throttled_ratio", pa.float64()),
+        ("replicas", pa.int32()),
+        ("restarts", pa.int32()),
+        ("oom_kills", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "price_catalog": PRICE_CATALOG,
     "reserved_prices": RESERVED_PRICES,
@@ -233,6 +301,8 @@ TABLES: dict[str, pa.Schema] = {
     "portfolio_plan": PORTFOLIO_PLAN,
     "portfolio_plan_checks": PORTFOLIO_PLAN_CHECKS,
     "executed_actions": EXECUTED_ACTIONS,
+    "k8s_workloads": K8S_WORKLOADS,
+    "k8s_container_usage": K8S_CONTAINER_USAGE,
 }
 
 # Warehouse views that are the union of every lake table with a prefix: each deployment-type optimiser
@@ -249,6 +319,9 @@ RESOURCE_KINDS = (
     "emr_cluster",
     "eks_cluster",
     "eks_nodegroup",
+    "k8s_node",
+    "k8s_nodepool",
+    "k8s_workload",
 )
 
 DEPLOYMENT_TYPES = ("standalone", "asg", "kubernetes", "ecs", "emr")
