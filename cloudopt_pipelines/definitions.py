@@ -4,6 +4,7 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
+from cloudopt_pipelines.assets.kubernetes import kubernetes_definitions
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
@@ -36,7 +37,9 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     """All definitions for one CLOUDOPT_HOME and source; tests pass their own."""
     settings = settings or load_settings()
     sql_assets = build_sql_model_assets()
-    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
+    k8s = kubernetes_definitions()  # None unless CLOUDOPT_K8S_CLUSTERS is set
+    k8s_assets = list(k8s.assets) if k8s else []
+    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m, *k8s_assets]
     optimizers = select_optimizers(settings.deployment_types)
     recommendation_assets = build_recommendation_assets(optimizers)
     portfolio_plan = build_portfolio_plan_asset(optimizers)
@@ -44,23 +47,25 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     warehouse_asset = build_warehouse_asset([key for a in lake_assets for key in a.keys])
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, *recommendation_assets]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *k8s_assets, *sql_assets, *recommendation_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
     daily_job, catalog_job, warehouse_job = build_jobs(
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
+    source = source or source_for(settings)
     return dg.Definitions(
         assets=[*lake_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule, daily_plan_schedule],
         sensors=[account_discovery, build_warehouse_refresh_sensor(warehouse_job)],
         resources={
-            "source": source or source_for(settings),
+            "source": k8s.wrap_source(source) if k8s else source,
             "lake": LakeResource(root=str(settings.lake_dir)),
             "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
             "aws_executor": AwsExecutorResource.from_env(home=settings.home),
+            **(k8s.resources() if k8s else {}),
         },
     )
 

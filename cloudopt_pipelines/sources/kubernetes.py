@@ -1153,3 +1153,60 @@ class KubernetesCollector:
 
 def previous_day(day: date) -> date:
     return day - timedelta(days=1)
+
+
+@dataclass
+class WithKubernetes:
+    """A collector that adds the Kubernetes clusters billing to an account to another collector's inventory.
+
+    Accounts are the other collector's plus those the clusters file names; ``collect_inventory`` appends the
+    clusters' nodes, node pools and workloads to the ``resources`` rows. Everything else is delegated.
+    """
+
+    base: Any
+    kubernetes: KubernetesCollector
+    _base_account_ids: set[str] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}+kubernetes"
+
+    def list_accounts(self) -> list[str]:
+        return sorted(set(self.base.list_accounts()) | set(self.kubernetes.accounts))
+
+    def list_account_statuses(self) -> dict[str, str]:
+        statuses = dict(self.base.list_account_statuses())
+        for account in self.kubernetes.accounts:
+            statuses.setdefault(account, "CONFIGURED")
+        return statuses
+
+    def collect_inventory(self, account_id: str, day: date) -> Any:
+        from cloudopt_pipelines.sources.base import Collected
+
+        collected = self.base.collect_inventory(account_id, day) if account_id in self._base_accounts() else None
+        if not self.kubernetes.for_account(account_id):
+            return collected if collected is not None else Collected(RESOURCES.empty_table())
+        resources, _workloads, meta = self.kubernetes.collect_inventory(account_id, day)
+        tables = [conform(collected.table, RESOURCES, "resources")] if collected is not None else []
+        table = pa.concat_tables([*tables, resources])
+        metadata = {**(collected.metadata if collected is not None else {}), "kubernetes_resources": resources.num_rows}
+        return Collected(table, metadata | {"kubernetes_clusters": sorted(meta["clusters"])})
+
+    def _base_accounts(self) -> set[str]:
+        if self._base_account_ids is None:
+            self._base_account_ids = set(self.base.list_accounts())
+        return self._base_account_ids
+
+    def collect_metrics(self, account_id: str, day: date) -> Any:
+        return self._delegate("collect_metrics", account_id, day, "utilization_5m")
+
+    def collect_cluster_metrics(self, account_id: str, day: date) -> Any:
+        return self._delegate("collect_cluster_metrics", account_id, day, "cluster_metrics_5m")
+
+    def _delegate(self, method: str, account_id: str, day: date, table: str) -> Any:
+        from cloudopt_pipelines.sources.base import Collected
+        from cloudopt_pipelines.storage.schemas import TABLES
+
+        if account_id in self._base_accounts():
+            return getattr(self.base, method)(account_id, day)
+        return Collected(TABLES[table].empty_table())

@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 AZURE_SAMPLE = DATA / "azure_v1_6vms_3days_cpu_5min.csv.gz"
 GCD_SAMPLE = DATA / "gcd_4vms_1day_cpu_mem_5min.csv.gz"
 
-FIRST_DAY = date(2024, 3, 4)
+FIRST_DAY = date(2026, 11, 16)  # the demo days: the demo fleet and these clusters share accounts
 DAYS = [FIRST_DAY, FIRST_DAY + timedelta(days=1)]
 STEP_S = 300
 PROD_ACCOUNT = "123456789012"
@@ -132,11 +132,11 @@ def pod(
             "restartCount": (restarts or {}).get(c["name"], 0),
             "image": c["image"],
             "imageID": "",
-            "state": {"running": {"startedAt": "2024-03-04T00:00:00Z"}},
+            "state": {"running": {"startedAt": "2026-11-16T00:00:00Z"}},
         }
         if c["name"] in (oom or set()):
             status["lastState"] = {
-                "terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2024-03-05T08:20:00Z"}
+                "terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-11-17T08:20:00Z"}
             }
         statuses.append(status)
     return {
