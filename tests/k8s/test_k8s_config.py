@@ -45,7 +45,7 @@ def test_a_good_file_with_defaults() -> None:
 def test_credentials_come_from_the_environment_by_name() -> None:
     prod = parse_clusters(GOOD).clusters[0]
     assert prod.prometheus_auth({"PROM_TOKEN": "s3cret"}) == ("s3cret", None)
-    with pytest.raises(ClustersFileError, match="PROM_TOKEN .* is not set"):
+    with pytest.raises(ClustersFileError, match=r"PROM_TOKEN .* is not set"):
         prod.prometheus_auth({})
 
 
@@ -76,7 +76,7 @@ def test_credentials_come_from_the_environment_by_name() -> None:
         ),
     ],
 )
-def test_bad_files_are_refused_with_the_line(edit, line: int | None, message: str | None) -> None:  # noqa: ANN001
+def test_bad_files_are_refused_with_the_line(edit, line: int | None, message: str | None) -> None:
     text = edit(GOOD)
     if message is None:
         parse_clusters(text, "clusters.yaml")
@@ -96,7 +96,7 @@ def test_definitions_refuse_a_bad_file_before_anything_runs(tmp_path: Path, monk
     with pytest.raises(ClustersFileError, match=r"clusters.yaml:13: unknown key 'nmae'"):
         build_definitions(Settings(home=tmp_path / "home", env="demo"))
     monkeypatch.setenv("CLOUDOPT_K8S_CLUSTERS", str(tmp_path / "missing.yaml"))
-    with pytest.raises(ClustersFileError, match="CLOUDOPT_K8S_CLUSTERS=.*missing.yaml"):
+    with pytest.raises(ClustersFileError, match=r"CLOUDOPT_K8S_CLUSTERS=.*missing\.yaml"):
         build_definitions(Settings(home=tmp_path / "home", env="demo"))
 
 
@@ -143,3 +143,15 @@ def test_load_clusters_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
     assert load_clusters(path).path == str(path)
+
+
+def test_every_kubernetes_column_is_documented_in_the_warehouse_page() -> None:
+    import re
+
+    from cloudopt_pipelines.storage.schemas import K8S_CONTAINER_USAGE, K8S_WORKLOADS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "warehouse.md").read_text()
+    for table, schema in (("k8s_workloads", K8S_WORKLOADS), ("k8s_container_usage", K8S_CONTAINER_USAGE)):
+        section = text.split(f"## {table}\n", 1)[1].split("\n## ", 1)[0]
+        documented = set(re.findall(r"^\|\s*`([a-z_0-9]+)`\s*\|", section, flags=re.MULTILINE))
+        assert documented == set(schema.names), f"docs/warehouse.md section {table}: {set(schema.names) ^ documented}"
