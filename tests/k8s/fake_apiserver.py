@@ -27,7 +27,7 @@ import re
 import ssl
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -189,6 +189,8 @@ class Store:
         self.resource_version = 1000
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []  # (method, path with query) of every request served
+        # called after each list page is served (outside the lock): tests change the cluster mid-list
+        self.after_page: Callable[[Store, Kind], None] | None = None
 
     def kind(self, group: str, version: str, plural: str) -> Kind:
         for k in self.kinds:
@@ -245,6 +247,8 @@ class Store:
                 if (namespace is None or ns == namespace) and matches(o["metadata"].get("labels") or {}, reqs)
             ]
         page = items[offset : offset + limit] if limit else items[offset:]
+        if self.after_page is not None:
+            self.after_page(self, kind)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if limit and offset + limit < len(items):
             meta["continue"] = base64.b64encode(json.dumps({"rv": rv, "start": offset + limit}).encode()).decode()
