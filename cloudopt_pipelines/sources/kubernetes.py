@@ -24,7 +24,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -1149,10 +1149,6 @@ class KubernetesCollector:
             )
         table = pa.concat_tables(tables) if tables else K8S_CONTAINER_USAGE.empty_table()
         return table, {**dict(totals), "clusters": meta}
-
-
-def previous_day(day: date) -> date:
-    return day - timedelta(days=1)
 
 
 @dataclass

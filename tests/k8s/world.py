@@ -7,7 +7,8 @@ Two clusters share one real Prometheus (each with its own ``cluster`` label, as 
   containers, an older ReplicaSet's pod seen only in Prometheus), its HPA (autoscaling/v2), PDB and VPA;
   StatefulSet ``db`` (one pod OOM-killed twice); DaemonSet ``aws-node``; CronJob ``report`` whose
   yesterday's Job is gone from the API (known only through ``kube_job_owner``); two Dagster run Jobs
-  grouped by their ``dagster/job`` label; a bare pod.
+  grouped by their ``dagster/job`` label, and a third run gone from the API that only kube-state-metrics'
+  ``kube_pod_labels`` groups; a bare pod.
 - ``bulk`` (account 210987654321): 70 single-container pods in 7 Deployments of namespace ``apps``,
   more than one batch of the series limit the tests configure.
 
@@ -175,6 +176,7 @@ class Cluster:
     pod_owners: dict[tuple[str, str], tuple[str, str]]  # (ns, pod) -> (owner_kind, owner_name), kube_pod_owner
     replicaset_owners: dict[tuple[str, str], tuple[str, str]]  # (ns, rs) -> owner, kube_replicaset_owner
     job_owners: dict[tuple[str, str], tuple[str, str]]  # (ns, job) -> owner, kube_job_owner
+    pod_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # kube_pod_labels
 
 
 def prod_cluster() -> Cluster:
@@ -458,6 +460,21 @@ def prod_cluster() -> Cluster:
             )
         )
 
+    # a Dagster run whose Job and pod are gone from the API: only kube-state-metrics' pod labels group it
+    gone_run = "dagster-run-0a1b2c3d"
+    gone_pod = f"{gone_run}-k2j4h"
+    pod_owners[("batch", gone_pod)] = ("Job", gone_run)
+    job_owners[("batch", gone_run)] = ("<none>", "<none>")
+    series.append(
+        PodSeries(
+            name, "batch", gone_pod, "dagster", node_names[2], 2.0, 2048 * MIB, 4, 2, start_step=200, end_step=210
+        )
+    )
+    pod_labels = {
+        ("batch", p): {"label_dagster_job": "daily_pipeline"}
+        for p in ("dagster-run-3f2a9c1e-5xq2m", "dagster-run-8b7d6e5f-5xq2m", gone_pod)
+    }
+
     debug = [container("shell", "10m", "32Mi")]
     objs.append(pod("debug-shell", "shop", node_names[0], debug, None, qos="Burstable"))
     pod_owners[("shop", "debug-shell")] = ("<none>", "<none>")
@@ -470,6 +487,7 @@ def prod_cluster() -> Cluster:
         pod_owners,
         {("shop", "web-5d8f7c9b4"): ("Deployment", "web"), ("shop", "web-6c9d8b7f5"): ("Deployment", "web")},
         job_owners,
+        pod_labels,
     )
 
 
@@ -624,6 +642,13 @@ def openmetrics(clusters: list[Cluster]) -> Iterator[str]:
             lbl = {"cluster": c.name, "namespace": ns, "replicaset": rs, "owner_kind": kind, "owner_name": owner}
             for step in range(0, 2 * 288):
                 yield line("kube_replicaset_owner", lbl, 1, step)
+    yield from family("kube_pod_labels", "gauge")
+    for c in clusters:
+        for (ns, p), extra in sorted(c.pod_labels.items()):
+            lived = [s for s in c.series if (s.namespace, s.pod) == (ns, p)]
+            lbl = {"cluster": c.name, "namespace": ns, "pod": p, **extra}
+            for step in range(min(s.start_step for s in lived), max(s.end_step for s in lived)):
+                yield line("kube_pod_labels", lbl, 1, step)
     yield from family("kube_job_owner", "gauge")
     for c in clusters:
         for (ns, job), (kind, owner) in sorted(c.job_owners.items()):
