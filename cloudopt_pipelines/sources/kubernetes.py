@@ -896,15 +896,27 @@ class UsageCollector:
                                 metric
                             ] = float(v)
                 restarts = f"max by ({by}) (kube_pod_container_status_restarts_total{{{ksm}}})"
-                for r in self.prom.query_range(restarts, start - c.step_s, last, c.step_s):
-                    m = r["metric"]
-                    previous: float | None = None
+                # the counter's value one step before the piece, so the first step's restarts are counted too
+                # (an instant query: no range query reaches past max_range)
+                before = {
+                    (
+                        r["metric"].get("namespace", ""),
+                        r["metric"].get("pod", ""),
+                        r["metric"].get("container", ""),
+                    ): float(r["value"][1])
+                    for r in self.prom.query(restarts, start - c.step_s)
+                }
+                for r in self.prom.query_range(restarts, start, last, c.step_s):
+                    key = (
+                        r["metric"].get("namespace", ""),
+                        r["metric"].get("pod", ""),
+                        r["metric"].get("container", ""),
+                    )
+                    previous = before.get(key)
                     for t, v in r["values"]:
                         value = float(v)
-                        if previous is not None and float(t) >= start:
-                            pod_usage[(m.get("namespace", ""), m.get("pod", ""), m.get("container", ""), float(t))][
-                                "restarts"
-                            ] = max(0.0, value - previous)
+                        if previous is not None:
+                            pod_usage[(*key, float(t))]["restarts"] = max(0.0, value - previous)
                         previous = value
                 self._owners(owners, batch.matchers, end, range_s)
             for batch in plan.node_batches:

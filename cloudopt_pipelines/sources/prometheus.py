@@ -30,6 +30,7 @@ class QueryStats:
     samples_returned: int = 0
     largest_response_series: int = 0
     largest_response_bytes: int = 0
+    longest_range_seconds: float = 0.0
     by_endpoint: dict[str, int] = field(default_factory=dict)
 
     def as_metadata(self) -> dict[str, Any]:
@@ -39,6 +40,7 @@ class QueryStats:
             "prometheus_samples_returned": self.samples_returned,
             "prometheus_largest_response_series": self.largest_response_series,
             "prometheus_largest_response_bytes": self.largest_response_bytes,
+            "prometheus_longest_range_seconds": self.longest_range_seconds,
             "prometheus_queries_by_endpoint": dict(sorted(self.by_endpoint.items())),
         }
 

@@ -69,12 +69,12 @@ def test_query_count_matches_the_documented_formula(
 
     _t, meta = KubernetesCollector(load_clusters(clusters_file).clusters).collect_usage(PROD_ACCOUNT, DAYS[0])
     prod = meta["clusters"]["prod-eks"]
-    # 1 batch (17 container series), 1 namespace group, 1 node batch, no prefix split: 3 + 7 + 2 + 2
-    assert (prod["prometheus_batches"], prod["prometheus_queries"]) == (2, 14)
+    # 1 batch (18 container series), 1 namespace group, 1 node batch, no prefix split: 3 + 8 + 2 + 2
+    assert (prod["prometheus_batches"], prod["prometheus_queries"]) == (2, 15)
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(clusters_yaml(apiservers, prometheus.url, max_series=25)))
     _t, meta = KubernetesCollector(load_clusters(path).clusters).collect_usage(BULK_ACCOUNT, DAYS[0])
     bulk = meta["clusters"]["bulk"]
     # 70 series in one namespace: prefixes '', 's', 'sv', 'svc' (P=4) give 7 slices of 10, packed 2 a batch
-    assert (bulk["prometheus_batches"], bulk["prometheus_queries"]) == (5, 3 + 4 + 7 * 4 + 2 * 1 + 2 * 1)
+    assert (bulk["prometheus_batches"], bulk["prometheus_queries"]) == (5, 3 + 4 + 8 * 4 + 2 * 1 + 2 * 1)
     assert bulk["prometheus_largest_response_series"] <= 25

@@ -131,3 +131,30 @@ def test_series_limit_holds_on_a_cluster_larger_than_one_batch(tmp_path: Path, a
     assert sorted(per) == [f"bulk/apps/deployment/svc{d}" for d in range(7)]
     assert all(len(v) == 288 for v in per.values())
     assert {r["replicas"] for r in data} == {10}
+
+
+def test_a_day_longer_than_max_range_is_split_into_aligned_pieces(tmp_path: Path, apiservers, prometheus) -> None:
+
+
+    whole, meta_whole = collector(_file(tmp_path / "a.yaml", apiservers, prometheus)).collect_usage(
+        PROD_ACCOUNT, DAYS[1]
+    )
+    split, meta = collector(_file(tmp_path / "b.yaml", apiservers, prometheus, max_range="6h")).collect_usage(
+        PROD_ACCOUNT, DAYS[1]
+    )
+    stats = meta["clusters"]["prod-eks"]
+    assert stats["time_chunks"] == 4 and stats["prometheus_longest_range_seconds"] <= 6 * 3600
+    assert meta_whole["clusters"]["prod-eks"]["prometheus_longest_range_seconds"] <= 86400
+    key = lambda r: (r["resource_id"], str(r["container"]), r["ts"])  # noqa: E731
+    assert sorted(rows(split), key=key) == sorted(rows(whole), key=key)
+    # the OOM kill of day 2 (step 388 = 100 of the day) is counted once, in either layout
+    assert sum(r["oom_kills"] or 0 for r in rows(split)) == 1
+
+
+def _file(path: Path, apis, prometheus, **overrides) -> Path:
+    import yaml
+
+    from tests.k8s.conftest import clusters_yaml
+
+    path.write_text(yaml.safe_dump(clusters_yaml(apis, prometheus.url, **overrides)))
+    return path
