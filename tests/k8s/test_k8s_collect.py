@@ -135,7 +135,6 @@ def test_series_limit_holds_on_a_cluster_larger_than_one_batch(tmp_path: Path, a
 
 def test_a_day_longer_than_max_range_is_split_into_aligned_pieces(tmp_path: Path, apiservers, prometheus) -> None:
 
-
     whole, meta_whole = collector(_file(tmp_path / "a.yaml", apiservers, prometheus)).collect_usage(
         PROD_ACCOUNT, DAYS[1]
     )
