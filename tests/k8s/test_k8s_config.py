@@ -155,3 +155,10 @@ def test_every_kubernetes_column_is_documented_in_the_warehouse_page() -> None:
         section = text.split(f"## {table}\n", 1)[1].split("\n## ", 1)[0]
         documented = set(re.findall(r"^\|\s*`([a-z_0-9]+)`\s*\|", section, flags=re.MULTILINE))
         assert documented == set(schema.names), f"docs/warehouse.md section {table}: {set(schema.names) ^ documented}"
+
+
+def test_the_example_clusters_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "k8s_clusters.example.yaml"
+    config = load_clusters(example)
+    assert [c.name for c in config.clusters] == ["prod-eks", "analytics"]
+    assert config.clusters[1].job_group_labels == ("dagster/job", "dag_id")
