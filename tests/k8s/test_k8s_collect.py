@@ -157,3 +157,41 @@ def _file(path: Path, apis, prometheus, **overrides) -> Path:
 
     path.write_text(yaml.safe_dump(clusters_yaml(apis, prometheus.url, **overrides)))
     return path
+
+
+def test_the_demo_cluster_replays_exactly_what_the_real_prometheus_answers(tmp_path: Path, prometheus) -> None:
+    """The recording in demo/data is current: the real Prometheus gives the same rows for the same queries."""
+    import yaml
+
+    from cloudopt_pipelines.demo.kubernetes import DEMO_ACCOUNT, demo_cluster_entry, serving_demo_cluster
+
+    key = lambda r: (r["resource_id"], str(r["container"]), r["ts"])  # noqa: E731
+    with serving_demo_cluster(tmp_path / "demo") as clusters:
+        entry = yaml.safe_load(clusters.read_text())["clusters"][0]
+        live = tmp_path / "live.yaml"
+        live.write_text(yaml.safe_dump({"clusters": [demo_cluster_entry(entry["kubeconfig"], prometheus.url)]}))
+        for day in DAYS:
+            replayed, _ = collector(clusters).collect_usage(DEMO_ACCOUNT, day)
+            real, _ = collector(live).collect_usage(DEMO_ACCOUNT, day)
+            assert replayed.num_rows > 0
+            assert sorted(rows(replayed), key=key) == sorted(rows(real), key=key)
+        _res, workloads, _meta = collector(clusters).collect_inventory(DEMO_ACCOUNT, DAYS[0])
+    assert "prod-eks/shop/deployment/web" in workloads.column("resource_id").to_pylist()
+
+
+def test_cloudopt_demo_serves_its_cluster_for_the_run_and_restores_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from cloudopt_pipelines.demo.kubernetes import DEMO_ACCOUNT, with_demo_cluster
+
+    monkeypatch.delenv("CLOUDOPT_K8S_CLUSTERS", raising=False)
+
+    def run() -> int:
+        clusters = load_clusters(os.environ["CLOUDOPT_K8S_CLUSTERS"]).clusters
+        usage, _ = KubernetesCollector(clusters).collect_usage(DEMO_ACCOUNT, DAYS[1])
+        return usage.num_rows
+
+    assert with_demo_cluster(tmp_path, run) > 0
+    assert "CLOUDOPT_K8S_CLUSTERS" not in os.environ
