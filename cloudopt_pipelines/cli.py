@@ -140,8 +140,10 @@ def demo() -> None:
         raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
     typer.echo(f"cloudopt demo: {DEMO_START} to {DEMO_END}, home {settings.home}")
     started = time.monotonic()
+    from cloudopt_pipelines.demo.kubernetes import with_demo_cluster
+
     with _range_errors():
-        result = run_range(DEMO_START, DEMO_END, progress=typer.echo)
+        result = with_demo_cluster(settings.home, lambda: run_range(DEMO_START, DEMO_END, progress=typer.echo))
     typer.echo("")
     typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
     if result.failed:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
+from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
@@ -32,7 +33,9 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     settings = settings or load_settings()
     window_days = {"utilization_window": settings.utilization_window_days} if settings.utilization_window_days else None
     sql_assets = build_sql_model_assets(window_days=window_days)
-    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m]
+    k8s = kubernetes_definitions(settings.k8s_clusters_file)  # None unless CLOUDOPT_K8S_CLUSTERS is set
+    k8s_assets = list(k8s.assets) if k8s else []
+    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m, *k8s_assets]
     optimizers = select_optimizers(settings.deployment_types)
     recommendation_assets = build_recommendation_assets(optimizers)
     portfolio_plan = build_portfolio_plan_asset(optimizers)
@@ -40,13 +43,14 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     warehouse_asset = build_warehouse_asset([key for a in lake_assets for key in a.keys])
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *sql_assets, *recommendation_assets]
+        for a in [resources, utilization_5m, cluster_metrics_5m, *k8s_assets, *sql_assets, *recommendation_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]
     daily_job, catalog_job, warehouse_job = build_jobs(
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
+    source = source or source_for(settings)
     return dg.Definitions(
         assets=[*lake_assets, warehouse_asset],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
@@ -56,8 +60,17 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
             build_plan_sensor([k for a in recommendation_assets for k in a.keys], deadline=settings.plan_deadline),
             build_warehouse_refresh_sensor(warehouse_asset),
         ],
-        resources={**resources_for(settings), **({"source": source} if source else {})},
+        resources=_resources(settings, source, k8s),
     )
+
+
+def _resources(settings: Settings, source: SourceResource | None, k8s: KubernetesDefinitions | None) -> dict:
+    """The environment's resources; with Kubernetes clusters, their resources too and a source whose
+    inventory gains the clusters' nodes and workloads."""
+    chosen = {**resources_for(settings), **({"source": source} if source else {})}
+    if k8s is None:
+        return chosen
+    return {**chosen, **k8s.resources(), "source": k8s.wrap_source(chosen["source"])}
 
 
 @dg.definitions

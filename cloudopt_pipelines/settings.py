@@ -73,6 +73,7 @@ class Settings:
     batch_max_rows: int | None = None
     deployment_types: tuple[str, ...] | None = None  # None: every optimiser runs
     plan_deadline: timedelta = timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
+    k8s_clusters_file: Path | None = None  # None: no Kubernetes collection
 
     @property
     def lake_dir(self) -> Path:
@@ -110,6 +111,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_max_rows=batch_max_rows(env),
         deployment_types=parse_deployment_types(env.get("CLOUDOPT_DEPLOYMENT_TYPES")),
         plan_deadline=parse_plan_deadline_hours(env.get("CLOUDOPT_PLAN_DEADLINE_HOURS", "")),
+        k8s_clusters_file=k8s_clusters_file(env),
     )
 
 
@@ -164,6 +166,13 @@ def parse_plan_deadline_hours(raw: str) -> timedelta:
             f"(default {DEFAULT_PLAN_DEADLINE_HOURS:g})"
         )
     return timedelta(hours=hours)
+
+
+def k8s_clusters_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """``CLOUDOPT_K8S_CLUSTERS``: the Kubernetes clusters file (docs/kubernetes.md); unset: no Kubernetes
+    collection. Its content is validated when the definitions are built (``sources/kubernetes_config.py``)."""
+    value = _get(os.environ if environ is None else environ, "CLOUDOPT_K8S_CLUSTERS")
+    return None if value is None else Path(value).expanduser()
 
 
 def plan_constraints(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -40,6 +40,9 @@ ECS_SERVICE = "ecs_service"
 EMR_CLUSTER = "emr_cluster"
 EKS_CLUSTER = "eks_cluster"
 EKS_NODEGROUP = "eks_nodegroup"
+K8S_NODE = "k8s_node"
+K8S_NODEPOOL = "k8s_nodepool"
+K8S_WORKLOAD = "k8s_workload"
 #: Every ``resources.resource_kind`` a collector may write.
 RESOURCE_KINDS = (
     EC2_INSTANCE,
@@ -51,6 +54,9 @@ RESOURCE_KINDS = (
     EMR_CLUSTER,
     EKS_CLUSTER,
     EKS_NODEGROUP,
+    K8S_NODE,
+    K8S_NODEPOOL,
+    K8S_WORKLOAD,
 )
 
 # ---------------------------------------------------------------------------------------- tag keys

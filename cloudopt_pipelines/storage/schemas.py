@@ -223,6 +223,74 @@ EXECUTED_ACTIONS = pa.schema(
     ]
 )
 
+# Kubernetes objects of one cluster (CLOUDOPT_K8S_CLUSTERS; docs/kubernetes.md): nodes, node pools,
+# namespaces, workloads grouped by owner (one row per container), HPAs, VPAs and PodDisruptionBudgets.
+K8S_WORKLOADS = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("cluster", pa.string()),
+        ("resource_id", pa.string()),
+        ("object_kind", pa.string()),
+        ("namespace", pa.string()),
+        ("name", pa.string()),
+        ("container", pa.string()),
+        ("target_id", pa.string()),
+        ("replicas", pa.int32()),
+        ("ready_replicas", pa.int32()),
+        ("pods", pa.int32()),
+        ("cpu_request_cores", pa.float64()),
+        ("cpu_limit_cores", pa.float64()),
+        ("mem_request_bytes", pa.float64()),
+        ("mem_limit_bytes", pa.float64()),
+        ("qos_class", pa.string()),
+        ("restarts", pa.int32()),
+        ("last_termination_reason", pa.string()),
+        ("instance_type", pa.string()),
+        ("zone", pa.string()),
+        ("capacity_type", pa.string()),
+        ("nodepool", pa.string()),
+        ("ec2_instance_id", pa.string()),
+        ("allocatable_cpu_cores", pa.float64()),
+        ("allocatable_mem_bytes", pa.float64()),
+        ("taints", pa.string()),
+        ("min_replicas", pa.int32()),
+        ("max_replicas", pa.int32()),
+        ("current_replicas", pa.int32()),
+        ("desired_replicas", pa.int32()),
+        ("metrics", pa.string()),
+        ("labels", pa.string()),
+        ("attributes", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+# Prometheus usage at the query step (5 minutes): one row per (workload, container, ts) with the pods of
+# the workload aggregated, and one row per (node, ts) with scope 'node'.
+K8S_CONTAINER_USAGE = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("date", pa.date32()),
+        ("cluster", pa.string()),
+        ("resource_id", pa.string()),
+        ("scope", pa.string()),
+        ("namespace", pa.string()),
+        ("workload_kind", pa.string()),
+        ("workload", pa.string()),
+        ("container", pa.string()),
+        ("ts", TS),
+        ("cpu_cores", pa.float64()),
+        ("cpu_cores_max", pa.float64()),
+        ("mem_bytes", pa.float64()),
+        ("mem_bytes_max", pa.float64()),
+        ("cpu_throttled_ratio", pa.float64()),
+        ("replicas", pa.int32()),
+        ("restarts", pa.int32()),
+        ("oom_kills", pa.int32()),
+        ("source", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "price_catalog": PRICE_CATALOG,
     "reserved_prices": RESERVED_PRICES,
@@ -232,6 +300,8 @@ TABLES: dict[str, pa.Schema] = {
     "recommendations": RECOMMENDATIONS,
     "portfolio_plan": PORTFOLIO_PLAN,
     "executed_actions": EXECUTED_ACTIONS,
+    "k8s_workloads": K8S_WORKLOADS,
+    "k8s_container_usage": K8S_CONTAINER_USAGE,
 }
 
 # Warehouse views that are the union of every lake table with a prefix: each deployment-type optimiser
@@ -339,6 +409,26 @@ RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
         "instance_types": (False, _LIST, "instance types"),
         "ami_type": (False, _STR, "AMI type"),
         "auto_scaling_groups": (False, _LIST, "its Auto Scaling groups"),
+    },
+    "k8s_node": {
+        "cluster": (True, _STR, "cluster name (the clusters file)"),
+        "nodepool": (False, _STR, "node group or node pool"),
+        "allocatable_cpu_cores": (False, _NUM, "allocatable CPU, cores"),
+        "allocatable_mem_bytes": (False, _NUM, "allocatable memory, bytes"),
+        "taints": (False, _LIST, "the node's taints"),
+    },
+    "k8s_nodepool": {
+        "cluster": (True, _STR, "cluster name"),
+        "nodes": (False, (int,), "nodes in the pool that day"),
+        "instance_types": (False, _LIST, "instance types of its nodes"),
+    },
+    "k8s_workload": {
+        "cluster": (True, _STR, "cluster name"),
+        "namespace": (True, _STR, "namespace"),
+        "kind": (True, _STR, "deployment, statefulset, daemonset, cronjob, job, jobgroup or pod"),
+        "replicas": (False, _NUM, "desired replicas"),
+        "containers": (False, _LIST, "container names"),
+        "first_container": (False, _STR, "the first container's name"),
     },
 }
 

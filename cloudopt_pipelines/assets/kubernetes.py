@@ -1,0 +1,90 @@
+"""Raw Kubernetes assets (only when ``CLOUDOPT_K8S_CLUSTERS`` is set): cluster objects and usage per account x day."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from cloudopt_pipelines.assets.raw import RAW_PREFIX, _preview, _store
+from cloudopt_pipelines.partitions import account_daily_partitions, split_account_day
+from cloudopt_pipelines.resources.kubernetes import (
+    KubernetesInventorySource,
+    KubernetesResource,
+    PrometheusResource,
+    kubernetes_collector,
+)
+from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.sources.base import Collected
+from cloudopt_pipelines.sources.kubernetes_config import CLUSTERS_ENV, ClustersConfig, load_clusters
+
+
+@dg.asset(
+    key=[RAW_PREFIX, "k8s_workloads"],
+    partitions_def=account_daily_partitions,
+    kinds={"parquet", "kubernetes"},
+    group_name="raw",
+)
+def k8s_workloads(
+    context: dg.AssetExecutionContext, kubernetes: KubernetesResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Objects of the Kubernetes clusters billing to one account, as listed that day: nodes (instance type,
+    zone, capacity type, node pool, allocatable, taints), node pools, namespaces, workloads grouped by owner
+    with one row per container (requests, limits, QoS, restarts, last termination reason), HPAs, VPAs and
+    PodDisruptionBudgets."""
+    account_id, day = split_account_day(context)
+    _resources, table, meta = kubernetes_collector(kubernetes).collect_inventory(account_id, day)
+    preview = _preview(table, ["resource_id", "object_kind", "container", "replicas", "cpu_request_cores"])
+    return _store(lake, "k8s_workloads", Collected(table, meta), account_id, day, preview=dg.MetadataValue.md(preview))
+
+
+@dg.asset(
+    key=[RAW_PREFIX, "k8s_container_usage"],
+    partitions_def=account_daily_partitions,
+    kinds={"parquet", "prometheus"},
+    group_name="raw",
+)
+def k8s_container_usage(
+    context: dg.AssetExecutionContext,
+    kubernetes: KubernetesResource,
+    prometheus: PrometheusResource,
+    lake: LakeResource,
+) -> dg.MaterializeResult:
+    """5-minute usage of one account's Kubernetes clusters from Prometheus: per (workload, container) CPU
+    cores, memory working set, CPU throttling, replicas, restarts and OOM kills, pods of an owner aggregated;
+    and per node. Metadata reports the load put on Prometheus: queries, series returned, largest response."""
+    account_id, day = split_account_day(context)
+    table, meta = kubernetes_collector(kubernetes, prometheus).collect_usage(account_id, day)
+    return _store(lake, "k8s_container_usage", Collected(table, meta), account_id, day)
+
+
+KUBERNETES_ASSETS = (k8s_workloads, k8s_container_usage)
+
+
+@dataclass(frozen=True)
+class KubernetesDefinitions:
+    """What the Kubernetes collection adds to the definitions: its raw assets, its resources and the source
+    whose inventory gains the clusters' nodes and workloads."""
+
+    clusters: ClustersConfig
+    assets: tuple[Any, ...] = KUBERNETES_ASSETS
+
+    def resources(self) -> dict[str, Any]:
+        return {
+            "kubernetes": KubernetesResource(clusters_file=self.clusters.path),
+            "prometheus": PrometheusResource(clusters_file=self.clusters.path),
+        }
+
+    def wrap_source(self, source: SourceResource) -> SourceResource:
+        return KubernetesInventorySource(base=source, kubernetes=KubernetesResource(clusters_file=self.clusters.path))
+
+
+def kubernetes_definitions(clusters_file: Path | None) -> KubernetesDefinitions | None:
+    """The Kubernetes additions when ``clusters_file`` (``CLOUDOPT_K8S_CLUSTERS``, from the settings) names a
+    clusters file (validated now, before anything runs), else None: the pipeline is then exactly the AWS
+    or demo one."""
+    return KubernetesDefinitions(load_clusters(str(clusters_file))) if clusters_file is not None else None
+
+
+__all__ = ["CLUSTERS_ENV", "KUBERNETES_ASSETS", "KubernetesDefinitions", "kubernetes_definitions"]
