@@ -347,8 +347,17 @@ def backtest_standalone(
         raise typer.Exit(code)
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def main() -> None:
+    """The console entry point: a bad setting (a ``CLOUDOPT_*`` variable, the clusters file) ends any
+    command with one line naming it and the fix (exit 2), Ctrl-C with 130; never a traceback."""
+    from cloudopt_pipelines.settings import SettingsError
+    from cloudopt_pipelines.sources.kubernetes_config import ClustersFileError
+
+    _quiet_dagster()
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (SettingsError, ClustersFileError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

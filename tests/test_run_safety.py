@@ -341,3 +341,17 @@ def test_the_instance_config_turns_on_run_monitoring_and_upgrades_only_the_previ
     (edited.dagster_home / "dagster.yaml").write_text(PREVIOUS_INSTANCE_YAML + "# edited by hand\n")
     ensure_instance(edited)
     assert (edited.dagster_home / "dagster.yaml").read_text().endswith("# edited by hand\n")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("CLOUDOPT_DEPLOYMENT_TYPES", "warp", "CLOUDOPT_DEPLOYMENT_TYPES names 'warp'"),
+        ("CLOUDOPT_ENV", "bogus", "CLOUDOPT_ENV='bogus' is not one of demo, aws"),
+    ],
+)
+def test_a_bad_setting_ends_any_command_in_one_line(tmp_path: Path, variable: str, value: str, says: str) -> None:
+    env = {**os.environ, "CLOUDOPT_HOME": str(tmp_path / "home"), variable: value}
+    done = subprocess.run([str(CLOUDOPT), "info"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and says in done.stderr
