@@ -91,7 +91,11 @@ def build_eni_limits() -> None:
     with src.open("rb") as fh:
         types = json.loads(gzip.decompress(fh.read()))
     rows = sorted(
-        (name, int(info["NetworkInfo"]["MaximumNetworkInterfaces"]), int(info["NetworkInfo"]["Ipv4AddressesPerInterface"]))
+        (
+            name,
+            int(info["NetworkInfo"]["MaximumNetworkInterfaces"]),
+            int(info["NetworkInfo"]["Ipv4AddressesPerInterface"]),
+        )
         for name, info in types.items()
         if (info.get("NetworkInfo") or {}).get("MaximumNetworkInterfaces")
     )
