@@ -260,8 +260,9 @@ class Packing:
     nodes: list[Node]
     usd_per_hour: float
     lower_bound_usd_per_hour: float
-    method: str  # milp_optimal, milp_time_limit, ffd, empty
+    method: str  # milp_optimal, milp_time_limit, ffd, ffd=milp_optimal, empty
     unplaced: dict[str, int] = field(default_factory=dict)
+    lp_relaxation_usd_per_hour: float = 0.0  # the LP alone (the bound is the best of it and stronger ones)
 
     @property
     def gap_pct(self) -> float:
@@ -392,31 +393,45 @@ def _solver(time_limit: float, mip: bool = True) -> Any:
     return pulp.HiGHS(msg=False, mip=mip, timeLimit=float(time_limit), threads=1)
 
 
-def lp_lower_bound(items: Sequence[Item], types: Sequence[NodeType], ds: tuple[float, float, int]) -> float:
-    """The LP relaxation over node counts: the cheapest fractional mix of nodes whose total CPU, memory and
-    pod slots cover the pods, with at least as many nodes as the largest anti-affinity workload has pods.
-    Any packing costs at least this."""
+def lp_lower_bound(
+    items: Sequence[Item], types: Sequence[NodeType], ds: tuple[float, float, int], integer: bool = False
+) -> float:
+    """The relaxation over node counts: the cheapest mix of nodes whose total CPU, memory and pod slots
+    cover the pods, with, for each workload, at least one node (one per pod under anti-affinity) of a type
+    that holds its pod. Fractional counts: the LP relaxation; ``integer``: whole nodes (a stronger bound,
+    HiGHS's bound when its time runs out). Any packing costs at least this."""
     import pulp
 
     caps = [(t, _capacity(t, ds)) for t in types]
     caps = [(t, c) for t, c in caps if c.cpu > 0 and c.mem > 0 and c.pods > 0]
     if not items or not caps:
         return 0.0
-    prob = pulp.LpProblem("nodes_lp", pulp.LpMinimize)
-    n = [prob.add_variable(f"n{k}", 0, None, pulp.LpContinuous) for k in range(len(caps))]
+    prob = pulp.LpProblem("nodes_bound", pulp.LpMinimize)
+    cat = pulp.LpInteger if integer else pulp.LpContinuous
+    n = [prob.add_variable(f"n{k}", 0, None, cat) for k in range(len(caps))]
     prob += pulp.lpSum(t.usd_per_hour * v for (t, _), v in zip(caps, n, strict=True))
     prob += pulp.lpSum(c.cpu * v for (_, c), v in zip(caps, n, strict=True)) >= sum(i.cpu * i.count for i in items)
     prob += pulp.lpSum(c.mem / GIB * v for (_, c), v in zip(caps, n, strict=True)) >= sum(
         i.mem / GIB * i.count for i in items
     )
     prob += pulp.lpSum(c.pods * v for (_, c), v in zip(caps, n, strict=True)) >= sum(i.count for i in items)
-    anti = max((i.count for i in items if i.anti_affinity), default=0)
-    if anti:
-        prob += pulp.lpSum(n) >= anti
-    prob.solve(_solver(30.0, mip=False))
-    if pulp.LpStatus[prob.status] != "Optimal":
-        return 0.0
-    return float(pulp.value(prob.objective) or 0.0)
+    needs: dict[tuple[int, ...], int] = {}
+    for i in items:
+        fits = tuple(k for k, (_, c) in enumerate(caps) if _fits_one(i, c))
+        if fits:
+            needs[fits] = max(needs.get(fits, 0), i.count if i.anti_affinity else 1)
+    for fits, least in needs.items():
+        prob += pulp.lpSum(n[k] for k in fits) >= least
+    prob.solve(_solver(2.0, mip=integer))
+    if pulp.LpStatus[prob.status] == "Optimal" and prob.sol_status == pulp.LpSolutionOptimal:
+        return float(pulp.value(prob.objective) or 0.0)
+    if integer:
+        try:
+            bound = float(prob.solverModel.getInfo().mip_dual_bound)
+        except Exception:  # no HiGHS model handle: fall back to the LP
+            bound = math.nan
+        return bound if math.isfinite(bound) else lp_lower_bound(items, types, ds)
+    return 0.0
 
 
 def _milp(
@@ -534,7 +549,8 @@ def pack(
     nodes, unplaced = ffd_best(items, types, daemonset_overhead, settings.ffd_open_types)
     placeable = [i for i in items if i.workload not in unplaced]
     cost = _cost(nodes, price)
-    lb = lp_lower_bound(placeable, types, daemonset_overhead)
+    lp = lp_lower_bound(placeable, types, daemonset_overhead)
+    lb = max(lp, lp_lower_bound(placeable, types, daemonset_overhead, integer=True)) if cost > lp * (1 + 1e-6) else lp
     method = "ffd"
     limit = min(settings.milp_time_limit_s, budget.left() if budget is not None else math.inf)
     if placeable and cost > lb * (1 + settings.milp_skip_gap_pct / 100) and limit > 0.05:
@@ -550,7 +566,7 @@ def pack(
                 nodes, cost, method = m_nodes, m_cost, status
             elif status == "milp_optimal" and len(milp_types) == len(types):
                 method = "ffd=milp_optimal"
-    return Packing(nodes, cost, min(lb, cost), method, unplaced)
+    return Packing(nodes, cost, min(lb, cost), method, unplaced, min(lp, cost))
 
 
 def _milp_types(
@@ -1428,6 +1444,7 @@ def _pool_rows(
                     "nodes": len(p.nodes),
                     "usd_per_month": round(p.usd_per_hour * HOURS_PER_MONTH, 2),
                     "lp_lower_bound_usd": round(p.lower_bound_usd_per_hour * HOURS_PER_MONTH, 2),
+                    "lp_relaxation_usd": round(p.lp_relaxation_usd_per_hour * HOURS_PER_MONTH, 2),
                     "gap_pct": round(p.gap_pct, 3),
                     "method": p.method,
                 }

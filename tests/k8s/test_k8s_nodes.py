@@ -145,24 +145,37 @@ def test_packing_matches_brute_force_on_small_cases(seed: int) -> None:
 
 
 def test_milp_beats_first_fit_decreasing_where_ffd_is_poor() -> None:
-    # Classic FFD trap: 0.6 and 0.4-sized pods, where pairing them fills bins exactly.
+    # 0.45 + 0.4 leave no room for a 0.2, so first-fit-decreasing opens a third node; 0.45 + 0.35 + 0.2
+    # and 0.4 + 0.35 + 0.2 fill two.
     types = [nt("a", 1.0, 100.0, 1.0, pods=10)]
-    items = [kn.Item("big", 0.6, GIB, 2), kn.Item("mid", 0.35, GIB, 2), kn.Item("small", 0.3, GIB, 2)]
+    items = [
+        kn.Item("a", 0.45, GIB, 1),
+        kn.Item("b", 0.4, GIB, 1),
+        kn.Item("c", 0.35, GIB, 2),
+        kn.Item("d", 0.2, GIB, 2),
+    ]
     ffd_nodes, _ = kn.ffd_best(items, types, (0.0, 0.0, 0))
+    assert len(ffd_nodes) == 3
     p = kn.pack(items, types)
-    assert _brute_force(items, types, (0.0, 0.0, 0)) == pytest.approx(p.usd_per_hour)
-    assert len(p.nodes) <= len(ffd_nodes)
-    assert p.method.startswith(("milp", "ffd=milp"))
+    _valid(p, items, types, (0.0, 0.0, 0))
+    assert len(p.nodes) == 2 == _brute_force(items, types, (0.0, 0.0, 0))
+    assert p.method == "milp_optimal" and p.gap_pct == pytest.approx(0.0)
 
 
 def test_lower_bound_is_the_lp_relaxation() -> None:
     types = [nt("a", 4.0, 16.0, 1.0)]
     items = [kn.Item("w", 1.0, GIB, 10)]
     assert kn.lp_lower_bound(items, types, (0.0, 0.0, 0)) == pytest.approx(2.5)
+    assert kn.lp_lower_bound(items, types, (0.0, 0.0, 0), integer=True) == pytest.approx(3.0)
     p = kn.pack(items, types)
     assert p.usd_per_hour == pytest.approx(3.0)
-    assert p.lower_bound_usd_per_hour == pytest.approx(3.0)  # the MILP proved 3 nodes optimal
+    assert p.lp_relaxation_usd_per_hour == pytest.approx(2.5)
+    assert p.lower_bound_usd_per_hour == pytest.approx(3.0)  # whole nodes: 3 is optimal
     assert p.gap_pct == pytest.approx(0.0)
+    # Each workload needs a node of a type that holds its pod: the small cheap type cannot hold "big".
+    two = [nt("cheap", 1.0, 2.0, 0.1), nt("large", 8.0, 32.0, 1.0)]
+    mixed = [kn.Item("big", 4.0, GIB, 1), kn.Item("tiny", 0.1, MIB, 1)]
+    assert kn.lp_lower_bound(mixed, two, (0.0, 0.0, 0)) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------------ constraints
@@ -578,3 +591,26 @@ def test_bad_input_names_the_fix(catalog: pa.Table) -> None:
             _table(cluster_rows()), [{"resource_id": "a", "container": "b", "cpu_cores": 1}], catalog
         )
     assert kn.recommend_node_pools(_table([]), {}, catalog).num_rows == 0
+
+
+def _with_band(catalog: pa.Table, band: str) -> pa.Table:
+    i = catalog.schema.get_field_index("spot_interruption_band")
+    values = pa.array([band if v is not None else None for v in catalog["spot_interruption_band"].to_pylist()])
+    return catalog.set_column(i, "spot_interruption_band", values)
+
+
+def test_spot_risk_rises_with_the_interruption_band(catalog: pa.Table) -> None:
+    table = _table(cluster_rows())
+
+    def mix(cat: pa.Table, **kw: Any) -> dict[str, Any] | None:
+        out = kn.recommend_node_pools(table, REC, cat, settings=kn.NodePoolSettings(**kw)).to_pylist()
+        return next((r for r in out if r["option_name"] == "rightsize_spot_mix"), None)
+
+    calm, rough = mix(_with_band(catalog, "<5%")), mix(_with_band(catalog, "15-20%"))
+    assert calm is not None and rough is not None
+    assert rough["performance_risk"] > calm["performance_risk"]
+    assert "15-20%" in rough["rationale"] and "<5%" in calm["rationale"]
+    assert mix(_with_band(catalog, "15-20%"), max_spot_band=2) is None  # no spot type admitted: no spot option
+    short = mix(catalog, min_spot_types=400)
+    assert short is not None and "fewer than the 400 wanted" in short["rationale"]
+    assert short["performance_risk"] > mix(catalog)["performance_risk"]
