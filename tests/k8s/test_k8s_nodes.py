@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
 import random
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -614,3 +616,100 @@ def test_spot_risk_rises_with_the_interruption_band(catalog: pa.Table) -> None:
     short = mix(catalog, min_spot_types=400)
     assert short is not None and "fewer than the 400 wanted" in short["rationale"]
     assert short["performance_risk"] > mix(catalog)["performance_risk"]
+
+
+# ------------------------------------------------------------------------------------------ collected
+
+
+def _prod_objects() -> list[dict[str, Any]]:
+    """The collection tests' prod-eks cluster, with what the packing reads from pod templates: web (three
+    replicas, a PDB allowing one disruption) spread one per node, the report CronJob tolerating the
+    spot pool's taint, db annotated off spot."""
+    from tests.k8s.world import prod_cluster
+
+    objs = copy.deepcopy(prod_cluster().objects)
+    for o in objs:
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "web":
+            o["spec"]["template"]["spec"]["affinity"] = {
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}
+                    ]
+                }
+            }
+            o["spec"]["template"]["spec"]["volumes"] = [{"name": "conf", "configMap": {"name": "web"}}]
+        if o["kind"] == "CronJob" and o["metadata"]["name"] == "report":
+            spec = o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            spec["tolerations"] = [{"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+        if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "db":
+            o["metadata"].setdefault("annotations", {})["cloudopt.io/spot"] = "false"
+    return objs
+
+
+def test_node_pools_from_a_cluster_collected_through_the_api(
+    tmp_path: Path, certificates: tuple[Path, Path, Path, Path], catalog: pa.Table
+) -> None:
+    import yaml
+
+    from cloudopt_pipelines.sources.kubernetes import KubernetesCollector
+    from cloudopt_pipelines.sources.kubernetes_config import load_clusters
+    from tests.k8s.conftest import TOKEN, write_kubeconfig
+    from tests.k8s.fake_apiserver import FakeApiServer, Store
+    from tests.k8s.world import DAYS, PROD_ACCOUNT
+
+    ca, crt, key, _ = certificates
+    store = Store()
+    for obj in _prod_objects():
+        store.add(obj)
+    server = FakeApiServer(store, TOKEN, str(crt), str(key)).start()
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {"prod-eks": server.url}, ca, "prod-eks")
+        entry = {
+            "name": "prod-eks",
+            "account_id": PROD_ACCOUNT,
+            "kubeconfig": str(kubeconfig),
+            "context": "ctx-prod-eks",
+            "prometheus_url": "http://127.0.0.1:9",
+        }
+        (tmp_path / "clusters.yaml").write_text(yaml.safe_dump({"clusters": [entry]}))
+        collector = KubernetesCollector(load_clusters(tmp_path / "clusters.yaml").clusters)
+        _, workloads, _ = collector.collect_inventory(PROD_ACCOUNT, DAYS[0])
+    finally:
+        server.stop()
+    attrs = {r["resource_id"]: json.loads(r["attributes"]) for r in workloads.to_pylist() if r["container"]}
+    web, report = attrs["prod-eks/shop/deployment/web"], attrs["prod-eks/batch/cronjob/report"]
+    assert web["anti_affinity"] is True and web["volumes"] == ["configMap"]
+    assert report["tolerations"][0]["key"] == "spot"
+    assert attrs["prod-eks/shop/statefulset/db"]["annotations"] == {"cloudopt.io/spot": "false"}
+
+    rec = {
+        (r["resource_id"], r["container"]): (
+            0.6 * (r["cpu_request_cores"] or 0.1),
+            0.8 * (r["mem_request_bytes"] or 2**28),
+        )
+        for r in workloads.to_pylist()
+        if r["container"] and r["object_kind"] not in ("daemonset",)
+    }
+    out = kn.recommend_node_pools(workloads, rec, catalog)
+    assert out.schema.equals(RECOMMENDATIONS)
+    rows = out.to_pylist()
+    pools = {r["resource_id"] for r in rows}
+    assert pools == {"prod-eks/nodepool/general", "prod-eks/nodepool/spot-arm"}
+    for pool in pools:
+        assert sum(r["is_best"] for r in rows if r["resource_id"] == pool) == 1
+    general = {r["option_name"]: r for r in rows if r["resource_id"] == "prod-eks/nodepool/general"}
+    od = json.loads(general["rightsize_on_demand"]["proposed_config"])
+    # web's three replicas one per node: at least three nodes, over the pool's two zones
+    assert sum(n["count"] for n in od["nodes"]) >= 3
+    assert {n["zone"] for n in od["nodes"]} == {"us-east-1a", "us-east-1b"}
+    assert all(n["instance_type"] for n in od["nodes"])
+    mix = json.loads(general["rightsize_spot_mix"]["details"])
+    assert set(mix["spot_ready"]) == {"prod-eks/shop/deployment/web"}
+    assert mix["not_spot_ready"]["prod-eks/shop/statefulset/db"] == "annotation cloudopt.io/spot=false"
+    ds = json.loads(general["rightsize_on_demand"]["details"])["daemonset_overhead"]
+    assert ds["daemonsets"] == ["prod-eks/kube-system/daemonset/aws-node"] and ds["pods"] == 1
+    spot_arm = {r["option_name"]: r for r in rows if r["resource_id"] == "prod-eks/nodepool/spot-arm"}
+    assert spot_arm["keep"]["market"] == "spot"
+    assert "rightsize_on_demand" in spot_arm  # the report CronJob tolerates the pool's taint: it lands there
+    cfg = json.loads(spot_arm["rightsize_on_demand"]["proposed_config"])
+    assert all(kn.region_of_zone(n["zone"]) == "us-east-1" for n in cfg["nodes"])
