@@ -332,6 +332,56 @@ def _downsize(nodes: list[Node], types: Sequence[NodeType], caps: Mapping[str, C
     return nodes
 
 
+def consolidate(nodes: list[Node], items: Sequence[Item], caps: Mapping[str, Capacity], tries: int = 12) -> list[Node]:
+    """Karpenter's deletion consolidation: the least-loaded node's pods are moved to the other nodes
+    (fullest first) when every one of them fits there; repeated until no node among the ``tries`` least
+    loaded can be emptied."""
+    size = {i.workload: i for i in items}
+    while len(nodes) > 1:
+        done = False
+        for victim in sorted(nodes, key=lambda n: (n.cpu / max(caps[n.instance_type].cpu, 1e-9), n.count))[:tries]:
+            others = sorted((n for n in nodes if n is not victim), key=lambda n: -n.cpu)
+            load = {id(n): [n.cpu, n.mem, n.count] for n in others}
+            moves: list[tuple[Node, str]] = []
+            ok = True
+            for w, q in victim.pods.items():
+                it = size[w]
+                for _ in range(q):
+                    target = next(
+                        (
+                            n
+                            for n in others
+                            if load[id(n)][0] + it.cpu <= caps[n.instance_type].cpu + 1e-9
+                            and load[id(n)][1] + it.mem <= caps[n.instance_type].mem + 1e-6
+                            and load[id(n)][2] < caps[n.instance_type].pods
+                            and not (it.anti_affinity and (w in n.pods or any(m is n and mw == w for m, mw in moves)))
+                        ),
+                        None,
+                    )
+                    if target is None:
+                        ok = False
+                        break
+                    lo = load[id(target)]
+                    lo[0], lo[1], lo[2] = lo[0] + it.cpu, lo[1] + it.mem, lo[2] + 1
+                    moves.append((target, w))
+                if not ok:
+                    break
+            if not ok:
+                continue
+            for target, w in moves:
+                it = size[w]
+                target.pods[w] = target.pods.get(w, 0) + 1
+                target.cpu += it.cpu
+                target.mem += it.mem
+                target.count += 1
+            nodes.remove(victim)
+            done = True
+            break
+        if not done:
+            break
+    return nodes
+
+
 def _cost(nodes: Iterable[Node], price: Mapping[str, float]) -> float:
     return sum(price[n.instance_type] for n in nodes)
 
@@ -340,8 +390,8 @@ def ffd_best(
     items: Sequence[Item], types: Sequence[NodeType], ds: tuple[float, float, int], open_types: int | None = None
 ) -> tuple[list[Node], dict[str, int]]:
     """First-fit-decreasing opened with each type in turn (the ``open_types`` cheapest per unit of
-    capacity the pods need, and the largest type), each node then moved to the cheapest type that holds
-    it; the cheapest result (fewest unplaced pods first)."""
+    capacity the pods need, and the largest type), then consolidated, each node then moved to the
+    cheapest type that holds it; the cheapest result (fewest unplaced pods first)."""
     caps = {t.instance_type: _capacity(t, ds) for t in types}
     price = {t.instance_type: t.usd_per_hour for t in types}
     best: tuple[int, float, list[Node], dict[str, int]] | None = None
@@ -354,7 +404,7 @@ def ffd_best(
         if caps[t.instance_type].pods < 1:
             continue
         nodes, unplaced = first_fit_decreasing(items, t, caps[t.instance_type])
-        nodes = _downsize(nodes, types, caps)
+        nodes = _downsize(consolidate(nodes, items, caps), types, caps)
         key = (sum(unplaced.values()), _cost(nodes, price))
         if best is None or key < best[:2]:
             best = (*key, nodes, unplaced)

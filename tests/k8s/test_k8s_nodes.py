@@ -164,6 +164,23 @@ def test_milp_beats_first_fit_decreasing_where_ffd_is_poor() -> None:
     assert p.method == "milp_optimal" and p.gap_pct == pytest.approx(0.0)
 
 
+def test_consolidation_empties_nodes_but_keeps_anti_affinity() -> None:
+    caps = {"a": kn.Capacity(1.0, 100 * GIB, 10)}
+    items = [kn.Item("x", 0.5, GIB, 1), kn.Item("y", 0.3, GIB, 1), kn.Item("z", 0.2, GIB, 1)]
+    nodes = [kn.Node("a", {i.workload: 1}, i.cpu, i.mem, 1) for i in items]
+    out = kn.consolidate(nodes, items, caps)
+    assert len(out) == 1 and out[0].pods == {"x": 1, "y": 1, "z": 1}
+    anti = [kn.Item("w", 0.1, GIB, 2, anti_affinity=True)]
+    spread = [kn.Node("a", {"w": 1}, 0.1, GIB, 1), kn.Node("a", {"w": 1}, 0.1, GIB, 1)]
+    assert len(kn.consolidate(spread, anti, caps)) == 2
+    full = [
+        kn.Node("a", {"x": 1}, 0.5, GIB, 1),
+        kn.Node("a", {"x": 1}, 0.5, GIB, 1),
+        kn.Node("a", {"y": 1}, 0.3, GIB, 1),
+    ]
+    assert len(kn.consolidate(full, items, {"a": kn.Capacity(0.75, 100 * GIB, 10)})) == 3
+
+
 def test_lower_bound_is_the_lp_relaxation() -> None:
     types = [nt("a", 4.0, 16.0, 1.0)]
     items = [kn.Item("w", 1.0, GIB, 10)]
