@@ -14,8 +14,8 @@ The entry point, called by ``optimizers/kubernetes.py`` once the workload rows a
         workload_savings: Mapping[str, float] | None = None,  # workload resource_id -> monthly saving of
                                               # its best workload row (what the workload rows already claim)
         node_usage: pa.Table | None = None,   # k8s_container_usage rows; scope 'node' ones find idle nodes
-        account_id: str | None = None,        # default: the rows' account
-        day: date | None = None,              # default: the rows' date
+        account_id: str | None = None,        # default: each pool's own (the nodes' account_id)
+        day: date | None = None,              # default: each pool's own (the nodes' date)
         eni_limits: Mapping[str, tuple[int, int]] | None = None,  # default: the embedded table
     ) -> pa.Table                             # storage.schemas.RECOMMENDATIONS, the node-pool rows
 
@@ -57,10 +57,13 @@ import pyarrow.parquet as pq
 
 from cloudopt_pipelines.catalog.prices import EMBEDDED, HOURS_PER_MONTH, PriceCatalog
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
+from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 
 MIB = 2.0**20
 GIB = 2.0**30
 SPOT_ANNOTATION = "cloudopt.io/spot"
+#: A node label that marks its pool protected (as the ``cloudopt:protect`` tag does).
+PROTECT_LABEL = "cloudopt.io/protect"
 #: Spot Advisor interruption bands, in the order of ``interruption_range_index``.
 SPOT_BANDS = ("<5%", "5-10%", "10-15%", "15-20%", ">20%")
 _WORKLOAD_KINDS = ("deployment", "statefulset", "replicaset", "cronjob", "job", "jobgroup", "pod")
@@ -1225,8 +1228,6 @@ def recommend_node_pools(
     rows = workloads.to_pylist()
     if not rows:
         return RECOMMENDATIONS.empty_table()
-    account_id = account_id or rows[0]["account_id"]
-    day = day or rows[0]["date"]
     eni = dict(eni_limits) if eni_limits is not None else load_eni_limits()
     pc, by_region = _catalog_rows(catalog)
     rec = _recommended_map(recommended)
@@ -1266,8 +1267,8 @@ def recommend_node_pools(
             saved,
             node_usage,
             unplaceable.pop(pool.cluster, []) if pool is _largest(pools.values(), pool.cluster) else [],
-            account_id,
-            day,
+            account_id or pool.nodes[0]["account_id"],
+            day or pool.nodes[0]["date"],
             budget,
         )
     table = pa.Table.from_pylist(out, schema=RECOMMENDATIONS)
@@ -1330,7 +1331,9 @@ def _pool_rows(
         "zone": pool.zones[0] if len(pool.zones) == 1 else None,
         "current_config": json.dumps(current_cfg, sort_keys=True),
         "one_time_cost_usd": 0.0,
-        "protected": False,
+        "protected": any(
+            is_protected(_loads(n["labels"], {}), key) for n in pool.nodes for key in (PROTECT_LABEL, PROTECT_TAG_KEY)
+        ),
         "risk_setting": settings.risk_setting,
         "is_estimate": any(r.get("is_estimate") for r in current_rows),
     }
@@ -1377,6 +1380,11 @@ def _pool_rows(
             rationale=f"kept as it is: {why}; refresh the catalogue (price_catalog asset)",
             confidence=0.0,
             details=json.dumps({"reason": why}),
+            # No costs: the plan leaves an unpriceable resource as it is and names it.
+            monthly_cost_current_usd=None,
+            monthly_cost_proposed_usd=None,
+            monthly_savings_usd=None,
+            savings_pct=None,
         )
         return [keep]
     if not workloads:

@@ -562,6 +562,34 @@ def test_unpriced_node_type_keeps_the_pool_with_a_reason(catalog: pa.Table) -> N
     out = kn.recommend_node_pools(_table(cluster_rows(node_type="m9.huge")), REC, catalog).to_pylist()
     assert [r["option_name"] for r in out] == ["keep"]
     assert out[0]["finding"] == "unpriced" and "m9.huge" in out[0]["rationale"]
+    assert out[0]["monthly_cost_current_usd"] is None and out[0]["monthly_savings_usd"] is None
+
+
+def test_clusters_of_several_accounts_in_one_call(catalog: pa.Table) -> None:
+    other = []
+    for r in cluster_rows():
+        r = dict(r, cluster="analytics", account_id="000123456789")
+        r["resource_id"] = r["resource_id"].replace("prod-eks/", "analytics/")
+        if r["target_id"]:
+            r["target_id"] = r["target_id"].replace("prod-eks/", "analytics/")
+        other.append(r)
+    rec = {**REC, **{(k[0].replace("prod-eks/", "analytics/"), k[1]): v for k, v in REC.items()}}
+    out = kn.recommend_node_pools(_table(cluster_rows() + other), rec, catalog).to_pylist()
+    by = {(r["account_id"], r["resource_id"]) for r in out}
+    assert by == {("123456789012", "prod-eks/nodepool/general"), ("000123456789", "analytics/nodepool/general")}
+    alone = {r["option_name"]: r for r in kn.recommend_node_pools(_table(cluster_rows()), REC, catalog).to_pylist()}
+    both = {r["option_name"]: r for r in out if r["resource_id"] == "prod-eks/nodepool/general"}
+    assert both["rightsize_on_demand"]["monthly_cost_proposed_usd"] == pytest.approx(
+        alone["rightsize_on_demand"]["monthly_cost_proposed_usd"]
+    )
+
+
+def test_a_protected_pool_is_marked(catalog: pa.Table) -> None:
+    rows = cluster_rows()
+    rows[0]["labels"] = json.dumps({"cloudopt.io/protect": "true"})
+    out = kn.recommend_node_pools(_table(rows), REC, catalog).to_pylist()
+    assert out and all(r["protected"] for r in out)
+    assert not any(r["protected"] for r in kn.recommend_node_pools(_table(cluster_rows()), REC, catalog).to_pylist())
 
 
 def test_taints_keep_workloads_out_of_a_dedicated_pool(catalog: pa.Table) -> None:
