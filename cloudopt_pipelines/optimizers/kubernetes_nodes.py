@@ -1437,6 +1437,13 @@ def _pool_rows(
         peak_plan = plan_pool(
             workloads, zones, od_types, spot_types, ds, settings, use_spot, count="max_pods", exact=False
         )
+        unspread = (
+            plan_pool(
+                workloads, zones, od_types, spot_types, ds, replace(settings, zone_spread=False), use_spot, exact=False
+            )
+            if settings.zone_spread and len(zones) > 1
+            else None
+        )
         n_nodes = sum(len(p.nodes) for _, _, p in plan.all())
         min_nodes = max(sum(len(p.nodes) for _, _, p in floor_plan.all()), 1)
         max_nodes = max(
@@ -1509,6 +1516,23 @@ def _pool_rows(
                 for z, m, p in plan.all()
             ],
             "zones": zone_cost,
+            "zone_spread": {
+                "zones": len(zones),
+                "unspread_ffd_usd": round(unspread.usd_per_hour * HOURS_PER_MONTH, 2) if unspread else None,
+                "spread_cost_usd": round(max(0.0, cost - unspread.usd_per_hour * HOURS_PER_MONTH), 2)
+                if unspread
+                else 0.0,
+            },
+            "spot_fleets": [
+                {
+                    "shape": it,
+                    "instance_types": list(sp_price[it].spot_types),
+                    "usd_per_hour": round(sp_price[it].usd_per_hour, 6),
+                    "mean_band_index": round(sp_price[it].band or 0.0, 3),
+                    "mean_band": SPOT_BANDS[round(sp_price[it].band or 0.0)],
+                }
+                for it in spot_used
+            ],
             "on_demand_floor": _floor(floor_plan, region),
             "gross_monthly_savings_usd": round(gross, 2),
             "workload_rows_savings_usd": round(already, 2),

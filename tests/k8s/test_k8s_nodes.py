@@ -460,6 +460,11 @@ def test_node_pool_rows_follow_the_contract(catalog: pa.Table) -> None:
     details = json.loads(mix["details"])
     assert set(details["spot_ready"]) == {"prod-eks/shop/deployment/cart"}  # api has no PDB, db is a StatefulSet
     assert mix["performance_risk"] > od["performance_risk"]
+    (fleet,) = details["spot_fleets"]
+    assert sorted(fleet["instance_types"]) == mcfg["spot_instance_types"] and fleet["mean_band"] in kn.SPOT_BANDS
+    spread = json.loads(od["details"])["zone_spread"]
+    # Three zones cost at least what one-zone packing does (cart's six pods spread two per zone).
+    assert spread["zones"] == 3 and spread["unspread_ffd_usd"] <= od["monthly_cost_proposed_usd"] + 0.01
     assert 0 < od["projected_cpu_pct"] <= 100
 
 
