@@ -440,10 +440,10 @@ class Budget:
         return max(0.0, self._end - self._clock())
 
 
-def _solver(time_limit: float, mip: bool = True) -> Any:
+def _solver(time_limit: float, mip: bool = True, **options: float) -> Any:
     import pulp
 
-    return pulp.HiGHS(msg=False, mip=mip, timeLimit=float(time_limit), threads=1)
+    return pulp.HiGHS(msg=False, mip=mip, timeLimit=float(time_limit), threads=1, **options)
 
 
 def lp_lower_bound(
@@ -552,17 +552,24 @@ def _milp(
                 prob += v <= y[s]
         if k > 0:  # identical slots of one type are used in order: fewer symmetric solutions
             prob += y[s] <= y[s - 1]
-    solver = _solver(time_limit)
+    # Only a strictly cheaper packing is of use: HiGHS prunes everything at or above the incumbent, and
+    # "infeasible" then proves the incumbent optimal.
+    cutoff = incumbent * (1 - 1e-7) - 1e-9
+    solver = _solver(time_limit, objective_bound=cutoff)
     try:
         prob.solve(solver)
     except pulp.PulpSolverError:
         return None
-    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        return None
     try:
-        bound = float(prob.solverModel.getInfo().mip_dual_bound)
+        dual = float(prob.solverModel.getInfo().mip_dual_bound)
     except Exception:  # a PuLP without the HiGHS model handle: no bound beyond the LP's
-        bound = 0.0
+        dual = math.nan
+    dual = dual if math.isfinite(dual) else 0.0
+    if prob.status == pulp.LpStatusInfeasible:
+        return [], incumbent, "incumbent_optimal"
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        # Out of time with nothing cheaper: the optimum is under the cutoff (then at least the bound) or not.
+        return [], min(dual, incumbent), "milp_no_better"
     status = "milp_optimal" if prob.sol_status == pulp.LpSolutionOptimal else "milp_time_limit"
     nodes: list[Node] = []
     for s, (t, _) in enumerate(slots):
@@ -578,11 +585,8 @@ def _milp(
                 n.count += q
         nodes.append(n)
     if status == "milp_optimal":
-        bound = max(
-            bound if math.isfinite(bound) else 0.0,
-            _cost(nodes, {t.instance_type: t.usd_per_hour for t in types}) * (1 - 1e-6),
-        )
-    return nodes, bound if math.isfinite(bound) else 0.0, status
+        dual = max(dual, _cost(nodes, {t.instance_type: t.usd_per_hour for t in types}) * (1 - 1e-6))
+    return nodes, dual, status
 
 
 def pack(
@@ -607,18 +611,19 @@ def pack(
     method = "ffd"
     limit = min(settings.milp_time_limit_s, budget.left() if budget is not None else math.inf)
     if placeable and cost > lb * (1 + settings.milp_skip_gap_pct / 100) and limit > 0.05:
-        milp_types = _milp_types(placeable, types, nodes, daemonset_overhead, settings)
+        milp_types = _milp_types(placeable, types, nodes, daemonset_overhead, settings, cost)
         found = _milp(placeable, milp_types, daemonset_overhead, cost, settings, limit)
         if found is not None:
             m_nodes, bound, status = found
-            m_cost = _cost(m_nodes, price)
             if len(milp_types) < len(types):
                 bound = 0.0  # a bound over some types only does not bound the whole problem
             lb = max(lb, bound)
-            if m_cost < cost - 1e-9:
-                nodes, cost, method = m_nodes, m_cost, status
-            elif status == "milp_optimal" and len(milp_types) == len(types):
+            if m_nodes and _cost(m_nodes, price) < cost - 1e-9:
+                nodes, cost, method = m_nodes, _cost(m_nodes, price), status
+            elif status == "incumbent_optimal" and len(milp_types) == len(types):
                 method = "ffd=milp_optimal"
+            else:
+                method = "ffd"
     return Packing(nodes, cost, min(lb, cost), method, unplaced, min(lp, cost))
 
 
@@ -628,10 +633,13 @@ def _milp_types(
     ffd_nodes: Sequence[Node],
     ds: tuple[float, float, int],
     settings: NodePoolSettings,
+    incumbent: float,
 ) -> list[NodeType]:
-    """The types the MILP chooses among: all when few, else those first-fit-decreasing used and the
-    cheapest per unit of the scarcer resource."""
-    if len(types) <= settings.milp_max_types:
+    """The types the MILP chooses among: all when few or when the model over all of them stays within
+    ``milp_max_variables`` (so that it can prove optimality), else those first-fit-decreasing used and
+    the cheapest per unit of the capacity the pods need."""
+    slots = sum(math.floor(incumbent / t.usd_per_hour + 1e-9) for t in types if t.usd_per_hour > 0)
+    if len(types) <= settings.milp_max_types or slots * (1 + len(items)) <= settings.milp_max_variables:
         return list(types)
 
     def unit_cost(t: NodeType) -> float:
