@@ -164,6 +164,21 @@ def test_milp_beats_first_fit_decreasing_where_ffd_is_poor() -> None:
     assert p.method == "milp_optimal" and p.gap_pct == pytest.approx(0.0)
 
 
+def test_milp_proves_first_fit_decreasing_optimal_when_relaxations_are_weak() -> None:
+    # Three pods over half a node each: the relaxations say two nodes, no two pods share one.
+    types = [nt("a", 1.0, 100.0, 1.0)]
+    items = [kn.Item("w", 0.51, GIB, 3)]
+    assert kn.lp_lower_bound(items, types, (0, 0, 0), integer=True) == pytest.approx(2.0)
+    p = kn.pack(items, types)
+    assert len(p.nodes) == 3
+    assert p.method == "ffd=milp_optimal"
+    assert p.lower_bound_usd_per_hour == pytest.approx(3.0) and p.gap_pct == pytest.approx(0.0)
+    assert p.lp_relaxation_usd_per_hour == pytest.approx(1.53)
+    # Without time for the MILP the gap to the relaxation is reported as it is.
+    p = kn.pack(items, types, settings=kn.NodePoolSettings(milp_max_variables=0))
+    assert p.method == "ffd" and p.gap_pct == pytest.approx(100 / 3)
+
+
 def test_consolidation_empties_nodes_but_keeps_anti_affinity() -> None:
     caps = {"a": kn.Capacity(1.0, 100 * GIB, 10)}
     items = [kn.Item("x", 0.5, GIB, 1), kn.Item("y", 0.3, GIB, 1), kn.Item("z", 0.2, GIB, 1)]
