@@ -11,8 +11,9 @@ The entry point, called by ``optimizers/kubernetes.py`` once the workload rows a
         catalog: PriceCatalog | pa.Table,     # catalog.prices (the price_catalog table or its PriceCatalog)
         *,
         settings: NodePoolSettings | None = None,
-        workload_savings: Mapping[str, float] | None = None,  # workload resource_id -> monthly saving of
-                                              # its best workload row (what the workload rows already claim)
+        workload_savings: Mapping[str, float] | pa.Table | None = None,  # workload resource_id -> monthly
+                                              # saving of its best row (what the workload rows claim), or
+                                              # the workload rows themselves (best_workload_savings)
         node_usage: pa.Table | None = None,   # k8s_container_usage rows; scope 'node' ones find idle nodes
         account_id: str | None = None,        # default: each pool's own (the nodes' account_id)
         day: date | None = None,              # default: each pool's own (the nodes' date)
@@ -1216,13 +1217,23 @@ def pool_unit_costs(workloads: pa.Table, catalog: PriceCatalog | pa.Table) -> di
     return out
 
 
+def best_workload_savings(rows: pa.Table) -> dict[str, float]:
+    """resource_id -> monthly saving of the best option of every ``k8s_workload`` row in a
+    RECOMMENDATIONS table (what the workload rows claim; missing savings count as 0)."""
+    out: dict[str, float] = {}
+    for r in rows.select(["resource_id", "resource_kind", "is_best", "monthly_savings_usd"]).to_pylist():
+        if r["resource_kind"] == "k8s_workload" and r["is_best"]:
+            out[r["resource_id"]] = out.get(r["resource_id"], 0.0) + max(0.0, r["monthly_savings_usd"] or 0.0)
+    return out
+
+
 def recommend_node_pools(
     workloads: pa.Table,
     recommended: RecommendedRequests | None,
     catalog: PriceCatalog | pa.Table,
     *,
     settings: NodePoolSettings | None = None,
-    workload_savings: Mapping[str, float] | None = None,
+    workload_savings: Mapping[str, float] | pa.Table | None = None,
     node_usage: pa.Table | None = None,
     account_id: str | None = None,
     day: date | None = None,
@@ -1239,7 +1250,11 @@ def recommend_node_pools(
     eni = dict(eni_limits) if eni_limits is not None else load_eni_limits()
     pc, by_region = _catalog_rows(catalog)
     rec = _recommended_map(recommended)
-    saved = dict(workload_savings or {})
+    saved = (
+        best_workload_savings(workload_savings)
+        if isinstance(workload_savings, pa.Table)
+        else dict(workload_savings or {})
+    )
     pools = _pools(rows)
     wls, dss = _workloads(rows, rec, settings)
     assigned: dict[tuple[str, str], list[Workload]] = defaultdict(list)

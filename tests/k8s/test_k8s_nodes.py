@@ -495,6 +495,20 @@ def test_savings_count_only_beyond_the_workload_rows(catalog: pa.Table) -> None:
     assert json.loads(some["rightsize_on_demand"]["details"])["workload_rows_savings_usd"] == pytest.approx(
         gross / 2, abs=0.01
     )
+    workload_rows = pa.Table.from_pylist(
+        [
+            {"resource_id": rid, "resource_kind": "k8s_workload", "option_name": name, "is_best": best,
+             "monthly_savings_usd": usd}
+            for rid, usd in claimed.items()
+            for name, best, usd in (("keep", False, 0.0), ("resize_requests", True, usd), ("other", False, 1e6))
+        ],
+        schema=RECOMMENDATIONS,
+    )  # fmt: skip
+    assert kn.best_workload_savings(workload_rows) == pytest.approx(claimed)
+    from_rows = kn.recommend_node_pools(table, REC, catalog, workload_savings=workload_rows).to_pylist()
+    assert next(r for r in from_rows if r["option_name"] == "rightsize_on_demand")[
+        "monthly_savings_usd"
+    ] == pytest.approx(gross / 2)
     everything = {"prod-eks/shop/deployment/cart": gross * 2}
     rows = {
         r["option_name"]: r
