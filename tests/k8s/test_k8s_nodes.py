@@ -792,3 +792,13 @@ def test_node_pools_from_a_cluster_collected_through_the_api(
     assert "rightsize_on_demand" in spot_arm  # the report CronJob tolerates the pool's taint: it lands there
     cfg = json.loads(spot_arm["rightsize_on_demand"]["proposed_config"])
     assert all(kn.region_of_zone(n["zone"]) == "us-east-1" for n in cfg["nodes"])
+
+
+def test_pool_unit_costs_split_todays_node_cost(catalog: pa.Table) -> None:
+    price = catalog.filter(
+        (pa.compute.field("region") == "us-east-1") & (pa.compute.field("instance_type") == "m5.2xlarge")
+    )["ondemand_usd_per_hour"][0].as_py()
+    costs = kn.pool_unit_costs(_table(cluster_rows()), catalog)
+    assert costs["prod-eks/nodepool/general"]["usd_per_core_hour"] == pytest.approx(price / 2 / 7.91)
+    assert costs["prod-eks/nodepool/general"]["usd_per_gib_hour"] == pytest.approx(price / 2 / 30)
+    assert kn.pool_unit_costs(_table(cluster_rows(node_type="m9.huge")), catalog) == {}
