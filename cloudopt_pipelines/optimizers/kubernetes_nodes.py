@@ -35,9 +35,13 @@ documents every formula and setting; the rules in short:
 - pods are spread over the pool's zones (skew at most one per workload) and each zone is packed alone;
   taints (NoSchedule / NoExecute) admit only the workloads that tolerate them; ``node_selector`` and
   ``nodepool`` pin a workload to pools; ``anti_affinity`` puts at most one pod of a workload per node;
-- each (pool, zone, market) packing is a MILP (PuLP + HiGHS, ``milp_time_limit_s``) when it has at most
-  ``milp_max_variables`` variables, and always first-fit-decreasing; the cheaper wins and its gap to a
-  lower bound (the LP relaxation over node counts, or HiGHS's MILP bound when higher) is reported.
+- each (pool, zone, market) packing is first-fit-decreasing with consolidation and, when it has at most
+  ``milp_max_variables`` variables and time is left, a MILP (PuLP + HiGHS, ``milp_time_limit_s``); the
+  cheaper wins and its gap to a lower bound (the best of the LP relaxation over node counts, the same
+  with whole nodes, and HiGHS's MILP bound) is reported.
+
+Also here: ``pool_unit_costs`` (USD per core-hour and GiB-hour of each pool, for pricing request cuts),
+``best_workload_savings`` (what workload rows claim), ``spot_readiness``, ``pack`` and the formulae.
 """
 
 from __future__ import annotations
@@ -1164,7 +1168,7 @@ def _consolidation(pool: Pool, node_usage: pa.Table | None, settings: NodePoolSe
     return out
 
 
-def _nodes_json(plan: PoolPlan, capacity_type: bool = True) -> list[dict[str, Any]]:
+def _nodes_json(plan: PoolPlan) -> list[dict[str, Any]]:
     c: Counter[tuple[str, str, str | None]] = Counter()
     for z, market, p in plan.all():
         for n in p.nodes:
