@@ -327,6 +327,19 @@ def bench_lp(
     typer.echo(format_table(rows))
 
 
+@bench_app.command("nodes")
+def bench_nodes(
+    sizes: Annotated[str, typer.Option(help="Comma-separated cluster sizes (pods).")] = "200,2000",
+    seed: Annotated[int, typer.Option(help="Seed of the generated clusters.")] = 0,
+) -> None:
+    """Pack seeded clusters' node pools: cost per pod against a plain first-fit-decreasing on today's type,
+    the gap to the LP bound, and how flat cost per pod stays from the smallest to the largest size."""
+    from cloudopt_pipelines.bench.nodes import format_report, run_nodes_benchmark
+
+    rows = run_nodes_benchmark(sizes=tuple(int(s) for s in sizes.split(",") if s.strip()), seed=seed)
+    typer.echo(format_report(rows))
+
+
 @backtest_app.command("standalone")
 def backtest_standalone(
     trace: Annotated[str, typer.Option("--trace", help="Trace file (CSV or CSV.GZ; see docs/backtests.md).")],

@@ -61,6 +61,7 @@ def main() -> None:
         raise SystemExit(f"shared data not found at {shared}; pass --shared PATH")
     con = duckdb.connect()
     build_pricing(con, shared / "pricing")
+    build_eni_limits()
     build_demo(con, shared / "vm_traces")
     print(f"wrote {PRICING_OUT} and {DEMO_OUT}")
 
@@ -78,6 +79,34 @@ def build_pricing(con: duckdb.DuckDBPyConnection, pricing: Path) -> None:
         if not isinstance(table, pa.Table):
             table = table.read_all()
         pq.write_table(table, PRICING_OUT / f"{name}.parquet", compression="zstd", compression_level=19)
+
+
+def build_eni_limits() -> None:
+    """Network interfaces and IPv4 addresses per interface of every type, from moto's copy of real
+    DescribeInstanceTypes output (the flattened CSV leaves NetworkInfo out): the max pods of an EKS node."""
+    import gzip
+    from importlib import resources as ir
+
+    src = ir.files("moto.ec2.resources") / "instance_types.json.gz"
+    with src.open("rb") as fh:
+        types = json.loads(gzip.decompress(fh.read()))
+    rows = sorted(
+        (
+            name,
+            int(info["NetworkInfo"]["MaximumNetworkInterfaces"]),
+            int(info["NetworkInfo"]["Ipv4AddressesPerInterface"]),
+        )
+        for name, info in types.items()
+        if (info.get("NetworkInfo") or {}).get("MaximumNetworkInterfaces")
+    )
+    table = pa.table(
+        {
+            "instance_type": [r[0] for r in rows],
+            "max_network_interfaces": pa.array([r[1] for r in rows], pa.int32()),
+            "ipv4_addresses_per_interface": pa.array([r[2] for r in rows], pa.int32()),
+        }
+    )
+    pq.write_table(table, PRICING_OUT / "eni_limits.parquet", compression="zstd", compression_level=19)
 
 
 def build_demo(con: duckdb.DuckDBPyConnection, traces: Path) -> None:

@@ -523,7 +523,7 @@ def inventory_tables(
                     restarts=sum(int(s.get("restartCount") or 0) for s in statuses),
                     last_termination_reason=last[-1].get("reason") if last else None,
                     labels=tags_json(wl["labels"]),
-                    attributes=_json(wl["attributes"]),
+                    attributes=_json({**wl["attributes"], **wl["scheduling"]}),
                 )
             )
         first = wl["containers"][0] if wl["containers"] else {}
@@ -638,6 +638,43 @@ def _resource_row(
     return row
 
 
+#: Annotations kept on workload rows (the rest can be large and is not read).
+KEPT_ANNOTATION_PREFIX = "cloudopt.io/"
+
+
+def scheduling_attributes(template: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the node-pool packing reads from a pod template: ``tolerations``, ``node_selector``,
+    ``anti_affinity`` (a required pod anti-affinity on the hostname against the pods' own labels),
+    ``volumes`` (the volume source kinds: ``emptyDir``, ``persistentVolumeClaim``, ...) and the
+    ``cloudopt.io/`` ``annotations`` of the controller and its template (the template's win)."""
+    meta, spec = template.get("metadata") or {}, template.get("spec") or {}
+    own = meta.get("labels") or {}
+    anti = False
+    for term in ((spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or []:
+        selector = (term.get("labelSelector") or {}).get("matchLabels") or {}
+        if term.get("topologyKey") == "kubernetes.io/hostname" and selector and selector.items() <= own.items():
+            anti = True
+    annotations = {
+        k: v
+        for k, v in {**(annotations or {}), **(meta.get("annotations") or {})}.items()
+        if k.startswith(KEPT_ANNOTATION_PREFIX)
+    }
+    out: dict[str, Any] = {
+        "volumes": sorted({k for v in spec.get("volumes") or [] for k in v if k != "name"}),
+    }
+    if spec.get("tolerations"):
+        out["tolerations"] = spec["tolerations"]
+    if spec.get("nodeSelector"):
+        out["node_selector"] = spec["nodeSelector"]
+    if anti:
+        out["anti_affinity"] = True
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
 def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Workloads keyed by (namespace, kind, name): controllers (with their template) and the pods they own."""
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -651,6 +688,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
         ready: int | None,
         labels: dict[str, str],
         attributes: dict[str, Any],
+        annotations: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         wl = out.setdefault(
             (ns, kind, name),
@@ -665,6 +703,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
                 "attributes": attributes,
                 "containers": ((template or {}).get("spec") or {}).get("containers") or [],
                 "template_labels": ((template or {}).get("metadata") or {}).get("labels") or {},
+                "scheduling": scheduling_attributes(template or {}, annotations),
             },
         )
         return wl
@@ -680,6 +719,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
             (d.get("status") or {}).get("readyReplicas", 0),
             m.get("labels") or {},
             {"strategy": (d["spec"].get("strategy") or {}).get("type")},
+            annotations=m.get("annotations"),
         )
     for s in objects.of("statefulsets"):
         m = s["metadata"]
@@ -692,6 +732,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
             (s.get("status") or {}).get("readyReplicas", 0),
             m.get("labels") or {},
             {},
+            annotations=m.get("annotations"),
         )
     for ds in objects.of("daemonsets"):
         m, st = ds["metadata"], ds.get("status") or {}
@@ -704,6 +745,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
             st.get("numberReady"),
             m.get("labels") or {},
             {},
+            annotations=m.get("annotations"),
         )
     for cj in objects.of("cronjobs"):
         m, spec = cj["metadata"], cj.get("spec") or {}
@@ -717,6 +759,7 @@ def _workloads(cluster: str, objects: ClusterObjects, owners: OwnerIndex) -> dic
             None,
             m.get("labels") or {},
             {"schedule": spec.get("schedule"), "suspend": spec.get("suspend")},
+            annotations=m.get("annotations"),
         )
     for job in objects.of("jobs"):
         m = job["metadata"]
