@@ -310,6 +310,12 @@ def test_cronjob_and_job_groups_get_one_recommendation(catalog) -> None:
     g = proposed(options(result, group)["resize_requests"])
     assert g["patch"] is None and g["kubectl"] is None and "advisory" in g
     assert len({r["resource_id"] for r in result.table.to_pylist()}) == 2  # one resource per group
+    # a CronJob's history is counted in days with runs, not hours: one day of 6 h runs is enough
+    one_day = daily(cron, "main", days=1, samples=72, replicas_mean=1.0)
+    result = run(catalog, objects, one_day, [histogram(cron, "main")], days_found=1)
+    assert "resize_requests" in options(result, cron)
+    short = run(catalog, objects, one_day, [histogram(cron, "main")], KubernetesSettings(min_history_hours=48), 1)
+    assert set(options(short, cron)) == {"keep"} and "runs on 1 day(s)" in options(short, cron)["keep"]["rationale"]
 
 
 def test_below_threshold_is_left_as_it_is(catalog) -> None:
@@ -354,8 +360,9 @@ def test_node_type_missing_from_the_catalogue_is_a_recorded_reason(catalog) -> N
 
 def test_no_cut_below_the_minimum_history_or_on_stale_usage(catalog) -> None:
     objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)])
-    opts = options(run(catalog, objects, daily(WEB, "app", days=1), [histogram(WEB, "app")], days_found=1), WEB)
-    assert set(opts) == {"keep"} and "under the minimum 48 h" in opts["keep"]["rationale"]
+    short = daily(WEB, "app", days=1, samples=200)  # 16.7 h
+    opts = options(run(catalog, objects, short, [histogram(WEB, "app")], days_found=1), WEB)
+    assert set(opts) == {"keep"} and "under the minimum 24 h" in opts["keep"]["rationale"]
     assert opts["keep"]["confidence"] == pytest.approx(1 / 7, rel=1e-3)
 
     def stale_last(back: int) -> datetime:
@@ -365,7 +372,7 @@ def test_no_cut_below_the_minimum_history_or_on_stale_usage(catalog) -> None:
     opts = options(run(catalog, objects, stale, [histogram(WEB, "app")]), WEB)
     assert set(opts) == {"keep"} and "before the end of the day" in opts["keep"]["rationale"]
     # an increase still goes with little history (an OOM, here)
-    oom = daily(WEB, "app", days=1, oom_kills=1, mem_peak_bytes=1 * GIB)
+    oom = daily(WEB, "app", days=1, samples=200, oom_kills=1, mem_peak_bytes=1 * GIB)
     opts = options(run(catalog, objects, oom, [histogram(WEB, "app")], days_found=1), WEB)
     assert proposed(opts["resize_requests"])["containers"]["app"]["requests"]["memory"] == "1229Mi"
     assert proposed(opts["resize_requests"])["containers"]["app"]["requests"]["cpu"] == "1000m"

@@ -23,7 +23,7 @@ docs/kubernetes.md, "Recommendations"):
   pod, the HPA left as it is (its replicas do not follow requests), with the reason.
 - A change under ``min_change_pct`` (10 %) of both requests, or worth less than ``min_monthly_saving_usd``
   ($1), is left as it is: only the keep option, so a well-sized workload is not churned.
-- No cut on less than ``min_history_hours`` (48 h) of samples, or when the last sample is older than
+- No cut on less than ``min_history_hours`` (24 h: one daily cycle) of samples, or when the last sample is older than
   ``max_staleness_hours`` (24 h) at the end of the day; increases (OOM, throttling, BestEffort) still go.
 - Savings: requests x mean running pods x the cluster's cost per core-hour and GiB-hour, from its nodes'
   EC2 prices (spot or on-demand as each node is), split between CPU and memory by a cost ratio.
@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs, Recommendations
 from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_recommendations
@@ -87,8 +87,9 @@ class KubernetesSettings(BaseModel):
     """Settings of the Kubernetes optimiser; the asset's run configuration is derived from this model
     (docs/kubernetes.md, "Recommendations", lists every one)."""
 
-    cpu_percentile: Literal[50, 90, 95] = Field(
-        default=90, description="Percentile of the busiest pod's CPU the request covers (VPA's lower/target/upper)."
+    cpu_percentile: int = Field(
+        default=90,
+        description="Percentile of the busiest pod's CPU the request covers: 50, 90 or 95 (VPA's lower/target/upper).",
     )
     cpu_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the CPU percentile, %.")
     memory_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the memory peak, %.")
@@ -124,7 +125,9 @@ class KubernetesSettings(BaseModel):
     min_monthly_saving_usd: float = Field(
         default=1.0, ge=0, description="A cut saving less than this a month is left as it is (increases still go)."
     )
-    min_history_hours: float = Field(default=48.0, ge=0, description="No cut on fewer hours of usage samples.")
+    min_history_hours: float = Field(
+        default=24.0, ge=0, description="No cut on fewer hours of usage samples (one daily cycle by default)."
+    )
     full_confidence_days: int = Field(default=7, ge=1, description="Days of data for full confidence.")
     max_staleness_hours: float = Field(
         default=24.0, ge=0, description="No cut when the last sample is older than this at the end of the day."
@@ -139,6 +142,13 @@ class KubernetesSettings(BaseModel):
         default={}, description="kubectl context of each cluster in the printed commands (default: the cluster name)."
     )
     max_best_risk: float = Field(default=2.0, ge=0, description="Highest risk an option may have to be the best one.")
+
+    @field_validator("cpu_percentile")
+    @classmethod
+    def _percentile(cls, value: int) -> int:
+        if value not in (50, 90, 95):
+            raise ValueError(f"cpu_percentile must be 50, 90 or 95 (the histogram's bounds), got {value}")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -706,7 +716,12 @@ class WorkloadSizer:
         if any(u.restarts for u in seen):
             reasons.append(f"{sum(u.restarts for u in seen)} container restart(s) in the window")
         cut_block = []
-        if hours < s.min_history_hours:
+        if wl.kind in BATCH_KINDS:
+            # a Job runs part of the day: its minimum history is counted in days with runs
+            need = max(1, math.ceil(s.min_history_hours / 24))
+            if days < need:
+                cut_block.append(f"runs on {days} day(s), under the minimum {need} (min_history_hours / 24)")
+        elif hours < s.min_history_hours:
             cut_block.append(f"{hours:.0f} h of usage, under the minimum {s.min_history_hours:g} h")
         if stale_h is not None and stale_h > s.max_staleness_hours:
             cut_block.append(
@@ -810,7 +825,7 @@ class WorkloadSizer:
             hpa_row = self._hpa_rows(wl, hpa, hpa_config, cost_now, self.cost(current, pods_hpa), confidence, reasons)
         else:
             keep["finding"] = "well_sized" if seen else "no_usage"
-            if seen and not (changed and worth) and plans:
+            if seen and not cut_block:
                 keep["rationale"] = (
                     f"Within {s.min_change_pct:g} % of the recommendation or under "
                     f"${s.min_monthly_saving_usd:g}/month: left as it is. " + keep["rationale"]
