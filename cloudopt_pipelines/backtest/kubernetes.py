@@ -144,7 +144,8 @@ def ours(percentile: int, cpu_margin: float, mem_margin: float) -> Callable[[Pod
         usage = ContainerUsage(
             days=1,
             samples=len(pod.cpu),
-            cpu_histogram={percentile: float(np.quantile(pod.cpu, percentile / 100))},
+            # the optimiser reads the decaying histogram (container_usage_histogram): the same weights here
+            cpu_histogram={percentile: _weighted_quantile(pod.cpu, percentile / 100)},
             cpu_p99_daily_max=float(np.quantile(pod.cpu, 0.99)),
             mem_peak=float(pod.mem.max()),
         )

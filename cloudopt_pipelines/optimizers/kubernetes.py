@@ -16,9 +16,10 @@ docs/kubernetes.md, "Recommendations"):
 - Limits: CPU limit removed, memory limit = memory request (configurable); the QoS class is shown and a
   Guaranteed workload stays Guaranteed (limits = requests) unless ``keep_guaranteed`` is off.
 - HPA on CPU utilisation: requests and target together. Under such an HPA the requested CPU is about
-  total usage / target whatever the request, so the saving comes from the target: target = mean per pod /
-  the busiest pod's P95, clamped to 30-75 %; min replicas from the replica history (never above today's,
-  never under 2 when today's is 2 or more), max replicas at least today's and what the peak needs.
+  total usage / target whatever the request, so the CPU request is not cut and the saving comes from
+  the target: target = mean per pod / the busiest pod's P95, clamped to 30-75 %; min replicas from the
+  replica history (never above today's, never under 2 when today's is 2 or more), max replicas at least
+  today's and what the peak needs.
   HPA on memory: no memory cut. HPA on a custom, external or absolute-value metric: requests sized per
   pod, the HPA left as it is (its replicas do not follow requests), with the reason.
 - A change under ``min_change_pct`` (10 %) of both requests, or worth less than ``min_monthly_saving_usd``
