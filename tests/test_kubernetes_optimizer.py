@@ -363,7 +363,8 @@ def test_no_cut_below_the_minimum_history_or_on_stale_usage(catalog) -> None:
     short = daily(WEB, "app", days=1, samples=200)  # 16.7 h
     opts = options(run(catalog, objects, short, [histogram(WEB, "app")], days_found=1), WEB)
     assert set(opts) == {"keep"} and "under the minimum 24 h" in opts["keep"]["rationale"]
-    assert opts["keep"]["confidence"] == pytest.approx(1 / 7, rel=1e-3)
+    assert opts["keep"]["confidence"] == pytest.approx(1 / 7 * 200 / 288, abs=1e-3)  # 1 day of 7, 69 % covered
+    assert "usage covers 69 % of the 5-minute slots" in opts["keep"]["rationale"]
 
     def stale_last(back: int) -> datetime:
         return datetime.combine(DAY - timedelta(days=max(back, 2)), datetime.min.time(), tzinfo=UTC)
@@ -397,6 +398,9 @@ def test_partial_usage_and_rollout_and_namespace_without_labels(catalog) -> None
     assert "no usage samples" in resize["rationale"] and "rollout mid-window" in resize["rationale"]
     assert "has no labels" in resize["rationale"]
     assert resize["confidence"] == pytest.approx(0.8)
+    # coverage gates confidence too: half the slots of every day
+    half = options(run(catalog, objects, daily(WEB, "app", samples=144), [histogram(WEB, "app")]), WEB)
+    assert half["resize_requests"]["confidence"] == pytest.approx(0.5)
 
 
 def test_protected_namespace_is_informational(catalog) -> None:

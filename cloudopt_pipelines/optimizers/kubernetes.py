@@ -710,6 +710,11 @@ class WorkloadSizer:
         last = max((u.last_ts for u in seen if u.last_ts), default=None)
         stale_h = None if last is None else (self.day_end - last).total_seconds() / 3600
         confidence = min(1.0, days / s.full_confidence_days)
+        coverage = min(1.0, hours / (24 * days)) if days else 0.0
+        if wl.kind not in BATCH_KINDS and coverage < 0.9:
+            # a long-running workload seen for part of its days: gaps in the scrape, or pods that came and went
+            confidence *= coverage
+            reasons.append(f"usage covers {100 * coverage:.0f} % of the 5-minute slots of its {days} day(s)")
         rollout = any(len(u.requests_seen - {(None, None)}) > 1 for u in seen)
         if rollout:
             confidence *= 0.8
