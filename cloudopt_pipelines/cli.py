@@ -360,6 +360,29 @@ def backtest_standalone(
         raise typer.Exit(code)
 
 
+@backtest_app.command("kubernetes")
+def backtest_kubernetes(
+    memory_trace: Annotated[
+        str | None,
+        typer.Option("--memory-trace", help="Pod memory (Alibaba 2026 pod memory, or vm_id/step_5min/mem_util_pct)."),
+    ] = None,
+    cpu_trace: Annotated[str | None, typer.Option("--cpu-trace", help="VM CPU, Azure V1 long format.")] = None,
+    train_fraction: Annotated[
+        float, typer.Option("--train-fraction", help="Share of each pod's samples to size on.")
+    ] = 2 / 3,
+    max_pods: Annotated[int | None, typer.Option("--max-pods", help="Only the first N pods (by id).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+) -> None:
+    """Size each pod's requests on the first part of real container usage, replay the rest, and compare our
+    settings with VPA-like, KRR, Goldilocks-like and Kubecost-like baselines (savings vs CPU over request and
+    OOMs). Exits 1 when a baseline is not dominated, 2 for a missing or unusable trace."""
+    from cloudopt_pipelines.backtest.kubernetes import kubernetes_backtest_command
+
+    code = kubernetes_backtest_command(memory_trace, cpu_trace, train_fraction, max_pods, as_json, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     """The console entry point: a bad setting (a ``CLOUDOPT_*`` variable, the clusters file) ends any
     command with one line naming it and the fix (exit 2), Ctrl-C with 130; never a traceback."""

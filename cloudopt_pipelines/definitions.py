@@ -4,7 +4,7 @@ import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
-from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions
+from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions, kubernetes_placeholders
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
@@ -52,7 +52,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     )
     source = source or source_for(settings)
     return dg.Definitions(
-        assets=[*lake_assets, warehouse_asset],
+        assets=[*lake_assets, warehouse_asset, *([] if k8s else kubernetes_placeholders())],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],
         sensors=[

@@ -1,4 +1,4 @@
--- description: Vertical Pod Autoscaler-style recommendations per container (pod) from decaying
+-- description: Vertical Pod Autoscaler-style recommendations per container from decaying
 --   histograms over a trailing window of 8 days, mirroring the VPA recommender's defaults:
 --   exponential buckets (first bucket 0.01 core or 1e7 bytes, each 5 % wider than the one before,
 --   up to 1000 cores or 1e12 bytes), sample weights halving every 24 hours back from the end of the
@@ -8,13 +8,19 @@
 --   peak + 100 MiB). A percentile is the end of the first bucket whose cumulative weight reaches
 --   p x total (VPA's Histogram.Percentile). lower / target / upper are p50 / p90 / p95 (VPA's
 --   lowerBound / target / upperBound percentiles); *_recommended adds the 15 % safety margin and
---   the minimums (25 millicores, 250 MiB), without VPA's confidence multipliers. Samples come from
---   stg_cluster_metrics_5m rows of resource_kind 'container' (Container Insights
---   pod_cpu_usage_total and pod_memory_working_set); a container without samples has no row.
--- grain: one row per (account_id, date, resource_id)
+--   the minimums (25 millicores, 250 MiB), without VPA's confidence multipliers. Two sources:
+--   Container Insights pods (stg_cluster_metrics_5m rows of resource_kind 'container',
+--   pod_cpu_usage_total and pod_memory_working_set; resource_id the pod, container NULL) and
+--   Prometheus usage of Kubernetes workloads (k8s_container_usage rows of scope 'container';
+--   resource_id the workload, one row per container). The collector keeps, per 5-minute slot, the
+--   busiest pod of the workload: that pod's CPU is the slot's sample, weighted by max(request, 0.1
+--   core) x the pods in the slot (VPA adds one sample per pod), and its working set gives the day's
+--   peak; the request is the day's k8s_workloads snapshot. A container without samples has no row.
+-- grain: one row per (account_id, date, resource_id, container)
 -- partitioned_by: account_date
 -- window_days: 8
--- window_over: stg_cluster_metrics_5m
+-- window_over: stg_cluster_metrics_5m, k8s_container_usage
+-- optional_sources: k8s_container_usage, k8s_workloads
 -- expect_rows_from: none
 -- group: features
 WITH params AS (
@@ -30,24 +36,39 @@ params_n AS (
 ref AS (
     SELECT CAST(CAST({{ var('date') }} AS DATE) AS TIMESTAMPTZ) + INTERVAL 1 DAY AS ref_ts
 ),
+k8s_spec AS (
+    SELECT resource_id, container, any_value(cpu_request_cores) AS cpu_request_cores,
+           any_value(mem_request_bytes) AS mem_request_bytes
+    FROM {{ ref('k8s_workloads') }}
+    WHERE container IS NOT NULL
+    GROUP BY resource_id, container
+),
 containers AS (
-    SELECT * FROM {{ ref('stg_cluster_metrics_5m') }} WHERE resource_kind = 'container'
+    SELECT resource_id, '' AS container, ts, cpu_cores, cpu_request_cores, 1 AS pods, mem_bytes,
+           mem_request_bytes, oom_kills
+    FROM {{ ref('stg_cluster_metrics_5m') }} WHERE resource_kind = 'container'
+    UNION ALL
+    SELECT u.resource_id, u.container, u.ts, u.cpu_cores_max, s.cpu_request_cores, coalesce(u.replicas, 1),
+           u.mem_bytes_max, s.mem_request_bytes, coalesce(u.oom_kills, 0)
+    FROM {{ ref('k8s_container_usage') }} AS u
+    LEFT JOIN k8s_spec AS s USING (resource_id, container)
+    WHERE u.scope = 'container'
 ),
 cpu_samples AS (
-    SELECT resource_id, 'cpu' AS kind, cpu_cores AS value,
-           greatest(coalesce(cpu_request_cores, 0), 0.1) AS base_weight, ts
+    SELECT resource_id, container, 'cpu' AS kind, cpu_cores AS value,
+           greatest(coalesce(cpu_request_cores, 0), 0.1) * pods AS base_weight, ts
     FROM containers
     WHERE cpu_cores IS NOT NULL
 ),
 mem_days AS (
-    SELECT resource_id, CAST(ts AS DATE) AS day, max(mem_bytes) AS peak, arg_max(ts, mem_bytes) AS ts,
+    SELECT resource_id, container, CAST(ts AS DATE) AS day, max(mem_bytes) AS peak, arg_max(ts, mem_bytes) AS ts,
            sum(oom_kills) AS oom_kills
     FROM containers
     WHERE mem_bytes IS NOT NULL
-    GROUP BY resource_id, CAST(ts AS DATE)
+    GROUP BY resource_id, container, CAST(ts AS DATE)
 ),
 mem_samples AS (
-    SELECT resource_id, 'memory' AS kind,
+    SELECT resource_id, container, 'memory' AS kind,
            CASE WHEN oom_kills > 0 THEN greatest(1.2 * peak, peak + 100 * 1024 * 1024) ELSE peak END AS value,
            1.0 AS base_weight, ts
     FROM mem_days
@@ -55,6 +76,7 @@ mem_samples AS (
 weighted AS (
     SELECT
         s.resource_id,
+        s.container,
         s.kind,
         CASE WHEN s.value < p.first_bucket THEN 0
              ELSE least(CAST(floor(ln(s.value * (p.ratio - 1) / p.first_bucket + 1) / ln(p.ratio)) AS BIGINT),
@@ -66,20 +88,21 @@ weighted AS (
     CROSS JOIN ref
 ),
 hist AS (
-    SELECT resource_id, kind, bucket, sum(weight) AS weight, count(*) AS samples
+    SELECT resource_id, container, kind, bucket, sum(weight) AS weight, count(*) AS samples
     FROM weighted
     GROUP BY ALL
 ),
 cum AS (
     SELECT
         *,
-        sum(weight) OVER (PARTITION BY resource_id, kind ORDER BY bucket ROWS UNBOUNDED PRECEDING) AS cum_weight,
-        sum(weight) OVER (PARTITION BY resource_id, kind) AS total_weight
+        sum(weight) OVER (PARTITION BY resource_id, container, kind ORDER BY bucket ROWS UNBOUNDED PRECEDING) AS cum_weight,
+        sum(weight) OVER (PARTITION BY resource_id, container, kind) AS total_weight
     FROM hist
 ),
 pct AS (
     SELECT
         resource_id,
+        container,
         kind,
         sum(samples) AS samples,
         any_value(total_weight) AS total_weight,
@@ -87,12 +110,13 @@ pct AS (
         coalesce(min(bucket) FILTER (WHERE cum_weight >= 0.90 * total_weight), max(bucket)) AS b90,
         coalesce(min(bucket) FILTER (WHERE cum_weight >= 0.95 * total_weight), max(bucket)) AS b95
     FROM cum
-    GROUP BY resource_id, kind
+    GROUP BY resource_id, container, kind
 ),
 bounds AS (
     -- VPA returns the end of the bucket (the start of the next), except for the unbounded last one.
     SELECT
         pct.resource_id,
+        pct.container,
         pct.kind,
         pct.samples,
         pct.total_weight,
@@ -106,16 +130,18 @@ bounds AS (
 latest AS (
     SELECT
         resource_id,
+        container,
         arg_max(cpu_request_cores, ts) FILTER (WHERE cpu_request_cores IS NOT NULL) AS cpu_request_cores,
         arg_max(mem_request_bytes, ts) FILTER (WHERE mem_request_bytes IS NOT NULL) AS mem_request_bytes,
         CAST(sum(oom_kills) AS INTEGER) AS oom_events
     FROM containers
-    GROUP BY resource_id
+    GROUP BY resource_id, container
 )
 SELECT
     {{ var('account_id') }} AS account_id,
     CAST({{ var('date') }} AS DATE) AS date,
     l.resource_id,
+    nullif(l.container, '') AS container,
     CAST({{ var('window_days') }} AS INTEGER) AS window_days,
     CAST(c.samples AS INTEGER) AS cpu_samples,
     c.total_weight AS cpu_total_weight,
@@ -133,7 +159,7 @@ SELECT
     l.mem_request_bytes,
     l.oom_events
 FROM latest AS l
-LEFT JOIN bounds AS c ON c.resource_id = l.resource_id AND c.kind = 'cpu'
-LEFT JOIN bounds AS m ON m.resource_id = l.resource_id AND m.kind = 'memory'
+LEFT JOIN bounds AS c ON c.resource_id = l.resource_id AND c.container = l.container AND c.kind = 'cpu'
+LEFT JOIN bounds AS m ON m.resource_id = l.resource_id AND m.container = l.container AND m.kind = 'memory'
 WHERE c.resource_id IS NOT NULL OR m.resource_id IS NOT NULL
-ORDER BY l.resource_id
+ORDER BY l.resource_id, l.container

@@ -119,8 +119,11 @@ def _inventory() -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RESOURCES)
 
 
-def test_registry_lists_the_standalone_optimiser_with_its_declarations() -> None:
-    [standalone] = all_optimizers()
+def test_registry_lists_the_optimisers_with_their_declarations() -> None:
+    standalone, kubernetes = all_optimizers()
+    assert kubernetes.name == "kubernetes" and kubernetes.table_name == "recommendations_kubernetes"
+    assert kubernetes.deployment_types == ("kubernetes",) and "k8s_workload" in kubernetes.resource_kinds
+    assert {i.table for i in kubernetes.inputs} == {"container_usage_histogram", "k8s_usage_daily", "k8s_workloads"}
     assert standalone.name == "standalone_ec2" and standalone.table_name == "recommendations_standalone_ec2"
     assert standalone.deployment_types == ("standalone",)
     assert {"ec2_instance", "ebs_volume", "elastic_ip"} <= set(standalone.resource_kinds)

@@ -48,6 +48,9 @@ SOURCE_TABLES: dict[str, tuple[str, list[str]]] = {
     "resources": ("account_date", ["raw", "resources"]),
     "utilization_5m": ("account_date", ["raw", "utilization_5m"]),
     "cluster_metrics_5m": ("account_date", ["raw", "cluster_metrics_5m"]),
+    # Written only when CLOUDOPT_K8S_CLUSTERS names a clusters file; the models read them as optional sources.
+    "k8s_workloads": ("account_date", ["raw", "k8s_workloads"]),
+    "k8s_container_usage": ("account_date", ["raw", "k8s_container_usage"]),
     "price_catalog": ("none", ["raw", "price_catalog"]),
     "reserved_prices": ("none", ["raw", "reserved_prices"]),
 }

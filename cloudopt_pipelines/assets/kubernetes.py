@@ -62,6 +62,22 @@ def k8s_container_usage(
 KUBERNETES_ASSETS = (k8s_workloads, k8s_container_usage)
 
 
+def kubernetes_placeholders() -> list[dg.AssetSpec]:
+    """Without a clusters file the feature models and ``recommendations/kubernetes`` still read these two
+    tables (as empty): they stay in the graph as external assets that say how to collect them."""
+    why = " Not collected: set CLOUDOPT_K8S_CLUSTERS to a clusters file (docs/kubernetes.md) to collect it."
+    return [
+        dg.AssetSpec(
+            a.key,
+            description=(a.descriptions_by_key[a.key] or "") + why,
+            group_name="raw",
+            partitions_def=account_daily_partitions,
+            kinds={"parquet", "kubernetes"},
+        )
+        for a in KUBERNETES_ASSETS
+    ]
+
+
 @dataclass(frozen=True)
 class KubernetesDefinitions:
     """What the Kubernetes collection adds to the definitions: its raw assets, its resources and the source
@@ -87,4 +103,10 @@ def kubernetes_definitions(clusters_file: Path | None) -> KubernetesDefinitions 
     return KubernetesDefinitions(load_clusters(str(clusters_file))) if clusters_file is not None else None
 
 
-__all__ = ["CLUSTERS_ENV", "KUBERNETES_ASSETS", "KubernetesDefinitions", "kubernetes_definitions"]
+__all__ = [
+    "CLUSTERS_ENV",
+    "KUBERNETES_ASSETS",
+    "KubernetesDefinitions",
+    "kubernetes_definitions",
+    "kubernetes_placeholders",
+]

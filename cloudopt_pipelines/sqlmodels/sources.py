@@ -22,6 +22,8 @@ SOURCE_PARTITIONING: dict[str, str] = {
     "resources": "account_date",
     "utilization_5m": "account_date",
     "cluster_metrics_5m": "account_date",
+    "k8s_workloads": "account_date",
+    "k8s_container_usage": "account_date",
     "price_catalog": "none",
     "reserved_prices": "none",
 }
