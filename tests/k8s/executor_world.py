@@ -4,12 +4,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from cloudopt_pipelines.executor.kubernetes import KubernetesAccess, KubernetesTarget
+from cloudopt_pipelines.sources.kubernetes_config import load_clusters
+from cloudopt_pipelines.testing.k8s_apiserver import FakeApiServer, Store
+from tests.executor.conftest import Home
 from tests.k8s.world import container, meta
 
 CLUSTER = "dev-eks"
@@ -215,3 +223,49 @@ def write_clusters_file(path: Path, kubeconfig: Path, context: str) -> Path:
     }
     path.write_text(yaml.safe_dump({"clusters": [entry]}, sort_keys=False))
     return path
+
+
+@dataclass
+class ExecutorCluster:
+    server: FakeApiServer
+    clusters_file: Path
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def obj(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.store.objects[plural][(namespace, name)])
+
+    def containers(self, name: str, namespace: str = "shop") -> dict[str, dict[str, Any]]:
+        spec = self.obj("deployments", namespace, name)["spec"]["template"]["spec"]
+        return {c["name"]: c["resources"] for c in spec["containers"]}
+
+    def patches(self) -> list[str]:
+        return [path for method, path in self.store.requests if method == "PATCH"]
+
+    def target(self) -> KubernetesTarget:
+        return KubernetesTarget(KubernetesAccess(load_clusters(self.clusters_file)))
+
+
+@pytest.fixture(name="cluster")
+def executor_cluster(tmp_path: Path, certificates) -> Iterator[ExecutorCluster]:
+    """The executor tests' cluster on its own stand-in API server over HTTPS, and a clusters file for it."""
+    from tests.k8s.conftest import TOKEN, write_kubeconfig
+
+    ca, crt, key, _other = certificates
+    store = Store()
+    for obj in cluster_objects():
+        store.add(obj)
+    server = FakeApiServer(store, TOKEN, str(crt), str(key)).start()
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {CLUSTER: server.url}, ca, CLUSTER)
+        yield ExecutorCluster(server, write_clusters_file(tmp_path / "clusters.yaml", kubeconfig, f"ctx-{CLUSTER}"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="home")
+def executor_home(tmp_path: Path) -> Home:
+    """A temporary CLOUDOPT_HOME (lake, Dagster instance, executor records)."""
+    return Home(tmp_path / "cloudopt")

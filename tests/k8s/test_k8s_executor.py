@@ -3,76 +3,24 @@ apply -> verify -> rollback, through the official client against the API stand-i
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloudopt_pipelines.executor import ExecutorPolicy, rollback
-from cloudopt_pipelines.executor.kubernetes import KubernetesAccess, KubernetesTarget
-from cloudopt_pipelines.sources.kubernetes_config import load_clusters
 from cloudopt_pipelines.testing.k8s_apiserver import ApiError
 from tests.executor.conftest import DAY, NOW, Home
-from tests.k8s.conftest import TOKEN, write_kubeconfig
 from tests.k8s.executor_world import (
-    CLUSTER,
-    cluster_objects,
+    ExecutorCluster,
     hpa_row,
     nodepool_row,
     resources,
     workload_row,
-    write_clusters_file,
 )
-from tests.k8s.fake_apiserver import FakeApiServer, Store
 
 
-@dataclass
-class Cluster:
-    server: FakeApiServer
-    clusters_file: Path
-
-    @property
-    def store(self) -> Store:
-        return self.server.store
-
-    def obj(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.store.objects[plural][(namespace, name)])
-
-    def containers(self, name: str, namespace: str = "shop") -> dict[str, dict[str, Any]]:
-        spec = self.obj("deployments", namespace, name)["spec"]["template"]["spec"]
-        return {c["name"]: c["resources"] for c in spec["containers"]}
-
-    def patches(self) -> list[str]:
-        return [path for method, path in self.store.requests if method == "PATCH"]
-
-    def target(self) -> KubernetesTarget:
-        return KubernetesTarget(KubernetesAccess(load_clusters(self.clusters_file)))
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, certificates) -> Iterator[Cluster]:
-    ca, crt, key, _other = certificates
-    store = Store()
-    for obj in cluster_objects():
-        store.add(obj)
-    server = FakeApiServer(store, TOKEN, str(crt), str(key)).start()
-    try:
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {CLUSTER: server.url}, ca, CLUSTER)
-        yield Cluster(server, write_clusters_file(tmp_path / "clusters.yaml", kubeconfig, f"ctx-{CLUSTER}"))
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "cloudopt")
-
-
-def run(home: Home, cluster: Cluster, mode: str, **policy: Any) -> Any:
+def run(home: Home, cluster: ExecutorCluster, mode: str, **policy: Any) -> Any:
     from cloudopt_pipelines.executor import execute_day
 
     policy.setdefault("max_calls_per_second", 0)
@@ -107,7 +55,7 @@ def cart_row(**overrides: Any) -> dict[str, Any]:
     return workload_row("shop", "cart", **values)
 
 
-def test_dry_run_validates_on_the_server_and_changes_nothing(home: Home, cluster: Cluster) -> None:
+def test_dry_run_validates_on_the_server_and_changes_nothing(home: Home, cluster: ExecutorCluster) -> None:
     home.write_plan([cart_row()])
     home.approve_all()
     before = (cluster.obj("deployments", "shop", "cart"), cluster.obj("horizontalpodautoscalers", "shop", "cart"))
@@ -140,7 +88,7 @@ def test_dry_run_validates_on_the_server_and_changes_nothing(home: Home, cluster
     assert decision.state_after["hpa"]["max_replicas"] == 12
 
 
-def test_apply_verify_idempotent_and_rollback(home: Home, cluster: Cluster) -> None:
+def test_apply_verify_idempotent_and_rollback(home: Home, cluster: ExecutorCluster) -> None:
     home.write_plan([cart_row()])
     home.approve_all()
     planned = run(home, cluster, "dry_run").decisions[0].api_calls
@@ -177,7 +125,7 @@ def test_apply_verify_idempotent_and_rollback(home: Home, cluster: Cluster) -> N
     assert (hpa["maxReplicas"], hpa["metrics"][0]["resource"]["target"]["averageUtilization"]) == (10, 70)
 
 
-def test_a_limit_removed_by_the_plan_comes_back_on_rollback(home: Home, cluster: Cluster) -> None:
+def test_a_limit_removed_by_the_plan_comes_back_on_rollback(home: Home, cluster: ExecutorCluster) -> None:
     proposed = {"istio-proxy": {"requests": {"cpu": "50m"}, "limits": {"cpu": None}}}
     home.write_plan([cart_row(proposed=proposed, hpa_proposed=None, hpa_current=None)])
     home.approve_all()
@@ -201,7 +149,7 @@ def test_a_limit_removed_by_the_plan_comes_back_on_rollback(home: Home, cluster:
     ],
 )
 def test_protected_and_production_workloads_are_never_touched(
-    home: Home, cluster: Cluster, namespace: str, name: str, policy: dict, why: str
+    home: Home, cluster: ExecutorCluster, namespace: str, name: str, policy: dict, why: str
 ) -> None:
     live = cluster.obj("deployments", namespace, name)
     container = live["spec"]["template"]["spec"]["containers"][0]
@@ -218,7 +166,7 @@ def test_protected_and_production_workloads_are_never_touched(
     assert cluster.obj("deployments", namespace, name) == live
 
 
-def test_a_protect_label_on_the_namespace_protects_its_workloads(home: Home, cluster: Cluster) -> None:
+def test_a_protect_label_on_the_namespace_protects_its_workloads(home: Home, cluster: ExecutorCluster) -> None:
     ns = cluster.obj("namespaces", "", "shop")
     ns["metadata"]["labels"]["cloudopt.io/protect"] = "yes"
     cluster.store.add(ns)
@@ -229,7 +177,7 @@ def test_a_protect_label_on_the_namespace_protects_its_workloads(home: Home, clu
     assert cluster.patches() == []
 
 
-def test_a_drifted_live_spec_is_left_as_it_is(home: Home, cluster: Cluster) -> None:
+def test_a_drifted_live_spec_is_left_as_it_is(home: Home, cluster: ExecutorCluster) -> None:
     home.write_plan([cart_row()])
     home.approve_all()
     # someone raises the app's CPU request by hand after the plan
@@ -247,14 +195,14 @@ def test_a_drifted_live_spec_is_left_as_it_is(home: Home, cluster: Cluster) -> N
     assert cluster.obj("deployments", "shop", "cart") == changed
 
 
-def test_quantities_compare_by_value_not_by_text(home: Home, cluster: Cluster) -> None:
+def test_quantities_compare_by_value_not_by_text(home: Home, cluster: ExecutorCluster) -> None:
     current = {**CART_CURRENT, "app": resources({"cpu": "0.5", "memory": "1024Mi"}, {"memory": "1Gi"})}
     home.write_plan([cart_row(current=current)])
     home.approve_all()
     assert run(home, cluster, "dry_run").decisions[0].outcome == "would_apply"
 
 
-def test_a_patch_the_server_refuses_fails_the_dry_run_and_changes_nothing(home: Home, cluster: Cluster) -> None:
+def test_a_patch_the_server_refuses_fails_the_dry_run_and_changes_nothing(home: Home, cluster: ExecutorCluster) -> None:
     proposed = {"app": resources({"cpu": "250m", "memory": "2Gi"})}  # request above the 1Gi memory limit
     home.write_plan([cart_row(proposed=proposed, hpa_proposed=None, hpa_current=None)])
     home.approve_all()
@@ -264,7 +212,7 @@ def test_a_patch_the_server_refuses_fails_the_dry_run_and_changes_nothing(home: 
     assert cluster.containers("cart") == CART_CURRENT
 
 
-def test_a_failed_hpa_patch_rolls_the_requests_back(home: Home, cluster: Cluster) -> None:
+def test_a_failed_hpa_patch_rolls_the_requests_back(home: Home, cluster: ExecutorCluster) -> None:
     home.write_plan([cart_row()])
     home.approve_all()
     cluster.store.patch_faults[("horizontalpodautoscalers", "shop", "cart")] = ApiError(
@@ -277,7 +225,7 @@ def test_a_failed_hpa_patch_rolls_the_requests_back(home: Home, cluster: Cluster
     assert cluster.obj("horizontalpodautoscalers", "shop", "cart")["spec"]["maxReplicas"] == 10
 
 
-def test_a_plan_patch_that_changes_more_than_resources_is_refused(home: Home, cluster: Cluster) -> None:
+def test_a_plan_patch_that_changes_more_than_resources_is_refused(home: Home, cluster: ExecutorCluster) -> None:
     row = cart_row(hpa_proposed=None, hpa_current=None)
     config = json.loads(row["proposed_config"])
     config["patch"]["spec"]["replicas"] = 0
@@ -289,7 +237,7 @@ def test_a_plan_patch_that_changes_more_than_resources_is_refused(home: Home, cl
     assert cluster.patches() == []
 
 
-def test_tune_hpa_and_node_pool_advice(home: Home, cluster: Cluster) -> None:
+def test_tune_hpa_and_node_pool_advice(home: Home, cluster: ExecutorCluster) -> None:
     tune = hpa_row("shop", "cart", {"min_replicas": 3, "max_replicas": 8, "target": {"cpu": 65}}, CART_HPA_CURRENT)
     home.write_plan([tune, nodepool_row()])
     home.approve_all()
@@ -305,7 +253,7 @@ def test_tune_hpa_and_node_pool_advice(home: Home, cluster: Cluster) -> None:
     assert cluster.obj("horizontalpodautoscalers", "shop", "cart")["spec"]["minReplicas"] == 2
 
 
-def test_a_row_of_another_account_than_the_cluster_is_refused(home: Home, cluster: Cluster) -> None:
+def test_a_row_of_another_account_than_the_cluster_is_refused(home: Home, cluster: ExecutorCluster) -> None:
     row = cart_row()
     row["account_id"] = "210987654321"
     home.write_plan([row])
@@ -315,7 +263,7 @@ def test_a_row_of_another_account_than_the_cluster_is_refused(home: Home, cluste
     assert cluster.patches() == []
 
 
-def test_a_rollback_after_a_hand_change_is_refused(home: Home, cluster: Cluster) -> None:
+def test_a_rollback_after_a_hand_change_is_refused(home: Home, cluster: ExecutorCluster) -> None:
     from cloudopt_pipelines.executor.actions import RollbackRefused
 
     home.write_plan([cart_row(hpa_proposed=None, hpa_current=None)])
