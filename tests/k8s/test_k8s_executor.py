@@ -277,3 +277,65 @@ def test_a_rollback_after_a_hand_change_is_refused(home: Home, cluster: Executor
     with pytest.raises(RollbackRefused, match="changed since the apply"):
         rollback(home.lake, home.paths, applied.action_id, "apply", "bob", [cluster.target()])
     assert cluster.containers("cart")["app"]["requests"]["cpu"] == "3"
+
+
+def _patch_workload_as_the_plan_says(cluster: ExecutorCluster) -> None:
+    kind = next(k for k in cluster.store.kinds if k.plural == "deployments")
+    body = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "768Mi"},
+                                "limits": {"memory": "768Mi"},
+                            },
+                        }
+                    ]
+                }
+            }
+        }
+    }
+    cluster.store.patch(kind, "shop", "cart", "application/strategic-merge-patch+json", body)
+
+
+def test_an_apply_cut_off_after_the_workload_patch_is_finished_not_redone(home: Home, cluster: ExecutorCluster) -> None:
+    home.write_plan([cart_row()])
+    home.approve_all()
+    dry = run(home, cluster, "dry_run").decisions[0]
+    # the process died after its intent and the workload patch, before the HPA patch
+    home.paths.audit().intent(
+        {
+            "date": DAY.isoformat(),
+            "plan_id": dry.plan_id,
+            "action_id": dry.action_id,
+            "run_id": "run-that-died",
+            "account_id": dry.account_id,
+            "region": dry.region,
+            "resource_id": dry.resource_id,
+            "resource_kind": dry.resource_kind,
+            "action": dry.action,
+            "option_name": dry.option_name,
+            "mode": "apply",
+            "state_before": dry.state_before,
+            "api_calls": dry.api_calls,
+        },
+        at=NOW,
+    )
+    _patch_workload_as_the_plan_says(cluster)
+    decision = run(home, cluster, "apply").decisions[0]
+    assert decision.outcome == "applied", (decision.reason, decision.error)
+    assert [c["params"]["kind"] for c in decision.api_calls] == ["HorizontalPodAutoscaler"]
+    assert decision.state_before["containers"] == CART_CURRENT
+    assert cluster.obj("horizontalpodautoscalers", "shop", "cart")["spec"]["maxReplicas"] == 12
+
+
+def test_a_workload_half_changed_by_someone_else_is_left_as_it_is(home: Home, cluster: ExecutorCluster) -> None:
+    home.write_plan([cart_row()])
+    home.approve_all()
+    _patch_workload_as_the_plan_says(cluster)  # no intent of ours: not an interrupted apply
+    decision = run(home, cluster, "apply").decisions[0]
+    assert decision.outcome == "skipped" and "changed since the plan" in decision.reason
+    assert cluster.obj("horizontalpodautoscalers", "shop", "cart")["spec"]["maxReplicas"] == 10
