@@ -6,10 +6,12 @@ work on the records under ``$CLOUDOPT_HOME`` directly. Heavy imports stay inside
 ``cloudopt --help`` stays fast.
 """
 
+import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -81,6 +83,23 @@ def approve_command(
     return 0
 
 
+@contextmanager
+def kubernetes_executor(settings: Settings) -> Iterator[Any]:
+    """The ``KubernetesExecutorResource`` of the settings (``CLOUDOPT_K8S_CLUSTERS``). In the demo without a
+    clusters file, the demo cluster (the recorded objects on the loopback API stand-in) is served for the
+    command, so its rows are patched (or dry-run) against it as against a real cluster; it is served afresh
+    from the recording each time (state changed there lasts for one command)."""
+    from cloudopt_pipelines.resources.executor import KubernetesExecutorResource
+
+    if settings.k8s_clusters_file is not None or settings.env != "demo":
+        yield KubernetesExecutorResource.from_settings(settings)
+        return
+    from cloudopt_pipelines.demo.kubernetes import serving_demo_cluster
+
+    with serving_demo_cluster(settings.home / "k8s-demo") as clusters_file:
+        yield KubernetesExecutorResource(clusters_file=str(clusters_file))
+
+
 def materialise_executed_actions(
     day: date,
     mode: str,
@@ -89,18 +108,25 @@ def materialise_executed_actions(
     resources: Mapping[str, Any] | None = None,
 ) -> Any:
     """Materialise ``actions/executed_actions`` for ``day`` through Dagster on the persistent instance."""
-    import dagster as dg
-
-    from cloudopt_pipelines.assets.actions import executed_actions
-    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG, ensure_instance, process_tags
-    from cloudopt_pipelines.resources.executor import AwsExecutorResource
-    from cloudopt_pipelines.resources.storage import LakeResource
+    from cloudopt_pipelines.orchestration import QUIET_RUN_CONFIG
 
     settings = settings or load_settings()
     run_config = {
         **QUIET_RUN_CONFIG,
         "ops": {EXECUTED_ACTIONS_OP: {"config": {**(config or {}), "mode": mode}}},
     }
+    with kubernetes_executor(settings) as k8s_executor:
+        return _materialise(day, mode, settings, run_config, {"k8s_executor": k8s_executor, **(resources or {})})
+
+
+def _materialise(day: date, mode: str, settings: Settings, run_config: Any, resources: Mapping[str, Any]) -> Any:
+    import dagster as dg
+
+    from cloudopt_pipelines.assets.actions import executed_actions
+    from cloudopt_pipelines.orchestration import ensure_instance, process_tags
+    from cloudopt_pipelines.resources.executor import AwsExecutorResource
+    from cloudopt_pipelines.resources.storage import LakeResource
+
     return dg.materialize(
         [executed_actions],
         instance=ensure_instance(settings),
@@ -109,7 +135,7 @@ def materialise_executed_actions(
         resources={
             "lake": LakeResource(root=str(settings.lake_dir)),
             "aws_executor": AwsExecutorResource.from_env(home=settings.home),
-            **(resources or {}),
+            **resources,
         },
         raise_on_error=False,
         tags={"cloudopt/launched_by": "cloudopt execute", "cloudopt/mode": mode, **process_tags()},
@@ -160,10 +186,20 @@ def execute_command(
             headers=["action_id", "resource", "action", "outcome", "reason"],
         )
     )
+    for r in rows:
+        patches = [c for c in json.loads(r["api_calls"] or "[]") if c.get("params", {}).get("kubectl")]
+        if patches:
+            echo(f"{r['action_id']} {r['resource_id']}: {r['outcome']}, Kubernetes patch(es) {_sent(r['outcome'])}:")
+            for c in patches:
+                echo(f"  {c['params']['kubectl']}")
     failed = [r for r in rows if r["outcome"] == "failed"]
     for r in failed:
         echo(f"failed: {r['action_id']} {r['resource_id']}: {r['error']}", err=True)
     return 1 if failed else 0
+
+
+def _sent(outcome: str) -> str:
+    return {"would_apply": "an apply would send", "failed": "planned"}.get(outcome, "sent")
 
 
 def rollback_command(
@@ -176,6 +212,7 @@ def rollback_command(
 ) -> int:
     """Undo one applied action from its recorded state; exit 2 on a clear refusal, 1 on an AWS failure."""
     from cloudopt_pipelines.executor import ExecutorError, ExecutorPaths, rollback
+    from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.storage.lake import Lake
 
@@ -186,7 +223,10 @@ def rollback_command(
     paths = ExecutorPaths(settings.home)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
     try:
-        decision = rollback(Lake(settings.lake_dir), paths, action_id, mode, by, aws)
+        with kubernetes_executor(settings) as k8s_executor:
+            k8s = k8s_executor.get_target()
+            targets = [aws if isinstance(aws, ExecutionTarget) else AwsTarget(aws), *([k8s] if k8s else [])]
+            decision = rollback(Lake(settings.lake_dir), paths, action_id, mode, by, targets)
     except ValueError as exc:
         echo(f"error: {exc}", err=True)
         return 2
@@ -196,7 +236,12 @@ def rollback_command(
         return 2 if refused else 1
     echo(f"{decision.outcome}: {action_id} ({decision.action} of {decision.resource_id}): {decision.reason}")
     for call in decision.api_calls:
-        echo(f"  {call['api']} {call['params']}")
+        params = call["params"]
+        echo(
+            f"  {params['kubectl']}"
+            if isinstance(params, dict) and params.get("kubectl")
+            else f"  {call['api']} {params}"
+        )
     if mode == "dry_run":
         echo("dry run: nothing changed; re-run with --mode apply")
     return 0

@@ -43,6 +43,7 @@ EKS_NODEGROUP = "eks_nodegroup"
 K8S_NODE = "k8s_node"
 K8S_NODEPOOL = "k8s_nodepool"
 K8S_WORKLOAD = "k8s_workload"
+K8S_HPA = "k8s_hpa"
 #: Every ``resources.resource_kind`` a collector may write.
 RESOURCE_KINDS = (
     EC2_INSTANCE,
@@ -68,6 +69,10 @@ SERVICE_TAG_KEYS = ("service", "Service", "app", "App")
 NAME_TAG_KEY = "Name"
 #: A resource tagged ``cloudopt:protect`` with one of ``PROTECT_TAG_VALUES`` is never changed.
 PROTECT_TAG_KEY = "cloudopt:protect"
+#: Its Kubernetes form (a label or an annotation: ``:`` is not allowed in label keys), same values.
+K8S_PROTECT_KEY = "cloudopt.io/protect"
+#: Kubernetes namespaces the executor never changes, whatever the configuration adds.
+K8S_PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 #: The custom cluster a resource belongs to (``custom_cluster`` deployment type).
 CLUSTER_TAG_KEY = "cloudopt:cluster"
 

@@ -9,6 +9,7 @@ from cloudopt_pipelines.executor.lock import ExecutorBusy
 from cloudopt_pipelines.executor.model import Decision
 from cloudopt_pipelines.executor.policy import (
     ENVIRONMENT_TAG_KEYS,
+    K8S_PROTECTED_NAMESPACES,
     PRODUCTION_ALLOWED_ACTIONS,
     PRODUCTION_VALUES,
     PROTECT_TAG_KEY,
@@ -18,8 +19,9 @@ from cloudopt_pipelines.executor.policy import (
     PolicyError,
 )
 from cloudopt_pipelines.executor.service import PlanNotFound, approve, execute_day
+from cloudopt_pipelines.executor.targets import AwsTarget
 from cloudopt_pipelines.partitions import daily_partitions
-from cloudopt_pipelines.resources.executor import AwsExecutorResource
+from cloudopt_pipelines.resources.executor import AwsExecutorResource, KubernetesExecutorResource
 from cloudopt_pipelines.resources.storage import LakeResource
 
 EXECUTED_ACTIONS_KEY = dg.AssetKey(["actions", "executed_actions"])
@@ -83,6 +85,10 @@ class ExecutedActionsConfig(dg.Config):
     instance_scheduler_tag_key: str = Field(
         default=_DEFAULTS.instance_scheduler_tag_key, description="AWS Instance Scheduler tag."
     )
+    protected_namespaces: list[str] = Field(
+        default=list(K8S_PROTECTED_NAMESPACES),
+        description="Kubernetes namespaces never changed (kube-system, kube-public and kube-node-lease always).",
+    )
 
     def policy(self) -> ExecutorPolicy:
         return ExecutorPolicy(
@@ -110,6 +116,7 @@ class ExecutedActionsConfig(dg.Config):
             schedule_method=self.schedule_method,
             custodian_tag_key=self.custodian_tag_key,
             instance_scheduler_tag_key=self.instance_scheduler_tag_key,
+            protected_namespaces=tuple(self.protected_namespaces),
         )
 
 
@@ -132,6 +139,7 @@ def executed_actions(
     config: ExecutedActionsConfig,
     lake: LakeResource,
     aws_executor: AwsExecutorResource,
+    k8s_executor: KubernetesExecutorResource,
 ) -> dg.MaterializeResult:
     """Applies the approved actions of the day's portfolio plan through the executor role, dry run by default.
 
@@ -139,7 +147,9 @@ def executed_actions(
     production gets only the allowed action types; blast radius, rate limit and change windows apply;
     re-runs change nothing already in its target state (checked live); every change is verified, and a
     resize that does not come back is rolled back. Commitments are exported as a purchase list. Every
-    decision is a row here and a line of $CLOUDOPT_HOME/audit/actions.jsonl (see docs/executor.md)."""
+    decision is a row here and a line of $CLOUDOPT_HOME/audit/actions.jsonl (see docs/executor.md). With
+    CLOUDOPT_K8S_CLUSTERS set, Kubernetes rows are patched through the official client too (server-side
+    dryRun=All in a dry run; protected namespaces and cloudopt.io/protect never touched)."""
     day = daily_partitions.time_window_for_partition_key(context.partition_key).start.date()
     store, paths = lake.get_lake(), aws_executor.get_paths()
     checks = plan_check_reader(context.instance)
@@ -165,12 +175,13 @@ def executed_actions(
                     checks=checks,
                 )
             )
+        k8s = k8s_executor.get_target()
         result, path = execute_day(
             store,
             paths,
             day,
             config.mode,
-            aws_executor.get_aws(),
+            [AwsTarget(aws_executor.get_aws()), *([k8s] if k8s is not None else [])],
             policy,
             extra,
             run_id=context.run.run_id,

@@ -1,11 +1,12 @@
-"""The executor: applies an approved portfolio plan safely. Pure decisions and boto3 plug-ins; never Dagster.
+"""The executor: applies an approved portfolio plan safely. Pure decisions, boto3 and Kubernetes plug-ins, no Dagster.
 
 - ``model``: planned actions (from ``portfolio_plan`` rows), decisions, outcomes, action ids;
 - ``policy``: protection, production, blast radius, rate limit, change windows (cron + time zone);
 - ``approvals`` / ``audit``: append-only JSONL records under ``$CLOUDOPT_HOME``;
 - ``aws``: the executor role's boto3 clients (sessions from the shared ``cloudopt_pipelines.aws``), calls recorded;
 - ``actions``: one plug-in per (resource kind, action) (read, plan, apply, verify, roll back);
-- ``targets``: ``ExecutionTarget``, where actions are applied (``AwsTarget`` now; Kubernetes, ECS next);
+- ``targets``: ``ExecutionTarget``, where actions are applied (``AwsTarget``; ``kubernetes.KubernetesTarget``:
+  the official client, patches with server-side ``dryRun=All``; ECS next);
 - ``drift``, ``lock``: changed since the plan?; one executor at a time per home;
 - ``engine``: the safety rules in order, and rollback; ``service``: approve / execute a day / roll back.
 """
@@ -20,6 +21,7 @@ from cloudopt_pipelines.executor.approvals import (
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
+from cloudopt_pipelines.executor.kubernetes import KubernetesAccess, KubernetesTarget
 from cloudopt_pipelines.executor.lock import ExecutorBusy, executor_lock
 from cloudopt_pipelines.executor.model import MODES, OUTCOMES, Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ChangeWindow, ExecutorPolicy, PolicyError
@@ -51,6 +53,8 @@ __all__ = [
     "ExecutorError",
     "ExecutorPaths",
     "ExecutorPolicy",
+    "KubernetesAccess",
+    "KubernetesTarget",
     "PlanCheckReader",
     "PlanCheckRecord",
     "PlanError",

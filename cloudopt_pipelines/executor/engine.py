@@ -21,7 +21,6 @@ from cloudopt_pipelines.executor.actions import ActionPlugin, PluginKey, Proposa
 from cloudopt_pipelines.executor.approvals import Approval, find_approval
 from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
-from cloudopt_pipelines.executor.drift import changes_since_plan
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
 from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy
@@ -165,6 +164,8 @@ class Executor:
         if found is None:
             return skipped(self._no_plugin(action.resource_kind, action.action))
         target, plugin = found
+        if plugin.advisory:
+            return skipped(f"not applicable: advisory, never executed; {plugin.advice(action)}", **who)
         if approval is None:
             return skipped(why)
         if action.account_id in unreachable:
@@ -179,7 +180,7 @@ class Executor:
             )
         state_now = {**live.state, "tags": live.tags} if live.exists else {"exists": False}
         if live.exists:
-            protected, because = self.policy.protection(live.tags)
+            protected, because = self.policy.protection(live.tags, live.namespace)
             if protected:
                 return skipped(because, state_before=state_now, **who)
             if action.plan_protected:
@@ -197,7 +198,7 @@ class Executor:
         if proposal.status != "ready":
             return skipped(proposal.reason, state_before=proposal.before or state_now, **who)
         # The state the action starts from (an interrupted earlier attempt's, if any) against the plan's.
-        changed = changes_since_plan(action.current_config, {**live.state, **proposal.before})
+        changed = plugin.changes_since_plan(action, {**live.state, **proposal.before})
         if changed:
             return skipped(
                 f"changed since the plan ({'; '.join(changed)}): left as it is; re-plan to act on it",
@@ -209,15 +210,31 @@ class Executor:
             return skipped(because, state_before=proposal.before, **who)
         planned = [c.to_dict() for c in proposal.calls]
         if mode == "dry_run":
+            try:
+                checked = plugin.validate(ctx, action, proposal)
+            except Exception as exc:
+                error = target.describe_error(exc, action.account_id, region, "validating the calls (server dry run)")
+                return self._decision(
+                    action,
+                    mode,
+                    run_id,
+                    started,
+                    outcome="failed",
+                    reason="the server's dry run refused the calls an apply would make",
+                    state_before=proposal.before,
+                    api_calls=planned,
+                    error=str(error),
+                    **who,
+                )
             return self._decision(
                 action,
                 mode,
                 run_id,
                 started,
                 outcome="would_apply",
-                reason=proposal.reason,
+                reason=f"{proposal.reason}; accepted by the server's dry run" if checked else proposal.reason,
                 state_before=proposal.before,
-                state_after=proposal.target,
+                state_after={**proposal.target, **checked},
                 api_calls=planned,
                 **who,
             )
@@ -281,7 +298,12 @@ class Executor:
             if plugin.rollback_on_failure and not error.unreachable:
                 record = {
                     "resource_id": action.resource_id,
+                    "resource_kind": action.resource_kind,
                     "action_id": action.action_id,
+                    "account_id": action.account_id,
+                    "action": action.action,
+                    "date": action.date.isoformat(),
+                    "plan_config": {"current": action.current_config, "proposed": action.proposed_config},
                     "state_before": proposal.before,
                 }
                 try:
@@ -400,7 +422,7 @@ class Executor:
         try:
             live = target.read_live(plugin, ctx, action)
             if live.exists:
-                protected, because = self.policy.protection(live.tags)
+                protected, because = self.policy.protection(live.tags, live.namespace)
                 if protected:
                     return decision("skipped", f"rollback refused: {because}")
             if mode == "dry_run":
@@ -441,8 +463,6 @@ class Executor:
             problem = self.audit.verification_error(r)
             if problem:
                 return f"{problem}; nothing is rolled back from it: check the audit file and roll back by hand"
-        if not plugin.restores_instance_type:
-            return None
         configs = (
             (planned.current_config, planned.proposed_config)
             if planned is not None
@@ -451,6 +471,9 @@ class Executor:
                 (record.get("plan_config") or {}).get("proposed") or {},
             )
         )
+        refusal = plugin.restore_refusal(record, *configs)
+        if refusal or not plugin.restores_instance_type:
+            return refusal
         held = sorted({str(c["instance_type"]) for c in configs if c.get("instance_type")})
         wanted = (record.get("state_before") or {}).get("instance_type")
         if wanted and wanted not in held:

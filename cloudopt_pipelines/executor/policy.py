@@ -14,10 +14,27 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloudopt_pipelines import vocabulary
-from cloudopt_pipelines.vocabulary import ENVIRONMENT_TAG_KEYS, PRODUCTION_VALUES, PROTECT_TAG_KEY, PROTECT_TAG_VALUES
+from cloudopt_pipelines.vocabulary import (
+    ENVIRONMENT_TAG_KEYS,
+    K8S_PROTECT_KEY,
+    K8S_PROTECTED_NAMESPACES,
+    PRODUCTION_VALUES,
+    PROTECT_TAG_KEY,
+    PROTECT_TAG_VALUES,
+)
 
-# Actions that stop or terminate something: none of them reaches production unless allowed explicitly.
-STOPS_OR_TERMINATES = ("resize", "schedule", "resize+schedule", "stop", "terminate", "spot")
+# Actions that stop or terminate something (a requests patch restarts every pod of the workload, an HPA
+# retune may remove pods): none of them ever reaches production.
+STOPS_OR_TERMINATES = (
+    "resize",
+    "schedule",
+    "resize+schedule",
+    "stop",
+    "terminate",
+    "spot",
+    "resize_requests",
+    "tune_hpa",
+)
 PRODUCTION_ALLOWED_ACTIONS = ("delete_volume", "release_address", "reserve", "savings_plan")
 # `--all` never covers these: each needs its own action id in the approval.
 EXPLICIT_APPROVAL_ACTIONS = ("terminate",)
@@ -172,6 +189,8 @@ class ExecutorPolicy:
     schedule_method: str = "custodian_tag"
     custodian_tag_key: str = "maid_offhours"
     instance_scheduler_tag_key: str = "Schedule"
+    #: Kubernetes namespaces never changed (the built-in ones always: ``K8S_PROTECTED_NAMESPACES``)
+    protected_namespaces: tuple[str, ...] = K8S_PROTECTED_NAMESPACES
 
     def __post_init__(self) -> None:
         # Safety floors: a configuration adds protect values, environment tags and production values, and
@@ -179,6 +198,7 @@ class ExecutorPolicy:
         object.__setattr__(self, "protect_tag_values", _with(self.protect_tag_values, PROTECT_TAG_VALUES, lower=True))
         object.__setattr__(self, "environment_tag_keys", _with(self.environment_tag_keys, ENVIRONMENT_TAG_KEYS))
         object.__setattr__(self, "production_values", _with(self.production_values, PRODUCTION_VALUES, lower=True))
+        object.__setattr__(self, "protected_namespaces", _with(self.protected_namespaces, K8S_PROTECTED_NAMESPACES))
         if not self.untagged_is_production:
             raise PolicyError(
                 "untagged_is_production: false would lower a safety floor: a resource without an environment tag "
@@ -197,12 +217,19 @@ class ExecutorPolicy:
         if min(self.max_actions_per_run, self.max_actions_per_day, self.max_actions_per_account) < 0:
             raise PolicyError("max_actions_per_run, max_actions_per_day and max_actions_per_account must be >= 0")
 
-    def protection(self, tags: Mapping[str, str]) -> tuple[bool, str]:
-        """(protected, why) from the live tags: the built-in ``cloudopt:protect`` tag always, and the configured
-        ``protect_tag_key`` with any of ``protect_tag_values``."""
-        value = tags.get(PROTECT_TAG_KEY)
-        if is_protected_value(value):
-            return True, f"protected: live tag {PROTECT_TAG_KEY}={value}"
+    def protection(self, tags: Mapping[str, str], namespace: str | None = None) -> tuple[bool, str]:
+        """(protected, why) from the live tags: the built-in ``cloudopt:protect`` tag (``cloudopt.io/protect``
+        label or annotation on Kubernetes) always, and the configured ``protect_tag_key`` with any of
+        ``protect_tag_values``; a Kubernetes object in one of ``protected_namespaces`` always."""
+        if namespace is not None and namespace in self.protected_namespaces:
+            return (
+                True,
+                f"protected: namespace {namespace} is in protected_namespaces {list(self.protected_namespaces)}",
+            )
+        for key in (PROTECT_TAG_KEY, K8S_PROTECT_KEY):
+            value = tags.get(key)
+            if is_protected_value(value):
+                return True, f"protected: live {'tag' if key == PROTECT_TAG_KEY else 'label/annotation'} {key}={value}"
         value = tags.get(self.protect_tag_key)
         if value is not None and (is_protected_value(value) or value.lower() in self.protect_tag_values):
             return True, f"protected: live tag {self.protect_tag_key}={value}"
@@ -223,6 +250,7 @@ class ExecutorPolicy:
             "max_calls_per_second": self.max_calls_per_second,
             "change_windows": [w.label for w in self.change_windows],
             "schedule_method": self.schedule_method,
+            "protected_namespaces": list(self.protected_namespaces),
         }
 
     def environment(self, tags: Mapping[str, str]) -> tuple[str | None, bool]:

@@ -126,7 +126,7 @@ def execute_day(
     paths: ExecutorPaths,
     day: date,
     mode: str,
-    aws: ExecutorAws | ExecutionTarget,
+    aws: ExecutorAws | ExecutionTarget | Sequence[ExecutionTarget],
     policy: ExecutorPolicy | None = None,
     extra_approvals: Sequence[Approval] = (),
     run_id: str | None = None,
@@ -150,7 +150,7 @@ def rollback(
     action_id: str,
     mode: str,
     by: str,
-    aws: ExecutorAws | ExecutionTarget,
+    aws: ExecutorAws | ExecutionTarget | Sequence[ExecutionTarget],
     policy: ExecutorPolicy | None = None,
 ) -> Decision:
     """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""

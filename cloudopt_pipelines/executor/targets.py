@@ -1,4 +1,4 @@
-"""Execution targets: where actions are applied (AWS now; Kubernetes, ECS/EMR next). No Dagster.
+"""Execution targets: where actions are applied (AWS here; Kubernetes in ``kubernetes.py``; ECS/EMR next). No Dagster.
 
 A target says what it can act on (its plug-ins, keyed by ``(resource kind, action)`` so that an ECS or a
 Kubernetes "resize" never collides with EC2's), how it reads a resource's live state, and how its plug-ins

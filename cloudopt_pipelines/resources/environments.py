@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cloudopt_pipelines.resources.aws import AwsResource
-from cloudopt_pipelines.resources.executor import AwsExecutorResource
+from cloudopt_pipelines.resources.executor import AwsExecutorResource, KubernetesExecutorResource
 from cloudopt_pipelines.resources.sources import DemoSourceResource
 from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
 from cloudopt_pipelines.settings import ENVIRONMENTS, Settings
@@ -26,7 +26,10 @@ def resources_by_env(settings: Settings) -> dict[str, dict[str, dg.ConfigurableR
         "lake": LakeResource(root=str(settings.lake_dir)),
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
     }
-    executor = {"aws_executor": AwsExecutorResource.from_settings(settings, home=settings.home)}
+    executor = {
+        "aws_executor": AwsExecutorResource.from_settings(settings, home=settings.home),
+        "k8s_executor": KubernetesExecutorResource.from_settings(settings),
+    }
     sources: dict[str, dict[str, dg.ConfigurableResource]] = {
         "demo": {"aws": DemoSourceResource()},
         "aws": {"aws": AwsResource.from_settings(settings.aws)},

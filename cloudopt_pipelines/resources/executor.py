@@ -1,4 +1,5 @@
-"""The Dagster resource that changes AWS resources, through its own role (never the collector's)."""
+"""The Dagster resources that change AWS resources and Kubernetes objects, through their own identities (never
+the collectors')."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import Field, PrivateAttr
 
 from cloudopt_pipelines.aws import AwsSettings
 from cloudopt_pipelines.executor.aws import DEFAULT_EXECUTOR_SESSION_NAME, ExecutorAws
+from cloudopt_pipelines.executor.kubernetes import KubernetesAccess, KubernetesTarget
 from cloudopt_pipelines.executor.service import ExecutorPaths
 from cloudopt_pipelines.resources.secrets import resolved, secret_from_env
 from cloudopt_pipelines.settings import EXECUTOR_EXTERNAL_ID_VAR, Settings, load_settings
@@ -107,3 +109,31 @@ class AwsExecutorResource(dg.ConfigurableResource):
                 self.settings(), poll_seconds=self.poll_seconds, wait_timeout_seconds=self.wait_timeout_seconds
             )
         return self._aws
+
+
+class KubernetesExecutorResource(dg.ConfigurableResource):
+    """Applies approved Kubernetes actions (container requests and limits, HPAs) to the clusters of the clusters
+    file (``CLOUDOPT_K8S_CLUSTERS``) through the official client, as each entry's executor identity
+    (``executor_kubeconfig`` / ``executor_context``, bound to the write ClusterRole of docs/kubernetes.md).
+    Unset: the executor has no Kubernetes target and Kubernetes rows are skipped with "no plug-in"."""
+
+    clusters_file: str | None = Field(
+        default=None, description="Path of the clusters file (CLOUDOPT_K8S_CLUSTERS); unset: no Kubernetes target."
+    )
+
+    _target: KubernetesTarget | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubernetesExecutorResource:
+        """The resource for the parsed settings (``CLOUDOPT_K8S_CLUSTERS``)."""
+        return cls(clusters_file=None if settings.k8s_clusters_file is None else str(settings.k8s_clusters_file))
+
+    def get_target(self) -> KubernetesTarget | None:
+        """The Kubernetes execution target, built once (API clients on first use); None without a clusters file."""
+        if self.clusters_file is None:
+            return None
+        if self._target is None:
+            from cloudopt_pipelines.sources.kubernetes_config import load_clusters
+
+            self._target = KubernetesTarget(KubernetesAccess(load_clusters(self.clusters_file)))
+        return self._target

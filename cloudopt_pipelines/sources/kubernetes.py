@@ -12,8 +12,10 @@ Ids are stable and readable: ``<cluster>/<namespace>/<kind>/<name>`` for a workl
 ``<cluster>/node/<name>``, ``<cluster>/nodepool/<name>``, ``<cluster>/<namespace>/hpa/<name>``.
 
 Prometheus is protected: every range query is planned so that it returns at most ``max_series`` series
-and asks for at most ``max_range`` of history (namespaces packed into batches, a namespace too large
-for one batch split by pod-name prefix), and the load is reported (queries, series, largest response).
+and asks for at most ``max_range`` of history. The series are counted first with ``/api/v1/series``
+(the index only), then namespaces are packed into batches, a namespace too large for one batch is split
+by pod-name prefix, and nodes are packed into batches of ``max_series``; the load is reported (queries,
+series, largest response).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ API_CALLS: tuple[tuple[str, str, str], ...] = (
 NON_RESOURCE_URLS: tuple[str, ...] = ("/apis", "/version")
 
 _CONTAINER_FILTER = 'container!="",container!="POD"'
+# kube-state-metrics' owner metrics of ReplicaSets and Jobs, and the label naming the owned object
+OWNER_METRICS = (("kube_replicaset_owner", "replicaset"), ("kube_job_owner", "job_name"))
 
 
 class KubernetesCollectionError(RuntimeError):
@@ -833,73 +837,63 @@ class UsageCollector:
         parts = [p for p in (self.cluster.prometheus_selector, *extra) if p]
         return ",".join(parts)
 
-    def _count_by(
-        self, label: str, matchers: str, at: float, range_s: int, split: str | None = None, prefix: str = ""
-    ) -> dict[str, int]:
-        metric = f"container_memory_working_set_bytes{{{self._sel(_CONTAINER_FILTER, matchers)}}}"
-        inner = f"max_over_time({metric}[{range_s}s])"
-        if split is None:
-            promql = f"count by ({label}) ({inner})"
-        else:
-            n = len(prefix) + 1
-            promql = f'count by (__prefix) (label_replace({inner}, "__prefix", "$1", "{split}", "(.{{1,{n}}}).*"))'
-            label = "__prefix"
-        out: dict[str, int] = {}
-        for r in self.prom.query(promql, at):
-            out[r["metric"].get(label, "")] = int(float(r["value"][1]))
-        return out
-
     def plan(self, at: float, range_s: int) -> UsagePlan:
-        """Batches of at most ``max_series`` container series: whole namespaces packed together; a
-        namespace too large for one batch split by pod-name prefix, as finely as needed."""
+        """Batches of at most ``max_series`` series, counted before any data is queried: one
+        ``/api/v1/series`` call lists the piece's container series (index only, no samples). Whole
+        namespaces are packed together; a namespace too large for one batch is split by pod-name prefix, as
+        finely as needed; nodes are packed ``max_series`` to a batch (a cluster with more nodes than that
+        gets several node batches)."""
         limit = self.cluster.max_series
-        per_ns = self._count_by("namespace", "", at, range_s)
+        metric = f"container_memory_working_set_bytes{{{self._sel(_CONTAINER_FILTER)}}}"
+        per_pod: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        nodes: set[str] = set()
+        for labels in self.prom.series(metric, at - range_s, at):
+            # the queries aggregate by (namespace, pod, container): that is what a response can hold
+            per_pod[labels.get("namespace", "")][labels.get("pod", "")].add(labels.get("container", ""))
+            if labels.get("node"):
+                nodes.add(labels["node"])
+        per_ns = {ns: {pod: len(cs) for pod, cs in pods.items()} for ns, pods in per_pod.items()}
+        totals = {ns: sum(pods.values()) for ns, pods in per_ns.items()}
         batches: list[Batch] = []
-        small = sorted((ns, n) for ns, n in per_ns.items() if n <= limit)
+        small = sorted((ns, n) for ns, n in totals.items() if n <= limit)
         for group in _pack(small, limit):
             batches.append(Batch(f'namespace=~"{"|".join(_escape(ns) for ns, _ in group)}"', sum(n for _, n in group)))
-        for ns, _n in sorted((ns, n) for ns, n in per_ns.items() if n > limit):
-            batches += self._split(f'namespace="{ns}"', "pod", "", at, range_s)
-        nodes = self._node_counts(at, range_s)
+        for ns in sorted(ns for ns, n in totals.items() if n > limit):
+            batches += self._split(f'namespace="{ns}"', per_ns[ns], "")
         node_batches = [
             Batch(f'node=~"{"|".join(_escape(n) for n, _ in g)}"', len(g))
             for g in _pack(sorted((n, 1) for n in nodes), limit)
         ]
         return UsagePlan(batches, node_batches)
 
-    def _node_counts(self, at: float, range_s: int) -> list[str]:
-        metric = f"container_memory_working_set_bytes{{{self._sel(_CONTAINER_FILTER)}}}"
-        promql = f"count(count by (node) (max_over_time({metric}[{range_s}s])))"
-        result = self.prom.query(promql, at)
-        total = int(float(result[0]["value"][1])) if result else 0
-        if total == 0:
-            return []
-        if total > self.cluster.max_series:
-            raise KubernetesCollectionError(
-                f"cluster {self.cluster.name!r}: {total} nodes exceed max_series={self.cluster.max_series}; "
-                "Fix: raise max_series in the clusters file to at least the node count"
-            )
-        return [
-            r["metric"].get("node", "")
-            for r in self.prom.query(f"count by (node) (max_over_time({metric}[{range_s}s]))", at)
-        ]
-
-    def _split(self, base: str, label: str, prefix: str, at: float, range_s: int) -> list[Batch]:
+    def _split(self, base: str, pods: dict[str, int], prefix: str, label: str = "pod") -> list[Batch]:
+        """Slices of one namespace by name prefix (``label``: pod, ReplicaSet or Job), one character longer at
+        each level, from the counted series of each name."""
         limit = self.cluster.max_series
-        matchers = base + (f',{label}=~"{_escape(prefix)}.*"' if prefix else "")
-        counts = self._count_by("", matchers, at, range_s, split=label, prefix=prefix)
+        n = len(prefix) + 1
+        counts: Counter[str] = Counter()
+        exact = 0
+        for pod, series in pods.items():
+            if not pod.startswith(prefix):
+                continue
+            if pod == prefix:
+                exact += series  # a pod whose whole name is the prefix
+            else:
+                counts[pod[:n]] += series
         batches: list[Batch] = []
-        exact = counts.pop(prefix, 0) if prefix else 0  # a pod whose whole name is the prefix
         if exact:
+            if exact > limit:
+                raise KubernetesCollectionError(
+                    f"cluster {self.cluster.name!r}: {label} {prefix!r} ({base}) alone has {exact} series, more "
+                    f"than max_series={limit}; Fix: raise max_series in the clusters file"
+                )
             batches.append(Batch(f'{base},{label}="{prefix}"', exact))
-        fitting = sorted((p, n) for p, n in counts.items() if n <= limit)
+        fitting = sorted((p, k) for p, k in counts.items() if k <= limit)
         for group in _pack(fitting, limit):
             regex = "|".join(_escape(p) for p, _ in group)
-            batches.append(Batch(f'{base},{label}=~"({regex}).*"', sum(n for _, n in group)))
-        for p, _n in sorted((p, n) for p, n in counts.items() if n > limit):
-            if len(p) > 253:
-                raise KubernetesCollectionError(f"cluster {self.cluster.name!r}: cannot split {base} below max_series")
-            batches += self._split(base, label, p, at, range_s)
+            batches.append(Batch(f'{base},{label}=~"({regex}).*"', sum(k for _, k in group)))
+        for p in sorted(p for p, k in counts.items() if k > limit):
+            batches += self._split(base, pods, p, label)
         return batches
 
     def collect(self, day: date, owners: OwnerIndex, account_id: str) -> tuple[pa.Table, dict[str, Any]]:
@@ -972,11 +966,8 @@ class UsageCollector:
                     for r in self.prom.query_range(promql, start, last, c.step_s):
                         for t, v in r["values"]:
                             node_usage[(r["metric"].get("node", ""), float(t))][metric] = float(v)
-            namespaces = sorted({ns for (ns, _p, _c, _t) in pod_usage})
-            for group in _pack([(ns, 1) for ns in namespaces], c.max_series):
-                self._controller_owners(
-                    owners, f'namespace=~"{"|".join(_escape(ns) for ns, _ in group)}"', end, range_s
-                )
+            for metric, key, batch in self.owner_plan(end, range_s):
+                self._controller_owners(owners, metric, key, batch.matchers, end, range_s)
         table = _usage_table(c.name, account_id, day, pod_usage, node_usage, owners)
         metadata = {
             **self.prom.stats.as_metadata(),
@@ -1004,19 +995,42 @@ class UsageCollector:
                 if group:
                     owners.pod_group.setdefault((m.get("namespace", ""), m.get("pod", "")), group)
 
-    def _controller_owners(self, owners: OwnerIndex, matchers: str, at: float, range_s: int) -> None:
+    def owner_plan(self, at: float, range_s: int) -> list[tuple[str, str, Batch]]:
+        """Batches of the ReplicaSet and Job owner queries (kube-state-metrics), at most ``max_series`` series
+        each, counted first with one ``/api/v1/series`` listing: namespaces packed by their number of
+        ReplicaSets (Jobs), a namespace with more than ``max_series`` split by name prefix."""
+        limit = self.cluster.max_series
+        keys = dict(OWNER_METRICS)
+        names = "|".join(keys)
+        counted: dict[str, dict[str, dict[str, int]]] = {m: defaultdict(dict) for m in keys}
+        selector = self._sel('__name__=~"' + names + '"')
+        for labels in self.prom.series("{" + selector + "}", at - range_s, at):
+            metric = labels.get("__name__", "")
+            if metric in keys:
+                counted[metric][labels.get("namespace", "")][labels.get(keys[metric], "")] = 1
+        plan: list[tuple[str, str, Batch]] = []
+        for metric, key in OWNER_METRICS:
+            totals = {ns: len(objs) for ns, objs in counted[metric].items()}
+            for group in _pack(sorted((ns, n) for ns, n in totals.items() if n <= limit), limit):
+                regex = "|".join(_escape(ns) for ns, _ in group)
+                plan.append((metric, key, Batch(f'namespace=~"{regex}"', sum(n for _, n in group))))
+            for ns in sorted(ns for ns, n in totals.items() if n > limit):
+                for batch in self._split(f'namespace="{ns}"', counted[metric][ns], "", key):
+                    plan.append((metric, key, batch))
+        return plan
+
+    def _controller_owners(
+        self, owners: OwnerIndex, metric: str, key: str, matchers: str, at: float, range_s: int
+    ) -> None:
         sel = self._sel(matchers)
-        for metric, key, target in (
-            ("kube_replicaset_owner", "replicaset", owners.replicaset_owner),
-            ("kube_job_owner", "job_name", owners.job_owner),
-        ):
-            promql = f"max by (namespace,{key},owner_kind,owner_name) (max_over_time({metric}{{{sel}}}[{range_s}s]))"
-            for r in self.prom.query(promql, at):
-                m = r["metric"]
-                target.setdefault(
-                    (m.get("namespace", ""), m.get(key, "")),
-                    (m.get("owner_kind", "<none>"), m.get("owner_name", "<none>")),
-                )
+        target = owners.replicaset_owner if metric == "kube_replicaset_owner" else owners.job_owner
+        promql = f"max by (namespace,{key},owner_kind,owner_name) (max_over_time({metric}{{{sel}}}[{range_s}s]))"
+        for r in self.prom.query(promql, at):
+            m = r["metric"]
+            target.setdefault(
+                (m.get("namespace", ""), m.get(key, "")),
+                (m.get("owner_kind", "<none>"), m.get("owner_name", "<none>")),
+            )
 
 
 def _pack(items: Iterable[tuple[str, int]], limit: int) -> Iterator[list[tuple[str, int]]]:

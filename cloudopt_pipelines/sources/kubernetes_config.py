@@ -39,6 +39,9 @@ class ClusterConfig:
     prometheus_url: str
     kubeconfig: str | None = None  # None: in-cluster configuration (service account)
     context: str | None = None  # None: the kubeconfig's current context
+    # the executor's own identity (bound to the write ClusterRole); None: the collector's kubeconfig/context
+    executor_kubeconfig: str | None = None
+    executor_context: str | None = None
     prometheus_selector: str = ""  # extra label matchers added to every selector, e.g. cluster="prod"
     prometheus_bearer_token_env: str | None = None
     prometheus_username_env: str | None = None
@@ -106,6 +109,8 @@ _FIELDS: dict[str, tuple[str, bool]] = {
     "prometheus_url": ("url", True),
     "kubeconfig": ("str", False),
     "context": ("str", False),
+    "executor_kubeconfig": ("str", False),
+    "executor_context": ("str", False),
     "prometheus_selector": ("str", False),
     "prometheus_bearer_token_env": ("env", False),
     "prometheus_username_env": ("env", False),

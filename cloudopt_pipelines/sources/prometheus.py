@@ -1,4 +1,4 @@
-"""A small client of the Prometheus HTTP API (``/api/v1/query``, ``/api/v1/query_range``).
+"""A small client of the Prometheus HTTP API (``/api/v1/query``, ``/api/v1/query_range``, ``/api/v1/series``).
 
 Only the plain HTTP API, so Thanos, Mimir, VictoriaMetrics and Amazon Managed Prometheus (behind a
 SigV4 proxy) work too. Every call is counted, with the series and bytes it returned, so that the asset
@@ -31,6 +31,8 @@ class QueryStats:
     largest_response_series: int = 0
     largest_response_bytes: int = 0
     longest_range_seconds: float = 0.0
+    #: label sets listed by ``/api/v1/series`` (index only, no samples): how batches are planned
+    series_listed: int = 0
     by_endpoint: dict[str, int] = field(default_factory=dict)
 
     def as_metadata(self) -> dict[str, Any]:
@@ -41,6 +43,7 @@ class QueryStats:
             "prometheus_largest_response_series": self.largest_response_series,
             "prometheus_largest_response_bytes": self.largest_response_bytes,
             "prometheus_longest_range_seconds": self.longest_range_seconds,
+            "prometheus_series_listed": self.series_listed,
             "prometheus_queries_by_endpoint": dict(sorted(self.by_endpoint.items())),
         }
 
@@ -78,7 +81,7 @@ class PrometheusClient:
             request.add_header("Authorization", f"Basic {token}")
         self.stats.queries += 1
         self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
-        query = params.get("query", "")
+        query = params.get("query") or params.get("match[]", "")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s, context=self._context()) as response:
                 raw = response.read()
@@ -139,6 +142,14 @@ class PrometheusClient:
         )
         result = data.get("result", [])
         self._count(result, "values")
+        return result
+
+    def series(self, match: str, start: float, end: float) -> list[dict[str, str]]:
+        """The label sets of the series ``match`` selects between ``start`` and ``end`` (``/api/v1/series``):
+        read from the index, no samples, so counting series this way is cheap for Prometheus."""
+        data = self._call("series", {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+        result = list(data or [])
+        self.stats.series_listed += len(result)
         return result
 
     def buildinfo(self) -> dict[str, Any]:

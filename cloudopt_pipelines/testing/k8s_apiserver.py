@@ -10,7 +10,11 @@ collector uses, in the shapes the real server returns, to the official ``kuberne
   real server does once etcd has compacted;
 - PATCH with ``application/merge-patch+json`` (RFC 7386) and ``application/strategic-merge-patch+json``
   (lists of named objects such as containers merged by ``name``), which bumps resourceVersion and,
-  for a spec change, ``metadata.generation``;
+  for a spec change, ``metadata.generation`` (a patch that changes nothing bumps nothing, as on a real
+  server); a ``metadata.resourceVersion`` in the body is a precondition (409 Conflict when stale); the
+  result is validated as the real server does for what the executor changes (container resource
+  quantities, requests not above limits, HPA replica bounds and targets: 422 Invalid); ``dryRun=All``
+  runs every stage and returns the result without persisting it (any other dryRun value: 400);
 - bearer-token authentication (401 otherwise), over HTTPS with a certificate from a test CA (plain HTTP
   on loopback for the demo);
 - errors as ``Status`` objects.
@@ -31,6 +35,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -181,6 +186,103 @@ def strategic_merge_patch(target: Any, patch: Any, field: str | None = None) -> 
     return out
 
 
+_QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+|E[+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+_SUFFIX = {
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 1000),
+    "": Fraction(1),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "T": Fraction(10**12),
+    "P": Fraction(10**15),
+    "E": Fraction(10**18),
+    **{f"{p}i": Fraction(1024 ** (i + 1)) for i, p in enumerate("KMGTPE")},
+}
+
+
+def quantity(text: Any, where: str, what: str) -> Fraction:
+    """A resource quantity's value; 422 Invalid with the API server's wording when it is not one."""
+    raw = str(text)
+    match = _QUANTITY.match(raw)
+    if not match or isinstance(text, bool):
+        raise ApiError(
+            422,
+            "Invalid",
+            f"{what}: Invalid value: {json.dumps(text)}: quantities must match the regular expression "
+            "'^([+-]?[0-9.]+)([eEinumkKMGTPE]*[-+]?[0-9]*)$'",
+        )
+    number, suffix = raw[: match.start(2)] if match.group(2) else raw, match.group(2) or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return Fraction(number) * Fraction(10) ** int(suffix[1:])
+    return Fraction(number) * _SUFFIX[suffix]
+
+
+def _pod_spec(kind: Kind, obj: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    spec = obj.get("spec") or {}
+    if kind.kind == "Pod":
+        return "spec", spec
+    if kind.kind == "CronJob":
+        return "spec.jobTemplate.spec.template.spec", (
+            ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+        ).get("spec") or {}
+    if kind.kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        return "spec.template.spec", (spec.get("template") or {}).get("spec") or {}
+    return None
+
+
+def validate(kind: Kind, obj: dict[str, Any]) -> None:
+    """The checks the real API server makes on what a patch may change here: container resource quantities
+    (valid, not negative, requests not above limits) and HPA replica bounds and utilisation targets."""
+    errors: list[str] = []
+    found = _pod_spec(kind, obj)
+    if found is not None:
+        path, pod_spec = found
+        for field_name in ("initContainers", "containers"):
+            for i, c in enumerate(pod_spec.get(field_name) or []):
+                where = f"{path}.{field_name}[{i}].resources"
+                resources = c.get("resources") or {}
+                values: dict[str, dict[str, Fraction]] = {}
+                for section in ("requests", "limits"):
+                    for resource, amount in (resources.get(section) or {}).items():
+                        value = quantity(amount, where, f"{where}.{section}[{resource}]")
+                        if value < 0:
+                            errors.append(
+                                f'{where}.{section}[{resource}]: Invalid value: "{amount}": must be greater than or '
+                                "equal to 0"
+                            )
+                        values.setdefault(section, {})[resource] = value
+                for resource, request in values.get("requests", {}).items():
+                    limit = values.get("limits", {}).get(resource)
+                    if limit is not None and request > limit:
+                        errors.append(
+                            f'{where}.requests: Invalid value: "{resources["requests"][resource]}": must be less '
+                            f"than or equal to {resource} limit of {resources['limits'][resource]}"
+                        )
+    if kind.kind == "HorizontalPodAutoscaler":
+        spec = obj.get("spec") or {}
+        low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
+        if not isinstance(low, int) or low < 1:
+            errors.append(f"spec.minReplicas: Invalid value: {json.dumps(low)}: must be greater than or equal to 1")
+        if not isinstance(high, int) or (isinstance(low, int) and high < low):
+            errors.append(
+                f"spec.maxReplicas: Invalid value: {json.dumps(high)}: must be greater than or equal to `minReplicas`"
+            )
+        for i, metric in enumerate(spec.get("metrics") or []):
+            target = ((metric.get("resource") or {}).get("target")) or {}
+            utilisation = target.get("averageUtilization")
+            if target.get("type") == "Utilization" and (not isinstance(utilisation, int) or utilisation < 1):
+                errors.append(
+                    f"spec.metrics[{i}].resource.target.averageUtilization: Invalid value: {json.dumps(utilisation)}: "
+                    "must be greater than 0"
+                )
+    if errors:
+        group = f".{kind.group}" if kind.group else ""
+        name = (obj.get("metadata") or {}).get("name")
+        raise ApiError(422, "Invalid", f'{kind.kind}{group} "{name}" is invalid: {"; ".join(errors)}')
+
+
 class Store:
     """The cluster's state: objects by kind, one global resourceVersion counter, as etcd keeps it."""
 
@@ -193,6 +295,8 @@ class Store:
         self.requests: list[tuple[str, str]] = []  # (method, path with query) of every request served
         # called after each list page is served (outside the lock): tests change the cluster mid-list
         self.after_page: Callable[[Store, Kind], None] | None = None
+        # (plural, namespace, name) -> the error the next persisted patch of that object fails with
+        self.patch_faults: dict[tuple[str, str, str], ApiError] = {}
 
     def kind(self, group: str, version: str, plural: str) -> Kind:
         for k in self.kinds:
@@ -264,11 +368,23 @@ class Store:
                 raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found')
             return copy.deepcopy(obj)
 
-    def patch(self, kind: Kind, namespace: str, name: str, content_type: str, body: Any) -> dict[str, Any]:
+    def patch(
+        self, kind: Kind, namespace: str, name: str, content_type: str, body: Any, dry_run: str | None = None
+    ) -> dict[str, Any]:
+        if dry_run is not None and dry_run != "All":
+            raise ApiError(400, "BadRequest", f'dryRun: Unsupported value: "{dry_run}": supported values: "All"')
         with self.lock:
             obj = self.objects[kind.plural].get((namespace, name))
             if obj is None:
                 raise ApiError(404, "NotFound", f'{kind.plural}.{kind.group or "core"} "{name}" not found')
+            wanted_rv = ((body or {}).get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+            if wanted_rv is not None and str(wanted_rv) != obj["metadata"].get("resourceVersion"):
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {kind.plural}.{kind.group or "core"} "{name}": the object '
+                    "has been modified; please apply your changes to the latest version and try again",
+                )
             if content_type == "application/merge-patch+json":
                 new = merge_patch(obj, body)
             elif content_type == "application/strategic-merge-patch+json":
@@ -279,10 +395,19 @@ class Store:
                 )
             if new["metadata"].get("name") != name:
                 raise ApiError(422, "Invalid", "metadata.name: Invalid value: field is immutable")
-            self.resource_version += 1
-            new["metadata"]["resourceVersion"] = str(self.resource_version)
+            new["metadata"]["resourceVersion"] = obj["metadata"].get("resourceVersion")
+            validate(kind, new)
+            if new == obj:
+                return copy.deepcopy(obj)  # a no-op patch: nothing stored, nothing bumped
             if new.get("spec") != obj.get("spec"):
                 new["metadata"]["generation"] = int(obj["metadata"].get("generation", 1)) + 1
+            if dry_run == "All":
+                return copy.deepcopy(new)  # every stage ran; nothing persisted, resourceVersion unchanged
+            fault = self.patch_faults.pop((kind.plural, namespace, name), None)
+            if fault is not None:
+                raise fault
+            self.resource_version += 1
+            new["metadata"]["resourceVersion"] = str(self.resource_version)
             self.objects[kind.plural][(namespace, name)] = new
             return copy.deepcopy(new)
 
@@ -401,7 +526,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             return store.get(kind, namespace or "", name)
         if method == "PATCH":
-            return store.patch(kind, namespace or "", name, self.headers.get("Content-Type", ""), body)
+            content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
+            return store.patch(kind, namespace or "", name, content_type, body, query.get("dryRun"))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed")
 
     def do_GET(self) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cloudopt_pipelines.assets.actions import EXECUTED_ACTIONS_KEY, executed_actions
 from cloudopt_pipelines.executor_cli import EXECUTED_ACTIONS_OP, register_executor_commands
-from cloudopt_pipelines.resources.executor import AwsExecutorResource
+from cloudopt_pipelines.resources.executor import AwsExecutorResource, KubernetesExecutorResource
 from cloudopt_pipelines.resources.storage import LakeResource
 from tests.executor.conftest import DAY, EXECUTOR_ROLE, dev_instance, instance, plan_row
 
@@ -24,6 +24,7 @@ def resources(home, moto_url: str) -> dict:
         "aws_executor": AwsExecutorResource(
             endpoint_url=moto_url, executor_role=EXECUTOR_ROLE, home=str(home.root), poll_seconds=0.01, max_attempts=2
         ),
+        "k8s_executor": KubernetesExecutorResource(),
     }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.k8s.executor_world import executor_cluster, executor_home  # noqa: F401 (fixtures "cluster", "home")
 from tests.k8s.fake_apiserver import FakeApiServer, Store
 from tests.k8s.world import Cluster, bulk_cluster, prod_cluster, write_openmetrics
 

@@ -100,3 +100,53 @@ def test_wrong_token_is_refused(apiservers: ApiServers, tmp_path) -> None:
     with pytest.raises(ApiException) as err:
         kubernetes.client.CoreV1Api(api).list_node()
     assert err.value.status == 401
+
+
+def test_dry_run_validates_without_persisting_and_preconditions_hold(apiservers: ApiServers) -> None:
+    apps = kubernetes.client.AppsV1Api(_api(apiservers))
+    before = apps.read_namespaced_deployment("web", "shop")
+    strategic = "application/strategic-merge-patch+json"
+    patch = {
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": "300m"}}}]}}}
+    }
+    would = apps.patch_namespaced_deployment("web", "shop", patch, dry_run="All", _content_type=strategic)
+    assert would.spec.template.spec.containers[0].resources.requests["cpu"] == "300m"
+    assert would.metadata.resource_version == before.metadata.resource_version
+    after = apps.read_namespaced_deployment("web", "shop")
+    assert after.spec.template.spec.containers[0].resources.requests["cpu"] == "500m"
+    assert after.metadata.resource_version == before.metadata.resource_version
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment("web", "shop", patch, dry_run="Some", _content_type=strategic)
+    assert err.value.status == 400
+    # a request above its limit is invalid, in a dry run too
+    too_big = {
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"requests": {"memory": "2Gi"}}}]}}}
+    }
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment("web", "shop", too_big, dry_run="All", _content_type=strategic)
+    assert err.value.status == 422 and "must be less than or equal to memory limit of 1Gi" in err.value.body
+    # a stale resourceVersion in the body is a failed precondition; the current one passes
+    stale = {**patch, "metadata": {"resourceVersion": str(int(before.metadata.resource_version) - 1)}}
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment("web", "shop", stale, _content_type=strategic)
+    assert err.value.status == 409
+    fresh = {**patch, "metadata": {"resourceVersion": before.metadata.resource_version}}
+    done = apps.patch_namespaced_deployment("web", "shop", fresh, _content_type=strategic)
+    assert int(done.metadata.resource_version) > int(before.metadata.resource_version)
+    # a patch that changes nothing bumps nothing
+    same = apps.patch_namespaced_deployment("web", "shop", patch, _content_type=strategic)
+    assert same.metadata.resource_version == done.metadata.resource_version
+    assert same.metadata.generation == done.metadata.generation
+
+
+def test_hpa_bounds_are_validated(apiservers: ApiServers) -> None:
+    hpas = kubernetes.client.AutoscalingV2Api(_api(apiservers))
+    merge = "application/merge-patch+json"
+    for spec, message in (
+        ({"minReplicas": 0}, "spec.minReplicas"),
+        ({"maxReplicas": 1}, "must be greater than or equal to `minReplicas`"),
+    ):
+        with pytest.raises(ApiException) as err:
+            hpas.patch_namespaced_horizontal_pod_autoscaler("web", "shop", {"spec": spec}, _content_type=merge)
+        assert err.value.status == 422 and message in err.value.body
+    assert hpas.read_namespaced_horizontal_pod_autoscaler("web", "shop").spec.min_replicas == 2

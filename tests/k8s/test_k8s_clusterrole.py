@@ -69,12 +69,17 @@ def test_query_count_matches_the_documented_formula(
 
     _t, meta = KubernetesCollector(load_clusters(clusters_file).clusters).collect_usage(PROD_ACCOUNT, DAYS[0])
     prod = meta["clusters"]["prod-eks"]
-    # 1 batch (18 container series), 1 namespace group, 1 node batch, no prefix split: 3 + 8 + 2 + 2
-    assert (prod["prometheus_batches"], prod["prometheus_queries"]) == (2, 15)
+    # 2 series listings (planning), 1 batch (18 container series), 1 ReplicaSet and 1 Job owner batch, 1 node
+    # batch: 2 + 8 + 2 + 2
+    assert (prod["prometheus_batches"], prod["prometheus_queries"]) == (2, 14)
+    assert prod["prometheus_queries_by_endpoint"]["series"] == 2
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(clusters_yaml(apiservers, prometheus.url, max_series=25)))
     _t, meta = KubernetesCollector(load_clusters(path).clusters).collect_usage(BULK_ACCOUNT, DAYS[0])
     bulk = meta["clusters"]["bulk"]
-    # 70 series in one namespace: prefixes '', 's', 'sv', 'svc' (P=4) give 7 slices of 10, packed 2 a batch
-    assert (bulk["prometheus_batches"], bulk["prometheus_queries"]) == (5, 3 + 4 + 8 * 4 + 2 * 1 + 2 * 1)
+    # 70 series in one namespace: split by the prefixes '', 's', 'sv', 'svc' into 7 slices of 10, packed 2 a
+    # batch (B=4), counted from the series listings; one ReplicaSet owner batch (no Jobs: no Job owner batch),
+    # 1 node batch: 2 + 8 x 4 + 1 + 2
+    assert (bulk["prometheus_batches"], bulk["prometheus_queries"]) == (5, 2 + 8 * 4 + 1 + 2 * 1)
     assert bulk["prometheus_largest_response_series"] <= 25
+    assert bulk["prometheus_series_listed"] >= 70

@@ -133,6 +133,36 @@ def test_series_limit_holds_on_a_cluster_larger_than_one_batch(tmp_path: Path, a
     assert {r["replicas"] for r in data} == {10}
 
 
+def test_more_nodes_than_max_series_are_split_not_refused(
+    tmp_path: Path, apiservers, prometheus, clusters_file
+) -> None:
+    import yaml
+
+    from tests.k8s.conftest import clusters_yaml
+
+    whole, _ = collector(clusters_file).collect_usage(PROD_ACCOUNT, DAYS[0])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(clusters_yaml(apiservers, prometheus.url, max_series=2)))
+    split, meta = collector(path).collect_usage(PROD_ACCOUNT, DAYS[0])
+    stats = meta["clusters"]["prod-eks"]
+    # three nodes at most two a batch, the 18 container series in slices of at most 2 (a web pod has 2 containers)
+    assert stats["prometheus_largest_response_series"] <= 2
+    assert stats["prometheus_queries_by_endpoint"]["series"] == 2
+    key = lambda r: (r["resource_id"], r.get("container") or "", r["ts"])  # noqa: E731
+    nodes = sorted((r for r in rows(split) if r["scope"] == "node"), key=key)
+    assert {r["resource_id"] for r in nodes} == {
+        "prod-eks/node/ip-10-0-1-10.ec2.internal",
+        "prod-eks/node/ip-10-0-2-20.ec2.internal",
+        "prod-eks/node/ip-10-0-3-30.ec2.internal",
+    }
+    # the same rows as in one batch: splitting changes the queries, never the data (sums of pods read in other
+    # batches may differ in the last bits only)
+    got, want = sorted(rows(split), key=key), sorted(rows(whole), key=key)
+    assert [key(r) for r in got] == [key(r) for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a == {k: pytest.approx(v, rel=1e-12) if isinstance(v, float) else v for k, v in b.items()}
+
+
 def test_a_day_longer_than_max_range_is_split_into_aligned_pieces(tmp_path: Path, apiservers, prometheus) -> None:
 
     whole, meta_whole = collector(_file(tmp_path / "a.yaml", apiservers, prometheus)).collect_usage(

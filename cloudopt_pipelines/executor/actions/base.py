@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
+from cloudopt_pipelines.executor.drift import changes_since_plan
 from cloudopt_pipelines.executor.model import ApiCall, PlannedAction
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
 
@@ -51,6 +52,8 @@ class LiveState:
     exists: bool
     tags: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    #: the Kubernetes namespace it lives in (None outside Kubernetes): protected namespaces are never changed
+    namespace: str | None = None
 
 
 @dataclass
@@ -87,6 +90,13 @@ class ActionPlugin(ABC):
     #: its rollback resizes back to the recorded ``state_before.instance_type`` (checked against the plan)
     restores_instance_type: bool = False
 
+    #: never executed: the plan row is advice for a person (or another controller); ``advice`` says what to do
+    advisory: bool = False
+
+    def advice(self, action: PlannedAction) -> str:
+        """For an advisory plug-in: why it is not applied and where the change belongs."""
+        return ""
+
     @abstractmethod
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
         """Read the live state (read-only calls)."""
@@ -110,6 +120,21 @@ class ActionPlugin(ABC):
     @abstractmethod
     def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
         """Undo an applied action from its audit record (``state_before``/``state_after``); returns the state after."""
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        """What differs between the plan row's ``current_config`` and the state the action starts from."""
+        return changes_since_plan(action.current_config, observed)
+
+    def validate(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
+        """In a dry run: have the server check the calls without persisting anything (Kubernetes
+        ``dryRun=All``), returning the state it would store; by default nothing is sent."""
+        return {}
+
+    def restore_refusal(
+        self, record: Mapping[str, Any], current: Mapping[str, Any], proposed: Mapping[str, Any]
+    ) -> str | None:
+        """Why the recorded state to restore is not one the plan row (``current``/``proposed`` config) held."""
+        return None
 
     def rollback_refusal(self, record: Mapping[str, Any]) -> str | None:
         """Why this applied action can never be rolled back, or None when it can."""
