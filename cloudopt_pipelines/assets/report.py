@@ -135,7 +135,7 @@ def build_savings_report_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
     def savings_report(
         context: dg.AssetExecutionContext, config: SavingsReportConfig, lake: LakeResource, reports: ReportsResource
     ) -> dg.MaterializeResult:
-        """The day's savings report, a static HTML page with its charts embedded ($CLOUDOPT_HOME/reports/<day>/):
+        """The day's savings report, a static HTML page with its charts embedded ($CLOUDOPT_HOME/reports/DAY/):
         the plan's savings by account, deployment type, team and action; the top changes' CPU by hour of week
         with today's and the proposed capacity; hour-of-week activity of the schedule candidates; plan cost
         against the budget; the plan's cost/risk Pareto curve; realised savings of the applied actions over
