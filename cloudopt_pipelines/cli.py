@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from cloudopt_pipelines.executor_cli import register_executor_commands
+from cloudopt_pipelines.report_cli import register_report_command
 from cloudopt_pipelines.settings import load_settings, parse_accounts
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 backtest_app = typer.Typer(help="Backtests of the optimisers on public VM traces.")
 app.add_typer(backtest_app, name="backtest")
 register_executor_commands(app)
+register_report_command(app)
 
 DEMO_START = date(2026, 11, 16)
 DEMO_END = date(2026, 11, 22)

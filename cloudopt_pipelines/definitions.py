@@ -8,6 +8,7 @@ from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernet
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
+from cloudopt_pipelines.assets.report import build_savings_report_asset
 from cloudopt_pipelines.assets.warehouse import build_warehouse_asset
 from cloudopt_pipelines.automation import (
     account_discovery,
@@ -52,7 +53,12 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     )
     source = source or source_for(settings)
     return dg.Definitions(
-        assets=[*lake_assets, warehouse_asset, *([] if k8s else kubernetes_placeholders())],
+        assets=[
+            *lake_assets,
+            warehouse_asset,
+            build_savings_report_asset(optimizers),
+            *([] if k8s else kubernetes_placeholders()),
+        ],
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],
         sensors=[

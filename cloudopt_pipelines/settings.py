@@ -87,6 +87,10 @@ class Settings:
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Parse and validate every ``CLOUDOPT_*`` variable (and the AWS ones the pipeline uses) of ``environ``

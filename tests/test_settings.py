@@ -115,11 +115,14 @@ def test_resources_per_environment_in_one_table(tmp_path: Path) -> None:
     settings = load_settings({"CLOUDOPT_HOME": str(tmp_path), "CLOUDOPT_REGIONS": "eu-west-1"})
     table = resources_by_env(settings)
     assert set(table) == {"demo", "aws"}
-    assert all(set(r) == {"source", "lake", "warehouse", "aws_executor", "k8s_executor"} for r in table.values())
+    assert all(
+        set(r) == {"source", "lake", "warehouse", "reports", "aws_executor", "k8s_executor"} for r in table.values()
+    )
     assert isinstance(table["demo"]["source"], DemoSourceResource)
     assert isinstance(table["aws"]["source"], AwsResource) and table["aws"]["source"].regions == ["eu-west-1"]
     assert resources_for(settings) is not None and isinstance(resources_for(settings)["source"], DemoSourceResource)
     assert table["aws"]["lake"].root == str(tmp_path.resolve() / "lake")
+    assert table["demo"]["reports"].root == str(tmp_path.resolve() / "reports")
 
 
 def test_external_ids_never_enter_the_definitions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ PLAN_PREFIX = "plan"
 PLAN_JOB = "portfolio_plan_job"
 PLAN_CHECK = PLAN_CHECK_NAME
 PLAN_KEY = dg.AssetKey([PLAN_PREFIX, "portfolio_plan"])
+SAVINGS_REPORT_KEY = dg.AssetKey(["reports", "savings_report"])  # assets/report.py, run by the plan job
 ACROSS_ACCOUNTS = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
 
 
@@ -233,6 +234,7 @@ def plan_check_reader(instance: dg.DagsterInstance) -> PlanCheckReader:
 
 portfolio_plan_job = dg.define_asset_job(
     PLAN_JOB,
-    selection=dg.AssetSelection.assets(PLAN_KEY),
-    description="The portfolio plan of one UTC day across every account (after the accounts' daily runs).",
+    selection=dg.AssetSelection.assets(PLAN_KEY, SAVINGS_REPORT_KEY),
+    description="The portfolio plan of one UTC day across every account (after the accounts' daily runs), "
+    "then its savings report.",
 )

@@ -11,6 +11,7 @@ import dagster as dg
 
 from cloudopt_pipelines.resources.aws import AwsResource
 from cloudopt_pipelines.resources.executor import AwsExecutorResource, KubernetesExecutorResource
+from cloudopt_pipelines.resources.reports import ReportsResource
 from cloudopt_pipelines.resources.sources import DemoSourceResource
 from cloudopt_pipelines.resources.storage import LakeResource, WarehouseResource
 from cloudopt_pipelines.settings import ENVIRONMENTS, Settings
@@ -25,6 +26,7 @@ def resources_by_env(settings: Settings) -> dict[str, dict[str, dg.ConfigurableR
     storage = {
         "lake": LakeResource(root=str(settings.lake_dir)),
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+        "reports": ReportsResource(root=str(settings.reports_dir)),
     }
     executor = {
         "aws_executor": AwsExecutorResource.from_settings(settings, home=settings.home),
