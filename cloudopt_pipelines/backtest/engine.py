@@ -75,6 +75,7 @@ def _baseline(name: str, cpu_q: float, cpu_h: float, mem_q: float, mem_h: float,
             cpu_headroom_pct=cpu_h,
             cpu_percentile_vcpu=cpu,
             memory_floor_gib=None if mem is not None else profile.memory_gib,
+            cpu_percentile=cpu_q,
         )
 
     policy = SizingPolicy(allow_burstable=False, allow_graviton=False)
@@ -261,16 +262,14 @@ def replay(vm: VmTrace, current: InstanceType, chosen: InstanceType, split: Spli
     """(intervals, violations, worst overload %) of the test window on ``chosen``."""
     base_vcpu = vm.provisioned_vcpu or current.vcpu
     base_mem = vm.provisioned_memory_gib or current.memory_gib
-    train = slice(0, split.train)
     test = slice(split.train, split.train + split.test)
     cpu = vm.cpu_pct[test] / 100 * base_vcpu
     present = ~np.isnan(cpu)
     if chosen.burstable_baseline_pct is not None:
-        # Credits are spent by the 5-minute averages; the maxima must fit the capacity left.
-        warm = vm.cpu_avg_pct[train] / 100 * base_vcpu
-        _, balance = simulate_credits(np.nan_to_num(warm), chosen)
+        # A resized T3/T3a/T4g starts with no credits (no launch credits); credits are spent by the
+        # 5-minute averages and the maxima must fit the capacity left.
         spend = np.nan_to_num(vm.cpu_avg_pct[test] / 100 * base_vcpu)
-        capacity, _ = simulate_credits(spend, chosen, balance)
+        capacity, _ = simulate_credits(spend, chosen)
     else:
         capacity = np.full(cpu.shape, float(chosen.vcpu))
     ratio = np.where(present, np.nan_to_num(cpu) / capacity, 0.0)

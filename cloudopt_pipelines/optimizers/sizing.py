@@ -486,6 +486,8 @@ class Demand:
     cpu_headroom_pct: float
     cpu_percentile_vcpu: float
     memory_floor_gib: float | None = None
+    cpu_percentile: float = 100.0  # the percentile of the 5-minute maxima the rule reads (100 = maximum)
+    floor_at_max: bool = False  # never less than the window's maximum, whatever the percentile
 
     @property
     def min_memory_gib(self) -> float:
@@ -525,6 +527,8 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
         cpu_headroom_pct=(headroom - 1) * 100,
         cpu_percentile_vcpu=p_cpu,
         memory_floor_gib=None if mem is not None else profile.memory_gib,
+        cpu_percentile=policy.cpu_percentile,
+        floor_at_max=policy.floor_at_max,
     )
 
 
@@ -704,56 +708,99 @@ def migration_effort(current: InstanceType, candidate: InstanceType) -> str:
 
 
 def simulate_credits(
-    demand_vcpu: np.ndarray, instance: InstanceType, start_balance: float | None = None
-) -> tuple[np.ndarray, float]:
+    demand_vcpu: np.ndarray, instance: InstanceType, start_balance: float | np.ndarray = 0.0
+) -> tuple[np.ndarray, np.ndarray | float]:
     """Replay 5-minute *average* CPU demand (vCPU) on a burstable type in standard mode.
 
-    Returns the capacity (vCPU) available in each interval and the closing credit balance. One credit is
-    one vCPU at 100 % for one minute; a t3/t4g earns ``baseline x vCPU x 60`` credits an hour and keeps
-    at most 24 hours of earnings. With credits left the instance bursts to all its vCPUs; with none it
-    is held at its baseline. The balance starts full (a long-running instance under its baseline).
-    Credits are spent by the average use of each interval; the 5-minute maxima are then compared with
-    the capacity of that interval.
+    Returns the capacity (vCPU) available in each interval and the closing credit balance. The AWS
+    rule (EC2 User Guide, "Key concepts and definitions for burstable performance instances"): one
+    credit is one vCPU at 100 % for one minute; the instance earns ``baseline x vCPU x 60`` credits an
+    hour and spends one credit per vCPU-minute of *all* its use, so use at the baseline nets zero; the
+    balance keeps at most 24 hours of earnings. In an interval the instance can use its baseline plus
+    what the balance pays for, at most all its vCPUs; with no credits it is held at the baseline.
+
+    The balance starts at ``start_balance`` (0 by default): T3, T3a and T4g get no launch credits, so a
+    freshly resized instance starts empty. ``demand_vcpu`` may have leading dimensions (one series per
+    row, replayed at once); time is the last axis.
+
+    Vectorised: each interval maps the balance ``b`` to ``clip(b + 5 x (baseline - min(use, vCPU)), 0,
+    cap)`` (throttled use nets to the same clip at 0), and maps of that form compose into one of the
+    same form, so the balances are a prefix scan of those maps (log2(n) NumPy passes, no Python loop).
     """
-    baseline = (instance.burstable_baseline_pct or 100.0) / 100 * instance.vcpu
-    earn = baseline * 5  # credits per 5 minutes
+    demand = np.nan_to_num(np.asarray(demand_vcpu, dtype=float))
+    vcpu = float(instance.vcpu)
+    baseline = (instance.burstable_baseline_pct or 100.0) / 100 * vcpu
     cap = baseline * 60 * 24
-    balance = cap if start_balance is None else start_balance
-    capacity = np.empty_like(demand_vcpu)
-    for i, d in enumerate(demand_vcpu):
-        if balance > 0:
-            use = min(d, instance.vcpu)
-            capacity[i] = instance.vcpu
-        else:
-            use = min(d, baseline)
-            capacity[i] = baseline
-        balance = min(cap, balance + earn - max(use - baseline, 0.0) * 5)
-        balance = max(balance, 0.0)
-    return capacity, balance
+    shift = 5.0 * (baseline - np.minimum(np.clip(demand, 0.0, None), vcpu))
+    # Each interval's map is b -> clip(b + shift, low, high); compose them by doubling (Hillis-Steele).
+    low = np.zeros_like(shift)
+    high = np.full_like(shift, cap)
+    n = shift.shape[-1] if shift.ndim else 0
+    step = 1
+    while step < n:
+        # later ∘ earlier: (s1, l1, h1) then (s2, l2, h2) = (s1 + s2, clip(l1 + s2, l2, h2), clip(h1 + s2, l2, h2))
+        s1, l1, h1 = shift[..., :-step], low[..., :-step], high[..., :-step]
+        s2, l2, h2 = shift[..., step:], low[..., step:], high[..., step:]
+        new_low = np.clip(l1 + s2, l2, h2)
+        new_high = np.clip(h1 + s2, l2, h2)
+        shift = np.concatenate([shift[..., :step], s1 + s2], axis=-1)
+        low = np.concatenate([low[..., :step], new_low], axis=-1)
+        high = np.concatenate([high[..., :step], new_high], axis=-1)
+        step *= 2
+    start = np.clip(np.asarray(start_balance, dtype=float), 0.0, cap)
+    after = np.clip(np.expand_dims(start, -1) + shift, low, high)  # balance at the end of each interval
+    before = np.concatenate([np.broadcast_to(np.expand_dims(start, -1), (*after.shape[:-1], 1)), after[..., :-1]], -1)
+    capacity = np.minimum(vcpu, baseline + before / 5.0)
+    closing = after[..., -1] if n else np.broadcast_to(start, demand.shape[:-1]).copy()
+    return capacity, (float(closing) if np.ndim(closing) == 0 else closing)
 
 
 def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> tuple[bool, str]:
-    """Does the CPU profile fit this burstable type's baseline credits?
+    """Does the CPU profile fit this burstable type in standard credit mode, from zero launch credits?
 
-    The mean is the window's (``utilization_window.cpu_mean_pct``); whether the credits last needs the
-    ordered series (``profile.series``): without it the answer is no.
+    Two tests, both on the training window: the mean CPU with the headroom stays under the baseline
+    (the balance does not drain over the window), and the strategy's own rule holds against the
+    capacity the credits allow interval by interval: the percentile ``demand.cpu_percentile`` of the
+    5-minute maxima divided by that capacity, times the headroom, is at most 1 (for a fixed type the
+    same rule reads ``percentile x headroom <= vCPU``). The replay needs the ordered series
+    (``profile.series``): without it the answer is no.
     """
     baseline_pct = instance.burstable_baseline_pct
     if baseline_pct is None:
         return False, "not a burstable type"
     baseline_vcpu = baseline_pct / 100 * instance.vcpu
     mean = profile.cpu_mean_vcpu
-    if mean * (1 + demand.cpu_headroom_pct / 100) > baseline_vcpu:
+    factor = 1 + demand.cpu_headroom_pct / 100
+    if mean * factor > baseline_vcpu:
         return False, (
             f"mean CPU {mean:.2f} vCPU with headroom exceeds the {baseline_pct:g} % baseline "
             f"({baseline_vcpu:.2f} vCPU) of {instance.instance_type}"
         )
     if profile.series is None:
         return False, f"no 5-minute series to replay the CPU credits of {instance.instance_type}"
-    capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
-    if np.any(capacity < instance.vcpu):
-        return False, f"the CPU credits of {instance.instance_type} run out in the window"
-    return True, f"mean CPU stays under the {baseline_pct:g} % baseline and credits never run out"
+    need = credit_limited_need(profile.series, instance, demand.cpu_percentile) * factor
+    if demand.floor_at_max:
+        need = max(need, credit_limited_need(profile.series, instance, 100.0))
+    if need > 1.0 + 1e-9:
+        return False, (
+            f"from zero launch credits, P{demand.cpu_percentile:g} of the 5-minute maxima with headroom is "
+            f"{100 * need:.0f} % of what the CPU credits of {instance.instance_type} allow"
+        )
+    return True, (
+        "standard credit mode from zero launch credits: mean CPU with headroom is "
+        f"{100 * mean * factor / baseline_vcpu:.0f} % "
+        f"of the {baseline_pct:g} % baseline and P{demand.cpu_percentile:g} of the 5-minute maxima with headroom "
+        f"{100 * need:.0f} % of the capacity the credits allow"
+    )
+
+
+def credit_limited_need(series: CpuSeries, instance: InstanceType, percentile: float) -> float:
+    """Percentile ``percentile`` of 5-minute maxima / credit-limited capacity on a burstable type
+    replayed from zero credits (credits spent by the 5-minute averages)."""
+    if series.peak_vcpu.size == 0:
+        return 0.0
+    capacity, _ = simulate_credits(series.mean_vcpu, instance)
+    return float(np.percentile(series.peak_vcpu / capacity, percentile))
 
 
 def _risk_from_quantiles(quantiles: dict[float, float], capacity: float) -> float:
@@ -778,7 +825,7 @@ def performance_risk(profile: UtilizationProfile, instance: InstanceType, demand
     if not profile.samples:
         cpu_risk = 0.0
     elif instance.burstable_baseline_pct is not None and profile.series is not None:
-        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
+        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)  # zero launch credits
         ratio = profile.series.peak_vcpu / cpu_capacity
         if ratio.size == 0 or ratio.max() <= 0.8:
             cpu_risk = 0.0
@@ -814,6 +861,8 @@ class SizingOption:
     is_estimate: bool
     notes: tuple[str, ...] = ()
     rank: int = 0
+    cpu_limit: str = "vcpu"  # what projected_cpu_pct is measured against: "vcpu" or "burstable_baseline"
+    credit_mode: str | None = None  # "standard" for a burstable type (the mode its fit assumes), else None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -902,12 +951,14 @@ def recommend_resize(
             savings_pct=round(100 * saving / current.monthly_usd, 3) if current.monthly_usd else 0.0,
             performance_risk=performance_risk(profile, t, demand),
             migration_effort="VeryLow" if t.instance_type == current.instance_type else migration_effort(current, t),
-            projected_cpu_pct=round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2),
+            projected_cpu_pct=_projected_cpu_pct(profile, t, demand),
             projected_memory_pct=(round(100 * profile.mem_max_gib / t.memory_gib, 2) if profile.has_memory else None),
             is_current=t.instance_type == current.instance_type,
             is_estimate=t.is_estimate,
             notes=tuple(notes),
             rank=rank,
+            cpu_limit="burstable_baseline" if t.burstable_baseline_pct is not None else "vcpu",
+            credit_mode="standard" if t.burstable_baseline_pct is not None else None,
         )
 
     kept = chosen[: policy.max_options]
@@ -944,6 +995,14 @@ def recommend_resize(
         policy=policy,
     )
     return replace(rec, rationale=resize_rationale(profile, rec, current))
+
+
+def _projected_cpu_pct(profile: UtilizationProfile, t: InstanceType, demand: Demand) -> float:
+    """CPU against what limits it: a fixed type's vCPU (the rule's percentile of the 5-minute maxima),
+    a burstable type's baseline (the mean: sustained use is what the credits cannot carry)."""
+    if t.burstable_baseline_pct is not None:
+        return round(100 * profile.cpu_mean_vcpu / (t.burstable_baseline_pct / 100 * t.vcpu), 2)
+    return round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2)
 
 
 #: Confidence is at most this when any sample is outside 0-100 % (a percentage metric cannot be).
@@ -986,7 +1045,7 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         parts.append(
             f"Cheapest fit: {best.instance_type} ({best.vcpu} vCPU, {best.memory_gib:g} GiB) saves "
             f"${best.monthly_savings_usd:.2f}/month ({best.savings_pct:.1f} %), performance risk "
-            f"{best.performance_risk:g}, migration effort {best.migration_effort}."
+            f"{best.performance_risk:g}, migration effort {best.migration_effort}." + _credit_words(best)
         )
     else:
         parts.append("No cheaper type fits.")
@@ -1008,6 +1067,16 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         f"over {profile.days_with_data} day(s)."
     )
     return " ".join(parts)
+
+
+def _credit_words(o: SizingOption) -> str:
+    if o.credit_mode is None:
+        return ""
+    return (
+        f" Burstable, {o.credit_mode} credit mode: it fits from zero launch credits (a resized T3/T3a/T4g starts "
+        f"with none), mean CPU at {o.projected_cpu_pct:.0f} % of its baseline; in unlimited mode the same use "
+        "would incur no surplus credit charge."
+    )
 
 
 def cheapest_fit(

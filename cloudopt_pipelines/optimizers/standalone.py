@@ -371,7 +371,12 @@ def optimize_standalone_instance(
             projected_memory_pct=o.projected_memory_pct,
             is_estimate=t.is_estimate,
             rationale=resize.rationale if not o.is_current else _keep_rationale(resize),
-            details={"notes": list(o.notes), "architecture": o.architecture},
+            details={
+                "notes": list(o.notes),
+                "architecture": o.architecture,
+                "credit_mode": o.credit_mode,
+                "projected_cpu_against": o.cpu_limit,
+            },
         )
 
     def _architecture_change(o) -> dict[str, Any]:
