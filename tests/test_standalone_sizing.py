@@ -78,20 +78,61 @@ def test_saturated_vm_is_under_provisioned_and_up_size_shows_negative_savings(az
     assert "does not fit" in rec.rationale
 
 
-def test_headroom_is_capped_at_the_current_size_when_the_metric_cannot_show_more(azure, catalog):
+def test_headroom_is_never_dropped_a_vm_over_the_rule_is_under_provisioned_with_an_up_size(azure, catalog):
     vm = azure["azure-1739024"]  # 5-minute maxima near 100 %, averages near 5 %: not saturated
     prof = profile_of(vm, catalog, "m5.xlarge")
     assert not prof.is_saturated
     demand = required_capacity(prof, SizingPolicy())
-    assert demand.vcpu == pytest.approx(4.0)
+    assert demand.vcpu == pytest.approx(np.percentile(vm.cpu_pct, 99.5) / 100 * 4 * 1.2)
+    assert demand.vcpu > 4
     rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
-    assert rec.finding != "under-provisioned"
+    assert rec.finding == "under-provisioned"
+    assert rec.best.vcpu >= demand.vcpu and rec.best.monthly_savings_usd < 0
+    assert rec.best.projected_cpu_pct <= 100 and rec.current.projected_cpu_pct * 1.2 > 100
+    assert "up-size to" in rec.rationale and "needs 4.79 vCPU against its 4" in rec.rationale
+    # Nothing labelled over-provisioned projects CPU above what limits it.
+    for name in azure:
+        for itype in ("m5.large", "m5.xlarge", "m5.2xlarge"):
+            r = recommend_resize(profile_of(azure[name], catalog, itype), itype, REGION, catalog)
+            if r.finding == "over-provisioned":
+                assert r.best.projected_cpu_pct <= 100
+
+
+def test_the_best_option_keeps_the_architecture_and_the_graviton_one_is_listed(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.best.architecture == "x86_64"
+    other = rec.other_architecture
+    assert other is not None and other.architecture == "arm64" and other.migration_effort == "Medium"
+    assert f"Other architecture: {other.instance_type}" in rec.rationale
+    anywhere = recommend_resize(prof, "m5.xlarge", REGION, catalog, SizingPolicy(architecture="any"))
+    assert anywhere.best.monthly_cost_usd <= rec.best.monthly_cost_usd
+    with pytest.raises(SizingError, match="architecture"):
+        SizingPolicy(architecture="arm64")
+
+
+def test_no_option_over_the_risk_limit_is_best(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")  # max 3.1 vCPU, P99.5 0.66 vCPU
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.best.performance_risk <= 1.0 and rec.best.vcpu >= 4
+    assert any(o.performance_risk > 1.0 and o.monthly_cost_usd < rec.best.monthly_cost_usd for o in rec.options)
+    loose = recommend_resize(prof, "m5.xlarge", REGION, catalog, SizingPolicy(max_best_risk=2.0))
+    assert loose.best.performance_risk == 2.0 and loose.best.vcpu == 2
+
+
+def test_memory_is_kept_when_asked(gcd, catalog):
+    vm = gcd["vm_6127640366_9"]
+    prof = profile_of(vm, catalog, "m5.2xlarge")
+    cut = recommend_resize(prof, "m5.2xlarge", REGION, catalog)
+    kept = recommend_resize(prof, "m5.2xlarge", REGION, catalog, keep_memory=True)
+    assert cut.best.memory_gib < 32
+    assert all(o.memory_gib >= 32 for o in kept.options)
 
 
 def test_burstable_only_when_the_cpu_profile_fits_its_baseline_credits(azure, catalog):
     spiky_but_low = profile_of(azure["azure-1739024"], catalog, "m5.xlarge")
     # Maxima touch 4 vCPU: only without CPU headroom does P99.5 fit what the credits allow from zero.
-    policy = SizingPolicy(allow_graviton=False, cpu_headroom_pct=0.0)
+    policy = SizingPolicy(allow_graviton=False, cpu_headroom_pct=0.0, max_best_risk=4.0)
     rec = recommend_resize(spiky_but_low, "m5.xlarge", REGION, catalog, policy)
     assert rec.best.instance_type in ("t3a.xlarge", "t3.xlarge")
     assert "baseline" in " ".join(rec.best.notes)

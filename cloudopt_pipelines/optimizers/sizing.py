@@ -13,9 +13,16 @@ The rules, in the order a reader would check them:
   (P90, P95 or P99.5; default P99.5) plus a headroom (0, 20 or 30 %; default 20 %). Memory demand is
   the *peak* of the CloudWatch-agent ``mem_used_percent`` plus a headroom (10, 20 or 30 %). Without
   memory data no candidate may have less memory than the current instance, and the rationale says so.
-- **Cap.** A CPU metric measured as a share of the instance cannot show demand above it, so the demand
-  with headroom is capped at the current vCPU unless the instance is saturated (>= 1 % of 5-minute
-  averages at >= 90 %, or any sample above its cores): headroom alone never up-sizes.
+- **Headroom is never dropped.** When no candidate (the current type included) meets the demand with
+  its headroom, the finding is under-provisioned and the cheapest type that does is the up-size option;
+  nothing is labelled over-provisioned while its projected CPU is over the rule.
+- **Architecture.** ``SizingPolicy.architecture`` ``"current"`` (the default, as Compute Optimizer's
+  CURRENT preference): the best option keeps the CPU architecture; the cheapest fit of the other one
+  (Graviton, with migration effort Medium) is still listed beside it. ``"any"`` lets it be the best.
+- **Risk.** No option whose performance risk is above ``SizingPolicy.max_best_risk`` (default
+  ``DEFAULT_MAX_BEST_RISK`` = 1: the window's maximum fits) is the best one.
+- **Memory of production-critical instances** is never cut without memory data over the full window
+  (``recommend_resize(keep_memory=True)``, decided by the optimiser from the tags and the coverage).
 - **Adaptive headroom** (``SizingPolicy.adaptive``, off by default: on a validation split it moved along
   the savings/violations curve instead of above it, see docs/backtests.md): the headroom grows with the
   day-to-day variation of the daily peaks and with an upward trend between the window's halves.
@@ -80,6 +87,11 @@ _FINDING_LABEL = {
 }
 
 
+ARCHITECTURE_PREFERENCES = ("current", "any")
+#: The best option's performance risk is at most this: 1 = the window's 5-minute maximum fits the type.
+DEFAULT_MAX_BEST_RISK = 1.0
+
+
 class SizingError(ValueError):
     """A request the sizing rules cannot answer (unknown type, a setting outside the allowed ones)."""
 
@@ -101,14 +113,17 @@ class SizingPolicy:
     allow_other_families: bool = True
     family_pattern: str = DEFAULT_FAMILY_PATTERN
     max_options: int = 5
-    cap_at_current: bool = True
     floor_at_max: bool = False  # never ask for less than the window's maximum (the most cautious setting)
+    architecture: str = "current"  # "current": the best option keeps the architecture; "any": it may change
+    max_best_risk: float = 1.0  # the highest performance risk the best option may have (DEFAULT_MAX_BEST_RISK)
 
     def __post_init__(self) -> None:
         if self.cpu_percentile not in CPU_PERCENTILES:
             raise SizingError(f"cpu_percentile must be one of {CPU_PERCENTILES}, not {self.cpu_percentile}")
         if self.cpu_headroom_pct not in CPU_HEADROOMS_PCT:
             raise SizingError(f"cpu_headroom_pct must be one of {CPU_HEADROOMS_PCT}, not {self.cpu_headroom_pct}")
+        if self.architecture not in ARCHITECTURE_PREFERENCES:
+            raise SizingError(f"architecture must be one of {ARCHITECTURE_PREFERENCES}, not {self.architecture!r}")
         if self.memory_headroom_pct not in MEMORY_HEADROOMS_PCT:
             raise SizingError(
                 f"memory_headroom_pct must be one of {MEMORY_HEADROOMS_PCT}, not {self.memory_headroom_pct}"
@@ -136,6 +151,8 @@ DEFAULT_RISK_SETTING = "balanced"
 PROFILE_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 100.0)
 _WINDOW_COLUMNS = {50.0: "p50", 90.0: "p90", 95.0: "p95", 99.0: "p99", 99.5: "p995", 100.0: "max"}
 MIN_PEAK_DAY_SAMPLES = SAMPLES_PER_DAY // 4
+#: Memory data "over the full window": at least this share of the window's expected 5-minute samples.
+FULL_WINDOW_SHARE = 0.95
 
 
 @dataclass(frozen=True)
@@ -184,6 +201,12 @@ class UtilizationProfile:
     nonfinite_samples: int = 0  # samples with a NaN (flagged by the features stage) or infinite value: excluded
     out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
     max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
+    mem_samples: int = 0  # 5-minute memory samples in the window (the CloudWatch agent's)
+
+    @property
+    def memory_over_full_window(self) -> bool:
+        """Memory data for at least ``FULL_WINDOW_SHARE`` of the window's expected samples."""
+        return bool(self.expected_samples) and self.mem_samples >= FULL_WINDOW_SHARE * self.expected_samples
 
     @property
     def is_saturated(self) -> bool:
@@ -286,6 +309,7 @@ def analyze_utilization(
     mean_v = np.clip(np.where(np.isnan(avg), peak, avg)[present], 0, None) / 100 * base_vcpu
     avg_present = avg[~np.isnan(avg)]
     mem = None
+    mem_count = 0
     extra_nonfinite = extra_out_of_range = 0
     if mem_pct is not None:
         m = np.asarray(mem_pct, dtype=float)
@@ -298,6 +322,7 @@ def analyze_utilization(
         m = m[~np.isnan(m)]
         if m.size:
             mem = _quantiles(np.clip(m, 0, None) / 100 * base_mem)
+        mem_count = int(m.size)
     net_peak = net_day = None
     if net_bytes is not None:
         nb = np.asarray(net_bytes, dtype=float)
@@ -336,6 +361,7 @@ def analyze_utilization(
         nonfinite_samples=int(infinite.sum()) + extra_nonfinite,
         out_of_range_samples=int(out_of_range.sum()) + extra_out_of_range,
         max_sample_pct=float(np.nanmax(peak)) if present.any() else 0.0,
+        mem_samples=mem_count,
     )
 
 
@@ -442,6 +468,7 @@ def profile_from_features(
         nonfinite_samples=int(row.get("nonfinite_samples") or 0),
         out_of_range_samples=int(row.get("out_of_range_samples") or 0),
         max_sample_pct=pct("cpu_max_pct") or 0.0,
+        mem_samples=int(row.get("mem_samples") or 0),
     )
 
 
@@ -502,9 +529,6 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
     vcpu = p_cpu * headroom
     if policy.floor_at_max and profile.samples:
         vcpu = max(vcpu, profile.cpu_max_vcpu)
-    if policy.cap_at_current and not profile.is_saturated and profile.capacity_vcpu:
-        # Headroom on a metric capped at 100 % cannot prove a need above the current size.
-        vcpu = min(vcpu, profile.capacity_vcpu)
     mem = None
     if profile.has_memory:
         mem = profile.mem_max_gib * (1 + policy.memory_headroom_pct / 100)
@@ -881,10 +905,29 @@ class ResizeRecommendation:
     confidence: float
     rationale: str
     policy: SizingPolicy
+    memory_kept: bool = False  # memory never below the current type's (keep_memory)
 
     @property
     def best(self) -> SizingOption:
-        return self.options[0] if self.options else self.current
+        """The cheapest option the policy lets be best: of the current architecture unless
+        ``architecture="any"``, with a performance risk at most ``max_best_risk`` (an up-size of an
+        under-provisioned instance also when it is less risky than the current type); else the current type."""
+        return next((o for o in self.options if self.may_be_best(o)), self.current)
+
+    def may_be_best(self, o: SizingOption) -> bool:
+        if o.is_current:
+            return True
+        if self.policy.architecture == "current" and o.architecture != self.current.architecture:
+            return False
+        if o.performance_risk <= self.policy.max_best_risk:
+            return True
+        upsize = o.monthly_cost_usd > self.current.monthly_cost_usd
+        return upsize and o.performance_risk < self.current.performance_risk
+
+    @property
+    def other_architecture(self) -> SizingOption | None:
+        """The cheapest fit of another architecture (Graviton from x86), listed beside the best."""
+        return next((o for o in self.options if o.architecture != self.current.architecture), None)
 
 
 def fits(
@@ -915,19 +958,24 @@ def recommend_resize(
     region: str,
     catalog: Catalog,
     policy: SizingPolicy | None = None,
+    keep_memory: bool = False,
 ) -> ResizeRecommendation:
     """Rank every candidate type that fits the demand of ``profile`` by monthly on-demand cost.
 
-    The current type is always one of the options (``is_current``); the first option is the cheapest
-    that fits. When the current type does not fit, the finding is under-provisioned and the options
-    are up-sizes (negative savings).
+    The current type is always one of the options (``is_current``); ``best`` is the cheapest the
+    policy lets be best (architecture, risk). When the current type does not fit, the finding is
+    under-provisioned and the options are up-sizes (negative savings); when nothing fits at all, the
+    current type is the only option and the rationale says so. ``keep_memory`` never lets memory go
+    below the current type's (a production-critical instance without memory data over the window).
     """
     policy = policy or RISK_SETTINGS[DEFAULT_RISK_SETTING]
     current = catalog.get(region, instance_type)
     demand = required_capacity(profile, policy)
     # Memory is measured in GiB of the current instance; the floor without data is its memory.
-    if demand.memory_gib is None:
+    if demand.memory_gib is None or keep_memory:
         demand = replace(demand, memory_floor_gib=current.memory_gib)
+        if demand.memory_gib is not None and demand.memory_gib < current.memory_gib:
+            demand = replace(demand, memory_gib=current.memory_gib)
     current_fits, current_why = fits(profile, current, demand, current)
     chosen: list[tuple[InstanceType, str]] = []
     for cand in candidate_types(catalog, current, policy):
@@ -962,38 +1010,57 @@ def recommend_resize(
         )
 
     kept = chosen[: policy.max_options]
-    # Always show the cheapest fit of the same architecture and of the same family, when they exist.
+    # Always show the cheapest fit of the same architecture, of the other one and of the same family.
     for wanted in (
         lambda t: t.architecture == current.architecture,
+        lambda t: t.architecture != current.architecture,
         lambda t: t.family == current.family,
     ):
         extra = next((c for c in chosen if wanted(c[0])), None)
         if extra is not None and extra not in kept:
             kept.append(extra)
+    # ... and the cheapest one the policy lets be best (architecture, risk), however far down it is.
+    current_risk = performance_risk(profile, current, demand)
+    for c in chosen:
+        t = c[0]
+        if policy.architecture == "current" and t.architecture != current.architecture:
+            continue
+        if t.instance_type == current.instance_type:
+            break
+        risk = performance_risk(profile, t, demand)
+        upsize = t.ondemand_usd_per_hour > current.ondemand_usd_per_hour
+        if risk <= policy.max_best_risk or (upsize and risk < current_risk):
+            if c not in kept:
+                kept.append(c)
+            break
+    kept.sort(key=lambda c: (c[0].ondemand_usd_per_hour, c[0].instance_type != current.instance_type))
     options = [option(t, note, i + 1) for i, (t, note) in enumerate(kept)]
     current_option = next((o for o in options if o.is_current), None)
     if current_option is None:
         current_option = option(current, current_why, len(options) + 1)
-    if profile.is_idle:
-        finding = "idle"
-    elif not current_fits:
-        finding = "under-provisioned"
-    elif options and not options[0].is_current and options[0].monthly_cost_usd < current_option.monthly_cost_usd:
-        finding = "over-provisioned"
-    else:
-        finding = "optimized"
     confidence = round(data_confidence(profile), 3)
     rec = ResizeRecommendation(
         instance_type=instance_type,
         region=region,
-        finding=finding,
+        finding="optimized",
         options=tuple(options),
         current=current_option,
         demand=demand,
         confidence=confidence,
         rationale="",
         policy=policy,
+        memory_kept=keep_memory,
     )
+    best = rec.best
+    if profile.is_idle:
+        finding = "idle"
+    elif not current_fits:
+        finding = "under-provisioned"
+    elif not best.is_current and best.monthly_cost_usd < current_option.monthly_cost_usd:
+        finding = "over-provisioned"
+    else:
+        finding = "optimized"
+    rec = replace(rec, finding=finding)
     return replace(rec, rationale=resize_rationale(profile, rec, current))
 
 
@@ -1029,17 +1096,30 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
     if d.memory_gib is not None:
         parts.append(
             f"Memory peak {profile.mem_max_gib:.2f} GiB plus {rec.policy.memory_headroom_pct:g} % headroom "
-            f"needs {d.memory_gib:.2f} GiB."
+            f"needs {profile.mem_max_gib * (1 + rec.policy.memory_headroom_pct / 100):.2f} GiB."
         )
+        if rec.memory_kept:
+            parts.append(
+                f"Production-critical with memory data for {profile.mem_samples} of {profile.expected_samples} "
+                f"five-minute samples (not the full window): memory is never cut below the current "
+                f"{current.memory_gib:g} GiB."
+            )
     else:
         parts.append(
             f"No memory data (CloudWatch agent not reporting): memory is never sized below the current "
             f"{current.memory_gib:g} GiB."
         )
     best = rec.best
-    if rec.finding == "under-provisioned":
+    if rec.finding == "under-provisioned" and best.is_current:
         parts.append(
-            f"The current type does not fit; {best.instance_type} does, at ${-best.monthly_savings_usd:.2f}/month more."
+            f"The current type does not meet this and no candidate does either (the largest is too small "
+            f"or too risky): keep {current.instance_type}, under-provisioned; {current_why(rec)}."
+        )
+    elif rec.finding == "under-provisioned":
+        parts.append(
+            f"The current type does not fit ({current_why(rec)}); up-size to {best.instance_type} "
+            f"({best.vcpu} vCPU, {best.memory_gib:g} GiB) at ${-best.monthly_savings_usd:.2f}/month more, "
+            f"projected CPU {best.projected_cpu_pct:.0f} % of its {'baseline' if best.cpu_limit != 'vcpu' else 'vCPU'}."
         )
     elif not best.is_current:
         parts.append(
@@ -1049,6 +1129,18 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         )
     else:
         parts.append("No cheaper type fits.")
+    other = rec.other_architecture
+    if other is not None and other.architecture != best.architecture:
+        parts.append(
+            f"Other architecture: {other.instance_type} ({other.architecture}) would cost "
+            f"${other.monthly_cost_usd:.2f}/month (saving ${other.monthly_savings_usd:.2f}), migration effort "
+            f"{other.migration_effort} (rebuild and test the images)"
+            + (
+                ", not offered as best: the policy keeps the architecture."
+                if rec.policy.architecture == "current"
+                else "."
+            )
+        )
     if profile.out_of_range_samples:
         parts.append(
             f"Caveat: {profile.out_of_range_samples} of {profile.samples} samples are outside 0-100 % (CPU up to "
@@ -1069,6 +1161,16 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
     return " ".join(parts)
 
 
+def current_why(rec: ResizeRecommendation) -> str:
+    c = rec.current
+    need = f"needs {rec.demand.vcpu:.2f} vCPU"
+    return f"{need} against its {c.vcpu}, projected CPU {c.projected_cpu_pct:.0f} % of its vCPU" + (
+        f", {rec.demand.min_memory_gib:.2f} GiB against {c.memory_gib:g}"
+        if rec.demand.min_memory_gib > c.memory_gib + 1e-9
+        else ""
+    )
+
+
 def _credit_words(o: SizingOption) -> str:
     if o.credit_mode is None:
         return ""
@@ -1080,13 +1182,31 @@ def _credit_words(o: SizingOption) -> str:
 
 
 def cheapest_fit(
-    profile: UtilizationProfile, demand: Demand, current: InstanceType, candidates: Sequence[InstanceType]
+    profile: UtilizationProfile,
+    demand: Demand,
+    current: InstanceType,
+    candidates: Sequence[InstanceType],
+    policy: SizingPolicy | None = None,
 ) -> InstanceType | None:
-    """The cheapest of ``candidates`` (sorted cheapest first) that meets ``demand``: ``recommend_resize``'s
-    first option, without pricing every other fit (what the backtest calls thousands of times)."""
+    """The cheapest of ``candidates`` (sorted cheapest first) that meets ``demand``, without pricing
+    every other fit (what the backtest calls thousands of times). With ``policy``, the choice is
+    ``recommend_resize``'s ``best``: the policy's architecture and risk limit apply too."""
+    current_risk: float | None = None
     for cand in candidates:
         if cand.vcpu < demand.vcpu or cand.memory_gib < demand.min_memory_gib - 1e-9:
             continue
-        if fits(profile, cand, demand, current)[0]:
+        if policy is not None and policy.architecture == "current" and cand.architecture != current.architecture:
+            continue
+        if not fits(profile, cand, demand, current)[0]:
+            continue
+        if policy is None or cand.instance_type == current.instance_type:
             return cand
+        risk = performance_risk(profile, cand, demand)
+        if risk <= policy.max_best_risk:
+            return cand
+        if cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour:
+            if current_risk is None:
+                current_risk = performance_risk(profile, current, demand)
+            if risk < current_risk:
+                return cand
     return None

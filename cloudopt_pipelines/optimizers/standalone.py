@@ -23,7 +23,10 @@ options are, each one row of the table with its own cost and risk:
 Account-level rows: one ``commitment`` row per (region, family) of steady usage with its quantity, and
 the orphaned EBS volumes and Elastic IPs. Rows are ranked per resource by monthly cost (``rank`` 1 is
 the cheapest); ``is_best`` marks the cheapest option whose performance risk is at most
-``StandaloneConfig.max_best_risk`` (``keep`` for instances tagged ``cloudopt:protect``).
+``StandaloneConfig.max_best_risk`` (default ``DEFAULT_MAX_BEST_RISK`` = 1) and, unless
+``StandaloneConfig.architecture`` is ``"any"``, of the current CPU architecture (``keep`` for
+instances tagged ``cloudopt:protect``). The memory of a production-critical instance (tag
+``criticality``) is never cut without memory data over the full window.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from cloudopt_pipelines.optimizers.schedules import (
     timezone_of,
 )
 from cloudopt_pipelines.optimizers.sizing import (
+    DEFAULT_MAX_BEST_RISK,
     DEFAULT_RISK_SETTING,
     HOURS_PER_MONTH,
     RISK_SETTINGS,
@@ -76,6 +80,7 @@ from cloudopt_pipelines.optimizers.standalone_actions import (
     SPOT_WORKLOAD_TAG,
     SPOT_WORKLOAD_VALUES,
     find_orphans,
+    is_production_critical,
     recommend_spot,
 )
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, AttributesError
@@ -146,7 +151,8 @@ class StandaloneConfig:
     spot_workload_tag: str = SPOT_WORKLOAD_TAG
     spot_workload_values: tuple[str, ...] = SPOT_WORKLOAD_VALUES
     schedule_idle_cpu_pct: float = 5.0
-    max_best_risk: float = 2.0
+    max_best_risk: float = DEFAULT_MAX_BEST_RISK
+    architecture: str = "current"  # "current" (Compute Optimizer's CURRENT preference) or "any"
     commitment_terms: tuple[int, ...] = (1, 3)
 
     @property
@@ -155,7 +161,9 @@ class StandaloneConfig:
             return self.policy
         if self.risk_setting not in RISK_SETTINGS:
             raise ValueError(f"unknown risk setting {self.risk_setting!r}; choose one of {', '.join(RISK_SETTINGS)}")
-        return RISK_SETTINGS[self.risk_setting]
+        return replace(
+            RISK_SETTINGS[self.risk_setting], max_best_risk=self.max_best_risk, architecture=self.architecture
+        )
 
 
 @dataclass(frozen=True)
@@ -350,7 +358,9 @@ def optimize_standalone_instance(
             return HourOfWeek(*hour_of_week_profile(series.ts, finite_peaks, tz), tz)
 
     policy = config.sizing_policy
-    resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
+    # Memory data over part of the window may miss the peak a production-critical instance needs.
+    keep_memory = is_production_critical(inst.tags) and not profile.memory_over_full_window
+    resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy, keep_memory=keep_memory)
     protected = is_protected(inst.tags)
     current_cost = current.monthly_usd
     options: list[InstanceOption] = []
@@ -733,9 +743,15 @@ def instance_rows(
     inst = rec.instance
     current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
     best_name = "keep"
-    if not rec.protected:
+    if not rec.protected and rec.finding == "under-provisioned":
+        up = rec.resize.best  # the up-size (or keep when nothing fits): never a cheaper row under the rule
+        best_name = "keep" if up.is_current else f"resize:{up.instance_type}"
+    elif not rec.protected:
         for o in rec.options:
             # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
+            cross = bool(o.proposed_config.get("cross_architecture"))
+            if cross and config.sizing_policy.architecture == "current":
+                continue
             if o.market not in ("reserved", "savings_plan") and o.performance_risk <= config.max_best_risk:
                 best_name = o.option_name
                 break

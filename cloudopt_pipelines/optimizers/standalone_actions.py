@@ -57,6 +57,15 @@ def spot_eligible(
     return True, f"tag {workload_tag}={workload} and not production-critical"
 
 
+def is_production_critical(
+    tags: Mapping[str, str],
+    criticality_tag: str = CRITICALITY_TAG,
+    critical_values: Sequence[str] = PRODUCTION_CRITICAL_VALUES,
+) -> bool:
+    """Tag ``criticality`` says production-critical (or critical, mission-critical)."""
+    return (tags.get(criticality_tag) or "").strip().lower() in critical_values
+
+
 @dataclass(frozen=True)
 class SpotOption:
     instance_type: str
