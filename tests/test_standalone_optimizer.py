@@ -193,8 +193,9 @@ def test_account_table_covers_standalone_instances_and_orphans_only(tmp_path, ca
         assert any(r["option_name"] == "keep" for r in mine)
     protected = [r for r in rows if r["protected"]]
     assert protected and all(r["option_name"] == "keep" for r in protected if r["is_best"])
-    # 7 of 14 window days: confidence 0.5 everywhere on the instances.
-    assert {r["confidence"] for r in rows if r["resource_kind"] == "ec2_instance"} == {0.5}
+    # 7 of 14 window days: coverage 0.5 everywhere on the instances, times the recency and stability.
+    confidences = {r["confidence"] for r in rows if r["resource_kind"] == "ec2_instance"}
+    assert max(confidences) <= 0.5 and min(confidences) >= 0.25
     assert all(r["rationale"] for r in rows)
     # Savings are current minus proposed, as shown.
     for r in rows:
@@ -246,7 +247,8 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     meta = result.asset_materializations_for_node("recommendations__standalone_ec2")[0].metadata
     assert meta["window_days_found/stg_utilization_5m"].value == 3
     confidence = pc.unique(table.filter(pc.equal(table["resource_kind"], "ec2_instance"))["confidence"])
-    assert confidence.to_pylist() == [round(3 / 14, 3)]
+    # Coverage 3 of 14 days, times recency and the stability of the daily peaks (0.5 under 3 days of peaks).
+    assert max(confidence.to_pylist()) <= round(3 / 14, 3) and min(confidence.to_pylist()) >= round(3 / 14 / 2, 3)
     assert json.loads(table["current_config"][0].as_py())
     assert date.fromisoformat(str(days[-1])) - timedelta(days=2) == days[0]
 

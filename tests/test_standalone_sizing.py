@@ -123,8 +123,9 @@ def test_no_option_over_the_risk_limit_is_best(azure, catalog):
 def test_memory_is_kept_when_asked(gcd, catalog):
     vm = gcd["vm_6127640366_9"]
     prof = profile_of(vm, catalog, "m5.2xlarge")
-    cut = recommend_resize(prof, "m5.2xlarge", REGION, catalog)
-    kept = recommend_resize(prof, "m5.2xlarge", REGION, catalog, keep_memory=True)
+    one_day = SizingPolicy(min_hours_of_data=0)  # a one-day trace: under the 30-hour minimum otherwise
+    cut = recommend_resize(prof, "m5.2xlarge", REGION, catalog, one_day)
+    kept = recommend_resize(prof, "m5.2xlarge", REGION, catalog, one_day, keep_memory=True)
     assert cut.best.memory_gib < 32
     assert all(o.memory_gib >= 32 for o in kept.options)
 
@@ -174,7 +175,7 @@ def test_memory_from_the_agent_sizes_memory_with_headroom(gcd, catalog):
     prof = profile_of(vm, catalog, "m5.2xlarge")
     assert prof.has_memory
     for headroom in (10.0, 20.0, 30.0):
-        policy = SizingPolicy(memory_headroom_pct=headroom)
+        policy = SizingPolicy(memory_headroom_pct=headroom, min_hours_of_data=0)
         demand = required_capacity(prof, policy)
         assert demand.memory_gib == pytest.approx(np.nanmax(vm.mem_pct) / 100 * 32 * (1 + headroom / 100))
         rec = recommend_resize(prof, "m5.2xlarge", REGION, catalog, policy)
@@ -183,7 +184,8 @@ def test_memory_from_the_agent_sizes_memory_with_headroom(gcd, catalog):
 
 def test_memory_over_capacity_makes_the_instance_under_provisioned(gcd, catalog):
     vm = gcd["vm_6219557576_2"]  # memory up to 215 % of the VM, as in the source
-    rec = recommend_resize(profile_of(vm, catalog, "m5.large"), "m5.large", REGION, catalog)
+    one_day = SizingPolicy(min_hours_of_data=0)
+    rec = recommend_resize(profile_of(vm, catalog, "m5.large"), "m5.large", REGION, catalog, one_day)
     assert rec.finding == "under-provisioned"
     assert rec.best.memory_gib >= np.nanmax(vm.mem_pct) / 100 * 8
 
@@ -235,4 +237,29 @@ def test_confidence_follows_coverage(azure, catalog):
     half = profile_of(vm, catalog, "m5.xlarge", window_days=28)
     assert full.coverage == pytest.approx(1.0)
     assert half.coverage == pytest.approx(0.5)
-    assert recommend_resize(half, "m5.xlarge", REGION, catalog).confidence == pytest.approx(0.5)
+    half_rec = recommend_resize(half, "m5.xlarge", REGION, catalog)
+    assert half_rec.confidence_detail.coverage == pytest.approx(0.5)
+    assert half_rec.confidence == pytest.approx(0.5 * half_rec.confidence_detail.stability, abs=1e-3)
+
+
+def test_under_30_hours_of_data_only_gathering_data_and_no_change(gcd, catalog):
+    vm = gcd["vm_6219557576_2"]  # 24 hours, memory over the VM: would be an up-size with enough data
+    prof = profile_of(vm, catalog, "m5.large", window_days=14)
+    rec = recommend_resize(prof, "m5.large", REGION, catalog)
+    assert rec.finding == "gathering-data"
+    assert [o.instance_type for o in rec.options] == ["m5.large"] and rec.best.is_current
+    assert "gathering data: 1 of 14 days (24 of the 30 hours needed)" in rec.rationale
+    assert rec.confidence_detail.gathering and rec.confidence < 0.1
+
+
+def test_confidence_combines_coverage_recency_and_stability(azure, catalog):
+    vm = azure["azure-1061254"]
+    prof = profile_of(vm, catalog, "m5.xlarge", window_days=14)
+    fresh = recommend_resize(prof, "m5.xlarge", REGION, catalog).confidence_detail
+    assert fresh.coverage == 1.0 and fresh.recency == 1.0 and 0.5 <= fresh.stability <= 1.0
+    assert fresh.value == pytest.approx(fresh.coverage * fresh.recency * fresh.stability, abs=1e-3)
+    from dataclasses import replace
+
+    stale = recommend_resize(replace(prof, last_sample_age_hours=24 + 3.5 * 24), "m5.xlarge", REGION, catalog)
+    assert stale.confidence_detail.recency == pytest.approx(0.5)
+    assert stale.confidence == pytest.approx(fresh.value * 0.5, abs=2e-3)

@@ -77,13 +77,19 @@ SATURATION_PCT = 90.0
 SATURATED_SHARE = 0.01
 IDLE_MAX_NET_BYTES_PER_DAY = 5_000_000.0
 
-FINDINGS = ("over-provisioned", "under-provisioned", "optimized", "idle")
+FINDINGS = ("over-provisioned", "under-provisioned", "optimized", "idle", "gathering-data")
+#: Below this many hours of CPU data in the window no change is recommended, only "gathering-data"
+#: (Compute Optimizer's minimum: 30 hours of metrics in the 14-day window).
+MIN_HOURS_OF_DATA = 30.0
+#: Confidence falls to 0 when the newest sample is this many days older than the end of the day.
+RECENCY_DAYS = 7.0
 MIGRATION_EFFORTS = ("VeryLow", "Low", "Medium", "High")
 _FINDING_LABEL = {
     "over-provisioned": "Over-provisioned",
     "under-provisioned": "Under-provisioned",
     "optimized": "Optimized",
     "idle": "Idle",
+    "gathering-data": "Gathering data",
 }
 
 
@@ -116,6 +122,7 @@ class SizingPolicy:
     floor_at_max: bool = False  # never ask for less than the window's maximum (the most cautious setting)
     architecture: str = "current"  # "current": the best option keeps the architecture; "any": it may change
     max_best_risk: float = 1.0  # the highest performance risk the best option may have (DEFAULT_MAX_BEST_RISK)
+    min_hours_of_data: float = 30.0  # under this, only "gathering-data" (MIN_HOURS_OF_DATA)
 
     def __post_init__(self) -> None:
         if self.cpu_percentile not in CPU_PERCENTILES:
@@ -202,6 +209,11 @@ class UtilizationProfile:
     out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
     max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
     mem_samples: int = 0  # 5-minute memory samples in the window (the CloudWatch agent's)
+    last_sample_age_hours: float | None = None  # end of the partition's day minus the newest sample; None: unknown
+
+    @property
+    def hours_of_data(self) -> float:
+        return self.samples * 5 / 60
 
     @property
     def memory_over_full_window(self) -> bool:
@@ -906,6 +918,7 @@ class ResizeRecommendation:
     rationale: str
     policy: SizingPolicy
     memory_kept: bool = False  # memory never below the current type's (keep_memory)
+    confidence_detail: Confidence | None = None
 
     @property
     def best(self) -> SizingOption:
@@ -1038,7 +1051,31 @@ def recommend_resize(
     current_option = next((o for o in options if o.is_current), None)
     if current_option is None:
         current_option = option(current, current_why, len(options) + 1)
-    confidence = round(data_confidence(profile), 3)
+    trust = confidence_of(profile, policy.min_hours_of_data)
+    confidence = trust.value
+    if trust.gathering and not profile.is_idle:
+        current_option = next((o for o in options if o.is_current), None) or option(current, current_why, 1)
+        current_option = replace(current_option, rank=1)
+        rec = ResizeRecommendation(
+            instance_type=instance_type,
+            region=region,
+            finding="gathering-data",
+            options=(current_option,),
+            current=current_option,
+            demand=demand,
+            confidence=confidence,
+            rationale="",
+            policy=policy,
+            memory_kept=keep_memory,
+            confidence_detail=trust,
+        )
+        return replace(
+            rec,
+            rationale=(
+                f"Gathering data: {current.instance_type} is kept as it is; {trust.words()}. "
+                f"No change is recommended under {policy.min_hours_of_data:g} hours of data in the window."
+            ),
+        )
     rec = ResizeRecommendation(
         instance_type=instance_type,
         region=region,
@@ -1050,6 +1087,7 @@ def recommend_resize(
         rationale="",
         policy=policy,
         memory_kept=keep_memory,
+        confidence_detail=trust,
     )
     best = rec.best
     if profile.is_idle:
@@ -1074,6 +1112,70 @@ def _projected_cpu_pct(profile: UtilizationProfile, t: InstanceType, demand: Dem
 
 #: Confidence is at most this when any sample is outside 0-100 % (a percentage metric cannot be).
 OUT_OF_RANGE_MAX_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """How far a recommendation can be trusted: coverage x recency x stability, each 0-1.
+
+    - coverage: usable samples / expected samples of the window (out-of-range samples count as missing;
+      at most ``OUT_OF_RANGE_MAX_CONFIDENCE`` when there are any);
+    - recency: 1 while the newest sample is at most a day older than the end of the partition's day,
+      then down to 0 over ``RECENCY_DAYS`` (1 when unknown);
+    - stability: 1 - the coefficient of variation of the daily CPU peaks (capped at 0.5), 0.5 with under
+      3 days of peaks: an answer resting on peaks that move a lot day to day is less certain.
+
+    ``gathering`` is true under ``MIN_HOURS_OF_DATA`` hours of data: then nothing but "gathering data".
+    """
+
+    value: float
+    coverage: float
+    recency: float
+    stability: float
+    hours: float
+    days: int
+    window_days: int
+    gathering: bool
+    min_hours: float = MIN_HOURS_OF_DATA
+
+    def words(self) -> str:
+        if self.gathering:
+            return (
+                f"gathering data: {self.days} of {self.window_days} days ({self.hours:.0f} of the "
+                f"{self.min_hours:g} hours needed)"
+            )
+        level = "high" if self.value >= 0.8 else "medium" if self.value >= 0.5 else "low"
+        return (
+            f"{level} confidence {self.value:.2f}: {self.days} of {self.window_days} days of data "
+            f"(coverage {self.coverage:.2f}), recency {self.recency:.2f}, stability of the daily peaks "
+            f"{self.stability:.2f}"
+        )
+
+
+def confidence_of(profile: UtilizationProfile, min_hours: float = MIN_HOURS_OF_DATA) -> Confidence:
+    """The :class:`Confidence` of a recommendation resting on ``profile``."""
+    coverage = data_confidence(profile)
+    age = profile.last_sample_age_hours
+    recency = 1.0 if age is None else min(1.0, max(0.0, 1 - max(age - 24.0, 0.0) / (24 * RECENCY_DAYS)))
+    peaks = profile.daily_peaks
+    if peaks is None or peaks.days < 3:
+        stability = 0.5
+    elif peaks.mean_vcpu <= 0:
+        stability = 1.0
+    else:
+        stability = 1 - min(peaks.std_vcpu / peaks.mean_vcpu, 0.5)
+    window_days = round(profile.expected_samples / SAMPLES_PER_DAY) if profile.expected_samples else 0
+    return Confidence(
+        value=round(coverage * recency * stability, 3),
+        coverage=round(coverage, 3),
+        recency=round(recency, 3),
+        stability=round(stability, 3),
+        hours=profile.hours_of_data,
+        days=profile.days_with_data,
+        window_days=window_days,
+        gathering=profile.hours_of_data < min_hours,
+        min_hours=min_hours,
+    )
 
 
 def data_confidence(profile: UtilizationProfile) -> float:
@@ -1113,11 +1215,11 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
     if rec.finding == "under-provisioned" and best.is_current:
         parts.append(
             f"The current type does not meet this and no candidate does either (the largest is too small "
-            f"or too risky): keep {current.instance_type}, under-provisioned; {current_why(rec)}."
+            f"or too risky): keep {current.instance_type}, under-provisioned; {_shortfall(rec)}."
         )
     elif rec.finding == "under-provisioned":
         parts.append(
-            f"The current type does not fit ({current_why(rec)}); up-size to {best.instance_type} "
+            f"The current type does not fit ({_shortfall(rec)}); up-size to {best.instance_type} "
             f"({best.vcpu} vCPU, {best.memory_gib:g} GiB) at ${-best.monthly_savings_usd:.2f}/month more, "
             f"projected CPU {best.projected_cpu_pct:.0f} % of its {'baseline' if best.cpu_limit != 'vcpu' else 'vCPU'}."
         )
@@ -1154,14 +1256,12 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         )
     if profile.nonfinite_samples:
         parts.append(f"{profile.nonfinite_samples} sample(s) with a NaN or infinite value were excluded.")
-    parts.append(
-        f"Confidence {rec.confidence:.2f}: {profile.samples} of {profile.expected_samples} five-minute samples "
-        f"over {profile.days_with_data} day(s)."
-    )
+    trust = rec.confidence_detail or confidence_of(profile)
+    parts.append(f"Confidence: {trust.words()} ({profile.samples} of {profile.expected_samples} five-minute samples).")
     return " ".join(parts)
 
 
-def current_why(rec: ResizeRecommendation) -> str:
+def _shortfall(rec: ResizeRecommendation) -> str:
     c = rec.current
     need = f"needs {rec.demand.vcpu:.2f} vCPU"
     return f"{need} against its {c.vcpu}, projected CPU {c.projected_cpu_pct:.0f} % of its vCPU" + (

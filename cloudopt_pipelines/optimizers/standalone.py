@@ -87,6 +87,10 @@ from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, AttributesError
 from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 
 PROTECT_TAG = PROTECT_TAG_KEY
+#: Yesterday's best option stays best unless today's saves more than this % of the current monthly cost
+#: more (or less), or its performance risk differs by HYSTERESIS_RISK or more (one step of the 0-4 scale).
+HYSTERESIS_SAVINGS_PCT = 5.0
+HYSTERESIS_RISK = 1.0
 TS = pa.timestamp("us", tz="UTC")
 
 # The lake tables recommend_account reads, each with the trailing days the asset passes (ending on the
@@ -153,6 +157,8 @@ class StandaloneConfig:
     schedule_idle_cpu_pct: float = 5.0
     max_best_risk: float = DEFAULT_MAX_BEST_RISK
     architecture: str = "current"  # "current" (Compute Optimizer's CURRENT preference) or "any"
+    hysteresis_savings_pct: float = HYSTERESIS_SAVINGS_PCT
+    hysteresis_risk: float = HYSTERESIS_RISK
     commitment_terms: tuple[int, ...] = (1, 3)
 
     @property
@@ -249,6 +255,7 @@ class InstanceFeatures:
     window: Mapping[str, Any] | None
     activity: HourOfWeek | pa.Table | None = None
     series: Samples | None = None
+    as_of: date | None = None  # the partition's day: the recency of the newest sample is measured to its end
 
 
 @dataclass(frozen=True)
@@ -332,6 +339,10 @@ def optimize_standalone_instance(
             memory_gib=current.memory_gib,
             series=None if series is None else cpu_series(series.cpu_pct, series.cpu_peak_pct, current.vcpu),
         )
+        if series is not None and samples.as_of is not None and series.ts.size:
+            day_end = np.datetime64(samples.as_of, "us") + np.timedelta64(1, "D")
+            age = (day_end - series.ts.max()) / np.timedelta64(1, "h")
+            profile = replace(profile, last_sample_age_hours=float(age))
 
         def hours() -> HourOfWeek:
             if isinstance(samples.activity, HourOfWeek):
@@ -396,6 +407,17 @@ def optimize_standalone_instance(
         return {"architecture": o.architecture, "cross_architecture": True}
 
     options.append(sizing_row(resize.current, "keep"))
+    if resize.finding == "gathering-data":  # no change of any kind until there is enough data
+        return InstanceRecommendation(
+            instance=inst,
+            profile=profile,
+            resize=resize,
+            schedule=None,
+            options=tuple(options),
+            current_monthly_usd=round(current_cost, 4),
+            protected=protected,
+            always_on_type=None,
+        )
     for o in resize.options:
         if not o.is_current:
             options.append(sizing_row(o, "resize"))
@@ -620,8 +642,12 @@ def recommend_account(
     catalog: Catalog,
     reserved: ReservedRates | None = None,
     config: StandaloneConfig | None = None,
+    previous: pa.Table | None = None,
 ) -> AccountRecommendations:
     """The ``recommendations`` rows of one account on one day (schema ``RECOMMENDATIONS``).
+
+    ``previous`` is the day before's rows of this optimiser (or None): its best options are kept
+    unless the saving or the risk moves by more than the hysteresis margins (:func:`best_option_name`).
 
     ``resources`` is that day's inventory; ``features`` the lake tables of
     :data:`STANDALONE_FEATURE_INPUTS` by name: the day's ``utilization_window`` and
@@ -647,6 +673,7 @@ def recommend_account(
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     steady: list[SteadyUsage] = []
+    previous_best = previous_best_options(previous)
     for res in resources.to_pylist():
         kind = res.get("resource_kind")
         if kind in ("ebs_volume", "elastic_ip"):
@@ -668,6 +695,7 @@ def recommend_account(
             windows.get(rid),
             activity.get(rid, HourOfWeek(*_no_hours(), "UTC")),
             by_resource.get(rid, _empty_samples()) if raw is not None else None,
+            as_of=day,
         )
         try:
             rec = optimize_standalone_instance(rid, inst, inputs, catalog, reserved, config)
@@ -677,7 +705,7 @@ def recommend_account(
         except ValueError as exc:  # unknown type or region, a bad zone tag: say so on the row, keep going
             rows.append(_unpriced_row(account_id, day, inst, str(exc)))
             continue
-        rows.extend(instance_rows(account_id, day, rec, config))
+        rows.extend(instance_rows(account_id, day, rec, config, previous_best.get(rid)))
         if rec.always_on_type is not None:
             t = catalog.get(inst.region, rec.always_on_type)
             steady.append(SteadyUsage(inst.resource_id, inst.region, rec.always_on_type, t.ondemand_usd_per_hour))
@@ -686,6 +714,14 @@ def recommend_account(
     )
     table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
     return AccountRecommendations(table=table, commitments=commitments, notes=tuple(notes))
+
+
+def previous_best_options(previous: pa.Table | None) -> dict[str, str]:
+    """resource_id -> option_name of the best rows of a previous day's recommendations."""
+    if previous is None or previous.num_rows == 0 or "is_best" not in previous.column_names:
+        return {}
+    best = previous.filter(pc.fill_null(previous["is_best"], False))
+    return dict(zip(best["resource_id"].to_pylist(), best["option_name"].to_pylist(), strict=True))
 
 
 def _check_columns(name: str, table: pa.Table, account_id: str, day: date) -> None:
@@ -736,25 +772,59 @@ def _hours_by_resource(table: pa.Table) -> dict[str, HourOfWeek]:
     return out
 
 
-def instance_rows(
-    account_id: str, day: date, rec: InstanceRecommendation, config: StandaloneConfig
-) -> list[dict[str, Any]]:
-    """One row per option of one instance, ranked by effective monthly cost."""
-    inst = rec.instance
-    current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
-    best_name = "keep"
-    if not rec.protected and rec.finding == "under-provisioned":
+def _may_be_best(o: InstanceOption, config: StandaloneConfig) -> bool:
+    # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
+    if o.market in ("reserved", "savings_plan") or o.performance_risk > config.max_best_risk:
+        return False
+    return not (o.proposed_config.get("cross_architecture") and config.sizing_policy.architecture == "current")
+
+
+def best_option_name(
+    rec: InstanceRecommendation, config: StandaloneConfig, previous_best: str | None = None
+) -> tuple[str, str]:
+    """The option marked best, and why when yesterday's best was kept (hysteresis) or ''.
+
+    The cheapest option the rules allow (risk, architecture; the up-size when under-provisioned). When
+    ``previous_best`` (yesterday's best option of this instance) is still an allowed option, it stays
+    best unless today's choice saves more than ``config.hysteresis_savings_pct`` % of the current
+    monthly cost more, or its risk differs by ``config.hysteresis_risk`` or more.
+    """
+    if rec.protected or rec.finding == "gathering-data":
+        return "keep", ""
+    if rec.finding == "under-provisioned":
         up = rec.resize.best  # the up-size (or keep when nothing fits): never a cheaper row under the rule
         best_name = "keep" if up.is_current else f"resize:{up.instance_type}"
-    elif not rec.protected:
-        for o in rec.options:
-            # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
-            cross = bool(o.proposed_config.get("cross_architecture"))
-            if cross and config.sizing_policy.architecture == "current":
-                continue
-            if o.market not in ("reserved", "savings_plan") and o.performance_risk <= config.max_best_risk:
-                best_name = o.option_name
-                break
+    else:
+        best_name = next((o.option_name for o in rec.options if _may_be_best(o, config)), "keep")
+    if previous_best is None or previous_best == best_name:
+        return best_name, ""
+    by_name = {o.option_name: o for o in rec.options}
+    prev, new = by_name.get(previous_best), by_name.get(best_name)
+    if prev is None or new is None or not _may_be_best(prev, config):
+        return best_name, ""
+    saving_change = (_effective_monthly(prev) - _effective_monthly(new)) / (rec.current_monthly_usd or 1.0) * 100
+    risk_change = abs(new.performance_risk - prev.performance_risk)
+    if abs(saving_change) <= config.hysteresis_savings_pct and risk_change < config.hysteresis_risk:
+        return previous_best, (
+            f"Kept yesterday's best option {previous_best}: {best_name} would change the saving by "
+            f"{saving_change:.1f} % of the current cost (margin {config.hysteresis_savings_pct:g} %) and the risk by "
+            f"{risk_change:g} (margin {config.hysteresis_risk:g})."
+        )
+    return best_name, ""
+
+
+def instance_rows(
+    account_id: str,
+    day: date,
+    rec: InstanceRecommendation,
+    config: StandaloneConfig,
+    previous_best: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per option of one instance, ranked by effective monthly cost; ``previous_best`` is
+    yesterday's best option (hysteresis, :func:`best_option_name`)."""
+    inst = rec.instance
+    current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
+    best_name, kept_why = best_option_name(rec, config, previous_best)
     out = []
     for rank, o in enumerate(rec.options, start=1):
         cost = _effective_monthly(o)
@@ -762,6 +832,8 @@ def instance_rows(
         rationale = o.rationale
         if rec.protected:
             rationale = f"Protected by tag {PROTECT_TAG}: informational only, the plan keeps it. " + rationale
+        if kept_why and o.option_name == best_name:
+            rationale = kept_why + " " + rationale
         out.append(
             {
                 "account_id": account_id,
