@@ -145,6 +145,32 @@ def test_spot_and_schedule_options_for_a_tagged_dev_instance(azure, catalog, res
     assert not any(o.market in ("reserved", "savings_plan") for o in rec.options)
 
 
+def test_spot_risk_follows_the_interruption_band_and_burstable_spot_needs_a_zero_credit_fit(azure, catalog):
+    from cloudopt_pipelines.optimizers.sizing import zero_credit_fit
+    from cloudopt_pipelines.optimizers.standalone_actions import INTERRUPTION_RISK, interruption_risk
+
+    assert [interruption_risk(b) for b in ("<5%", "5-10%", "10-15%", "15-20%", ">20%")] == [1, 2, 3, 4, 4]
+    assert interruption_risk(None) == 3 and sorted(INTERRUPTION_RISK.values()) == list(INTERRUPTION_RISK.values())
+    tags = {"env": "dev", "workload": "stateless"}
+    seen_burstable_target = False
+    for name, vm in azure.items():
+        inst = Instance(name, "m5.xlarge", "us-east-1", tags=tags)
+        rec = optimize_standalone_instance(name, inst, samples_of(vm), catalog)
+        for o in rec.options:
+            if o.action != "spot":
+                continue
+            t = catalog.get("us-east-1", o.proposed_config["instance_type"])
+            assert o.performance_risk >= interruption_risk(t.spot_interruption_band)
+            if t.burstable_baseline_pct is not None:
+                assert zero_credit_fit(rec.resize.demand, t) and o.details["credit_mode"] == "standard"
+                assert o.proposed_config["credit_specification"] == "standard"
+            target = catalog.get("us-east-1", rec.resize.best.instance_type)
+            if target.burstable_baseline_pct is not None and not zero_credit_fit(rec.resize.demand, target):
+                seen_burstable_target = True
+                assert t.burstable_baseline_pct is None and "no credits" in o.rationale
+    assert seen_burstable_target  # a spiky VM right-sized to t3a gets Spot on a fixed type
+
+
 def test_group_members_are_refused(azure, catalog):
     inst = Instance("i-3", "m5.large", "us-east-1", deployment_type="asg")
     with pytest.raises(ValueError, match="asg member"):

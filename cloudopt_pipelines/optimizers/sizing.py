@@ -830,6 +830,14 @@ def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: 
     )
 
 
+def zero_credit_fit(demand: Demand, instance: InstanceType) -> bool:
+    """Does the burstable type's baseline alone carry the demand (its percentile with headroom), as an
+    instance that starts with no credits at any moment (a Spot replacement) needs?"""
+    if instance.burstable_baseline_pct is None:
+        return True
+    return demand.vcpu <= instance.burstable_baseline_pct / 100 * instance.vcpu + 1e-9
+
+
 def credit_limited_need(series: CpuSeries, instance: InstanceType, percentile: float) -> float:
     """Percentile ``percentile`` of 5-minute maxima / credit-limited capacity on a burstable type
     replayed from zero credits (credits spent by the 5-minute averages)."""

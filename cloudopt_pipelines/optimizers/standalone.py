@@ -72,14 +72,19 @@ from cloudopt_pipelines.optimizers.sizing import (
     SizingPolicy,
     UtilizationProfile,
     analyze_utilization,
+    candidate_types,
+    cheapest_fit,
     cpu_series,
+    performance_risk,
     profile_from_features,
     recommend_resize,
+    zero_credit_fit,
 )
 from cloudopt_pipelines.optimizers.standalone_actions import (
     SPOT_WORKLOAD_TAG,
     SPOT_WORKLOAD_VALUES,
     find_orphans,
+    interruption_risk,
     is_production_critical,
     recommend_spot,
 )
@@ -498,32 +503,58 @@ def optimize_standalone_instance(
             )
         )
 
+    # A Spot replacement can start at any moment, with no credits: a burstable type is offered on Spot
+    # only when its baseline alone carries the demand (standard mode); else the cheapest fixed-capacity fit.
+    spot_type, spot_note = target_type, ""
+    if target_type.burstable_baseline_pct is not None and not zero_credit_fit(resize.demand, target_type):
+        fixed = [t for t in candidate_types(catalog, current, policy) if t.burstable_baseline_pct is None]
+        spot_type = cheapest_fit(profile, resize.demand, current, fixed, policy) or current
+        spot_note = (
+            f"{target.instance_type} is burstable and its baseline alone does not carry the demand (a Spot "
+            f"replacement starts with no credits): Spot on {spot_type.instance_type} instead. "
+        )
     spot = recommend_spot(
         inst.tags,
-        target.instance_type,
-        target_type.ondemand_usd_per_hour,
-        target_type.spot_usd_per_hour,
-        target_type.spot_interruption_band,
+        spot_type.instance_type,
+        spot_type.ondemand_usd_per_hour,
+        spot_type.spot_usd_per_hour,
+        spot_type.spot_interruption_band,
         workload_tag=config.spot_workload_tag,
         workload_values=config.spot_workload_values,
     )
     if spot is not None and not profile.is_idle:
+        burstable_spot = spot_type.burstable_baseline_pct is not None
+        spot_risk = performance_risk(profile, spot_type, resize.demand)
         options.append(
             InstanceOption(
-                option_name=f"spot:{target.instance_type}",
+                option_name=f"spot:{spot_type.instance_type}",
                 action="spot",
-                proposed_config={"instance_type": target.instance_type, "market": "spot"},
+                proposed_config={"instance_type": spot_type.instance_type, "market": "spot"}
+                | ({"credit_specification": "standard"} if burstable_spot else {}),
                 market="spot",
-                vcpu=float(target.vcpu),
-                memory_gib=float(target.memory_gib),
+                vcpu=float(spot_type.vcpu),
+                memory_gib=float(spot_type.memory_gib),
                 monthly_cost_usd=spot.monthly_cost_usd,
-                performance_risk=max(target.performance_risk, 1.0),
+                performance_risk=max(spot_risk, interruption_risk(spot.interruption_band)),
                 migration_effort="Medium",
-                projected_cpu_pct=target.projected_cpu_pct,
+                projected_cpu_pct=round(100 * resize.demand.cpu_percentile_vcpu / spot_type.vcpu, 2)
+                if not burstable_spot
+                else target.projected_cpu_pct,
                 projected_memory_pct=target.projected_memory_pct,
                 is_estimate=True,
-                rationale=spot.rationale,
-                details={"interruption_band": spot.interruption_band, "spot_usd_per_hour": spot.spot_usd_per_hour},
+                rationale=spot_note
+                + spot.rationale
+                + (
+                    " Standard credit mode (AWS advises it for Spot T instances): the baseline carries the demand."
+                    if burstable_spot
+                    else ""
+                ),
+                details={
+                    "interruption_band": spot.interruption_band,
+                    "spot_usd_per_hour": spot.spot_usd_per_hour,
+                    "credit_mode": "standard" if burstable_spot else None,
+                    "interruption_risk": interruption_risk(spot.interruption_band),
+                },
             )
         )
 
