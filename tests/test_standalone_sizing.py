@@ -87,9 +87,16 @@ def test_headroom_is_never_dropped_a_vm_over_the_rule_is_under_provisioned_with_
     assert demand.vcpu > 4
     rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
     assert rec.finding == "under-provisioned"
-    assert rec.best.vcpu >= demand.vcpu and rec.best.monthly_savings_usd < 0
-    assert rec.best.projected_cpu_pct <= 100 and rec.current.projected_cpu_pct * 1.2 > 100
-    assert "up-size to" in rec.rationale and "needs 4.79 vCPU against its 4" in rec.rationale
+    upsize = [o for o in rec.options if o.monthly_savings_usd < 0]
+    assert upsize and all(o.vcpu >= demand.vcpu for o in upsize)
+    assert upsize[0].projected_cpu_pct <= 100 and rec.current.projected_cpu_pct * 1.2 > 100
+    # Every 5-minute maximum fits the 4 vCPU: the up-size is listed, headroom alone does not make it best.
+    assert not rec.demand_seen_over_current and rec.best.is_current
+    assert "is listed, but every 5-minute maximum" in rec.rationale and "needs 4.79 vCPU against its 4" in rec.rationale
+    # Demand seen over the current type (saturated): the up-size is the best option.
+    busy = profile_of(azure["azure-1663289"], catalog, "m5.large")
+    up = recommend_resize(busy, "m5.large", REGION, catalog)
+    assert up.finding == "under-provisioned" and up.demand_seen_over_current and up.best.monthly_savings_usd < 0
     # Nothing labelled over-provisioned projects CPU above what limits it.
     for name in azure:
         for itype in ("m5.large", "m5.xlarge", "m5.2xlarge"):

@@ -927,12 +927,15 @@ class ResizeRecommendation:
     policy: SizingPolicy
     memory_kept: bool = False  # memory never below the current type's (keep_memory)
     confidence_detail: Confidence | None = None
+    demand_seen_over_current: bool = True  # observed demand (not headroom alone) exceeds the current type
 
     @property
     def best(self) -> SizingOption:
         """The cheapest option the policy lets be best: of the current architecture unless
         ``architecture="any"``, with a performance risk at most ``max_best_risk`` (an up-size of an
         under-provisioned instance also when it is less risky than the current type); else the current type."""
+        if self.finding == "under-provisioned" and not self.demand_seen_over_current:
+            return self.current  # the up-size is listed; headroom alone does not make it the best option
         return next((o for o in self.options if self.may_be_best(o)), self.current)
 
     def may_be_best(self, o: SizingOption) -> bool:
@@ -944,6 +947,26 @@ class ResizeRecommendation:
             return True
         upsize = o.monthly_cost_usd > self.current.monthly_cost_usd
         return upsize and o.performance_risk < self.current.performance_risk
+
+    @property
+    def reason(self) -> str:
+        """The finding and why, in one short sentence a FinOps engineer can check."""
+        d, best, c = self.demand, self.best, self.current
+        label = _FINDING_LABEL[self.finding].lower()
+        if self.finding == "gathering-data":
+            return (self.confidence_detail.words() if self.confidence_detail else "gathering data") + ": no change yet"
+        if self.finding == "idle":
+            return "idle: CPU at most 1 % over the window"
+        limit = "of its baseline" if best.cpu_limit != "vcpu" else "of its vCPU"
+        need = f"needs {d.vcpu:.2f} vCPU (P{self.policy.cpu_percentile:g} + {d.cpu_headroom_pct:.0f} % headroom)"
+        if d.memory_gib is not None:
+            need += f" and {d.min_memory_gib:.1f} GiB"
+        if best.is_current:
+            return f"{label}: {need}; {c.instance_type} has {c.vcpu} vCPU and {c.memory_gib:g} GiB"
+        return (
+            f"{label}: {need}; {best.instance_type} projects {best.projected_cpu_pct:.0f} % CPU {limit}, "
+            f"risk {best.performance_risk:g}"
+        )
 
     @property
     def other_architecture(self) -> SizingOption | None:
@@ -1096,6 +1119,7 @@ def recommend_resize(
         policy=policy,
         memory_kept=keep_memory,
         confidence_detail=trust,
+        demand_seen_over_current=demand_seen_over(profile, current),
     )
     best = rec.best
     if profile.is_idle:
@@ -1108,6 +1132,14 @@ def recommend_resize(
         finding = "optimized"
     rec = replace(rec, finding=finding)
     return replace(rec, rationale=resize_rationale(profile, rec, current))
+
+
+def demand_seen_over(profile: UtilizationProfile, current: InstanceType) -> bool:
+    """Has the window *shown* demand above the current type (saturated CPU, a 5-minute maximum over its
+    vCPU, or a memory peak over its memory), rather than only the headroom on top of what fits?"""
+    if profile.is_saturated or profile.cpu_max_vcpu > current.vcpu * 1.0001:
+        return True
+    return profile.has_memory and profile.mem_max_gib > current.memory_gib * 1.0001
 
 
 def _projected_cpu_pct(profile: UtilizationProfile, t: InstanceType, demand: Demand) -> float:
@@ -1220,7 +1252,15 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
             f"{current.memory_gib:g} GiB."
         )
     best = rec.best
-    if rec.finding == "under-provisioned" and best.is_current:
+    upsize = next((o for o in rec.options if o.monthly_cost_usd > rec.current.monthly_cost_usd), None)
+    if rec.finding == "under-provisioned" and best.is_current and upsize is not None:
+        parts.append(
+            f"Under the rule the current type is too small ({_shortfall(rec)}); the up-size {upsize.instance_type} "
+            f"(${-upsize.monthly_savings_usd:.2f}/month more) is listed, but every 5-minute maximum (up to "
+            f"{profile.cpu_max_pct:.0f} %) and memory peak fits {current.instance_type}: it stays the best option "
+            "until demand is seen above it."
+        )
+    elif rec.finding == "under-provisioned" and best.is_current:
         parts.append(
             f"The current type does not meet this and no candidate does either (the largest is too small "
             f"or too risky): keep {current.instance_type}, under-provisioned; {_shortfall(rec)}."
@@ -1309,6 +1349,8 @@ def cheapest_fit(
             continue
         if policy is None or cand.instance_type == current.instance_type:
             return cand
+        if cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour and not demand_seen_over(profile, current):
+            return current  # the best option of recommend_resize: an up-size on headroom alone is listed only
         risk = performance_risk(profile, cand, demand)
         if risk <= policy.max_best_risk:
             return cand

@@ -856,6 +856,17 @@ def instance_rows(
     inst = rec.instance
     current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
     best_name, kept_why = best_option_name(rec, config, previous_best)
+    resize = rec.resize
+    other = resize.other_architecture
+    same = next((o for o in resize.options if o.architecture == resize.current.architecture), None)
+    # What a person reads first: the finding, the confidence and the reason in words, and the best
+    # option of each architecture (the summary and the UI show them beside the best row).
+    trust: dict[str, Any] = {
+        "reason": resize.reason,
+        "confidence_words": resize.confidence_detail.words() if resize.confidence_detail else None,
+        "same_architecture_option": None if same is None else _alternative(same),
+        "other_architecture_option": None if other is None else _alternative(other),
+    }
     out = []
     for rank, o in enumerate(rec.options, start=1):
         cost = _effective_monthly(o)
@@ -898,10 +909,20 @@ def instance_rows(
                 "protected": rec.protected,
                 "risk_setting": config.sizing_policy.name,
                 "rationale": rationale,
-                "details": json.dumps(o.details, sort_keys=True, default=str),
+                "details": json.dumps(o.details | trust, sort_keys=True, default=str),
             }
         )
     return out
+
+
+def _alternative(o) -> dict[str, Any]:
+    return {
+        "instance_type": o.instance_type,
+        "architecture": o.architecture,
+        "monthly_savings_usd": o.monthly_savings_usd,
+        "performance_risk": o.performance_risk,
+        "migration_effort": o.migration_effort,
+    }
 
 
 def _split_by_resource(table: pa.Table) -> dict[str, Samples]:
