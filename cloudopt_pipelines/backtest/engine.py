@@ -155,7 +155,9 @@ def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[St
         cpu_percentile=99.5, cpu_headroom_pct=30.0, memory_headroom_pct=30.0 if with_memory else 20.0, floor_at_max=True
     )
     default = _ours(SizingPolicy(adaptive=adaptive), DEFAULT_SETTING)
-    return (default, *grid, _ours(replace(floor, max_best_risk=4.0)))
+    # The rule the default replaced (an up-size on headroom alone is best), kept to show the difference.
+    on_headroom = _ours(SizingPolicy(adaptive=adaptive, upsize_on_headroom=True), "ours default, up-size on headroom")
+    return (default, on_headroom, *grid, _ours(replace(floor, max_best_risk=4.0)))
 
 
 def default_strategies(with_memory: bool = True) -> tuple[Strategy, ...]:

@@ -123,6 +123,7 @@ class SizingPolicy:
     architecture: str = "current"  # "current": the best option keeps the architecture; "any": it may change
     max_best_risk: float = 1.0  # the highest performance risk the best option may have (DEFAULT_MAX_BEST_RISK)
     min_hours_of_data: float = 30.0  # under this, only "gathering-data" (MIN_HOURS_OF_DATA)
+    upsize_on_headroom: bool = False  # True: an up-size resting on headroom alone may be the best option
 
     def __post_init__(self) -> None:
         if self.cpu_percentile not in CPU_PERCENTILES:
@@ -1119,7 +1120,7 @@ def recommend_resize(
         policy=policy,
         memory_kept=keep_memory,
         confidence_detail=trust,
-        demand_seen_over_current=demand_seen_over(profile, current),
+        demand_seen_over_current=policy.upsize_on_headroom or demand_seen_over(profile, current),
     )
     best = rec.best
     if profile.is_idle:
@@ -1252,7 +1253,9 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
             f"{current.memory_gib:g} GiB."
         )
     best = rec.best
-    upsize = next((o for o in rec.options if o.monthly_cost_usd > rec.current.monthly_cost_usd), None)
+    upsizes = [o for o in rec.options if o.monthly_cost_usd > rec.current.monthly_cost_usd]
+    same_arch = [o for o in upsizes if o.architecture == current.architecture]
+    upsize = (same_arch or upsizes or [None])[0]
     if rec.finding == "under-provisioned" and best.is_current and upsize is not None:
         parts.append(
             f"Under the rule the current type is too small ({_shortfall(rec)}); the up-size {upsize.instance_type} "
@@ -1349,7 +1352,8 @@ def cheapest_fit(
             continue
         if policy is None or cand.instance_type == current.instance_type:
             return cand
-        if cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour and not demand_seen_over(profile, current):
+        upsize = cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour
+        if upsize and not policy.upsize_on_headroom and not demand_seen_over(profile, current):
             return current  # the best option of recommend_resize: an up-size on headroom alone is listed only
         risk = performance_risk(profile, cand, demand)
         if risk <= policy.max_best_risk:
