@@ -176,6 +176,8 @@ def split_samples(total: int, train_days: float, test_days: float) -> Split:
     """Training and test sample counts; a trace shorter than both windows is split proportionally."""
     train, test = round(train_days * SAMPLES_PER_DAY), round(test_days * SAMPLES_PER_DAY)
     if train + test <= total:
+        if train_days < 1 or test_days < 1:
+            return Split(train, test, False, f"{train / 12:g} training hours, {test / 12:g} test hours")
         return Split(train, test, False, f"{train_days:g} training days, {test_days:g} test days")
     train = math.floor(total * train_days / (train_days + test_days))
     return Split(
