@@ -1101,11 +1101,22 @@ def recommend_resize(
             memory_kept=keep_memory,
             confidence_detail=trust,
         )
+        caveats = []
+        if profile.out_of_range_samples:
+            caveats.append(
+                f"{profile.out_of_range_samples} of {profile.samples} samples are outside 0-100 % (CPU up to "
+                f"{profile.max_sample_pct:.0f} %), which a percentage metric cannot be."
+            )
+        if profile.nonfinite_samples:
+            caveats.append(f"{profile.nonfinite_samples} sample(s) with a NaN or infinite value were excluded.")
         return replace(
             rec,
-            rationale=(
-                f"Gathering data: {current.instance_type} is kept as it is; {trust.words()}. "
-                f"No change is recommended under {policy.min_hours_of_data:g} hours of data in the window."
+            rationale=" ".join(
+                [
+                    f"Gathering data: {current.instance_type} is kept as it is; {trust.words()}.",
+                    f"No change is recommended under {policy.min_hours_of_data:g} hours of data in the window.",
+                    *caveats,
+                ]
             ),
         )
     rec = ResizeRecommendation(
