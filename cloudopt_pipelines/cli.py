@@ -344,20 +344,53 @@ def bench_nodes(
 
 @backtest_app.command("standalone")
 def backtest_standalone(
-    trace: Annotated[str, typer.Option("--trace", help="Trace file (CSV or CSV.GZ; see docs/backtests.md).")],
-    train_days: Annotated[float, typer.Option("--train-days", help="Days to recommend on.")] = 14,
-    test_days: Annotated[float, typer.Option("--test-days", help="Days to replay on the recommendation.")] = 7,
+    trace: Annotated[
+        str | None, typer.Option("--trace", help="Trace file (CSV or CSV.GZ; see docs/backtests.md).")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="A published trace and split: azure, bitbrains, google or planetlab."),
+    ] = None,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="Folder of the published trace files (with --preset).")
+    ] = "../shared/data/vm_traces",
+    train_days: Annotated[float | None, typer.Option("--train-days", help="Days to recommend on (14).")] = None,
+    test_days: Annotated[float | None, typer.Option("--test-days", help="Days to replay (7).")] = None,
+    train_hours: Annotated[float | None, typer.Option("--train-hours", help="Hours to recommend on.")] = None,
+    test_hours: Annotated[float | None, typer.Option("--test-hours", help="Hours to replay.")] = None,
+    min_days: Annotated[int, typer.Option("--min-days", help="PlanetLab: VMs seen on at least N days.")] = 8,
+    day: Annotated[str | None, typer.Option("--day", help="PlanetLab: only this day (2011-03-03).")] = None,
+    allow_graviton: Annotated[
+        bool, typer.Option("--allow-graviton", help="Add Graviton (arm64) to every strategy's candidates.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every VM's choice per strategy as JSON.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="auto, long, azure, bitbrains, gcd or planetlab.")] = "auto",
     max_vms: Annotated[int | None, typer.Option("--max-vms", help="Only the first N VMs (by id).")] = None,
     output: Annotated[str | None, typer.Option("--output", help="Also write the output to this file.")] = None,
 ) -> None:
     """Right-size each VM on the training window, replay the test window, and compare our risk settings
-    with Compute-Optimizer-, Cost-Explorer-, KRR- and VPA-like baselines (savings vs violations).
-    Exits 1 when a baseline is not dominated or the default setting is off the curve, 2 for a bad trace."""
+    with Compute-Optimizer-, Cost-Explorer-, KRR-, VPA- and Kubecost-like baselines (savings vs
+    violations), all on the same candidates and credit rule. Exits 1 when a baseline is not dominated
+    or the default setting is off the curve, 2 for a bad trace or request."""
     from cloudopt_pipelines.backtest import backtest_command
 
-    code = backtest_command(trace, train_days, test_days, as_json, fmt, max_vms, output, echo=typer.echo)
+    code = backtest_command(
+        trace,
+        train_days,
+        test_days,
+        as_json,
+        fmt,
+        max_vms,
+        output,
+        echo=typer.echo,
+        preset=preset,
+        data_dir=data_dir,
+        train_hours=train_hours,
+        test_hours=test_hours,
+        min_days=min_days,
+        day=day,
+        allow_graviton=allow_graviton,
+    )
     if code:
         raise typer.Exit(code)
 

@@ -44,7 +44,7 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         top = con.execute(
             f"""
             SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
-                   savings_pct, confidence
+                   savings_pct, confidence, finding, details
             FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true)
             WHERE is_best AND action <> 'keep'
               AND date = (SELECT max(date) FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true))
@@ -54,12 +54,27 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         if top:
             total = sum(row[5] for row in top)
             lines.append(f"Recommendations: {len(top)} resources, ${total:,.2f} per month to save (latest day); top 5:")
-            for account, resource, action, current, proposed, savings, pct, confidence in top[:5]:
+            for account, resource, action, current, proposed, savings, pct, confidence, _, details in top[:5]:
                 change = f"{_config(current)} -> {_config(proposed)}"
                 lines.append(
                     f"  {account} {resource:<24} {action:<16} {change:<36} ${savings:>9,.2f}/month"
-                    f" ({pct or 0:.0f} %, confidence {confidence:.0%})"
+                    f" ({pct or 0:.0f} %, confidence {confidence:.2f})"
                 )
+                lines.extend(f"      {text}" for text in _in_words(details, proposed))
+        waiting = con.execute(
+            f"""
+            SELECT resource_id, details
+            FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true)
+            WHERE is_best AND finding = 'gathering-data'
+              AND date = (SELECT max(date) FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true))
+            ORDER BY resource_id
+            """
+        ).fetchall()
+        if waiting:
+            first, words = waiting[0][0], _details(waiting[0][1]).get("confidence_words") or "gathering data"
+            lines.append(
+                f"Gathering data (no change until 30 hours of data): {len(waiting)} instance(s), e.g. {first}: {words}"
+            )
     if lake.exists("portfolio_plan"):
         plan = lake.glob("portfolio_plan")
         row = con.execute(
@@ -83,6 +98,34 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         "UI:        make dev   (then open http://127.0.0.1:3000)",
     ]
     return "\n".join(lines)
+
+
+def _details(text: str | None) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _in_words(details_text: str | None, proposed: str | None) -> list[str]:
+    """The reason and confidence of a best row, and the alternative of the other architecture."""
+    details = _details(details_text)
+    out = []
+    if details.get("reason"):
+        out.append(f"why: {details['reason']}; {details.get('confidence_words') or ''}".rstrip("; "))
+    chosen = _details(proposed).get("instance_type")
+    for key, label in (("same_architecture_option", "same architecture"), ("other_architecture_option", "Graviton")):
+        alt = details.get(key)
+        if alt and alt.get("instance_type") != chosen:
+            if key == "other_architecture_option" and alt.get("architecture") != "arm64":
+                label = "other architecture"
+            out.append(
+                f"{label}: {alt['instance_type']} ({alt['architecture']}) saves "
+                f"${alt['monthly_savings_usd']:,.2f}/month, risk {alt['performance_risk']:g}, "
+                f"migration effort {alt['migration_effort']}"
+            )
+    return out
 
 
 def _config(text: str | None) -> str:

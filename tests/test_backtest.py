@@ -10,6 +10,8 @@ import pytest
 from cloudopt_pipelines.backtest import (
     BASELINES,
     DEFAULT_SETTING,
+    PRESETS,
+    CandidateSet,
     backtest_command,
     backtest_report,
     dominance,
@@ -19,13 +21,17 @@ from cloudopt_pipelines.backtest import (
 from cloudopt_pipelines.backtest.engine import current_type_for, replay, split_samples
 from cloudopt_pipelines.backtest.traces import TraceError, VmTrace, detect_format
 from cloudopt_pipelines.catalog.prices import build_price_catalog
-from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.sizing import Catalog, SizingPolicy
 
 DATA = Path(__file__).parent / "data" / "standalone"
 AZURE = DATA / "azure_v1_4vms_14days_cpu_5min.csv.gz"
 GCD = DATA / "gcd_3vms_1day_cpu_mem_5min.csv.gz"
-# The public data folder sits beside the checkout (../shared), in CI as here.
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "vm_traces"
+# The public data folder sits beside the checkout (../shared) in CI; worktrees sit one level deeper.
+_ROOT = Path(__file__).resolve().parents[1]
+SHARED = next(
+    (p / "shared" / "data" / "vm_traces" for p in _ROOT.parents if (p / "shared" / "data" / "vm_traces").exists()),
+    _ROOT.parent / "shared" / "data" / "vm_traces",
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +113,65 @@ def test_backtest_on_the_azure_snippet_reports_every_choice(catalog):
         assert r.savings_pct == pytest.approx(100 * (1 - rec / cur))
     default = next(r for r in results if r.strategy.name == DEFAULT_SETTING)
     co = next(r for r in results if r.strategy.name == "compute-optimizer-like")
-    # The saturated VM is up-sized by both; the spiky-but-quiet one is not up-sized by ours (capped).
+    assert default.strategy.policy == SizingPolicy()  # the shipped default is what is scored
+    # Headroom is kept: the saturated VM is up-sized by both; the spiky one (maxima near 100 % of its
+    # 4 vCPU, never over) is up-sized by the baseline and kept by ours (its up-size rests on headroom alone).
     by_vm = {c.resource_id: c for c in default.choices}
+    co_vm = {c.resource_id: c for c in co.choices}
     assert by_vm["azure-1663289"].recommended_usd_per_hour > by_vm["azure-1663289"].current_usd_per_hour
-    assert by_vm["azure-1739024"].recommended_usd_per_hour < by_vm["azure-1739024"].current_usd_per_hour
-    assert default.savings_pct > co.savings_pct
+    assert co_vm["azure-1663289"].recommended_usd_per_hour > co_vm["azure-1663289"].current_usd_per_hour
+    assert co_vm["azure-1739024"].recommended_usd_per_hour > co_vm["azure-1739024"].current_usd_per_hour
+    assert by_vm["azure-1739024"].recommended_type == by_vm["azure-1739024"].current_type
+    # Baselines choose from the same candidates as ours, burstable types included.
+    assert {b.name for b in BASELINES} >= {"kubecost-like", "krr-like"}
+    picked = {c.recommended_type.split(".")[0] for r in results if r.strategy.kind == "baseline" for c in r.choices}
+    assert picked & {"t3", "t3a"}
     dom = dominance(results)
     assert set(dom["baselines"]) == {b.name for b in BASELINES}
     assert dom["default"]["strategy"] == DEFAULT_SETTING
+
+
+def test_every_strategy_gets_the_same_candidates_and_graviton_changes_them_for_all(catalog):
+    vms = read_trace(AZURE)
+    _, x86 = run_backtest(vms, catalog, train_days=10, test_days=4, candidates=CandidateSet())
+    _, arm = run_backtest(vms, catalog, train_days=10, test_days=4, candidates=CandidateSet(allow_graviton=True))
+    arch = {t.instance_type: t.architecture for t in catalog.region("us-east-1")}
+    assert all(arch[c.recommended_type] == "x86_64" for r in x86 for c in r.choices)
+    co = next(r for r in arm if r.strategy.name == "compute-optimizer-like")
+    assert any(arch[c.recommended_type] == "arm64" for c in co.choices)  # the cache key holds allow_graviton
+    default = next(r for r in arm if r.strategy.name == DEFAULT_SETTING)
+    assert all(arch[c.recommended_type] == "x86_64" for c in default.choices)  # architecture "current"
+    m5 = catalog.get("us-east-1", "m5.xlarge")
+    assert CandidateSet().key(m5) != CandidateSet(allow_graviton=True).key(m5)
+
+
+def test_replay_starts_burstable_types_at_zero_credits(catalog):
+    cpu = np.array([100.0] * 3 + [1.0] * 5)  # % of a 4-vCPU VM: a burst right after the resize
+    vm = VmTrace("x", np.concatenate([cpu, cpu]), np.concatenate([cpu, cpu]), None)
+    split = split_samples(16, 8 / 288, 8 / 288)
+    m5, t3a = catalog.get("us-east-1", "m5.xlarge"), catalog.get("us-east-1", "t3a.xlarge")
+    intervals, violations, _ = replay(vm, m5, t3a, split)
+    assert (intervals, violations) == (8, 3)  # no launch credits: held at the 40 % baseline
+
+
+def test_one_command_per_published_trace(tmp_path, catalog_table, monkeypatch):
+    import cloudopt_pipelines.catalog.prices as prices
+
+    monkeypatch.setattr(prices, "build_price_catalog", lambda *a, **k: catalog_table)
+    assert set(PRESETS) == {"azure", "bitbrains", "google", "planetlab"}
+    assert PRESETS["planetlab"]["day"] == "2011-03-03" and PRESETS["google"]["train_days"] == 16 / 24
+    data = tmp_path / "traces"
+    data.mkdir()
+    (data / PRESETS["google"]["file"]).write_bytes(GCD.read_bytes())  # the preset's file name, a real sample
+    printed: list[str] = []
+    code = backtest_command(None, preset="google", data_dir=str(data), as_json=True, echo=printed.append)
+    report = json.loads(printed[0])
+    assert code in (0, 1) and report["train_samples"] == 192 and report["test_samples"] == 96
+    assert not report["split_scaled"]
+    assert backtest_command(None, preset="nope", echo=printed.append) == 2
+    assert backtest_command(str(GCD), train_hours=0, echo=printed.append) == 2
+    hours = backtest_command(str(GCD), train_hours=12, test_hours=12, as_json=True, echo=printed.append)
+    assert hours in (0, 1) and json.loads(printed[-1])["train_samples"] == 144
 
 
 def test_command_writes_json_anyone_can_recompute(tmp_path, catalog_table, monkeypatch):

@@ -228,6 +228,6 @@ def test_the_backtest_sizes_from_the_sql_models_it_is_given(tmp_path, catalog):
         r.strategy.name: [c.recommended_type for c in r.choices]
         for r in run_backtest(vms, catalog, train_days=10, test_days=4, models_dir=models)[1]
     }
-    assert changed["ours p99.5+0% mem+20%"] != shipped["ours p99.5+0% mem+20%"]
-    assert changed["ours p90+0% mem+20%"] == shipped["ours p90+0% mem+20%"]  # P90 untouched
+    assert changed["ours p99.5+0% mem+20% risk<=4"] != shipped["ours p99.5+0% mem+20% risk<=4"]
+    assert changed["ours p90+0% mem+20% risk<=4"] == shipped["ours p90+0% mem+20% risk<=4"]  # P90 untouched
     assert set(MODELS) <= {p.stem for p in models.glob("*.sql")}

@@ -145,6 +145,32 @@ def test_spot_and_schedule_options_for_a_tagged_dev_instance(azure, catalog, res
     assert not any(o.market in ("reserved", "savings_plan") for o in rec.options)
 
 
+def test_spot_risk_follows_the_interruption_band_and_burstable_spot_needs_a_zero_credit_fit(azure, catalog):
+    from cloudopt_pipelines.optimizers.sizing import zero_credit_fit
+    from cloudopt_pipelines.optimizers.standalone_actions import INTERRUPTION_RISK, interruption_risk
+
+    assert [interruption_risk(b) for b in ("<5%", "5-10%", "10-15%", "15-20%", ">20%")] == [1, 2, 3, 4, 4]
+    assert interruption_risk(None) == 3 and sorted(INTERRUPTION_RISK.values()) == list(INTERRUPTION_RISK.values())
+    tags = {"env": "dev", "workload": "stateless"}
+    seen_burstable_target = False
+    for name, vm in azure.items():
+        inst = Instance(name, "m5.xlarge", "us-east-1", tags=tags)
+        rec = optimize_standalone_instance(name, inst, samples_of(vm), catalog)
+        for o in rec.options:
+            if o.action != "spot":
+                continue
+            t = catalog.get("us-east-1", o.proposed_config["instance_type"])
+            assert o.performance_risk >= interruption_risk(t.spot_interruption_band)
+            if t.burstable_baseline_pct is not None:
+                assert zero_credit_fit(rec.resize.demand, t) and o.details["credit_mode"] == "standard"
+                assert o.proposed_config["credit_specification"] == "standard"
+            target = catalog.get("us-east-1", rec.resize.best.instance_type)
+            if target.burstable_baseline_pct is not None and not zero_credit_fit(rec.resize.demand, target):
+                seen_burstable_target = True
+                assert t.burstable_baseline_pct is None and "no credits" in o.rationale
+    assert seen_burstable_target  # a spiky VM right-sized to t3a gets Spot on a fixed type
+
+
 def test_group_members_are_refused(azure, catalog):
     inst = Instance("i-3", "m5.large", "us-east-1", deployment_type="asg")
     with pytest.raises(ValueError, match="asg member"):
@@ -193,8 +219,9 @@ def test_account_table_covers_standalone_instances_and_orphans_only(tmp_path, ca
         assert any(r["option_name"] == "keep" for r in mine)
     protected = [r for r in rows if r["protected"]]
     assert protected and all(r["option_name"] == "keep" for r in protected if r["is_best"])
-    # 7 of 14 window days: confidence 0.5 everywhere on the instances.
-    assert {r["confidence"] for r in rows if r["resource_kind"] == "ec2_instance"} == {0.5}
+    # 7 of 14 window days: coverage 0.5 everywhere on the instances, times the recency and stability.
+    confidences = {r["confidence"] for r in rows if r["resource_kind"] == "ec2_instance"}
+    assert max(confidences) <= 0.5 and min(confidences) >= 0.25
     assert all(r["rationale"] for r in rows)
     # Savings are current minus proposed, as shown.
     for r in rows:
@@ -246,7 +273,8 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
     meta = result.asset_materializations_for_node("recommendations__standalone_ec2")[0].metadata
     assert meta["window_days_found/stg_utilization_5m"].value == 3
     confidence = pc.unique(table.filter(pc.equal(table["resource_kind"], "ec2_instance"))["confidence"])
-    assert confidence.to_pylist() == [round(3 / 14, 3)]
+    # Coverage 3 of 14 days, times recency and the stability of the daily peaks (0.5 under 3 days of peaks).
+    assert max(confidence.to_pylist()) <= round(3 / 14, 3) and min(confidence.to_pylist()) >= round(3 / 14 / 2, 3)
     assert json.loads(table["current_config"][0].as_py())
     assert date.fromisoformat(str(days[-1])) - timedelta(days=2) == days[0]
 
@@ -254,3 +282,73 @@ def test_asset_reads_the_trailing_window_from_the_lake(tmp_path, catalog_table):
 def test_config_rejects_unknown_risk_settings():
     with pytest.raises(ValueError, match="unknown risk setting"):
         _ = StandaloneConfig(risk_setting="yolo").sizing_policy
+
+
+@pytest.mark.parametrize(
+    ("account", "over_rule", "ledger"),
+    [
+        ("123456789012", "i-01000000000000001", "i-01000000000000003"),
+        ("210987654321", "i-02000000000000005", "i-02000000000000003"),
+    ],
+)
+def test_the_demo_cases_of_the_issue(tmp_path, catalog, account, over_rule, ledger):
+    day, resources, features = demo_features(tmp_path, account, 7)
+    rows = recommend_account(account, day, resources, features, catalog).table.to_pylist()
+    best = {r["resource_id"]: r for r in rows if r["is_best"] and r["resource_kind"] == "ec2_instance"}
+    for r in best.values():  # same architecture unless configured, no best option above risk 1
+        assert "cross_architecture" not in json.loads(r["proposed_config"])
+        assert r["performance_risk"] <= 1.0
+        if r["finding"] == "over-provisioned" and r["action"] == "resize":
+            assert r["projected_cpu_pct"] * 1.2 <= 100 + 1e-6 or json.loads(r["details"])["credit_mode"]
+    # Needs more than its vCPU with 20 % headroom: under-provisioned, never over-provisioned at 97 % CPU.
+    r = best[over_rule]
+    assert r["finding"] == "under-provisioned" and r["option_name"] == "keep"
+    assert any(o["resource_id"] == over_rule and o["monthly_savings_usd"] < 0 for o in rows)  # the up-size option
+    assert "is listed, but every 5-minute maximum" in r["rationale"]
+    # Production-critical ledger database, memory data for 7 of 14 days: memory never cut, x86 kept.
+    r = best[ledger]
+    assert r["memory_gib"] >= 64 and "never cut below the current 64 GiB" in r["rationale"]
+    details = json.loads(r["details"])
+    assert details["other_architecture_option"]["architecture"] == "arm64"
+    assert details["other_architecture_option"]["migration_effort"] == "Medium"
+    assert "7 of 14 days" in details["confidence_words"]
+
+
+def test_one_day_of_data_is_only_gathering_data(tmp_path, catalog):
+    day, resources, features = demo_features(tmp_path, "123456789012", 1)
+    rows = recommend_account("123456789012", day, resources, features, catalog).table.to_pylist()
+    instances = [r for r in rows if r["resource_kind"] == "ec2_instance"]
+    assert instances and all(r["finding"] == "gathering-data" for r in instances)
+    assert all(r["option_name"] == "keep" for r in instances)  # no change of any kind
+    assert all("gathering data: 1 of 14 days" in r["rationale"] for r in instances)
+
+
+def test_previous_days_best_option_is_kept_within_the_margin(tmp_path, catalog):
+    day, resources, features = demo_features(tmp_path, "123456789012", 7)
+    today = recommend_account("123456789012", day, resources, features, catalog).table
+    rows = today.to_pylist()
+    # Yesterday's best, for each instance, the next allowed option within 5 % of the current cost.
+    moved = {}
+    for rid in {r["resource_id"] for r in rows if r["resource_kind"] == "ec2_instance"}:
+        mine = [r for r in rows if r["resource_id"] == rid]
+        b = next(r for r in mine if r["is_best"])
+        for r in mine:
+            cross = "cross_architecture" in json.loads(r["proposed_config"])
+            close = abs(r["monthly_savings_usd"] - b["monthly_savings_usd"]) <= 0.05 * b["monthly_cost_current_usd"]
+            if r is not b and r["action"] in ("keep", "resize") and not cross and close:
+                if r["performance_risk"] == b["performance_risk"] and b["finding"] == "over-provisioned":
+                    moved[rid] = r["option_name"]
+                    break
+    assert moved
+    previous = pa.Table.from_pylist(
+        [
+            {**r, "is_best": r["option_name"] == moved.get(r["resource_id"], "")}
+            for r in rows
+            if r["resource_id"] in moved
+        ],
+        schema=RECOMMENDATIONS,
+    )
+    again = recommend_account("123456789012", day, resources, features, catalog, previous=previous).table.to_pylist()
+    for rid, name in moved.items():
+        kept = next(r for r in again if r["resource_id"] == rid and r["is_best"])
+        assert kept["option_name"] == name and "Kept yesterday's best option" in kept["rationale"]

@@ -78,19 +78,70 @@ def test_saturated_vm_is_under_provisioned_and_up_size_shows_negative_savings(az
     assert "does not fit" in rec.rationale
 
 
-def test_headroom_is_capped_at_the_current_size_when_the_metric_cannot_show_more(azure, catalog):
+def test_headroom_is_never_dropped_a_vm_over_the_rule_is_under_provisioned_with_an_up_size(azure, catalog):
     vm = azure["azure-1739024"]  # 5-minute maxima near 100 %, averages near 5 %: not saturated
     prof = profile_of(vm, catalog, "m5.xlarge")
     assert not prof.is_saturated
     demand = required_capacity(prof, SizingPolicy())
-    assert demand.vcpu == pytest.approx(4.0)
+    assert demand.vcpu == pytest.approx(np.percentile(vm.cpu_pct, 99.5) / 100 * 4 * 1.2)
+    assert demand.vcpu > 4
     rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
-    assert rec.finding != "under-provisioned"
+    assert rec.finding == "under-provisioned"
+    upsize = [o for o in rec.options if o.monthly_savings_usd < 0]
+    assert upsize and all(o.vcpu >= demand.vcpu for o in upsize)
+    assert upsize[0].projected_cpu_pct <= 100 and rec.current.projected_cpu_pct * 1.2 > 100
+    # Every 5-minute maximum fits the 4 vCPU: the up-size is listed, headroom alone does not make it best.
+    assert not rec.demand_seen_over_current and rec.best.is_current
+    assert "is listed, but every 5-minute maximum" in rec.rationale and "needs 4.79 vCPU against its 4" in rec.rationale
+    # Demand seen over the current type (saturated): the up-size is the best option.
+    busy = profile_of(azure["azure-1663289"], catalog, "m5.large")
+    up = recommend_resize(busy, "m5.large", REGION, catalog)
+    assert up.finding == "under-provisioned" and up.demand_seen_over_current and up.best.monthly_savings_usd < 0
+    # Nothing labelled over-provisioned projects CPU above what limits it.
+    for name in azure:
+        for itype in ("m5.large", "m5.xlarge", "m5.2xlarge"):
+            r = recommend_resize(profile_of(azure[name], catalog, itype), itype, REGION, catalog)
+            if r.finding == "over-provisioned":
+                assert r.best.projected_cpu_pct <= 100
+
+
+def test_the_best_option_keeps_the_architecture_and_the_graviton_one_is_listed(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.best.architecture == "x86_64"
+    other = rec.other_architecture
+    assert other is not None and other.architecture == "arm64" and other.migration_effort == "Medium"
+    assert f"Other architecture: {other.instance_type}" in rec.rationale
+    anywhere = recommend_resize(prof, "m5.xlarge", REGION, catalog, SizingPolicy(architecture="any"))
+    assert anywhere.best.monthly_cost_usd <= rec.best.monthly_cost_usd
+    with pytest.raises(SizingError, match="architecture"):
+        SizingPolicy(architecture="arm64")
+
+
+def test_no_option_over_the_risk_limit_is_best(azure, catalog):
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")  # max 3.1 vCPU, P99.5 0.66 vCPU
+    rec = recommend_resize(prof, "m5.xlarge", REGION, catalog)
+    assert rec.best.performance_risk <= 1.0 and rec.best.vcpu >= 4
+    assert any(o.performance_risk > 1.0 and o.monthly_cost_usd < rec.best.monthly_cost_usd for o in rec.options)
+    loose = recommend_resize(prof, "m5.xlarge", REGION, catalog, SizingPolicy(max_best_risk=2.0))
+    assert loose.best.performance_risk == 2.0 and loose.best.vcpu == 2
+
+
+def test_memory_is_kept_when_asked(gcd, catalog):
+    vm = gcd["vm_6127640366_9"]
+    prof = profile_of(vm, catalog, "m5.2xlarge")
+    one_day = SizingPolicy(min_hours_of_data=0)  # a one-day trace: under the 30-hour minimum otherwise
+    cut = recommend_resize(prof, "m5.2xlarge", REGION, catalog, one_day)
+    kept = recommend_resize(prof, "m5.2xlarge", REGION, catalog, one_day, keep_memory=True)
+    assert cut.best.memory_gib < 32
+    assert all(o.memory_gib >= 32 for o in kept.options)
 
 
 def test_burstable_only_when_the_cpu_profile_fits_its_baseline_credits(azure, catalog):
     spiky_but_low = profile_of(azure["azure-1739024"], catalog, "m5.xlarge")
-    rec = recommend_resize(spiky_but_low, "m5.xlarge", REGION, catalog, SizingPolicy(allow_graviton=False))
+    # Maxima touch 4 vCPU: only without CPU headroom does P99.5 fit what the credits allow from zero.
+    policy = SizingPolicy(allow_graviton=False, cpu_headroom_pct=0.0, max_best_risk=4.0)
+    rec = recommend_resize(spiky_but_low, "m5.xlarge", REGION, catalog, policy)
     assert rec.best.instance_type in ("t3a.xlarge", "t3.xlarge")
     assert "baseline" in " ".join(rec.best.notes)
     busy = profile_of(azure["azure-1663289"], catalog, "m5.large")  # mean 30 % of 2 vCPU = 0.6 vCPU
@@ -131,7 +182,7 @@ def test_memory_from_the_agent_sizes_memory_with_headroom(gcd, catalog):
     prof = profile_of(vm, catalog, "m5.2xlarge")
     assert prof.has_memory
     for headroom in (10.0, 20.0, 30.0):
-        policy = SizingPolicy(memory_headroom_pct=headroom)
+        policy = SizingPolicy(memory_headroom_pct=headroom, min_hours_of_data=0)
         demand = required_capacity(prof, policy)
         assert demand.memory_gib == pytest.approx(np.nanmax(vm.mem_pct) / 100 * 32 * (1 + headroom / 100))
         rec = recommend_resize(prof, "m5.2xlarge", REGION, catalog, policy)
@@ -140,7 +191,8 @@ def test_memory_from_the_agent_sizes_memory_with_headroom(gcd, catalog):
 
 def test_memory_over_capacity_makes_the_instance_under_provisioned(gcd, catalog):
     vm = gcd["vm_6219557576_2"]  # memory up to 215 % of the VM, as in the source
-    rec = recommend_resize(profile_of(vm, catalog, "m5.large"), "m5.large", REGION, catalog)
+    one_day = SizingPolicy(min_hours_of_data=0)
+    rec = recommend_resize(profile_of(vm, catalog, "m5.large"), "m5.large", REGION, catalog, one_day)
     assert rec.finding == "under-provisioned"
     assert rec.best.memory_gib >= np.nanmax(vm.mem_pct) / 100 * 8
 
@@ -192,4 +244,29 @@ def test_confidence_follows_coverage(azure, catalog):
     half = profile_of(vm, catalog, "m5.xlarge", window_days=28)
     assert full.coverage == pytest.approx(1.0)
     assert half.coverage == pytest.approx(0.5)
-    assert recommend_resize(half, "m5.xlarge", REGION, catalog).confidence == pytest.approx(0.5)
+    half_rec = recommend_resize(half, "m5.xlarge", REGION, catalog)
+    assert half_rec.confidence_detail.coverage == pytest.approx(0.5)
+    assert half_rec.confidence == pytest.approx(0.5 * half_rec.confidence_detail.stability, abs=1e-3)
+
+
+def test_under_30_hours_of_data_only_gathering_data_and_no_change(gcd, catalog):
+    vm = gcd["vm_6219557576_2"]  # 24 hours, memory over the VM: would be an up-size with enough data
+    prof = profile_of(vm, catalog, "m5.large", window_days=14)
+    rec = recommend_resize(prof, "m5.large", REGION, catalog)
+    assert rec.finding == "gathering-data"
+    assert [o.instance_type for o in rec.options] == ["m5.large"] and rec.best.is_current
+    assert "gathering data: 1 of 14 days (24 of the 30 hours needed)" in rec.rationale
+    assert rec.confidence_detail.gathering and rec.confidence < 0.1
+
+
+def test_confidence_combines_coverage_recency_and_stability(azure, catalog):
+    vm = azure["azure-1061254"]
+    prof = profile_of(vm, catalog, "m5.xlarge", window_days=14)
+    fresh = recommend_resize(prof, "m5.xlarge", REGION, catalog).confidence_detail
+    assert fresh.coverage == 1.0 and fresh.recency == 1.0 and 0.5 <= fresh.stability <= 1.0
+    assert fresh.value == pytest.approx(fresh.coverage * fresh.recency * fresh.stability, abs=1e-3)
+    from dataclasses import replace
+
+    stale = recommend_resize(replace(prof, last_sample_age_hours=24 + 3.5 * 24), "m5.xlarge", REGION, catalog)
+    assert stale.confidence_detail.recency == pytest.approx(0.5)
+    assert stale.confidence == pytest.approx(fresh.value * 0.5, abs=2e-3)

@@ -14,6 +14,7 @@ from cloudopt_pipelines.backtest.engine import (
     BASELINES,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_SETTING,
+    CandidateSet,
     Choice,
     Split,
     Strategy,
@@ -30,6 +31,8 @@ __all__ = [
     "DEFAULT_INSTANCE_TYPE",
     "DEFAULT_SETTING",
     "FORMATS",
+    "PRESETS",
+    "CandidateSet",
     "Choice",
     "Split",
     "Strategy",
@@ -46,6 +49,22 @@ __all__ = [
 ]
 
 
+#: The four published traces and their splits, one command each (``--preset NAME``): the file in the
+#: shared data folder and the options it runs with.
+PRESETS: dict[str, dict[str, Any]] = {
+    "azure": {"file": "azure_v1_100vms_cpu_5min_long.csv.gz", "train_days": 14, "test_days": 7},
+    "bitbrains": {"file": "bitbrains_rnd_2013-07_vm1-100_5min.csv.gz", "train_days": 14, "test_days": 7},
+    "google": {"file": "gcd_vms_cpu_mem_5min_long.csv.gz", "train_days": 16 / 24, "test_days": 8 / 24},
+    "planetlab": {
+        "file": "planetlab_cpu_5min_long.csv.gz",
+        "train_days": 16 / 24,
+        "test_days": 8 / 24,
+        "day": "2011-03-03",
+    },
+}
+DEFAULT_DATA_DIR = "../shared/data/vm_traces"
+
+
 def backtest_report(
     trace: str | Path,
     train_days: float = 14,
@@ -53,18 +72,27 @@ def backtest_report(
     fmt: str = "auto",
     max_vms: int | None = None,
     catalog_table: Any = None,
+    min_days: int = 8,
+    day: str | None = None,
+    allow_graviton: bool = False,
 ) -> dict[str, Any]:
-    """Run the standalone backtest on one trace file and return the full report (JSON-ready)."""
+    """Run the standalone backtest on one trace file and return the full report (JSON-ready).
+
+    ``min_days`` and ``day`` select PlanetLab VMs (see ``read_trace``); ``allow_graviton`` adds the
+    other architecture to the one candidate set every strategy chooses from."""
     from cloudopt_pipelines.catalog.prices import build_price_catalog
     from cloudopt_pipelines.optimizers.sizing import Catalog
 
-    vms = read_trace(trace, fmt, max_vms=max_vms)
+    vms = read_trace(trace, fmt, max_vms=max_vms, min_days=min_days, day=day)
     if not vms:
         raise TraceError(f"trace {trace} has no VM with usable samples")
     catalog = Catalog(catalog_table if catalog_table is not None else build_price_catalog())
-    split, results = run_backtest(vms, catalog, train_days, test_days)
+    candidates = CandidateSet(allow_graviton=allow_graviton)
+    split, results = run_backtest(vms, catalog, train_days, test_days, candidates=candidates)
     return {
         "trace": str(trace),
+        "candidates": {"allow_graviton": allow_graviton, "allow_burstable": True, "credits_start": 0},
+        "planetlab_day": day,
         "vms_read": len(vms),
         "vms_backtested": len(results[0].choices) if results else 0,
         "train_samples": split.train,
@@ -94,22 +122,59 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def backtest_command(
-    trace: str,
-    train_days: float = 14,
-    test_days: float = 7,
+    trace: str | None,
+    train_days: float | None = None,
+    test_days: float | None = None,
     as_json: bool = False,
     fmt: str = "auto",
     max_vms: int | None = None,
     output: str | None = None,
     echo: Callable[[str], None] = print,
+    *,
+    preset: str | None = None,
+    data_dir: str = DEFAULT_DATA_DIR,
+    train_hours: float | None = None,
+    test_hours: float | None = None,
+    min_days: int = 8,
+    day: str | None = None,
+    allow_graviton: bool = False,
 ) -> int:
     """``cloudopt backtest standalone``: print the table (or the whole JSON); returns the exit code.
 
-    0 when every baseline is dominated by a setting of ours and the default is on the curve with under
-    1 % violations, 1 otherwise (the report says which baseline and why), 2 for an unusable trace.
+    ``preset`` runs one of the four published traces with its split (``PRESETS``); hours override
+    days. 0 when every baseline is dominated by a setting of ours and the default is on the curve
+    with under 1 % violations, 1 otherwise (the report says which baseline and why), 2 for an
+    unusable trace or request.
     """
+    options: dict[str, Any] = {"train_days": 14.0, "test_days": 7.0, "day": day}
+    if preset is not None:
+        if preset not in PRESETS:
+            echo(f"error: unknown preset {preset!r}; one of {', '.join(PRESETS)}")
+            return 2
+        options.update(PRESETS[preset])
+        trace = trace or str(Path(data_dir) / PRESETS[preset]["file"])
+    if trace is None:
+        echo("error: give --trace FILE or --preset NAME (" + ", ".join(PRESETS) + ")")
+        return 2
+    for name, days, hours in (("train", train_days, train_hours), ("test", test_days, test_hours)):
+        if hours is not None:
+            options[f"{name}_days"] = hours / 24
+        elif days is not None:
+            options[f"{name}_days"] = days
+        if options[f"{name}_days"] <= 0:
+            echo(f"error: the {name} window must be longer than 0 (--{name}-days or --{name}-hours)")
+            return 2
     try:
-        report = backtest_report(trace, train_days, test_days, fmt, max_vms)
+        report = backtest_report(
+            trace,
+            options["train_days"],
+            options["test_days"],
+            fmt,
+            max_vms,
+            min_days=min_days,
+            day=options.get("day"),
+            allow_graviton=allow_graviton,
+        )
     except (TraceError, FileNotFoundError) as exc:
         echo(f"error: {exc}")
         return 2
@@ -131,7 +196,16 @@ def _text(report: dict[str, Any]) -> str:
         "",
     ]
     for name, d in dom["baselines"].items():
-        lines.append(f"{name}: " + (f"dominated by {', '.join(d['by'])}" if d["dominated"] else "NOT dominated"))
+        if d["dominated"]:
+            lines.append(f"{name}: dominated by {', '.join(d['by'])}")
+        elif "nearest" in d:
+            n = d["nearest"]
+            lines.append(
+                f"{name}: NOT dominated; nearest {n['strategy']} saves {n['savings_short_by_pct']:.1f} points less "
+                f"at {n['violation_rate_pct']:.3f} % against {d['violation_rate_pct']:.3f} %"
+            )
+        else:
+            lines.append(f"{name}: NOT dominated; no setting of ours has as few violated intervals")
     if "default" in dom:
         d = dom["default"]
         lines.append(

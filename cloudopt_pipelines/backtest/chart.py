@@ -14,6 +14,7 @@ _COLORS = {
     "cost-explorer-like": "#9467bd",
     "krr-like": "#8c564b",
     "vpa-like": "#e377c2",
+    "kubecost-like": "#2ca02c",
 }
 
 
@@ -92,7 +93,7 @@ def curves_svg(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
         f'<circle cx="20" cy="{legend_y}" r="3" fill="#1f77b4"/>'
         f'<text x="28" y="{legend_y + 4}" font-size="11">ours (each risk setting; line = best trade-off)</text>',
         f'<circle cx="300" cy="{legend_y}" r="5" fill="#ff7f0e"/>'
-        f'<text x="308" y="{legend_y + 4}" font-size="11">ours, default P99.5 + 20 %</text>',
+        f'<text x="308" y="{legend_y + 4}" font-size="11">ours, shipped default SizingPolicy()</text>',
     ]
     x = 480
     for name, color in _COLORS.items():
@@ -100,7 +101,7 @@ def curves_svg(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f'<rect x="{x}" y="{legend_y - 4}" width="8" height="8" fill="{color}"/>'
             f'<text x="{x + 12}" y="{legend_y + 4}" font-size="11">{name}</text>'
         )
-        x += 175
+        x += 160
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{_H + 28}" '
         f'font-family="sans-serif" viewBox="0 0 {width} {_H + 28}">\n'

@@ -7,10 +7,16 @@ For each VM of a trace and each strategy:
 2. build the utilisation profile of the *training* window only, with the pipeline's own feature
    models (``features.py``: the training samples become ``utilization_5m`` partitions of a temporary
    lake and the SQL runner builds ``utilization_window`` from them, as for an account), and pick the
-   cheapest catalogue type (us-east-1, same architecture) that the strategy says fits;
+   cheapest type that the strategy says fits, from **one candidate set for every strategy**
+   (``CandidateSet``: us-east-1, the current architecture unless Graviton is allowed, the same
+   families, burstable ``t3``/``t3a``/``t4g`` judged by **one credit rule**: ``sizing.burstable_fits``,
+   the strategy's own percentile and headroom against the capacity the credits allow from zero);
 3. replay the *test* window on that type: an interval violates when its CPU demand (5-minute maximum, in
    vCPU) exceeds the type's vCPU (for burstable types, the capacity its CPU credits allow at that
-   moment) or its memory demand exceeds the type's memory.
+   moment, from **zero credits** at the start of the test window: T3/T3a/T4g have no launch credits)
+   or its memory demand exceeds the type's memory.
+
+A strategy that finds no candidate meeting its rule keeps the current type (as the recommender does).
 
 Savings are on-demand price differences against the current type (``catalogue``, USD/hour); a strategy
 that up-sizes an under-provisioned VM shows negative savings for it. Every choice is in the JSON so the
@@ -50,17 +56,35 @@ from cloudopt_pipelines.sqlmodels.sources import MODELS_DIR
 REGION = "us-east-1"
 DEFAULT_INSTANCE_TYPE = "m5.xlarge"
 DEFAULT_FAMILY = "m5"
-DEFAULT_SETTING = "ours p99.5+20% mem+20%"
+DEFAULT_SETTING = "ours default (shipped SizingPolicy())"
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """The candidates every strategy chooses from (one set per run, whatever the strategy)."""
+
+    allow_graviton: bool = False
+    allow_burstable: bool = True
+
+    def policy(self) -> SizingPolicy:
+        return SizingPolicy(allow_burstable=self.allow_burstable, allow_graviton=self.allow_graviton)
+
+    def key(self, current: InstanceType) -> tuple[Any, ...]:
+        """Every option that changes the candidates (the cache key)."""
+        p = self.policy()
+        return (current.instance_type, p.allow_burstable, p.allow_graviton, p.allow_other_families, p.family_pattern)
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a strategy turns a training profile into the capacity it asks for."""
+    """How a strategy turns a training profile into the capacity it asks for. ``policy`` is None for
+    a baseline (its rule is the demand alone); for ours it adds the policy's best-option rules
+    (architecture, risk limit), exactly as ``recommend_resize``'s ``best``."""
 
     name: str
     kind: str  # "ours" | "baseline"
     demand: Callable[[UtilizationProfile], Demand]
-    policy: SizingPolicy
+    policy: SizingPolicy | None
     description: str
 
 
@@ -75,51 +99,65 @@ def _baseline(name: str, cpu_q: float, cpu_h: float, mem_q: float, mem_h: float,
             cpu_headroom_pct=cpu_h,
             cpu_percentile_vcpu=cpu,
             memory_floor_gib=None if mem is not None else profile.memory_gib,
+            cpu_percentile=cpu_q,
         )
 
-    policy = SizingPolicy(allow_burstable=False, allow_graviton=False)
-    return Strategy(name, "baseline", demand, policy, description)
+    return Strategy(name, "baseline", demand, None, description)
 
 
-def _ours(
-    percentile: float, headroom: float, memory_headroom: float = 20.0, adaptive: bool = False, floor: bool = False
-) -> Strategy:
-    policy = SizingPolicy(
-        cpu_percentile=percentile,
-        cpu_headroom_pct=headroom,
-        memory_headroom_pct=memory_headroom,
-        adaptive=adaptive,
-        allow_graviton=False,
-        floor_at_max=floor,
-    )
-
+def _ours(policy: SizingPolicy, name: str | None = None) -> Strategy:
     def demand(profile: UtilizationProfile) -> Demand:
         return required_capacity(profile, policy)
 
+    gate = f"best option at risk <= {policy.max_best_risk:g}" if policy.max_best_risk < 4 else "no risk limit"
     return Strategy(
-        f"ours {policy.name}",
+        name or f"ours {policy.name} risk<={policy.max_best_risk:g}",
         "ours",
         demand,
         policy,
-        f"CPU P{percentile:g} of 5-min maxima + {headroom:g} % {'adaptive ' if adaptive else ''}headroom "
-        f"{'and at least the window maximum ' if floor else ''}(capped at the current size unless saturated), "
-        f"memory peak + {memory_headroom:g} %, burstable if credits fit",
+        f"CPU P{policy.cpu_percentile:g} of 5-min maxima + {policy.cpu_headroom_pct:g} % "
+        f"{'adaptive ' if policy.adaptive else ''}headroom "
+        f"{'and at least the window maximum ' if policy.floor_at_max else ''}(never capped), memory peak + "
+        f"{policy.memory_headroom_pct:g} %, {gate}, architecture {policy.architecture}",
     )
 
 
 BASELINES: tuple[Strategy, ...] = (
     _baseline("compute-optimizer-like", 99.5, 20, 99.5, 20, "P99.5 of 5-min maxima + 20 % (CPU and memory)"),
     _baseline("cost-explorer-like", 100, 0, 100, 0, "maximum over the window (CPU and memory)"),
-    _baseline("krr-like", 95, 15, 100, 15, "CPU P95 + 15 %, memory max + 15 %"),
+    _baseline("krr-like", 95, 0, 100, 15, "KRR simple: CPU P95, no buffer; memory max + 15 %"),
     _baseline("vpa-like", 90, 15, 90, 15, "P90 + 15 % (CPU and memory)"),
+    _baseline("kubecost-like", 100, 100 / 0.7 - 100, 100, 100 / 0.7 - 100, "max / 0.7 (CPU and memory)"),
 )
 
 
 def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[Strategy, ...]:
-    """Every risk setting of ours: CPU percentile x CPU headroom (x memory headroom when there is memory data)."""
+    """The shipped default (``SizingPolicy()``: P99.5 + 20 %, best option at risk <= 1), then every
+    risk setting of ours: CPU percentile x CPU headroom (x memory headroom when there is memory data),
+    each without and with the default's risk limit, plus floor-max (the cautious setting)."""
     memory = MEMORY_HEADROOMS_PCT if with_memory else (20.0,)
-    grid = tuple(_ours(q, h, m, adaptive) for q in CPU_PERCENTILES for h in CPU_HEADROOMS_PCT for m in memory)
-    return (*grid, _ours(99.5, 30.0, 30.0 if with_memory else 20.0, adaptive, floor=True))
+    grid = tuple(
+        _ours(
+            SizingPolicy(
+                cpu_percentile=q,
+                cpu_headroom_pct=h,
+                memory_headroom_pct=m,
+                adaptive=adaptive,
+                max_best_risk=risk,
+            )
+        )
+        for risk in (4.0, 1.0)
+        for q in CPU_PERCENTILES
+        for h in CPU_HEADROOMS_PCT
+        for m in memory
+    )
+    floor = SizingPolicy(
+        cpu_percentile=99.5, cpu_headroom_pct=30.0, memory_headroom_pct=30.0 if with_memory else 20.0, floor_at_max=True
+    )
+    default = _ours(SizingPolicy(adaptive=adaptive), DEFAULT_SETTING)
+    # The rule the default replaced (an up-size on headroom alone is best), kept to show the difference.
+    on_headroom = _ours(SizingPolicy(adaptive=adaptive, upsize_on_headroom=True), "ours default, up-size on headroom")
+    return (default, on_headroom, *grid, _ours(replace(floor, max_best_risk=4.0)))
 
 
 def default_strategies(with_memory: bool = True) -> tuple[Strategy, ...]:
@@ -138,6 +176,8 @@ def split_samples(total: int, train_days: float, test_days: float) -> Split:
     """Training and test sample counts; a trace shorter than both windows is split proportionally."""
     train, test = round(train_days * SAMPLES_PER_DAY), round(test_days * SAMPLES_PER_DAY)
     if train + test <= total:
+        if train_days < 1 or test_days < 1:
+            return Split(train, test, False, f"{train / 12:g} training hours, {test / 12:g} test hours")
         return Split(train, test, False, f"{train_days:g} training days, {test_days:g} test days")
     train = math.floor(total * train_days / (train_days + test_days))
     return Split(
@@ -261,16 +301,14 @@ def replay(vm: VmTrace, current: InstanceType, chosen: InstanceType, split: Spli
     """(intervals, violations, worst overload %) of the test window on ``chosen``."""
     base_vcpu = vm.provisioned_vcpu or current.vcpu
     base_mem = vm.provisioned_memory_gib or current.memory_gib
-    train = slice(0, split.train)
     test = slice(split.train, split.train + split.test)
     cpu = vm.cpu_pct[test] / 100 * base_vcpu
     present = ~np.isnan(cpu)
     if chosen.burstable_baseline_pct is not None:
-        # Credits are spent by the 5-minute averages; the maxima must fit the capacity left.
-        warm = vm.cpu_avg_pct[train] / 100 * base_vcpu
-        _, balance = simulate_credits(np.nan_to_num(warm), chosen)
+        # A resized T3/T3a/T4g starts with no credits (no launch credits); credits are spent by the
+        # 5-minute averages and the maxima must fit the capacity left.
         spend = np.nan_to_num(vm.cpu_avg_pct[test] / 100 * base_vcpu)
-        capacity, _ = simulate_credits(spend, chosen, balance)
+        capacity, _ = simulate_credits(spend, chosen)
     else:
         capacity = np.full(cpu.shape, float(chosen.vcpu))
     ratio = np.where(present, np.nan_to_num(cpu) / capacity, 0.0)
@@ -290,17 +328,20 @@ def run_backtest(
     test_days: float = 7,
     strategies: Sequence[Strategy] | None = None,
     models_dir: Path = MODELS_DIR,
+    candidates: CandidateSet | None = None,
 ) -> tuple[Split, list[StrategyResult]]:
-    """Backtest every strategy on every VM; the split is the same for all VMs of the trace.
+    """Backtest every strategy on every VM; the split is the same for all VMs of the trace, and so is
+    the candidate set (``candidates``: same architecture and burstable types by default).
 
     The training profiles come from the SQL models in ``models_dir`` (the shipped ones by default).
     """
     with_memory = any(vm.mem_pct is not None for vm in vms)
     strategies = list(strategies or default_strategies(with_memory))
+    candidates = candidates or CandidateSet()
     total = min((vm.samples for vm in vms), default=0)
     split = split_samples(total, train_days, test_days)
     results = [StrategyResult(s) for s in strategies]
-    candidates_cache: dict[tuple[str, bool], list[InstanceType]] = {}
+    candidates_cache: dict[tuple[Any, ...], list[InstanceType]] = {}
     eligible = [vm for vm in vms if vm.samples >= split.train + split.test]
     features = trace_features(eligible, split.train, models_dir)
     for vm in eligible:
@@ -308,17 +349,15 @@ def run_backtest(
         profile = _profile(vm, current, features[vm.resource_id])
         if profile.samples < split.train * 0.5:
             continue  # under half the training window: no recommendation, as in production
+        key = candidates.key(current)
+        if key not in candidates_cache:
+            candidates_cache[key] = candidate_types(catalog, current, candidates.policy())
+        pool = candidates_cache[key]
         for result in results:
-            policy = result.strategy.policy
-            key = (current.instance_type, policy.allow_burstable)
-            if key not in candidates_cache:
-                candidates_cache[key] = candidate_types(catalog, current, policy)
             demand = result.strategy.demand(profile)
             if demand.memory_gib is None:
                 demand = replace(demand, memory_floor_gib=current.memory_gib)
-            chosen = cheapest_fit(profile, demand, current, candidates_cache[key])
-            if chosen is None:  # nothing in the catalogue is big enough: the largest fitting-memory type
-                chosen = max(candidates_cache[key], key=lambda t: (t.vcpu, -t.ondemand_usd_per_hour))
+            chosen = cheapest_fit(profile, demand, current, pool, result.strategy.policy) or current
             intervals, violations, worst = replay(vm, current, chosen, split)
             result.choices.append(
                 Choice(
@@ -336,27 +375,42 @@ def run_backtest(
     return split, results
 
 
+def _dominates(a: StrategyResult, b: StrategyResult) -> bool:
+    """At least b's savings at no more violated intervals, strictly better on one (on the rounded
+    figures the report prints: 0.001 % of intervals, 0.01 % of savings)."""
+    sa, sb = round(a.savings_pct, 2), round(b.savings_pct, 2)
+    va, vb = round(a.violation_rate_pct, 4), round(b.violation_rate_pct, 4)
+    return sa >= sb and va <= vb and (sa > sb or va < vb)
+
+
 def dominance(results: Sequence[StrategyResult], default: str = DEFAULT_SETTING) -> dict[str, Any]:
-    """For each baseline, the settings of ours with at least its savings and at most its violation rate."""
+    """For each baseline, the settings of ours that dominate it (at least its savings at no more
+    violated intervals, strictly better on one), and how far the nearest setting is when none does."""
     ours = [r for r in results if r.strategy.kind == "ours"]
     out: dict[str, Any] = {"baselines": {}}
     for b in (r for r in results if r.strategy.kind == "baseline"):
-        winners = [
-            o.strategy.name
-            for o in ours
-            if o.savings_pct >= b.savings_pct - 1e-9 and o.violation_rate_pct <= b.violation_rate_pct + 1e-9
-        ]
-        out["baselines"][b.strategy.name] = {"dominated": bool(winners), "by": winners}
+        winners = [o.strategy.name for o in ours if _dominates(o, b)]
+        entry: dict[str, Any] = {
+            "dominated": bool(winners),
+            "by": winners,
+            "savings_pct": round(b.savings_pct, 3),
+            "violation_rate_pct": round(b.violation_rate_pct, 4),
+        }
+        if not winners:
+            # The best of ours at no more violations (savings short of the baseline), if any.
+            safe = [o for o in ours if round(o.violation_rate_pct, 4) <= round(b.violation_rate_pct, 4)]
+            if safe:
+                near = max(safe, key=lambda o: o.savings_pct)
+                entry["nearest"] = {
+                    "strategy": near.strategy.name,
+                    "savings_pct": round(near.savings_pct, 3),
+                    "violation_rate_pct": round(near.violation_rate_pct, 4),
+                    "savings_short_by_pct": round(b.savings_pct - near.savings_pct, 3),
+                }
+        out["baselines"][b.strategy.name] = entry
     d = next((r for r in ours if r.strategy.name == default), None)
     if d is not None:
-        beaten_by = [
-            o.strategy.name
-            for o in ours
-            if o is not d
-            and o.savings_pct >= d.savings_pct
-            and o.violation_rate_pct <= d.violation_rate_pct
-            and (o.savings_pct > d.savings_pct or o.violation_rate_pct < d.violation_rate_pct)
-        ]
+        beaten_by = [o.strategy.name for o in ours if o is not d and _dominates(o, d)]
         out["default"] = {
             "strategy": default,
             "on_curve": not beaten_by,

@@ -10,8 +10,9 @@ NaN, never zeros. Formats (see ``../shared/data/README.md`` for the files):
 - ``bitbrains``: GWA-T-12 Rnd, ``vm_id, timestamp_s, cpu_cores, cpu_usage_pct, mem_capacity_provisioned_kb,
   mem_usage_kb, ...`` (``cpu_cores = 0`` rows are monitoring gaps: missing);
 - ``gcd``: Google cluster-data 2011 per-job "VMs", ``vm_id, step_5min, cpu_util_pct, mem_util_pct`` (one day);
-- ``planetlab``: CoMon/PlanetLab VM-days, ``day, vm_id, step_5min, cpu_util_pct``. A VM's days are not
-  consecutive in the calendar; its days are concatenated in date order and only VMs seen on at least
+- ``planetlab``: CoMon/PlanetLab VM-days, ``day, vm_id, step_5min, cpu_util_pct``. ``day`` (yyyymmdd)
+  keeps that one day (the published split: 2011-03-03, 1,052 VMs); otherwise a VM's days, not
+  consecutive in the calendar, are concatenated in date order and only VMs seen on at least
   ``min_days`` days are kept.
 """
 
@@ -72,8 +73,16 @@ def detect_format(path: Path) -> str:
     )
 
 
-def read_trace(path: str | Path, fmt: str = "auto", *, max_vms: int | None = None, min_days: int = 8) -> list[VmTrace]:
-    """Every VM of a trace file, sorted by id (``max_vms`` keeps the first ones)."""
+def read_trace(
+    path: str | Path,
+    fmt: str = "auto",
+    *,
+    max_vms: int | None = None,
+    min_days: int = 8,
+    day: str | None = None,
+) -> list[VmTrace]:
+    """Every VM of a trace file, sorted by id (``max_vms`` keeps the first ones). ``min_days`` and
+    ``day`` (yyyymmdd or yyyy-mm-dd) apply to PlanetLab only."""
     path = Path(path)
     if not path.exists():
         raise TraceError(f"trace file {path} does not exist")
@@ -83,7 +92,7 @@ def read_trace(path: str | Path, fmt: str = "auto", *, max_vms: int | None = Non
         "azure": _read_azure,
         "bitbrains": _read_bitbrains,
         "gcd": _read_gcd,
-        "planetlab": lambda p: _read_planetlab(p, min_days),
+        "planetlab": lambda p: _read_planetlab(p, min_days, day),
     }
     if fmt not in readers:
         raise TraceError(f"unknown trace format {fmt!r}; one of {', '.join(FORMATS)}")
@@ -155,10 +164,16 @@ def _read_gcd(path: Path) -> Iterator[VmTrace]:
         yield VmTrace(vm, cpu, cpu, _dense(cols["step"], _float(cols["mem"])))
 
 
-def _read_planetlab(path: Path, min_days: int) -> Iterator[VmTrace]:
+def _read_planetlab(path: Path, min_days: int, day: str | None = None) -> Iterator[VmTrace]:
     con = _connect()
+    where = ""
+    if day is not None:
+        digits = day.replace("-", "")
+        if not (digits.isdigit() and len(digits) == 8):
+            raise TraceError(f"PlanetLab day {day!r}: give it as yyyymmdd or yyyy-mm-dd (for example 2011-03-03)")
+        where, min_days = f"WHERE CAST(day AS VARCHAR) = '{digits}'", 1
     sql = f"""
-        WITH t AS (SELECT day, vm_id, step_5min, cpu_util_pct FROM read_csv_auto('{path}')),
+        WITH t AS (SELECT day, vm_id, step_5min, cpu_util_pct FROM read_csv_auto('{path}') {where}),
         keep AS (SELECT vm_id FROM t GROUP BY vm_id HAVING count(DISTINCT day) >= {int(min_days)}),
         days AS (SELECT DISTINCT vm_id, day, dense_rank() OVER (PARTITION BY vm_id ORDER BY day) - 1 AS k
                  FROM t WHERE vm_id IN (SELECT vm_id FROM keep))

@@ -13,9 +13,16 @@ The rules, in the order a reader would check them:
   (P90, P95 or P99.5; default P99.5) plus a headroom (0, 20 or 30 %; default 20 %). Memory demand is
   the *peak* of the CloudWatch-agent ``mem_used_percent`` plus a headroom (10, 20 or 30 %). Without
   memory data no candidate may have less memory than the current instance, and the rationale says so.
-- **Cap.** A CPU metric measured as a share of the instance cannot show demand above it, so the demand
-  with headroom is capped at the current vCPU unless the instance is saturated (>= 1 % of 5-minute
-  averages at >= 90 %, or any sample above its cores): headroom alone never up-sizes.
+- **Headroom is never dropped.** When no candidate (the current type included) meets the demand with
+  its headroom, the finding is under-provisioned and the cheapest type that does is the up-size option;
+  nothing is labelled over-provisioned while its projected CPU is over the rule.
+- **Architecture.** ``SizingPolicy.architecture`` ``"current"`` (the default, as Compute Optimizer's
+  CURRENT preference): the best option keeps the CPU architecture; the cheapest fit of the other one
+  (Graviton, with migration effort Medium) is still listed beside it. ``"any"`` lets it be the best.
+- **Risk.** No option whose performance risk is above ``SizingPolicy.max_best_risk`` (default
+  ``DEFAULT_MAX_BEST_RISK`` = 1: the window's maximum fits) is the best one.
+- **Memory of production-critical instances** is never cut without memory data over the full window
+  (``recommend_resize(keep_memory=True)``, decided by the optimiser from the tags and the coverage).
 - **Adaptive headroom** (``SizingPolicy.adaptive``, off by default: on a validation split it moved along
   the savings/violations curve instead of above it, see docs/backtests.md): the headroom grows with the
   day-to-day variation of the daily peaks and with an upward trend between the window's halves.
@@ -70,14 +77,25 @@ SATURATION_PCT = 90.0
 SATURATED_SHARE = 0.01
 IDLE_MAX_NET_BYTES_PER_DAY = 5_000_000.0
 
-FINDINGS = ("over-provisioned", "under-provisioned", "optimized", "idle")
+FINDINGS = ("over-provisioned", "under-provisioned", "optimized", "idle", "gathering-data")
+#: Below this many hours of CPU data in the window no change is recommended, only "gathering-data"
+#: (Compute Optimizer's minimum: 30 hours of metrics in the 14-day window).
+MIN_HOURS_OF_DATA = 30.0
+#: Confidence falls to 0 when the newest sample is this many days older than the end of the day.
+RECENCY_DAYS = 7.0
 MIGRATION_EFFORTS = ("VeryLow", "Low", "Medium", "High")
 _FINDING_LABEL = {
     "over-provisioned": "Over-provisioned",
     "under-provisioned": "Under-provisioned",
     "optimized": "Optimized",
     "idle": "Idle",
+    "gathering-data": "Gathering data",
 }
+
+
+ARCHITECTURE_PREFERENCES = ("current", "any")
+#: The best option's performance risk is at most this: 1 = the window's 5-minute maximum fits the type.
+DEFAULT_MAX_BEST_RISK = 1.0
 
 
 class SizingError(ValueError):
@@ -101,14 +119,19 @@ class SizingPolicy:
     allow_other_families: bool = True
     family_pattern: str = DEFAULT_FAMILY_PATTERN
     max_options: int = 5
-    cap_at_current: bool = True
     floor_at_max: bool = False  # never ask for less than the window's maximum (the most cautious setting)
+    architecture: str = "current"  # "current": the best option keeps the architecture; "any": it may change
+    max_best_risk: float = 1.0  # the highest performance risk the best option may have (DEFAULT_MAX_BEST_RISK)
+    min_hours_of_data: float = 30.0  # under this, only "gathering-data" (MIN_HOURS_OF_DATA)
+    upsize_on_headroom: bool = False  # True: an up-size resting on headroom alone may be the best option
 
     def __post_init__(self) -> None:
         if self.cpu_percentile not in CPU_PERCENTILES:
             raise SizingError(f"cpu_percentile must be one of {CPU_PERCENTILES}, not {self.cpu_percentile}")
         if self.cpu_headroom_pct not in CPU_HEADROOMS_PCT:
             raise SizingError(f"cpu_headroom_pct must be one of {CPU_HEADROOMS_PCT}, not {self.cpu_headroom_pct}")
+        if self.architecture not in ARCHITECTURE_PREFERENCES:
+            raise SizingError(f"architecture must be one of {ARCHITECTURE_PREFERENCES}, not {self.architecture!r}")
         if self.memory_headroom_pct not in MEMORY_HEADROOMS_PCT:
             raise SizingError(
                 f"memory_headroom_pct must be one of {MEMORY_HEADROOMS_PCT}, not {self.memory_headroom_pct}"
@@ -136,6 +159,8 @@ DEFAULT_RISK_SETTING = "balanced"
 PROFILE_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 100.0)
 _WINDOW_COLUMNS = {50.0: "p50", 90.0: "p90", 95.0: "p95", 99.0: "p99", 99.5: "p995", 100.0: "max"}
 MIN_PEAK_DAY_SAMPLES = SAMPLES_PER_DAY // 4
+#: Memory data "over the full window": at least this share of the window's expected 5-minute samples.
+FULL_WINDOW_SHARE = 0.95
 
 
 @dataclass(frozen=True)
@@ -184,6 +209,17 @@ class UtilizationProfile:
     nonfinite_samples: int = 0  # samples with a NaN (flagged by the features stage) or infinite value: excluded
     out_of_range_samples: int = 0  # samples with a CPU or memory percentage outside 0-100 (kept)
     max_sample_pct: float = 0.0  # the highest CPU percentage seen, to name it when out of range
+    mem_samples: int = 0  # 5-minute memory samples in the window (the CloudWatch agent's)
+    last_sample_age_hours: float | None = None  # end of the partition's day minus the newest sample; None: unknown
+
+    @property
+    def hours_of_data(self) -> float:
+        return self.samples * 5 / 60
+
+    @property
+    def memory_over_full_window(self) -> bool:
+        """Memory data for at least ``FULL_WINDOW_SHARE`` of the window's expected samples."""
+        return bool(self.expected_samples) and self.mem_samples >= FULL_WINDOW_SHARE * self.expected_samples
 
     @property
     def is_saturated(self) -> bool:
@@ -286,6 +322,7 @@ def analyze_utilization(
     mean_v = np.clip(np.where(np.isnan(avg), peak, avg)[present], 0, None) / 100 * base_vcpu
     avg_present = avg[~np.isnan(avg)]
     mem = None
+    mem_count = 0
     extra_nonfinite = extra_out_of_range = 0
     if mem_pct is not None:
         m = np.asarray(mem_pct, dtype=float)
@@ -298,6 +335,7 @@ def analyze_utilization(
         m = m[~np.isnan(m)]
         if m.size:
             mem = _quantiles(np.clip(m, 0, None) / 100 * base_mem)
+        mem_count = int(m.size)
     net_peak = net_day = None
     if net_bytes is not None:
         nb = np.asarray(net_bytes, dtype=float)
@@ -336,6 +374,7 @@ def analyze_utilization(
         nonfinite_samples=int(infinite.sum()) + extra_nonfinite,
         out_of_range_samples=int(out_of_range.sum()) + extra_out_of_range,
         max_sample_pct=float(np.nanmax(peak)) if present.any() else 0.0,
+        mem_samples=mem_count,
     )
 
 
@@ -442,6 +481,7 @@ def profile_from_features(
         nonfinite_samples=int(row.get("nonfinite_samples") or 0),
         out_of_range_samples=int(row.get("out_of_range_samples") or 0),
         max_sample_pct=pct("cpu_max_pct") or 0.0,
+        mem_samples=int(row.get("mem_samples") or 0),
     )
 
 
@@ -486,6 +526,8 @@ class Demand:
     cpu_headroom_pct: float
     cpu_percentile_vcpu: float
     memory_floor_gib: float | None = None
+    cpu_percentile: float = 100.0  # the percentile of the 5-minute maxima the rule reads (100 = maximum)
+    floor_at_max: bool = False  # never less than the window's maximum, whatever the percentile
 
     @property
     def min_memory_gib(self) -> float:
@@ -500,9 +542,6 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
     vcpu = p_cpu * headroom
     if policy.floor_at_max and profile.samples:
         vcpu = max(vcpu, profile.cpu_max_vcpu)
-    if policy.cap_at_current and not profile.is_saturated and profile.capacity_vcpu:
-        # Headroom on a metric capped at 100 % cannot prove a need above the current size.
-        vcpu = min(vcpu, profile.capacity_vcpu)
     mem = None
     if profile.has_memory:
         mem = profile.mem_max_gib * (1 + policy.memory_headroom_pct / 100)
@@ -525,6 +564,8 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
         cpu_headroom_pct=(headroom - 1) * 100,
         cpu_percentile_vcpu=p_cpu,
         memory_floor_gib=None if mem is not None else profile.memory_gib,
+        cpu_percentile=policy.cpu_percentile,
+        floor_at_max=policy.floor_at_max,
     )
 
 
@@ -704,56 +745,107 @@ def migration_effort(current: InstanceType, candidate: InstanceType) -> str:
 
 
 def simulate_credits(
-    demand_vcpu: np.ndarray, instance: InstanceType, start_balance: float | None = None
-) -> tuple[np.ndarray, float]:
+    demand_vcpu: np.ndarray, instance: InstanceType, start_balance: float | np.ndarray = 0.0
+) -> tuple[np.ndarray, np.ndarray | float]:
     """Replay 5-minute *average* CPU demand (vCPU) on a burstable type in standard mode.
 
-    Returns the capacity (vCPU) available in each interval and the closing credit balance. One credit is
-    one vCPU at 100 % for one minute; a t3/t4g earns ``baseline x vCPU x 60`` credits an hour and keeps
-    at most 24 hours of earnings. With credits left the instance bursts to all its vCPUs; with none it
-    is held at its baseline. The balance starts full (a long-running instance under its baseline).
-    Credits are spent by the average use of each interval; the 5-minute maxima are then compared with
-    the capacity of that interval.
+    Returns the capacity (vCPU) available in each interval and the closing credit balance. The AWS
+    rule (EC2 User Guide, "Key concepts and definitions for burstable performance instances"): one
+    credit is one vCPU at 100 % for one minute; the instance earns ``baseline x vCPU x 60`` credits an
+    hour and spends one credit per vCPU-minute of *all* its use, so use at the baseline nets zero; the
+    balance keeps at most 24 hours of earnings. In an interval the instance can use its baseline plus
+    what the balance pays for, at most all its vCPUs; with no credits it is held at the baseline.
+
+    The balance starts at ``start_balance`` (0 by default): T3, T3a and T4g get no launch credits, so a
+    freshly resized instance starts empty. ``demand_vcpu`` may have leading dimensions (one series per
+    row, replayed at once); time is the last axis.
+
+    Vectorised: each interval maps the balance ``b`` to ``clip(b + 5 x (baseline - min(use, vCPU)), 0,
+    cap)`` (throttled use nets to the same clip at 0), and maps of that form compose into one of the
+    same form, so the balances are a prefix scan of those maps (log2(n) NumPy passes, no Python loop).
     """
-    baseline = (instance.burstable_baseline_pct or 100.0) / 100 * instance.vcpu
-    earn = baseline * 5  # credits per 5 minutes
+    demand = np.nan_to_num(np.asarray(demand_vcpu, dtype=float))
+    vcpu = float(instance.vcpu)
+    baseline = (instance.burstable_baseline_pct or 100.0) / 100 * vcpu
     cap = baseline * 60 * 24
-    balance = cap if start_balance is None else start_balance
-    capacity = np.empty_like(demand_vcpu)
-    for i, d in enumerate(demand_vcpu):
-        if balance > 0:
-            use = min(d, instance.vcpu)
-            capacity[i] = instance.vcpu
-        else:
-            use = min(d, baseline)
-            capacity[i] = baseline
-        balance = min(cap, balance + earn - max(use - baseline, 0.0) * 5)
-        balance = max(balance, 0.0)
-    return capacity, balance
+    shift = 5.0 * (baseline - np.minimum(np.clip(demand, 0.0, None), vcpu))
+    # Each interval's map is b -> clip(b + shift, low, high); compose them by doubling (Hillis-Steele).
+    low = np.zeros_like(shift)
+    high = np.full_like(shift, cap)
+    n = shift.shape[-1] if shift.ndim else 0
+    step = 1
+    while step < n:
+        # later ∘ earlier: (s1, l1, h1) then (s2, l2, h2) = (s1 + s2, clip(l1 + s2, l2, h2), clip(h1 + s2, l2, h2))
+        s1, l1, h1 = shift[..., :-step], low[..., :-step], high[..., :-step]
+        s2, l2, h2 = shift[..., step:], low[..., step:], high[..., step:]
+        new_low = np.clip(l1 + s2, l2, h2)
+        new_high = np.clip(h1 + s2, l2, h2)
+        shift = np.concatenate([shift[..., :step], s1 + s2], axis=-1)
+        low = np.concatenate([low[..., :step], new_low], axis=-1)
+        high = np.concatenate([high[..., :step], new_high], axis=-1)
+        step *= 2
+    start = np.clip(np.asarray(start_balance, dtype=float), 0.0, cap)
+    after = np.clip(np.expand_dims(start, -1) + shift, low, high)  # balance at the end of each interval
+    before = np.concatenate([np.broadcast_to(np.expand_dims(start, -1), (*after.shape[:-1], 1)), after[..., :-1]], -1)
+    capacity = np.minimum(vcpu, baseline + before / 5.0)
+    closing = after[..., -1] if n else np.broadcast_to(start, demand.shape[:-1]).copy()
+    return capacity, (float(closing) if np.ndim(closing) == 0 else closing)
 
 
 def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: Demand) -> tuple[bool, str]:
-    """Does the CPU profile fit this burstable type's baseline credits?
+    """Does the CPU profile fit this burstable type in standard credit mode, from zero launch credits?
 
-    The mean is the window's (``utilization_window.cpu_mean_pct``); whether the credits last needs the
-    ordered series (``profile.series``): without it the answer is no.
+    Two tests, both on the training window: the mean CPU with the headroom stays under the baseline
+    (the balance does not drain over the window), and the strategy's own rule holds against the
+    capacity the credits allow interval by interval: the percentile ``demand.cpu_percentile`` of the
+    5-minute maxima divided by that capacity, times the headroom, is at most 1 (for a fixed type the
+    same rule reads ``percentile x headroom <= vCPU``). The replay needs the ordered series
+    (``profile.series``): without it the answer is no.
     """
     baseline_pct = instance.burstable_baseline_pct
     if baseline_pct is None:
         return False, "not a burstable type"
     baseline_vcpu = baseline_pct / 100 * instance.vcpu
     mean = profile.cpu_mean_vcpu
-    if mean * (1 + demand.cpu_headroom_pct / 100) > baseline_vcpu:
+    factor = 1 + demand.cpu_headroom_pct / 100
+    if mean * factor > baseline_vcpu:
         return False, (
             f"mean CPU {mean:.2f} vCPU with headroom exceeds the {baseline_pct:g} % baseline "
             f"({baseline_vcpu:.2f} vCPU) of {instance.instance_type}"
         )
     if profile.series is None:
         return False, f"no 5-minute series to replay the CPU credits of {instance.instance_type}"
-    capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
-    if np.any(capacity < instance.vcpu):
-        return False, f"the CPU credits of {instance.instance_type} run out in the window"
-    return True, f"mean CPU stays under the {baseline_pct:g} % baseline and credits never run out"
+    need = credit_limited_need(profile.series, instance, demand.cpu_percentile) * factor
+    if demand.floor_at_max:
+        need = max(need, credit_limited_need(profile.series, instance, 100.0))
+    if need > 1.0 + 1e-9:
+        return False, (
+            f"from zero launch credits, P{demand.cpu_percentile:g} of the 5-minute maxima with headroom is "
+            f"{100 * need:.0f} % of what the CPU credits of {instance.instance_type} allow"
+        )
+    return True, (
+        "standard credit mode from zero launch credits: mean CPU with headroom is "
+        f"{100 * mean * factor / baseline_vcpu:.0f} % "
+        f"of the {baseline_pct:g} % baseline and P{demand.cpu_percentile:g} of the 5-minute maxima with headroom "
+        f"{100 * need:.0f} % of the capacity the credits allow"
+    )
+
+
+def zero_credit_fit(demand: Demand, instance: InstanceType) -> bool:
+    """Does the burstable type's baseline alone carry the demand (its percentile with headroom), as an
+    instance that starts with no credits at any moment (a Spot replacement) needs?"""
+    if instance.burstable_baseline_pct is None:
+        return True
+    return demand.vcpu <= instance.burstable_baseline_pct / 100 * instance.vcpu + 1e-9
+
+
+def credit_limited_need(series: CpuSeries, instance: InstanceType, percentile: float) -> float:
+    """Percentile ``percentile`` of 5-minute maxima / credit-limited capacity on a burstable type
+    replayed from zero credits (credits spent by the 5-minute averages)."""
+    if series.peak_vcpu.size == 0:
+        return 0.0
+    capacity, _ = simulate_credits(series.mean_vcpu, instance)
+    return float(np.percentile(series.peak_vcpu / capacity, percentile))
 
 
 def _risk_from_quantiles(quantiles: dict[float, float], capacity: float) -> float:
@@ -778,7 +870,7 @@ def performance_risk(profile: UtilizationProfile, instance: InstanceType, demand
     if not profile.samples:
         cpu_risk = 0.0
     elif instance.burstable_baseline_pct is not None and profile.series is not None:
-        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)
+        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)  # zero launch credits
         ratio = profile.series.peak_vcpu / cpu_capacity
         if ratio.size == 0 or ratio.max() <= 0.8:
             cpu_risk = 0.0
@@ -814,6 +906,8 @@ class SizingOption:
     is_estimate: bool
     notes: tuple[str, ...] = ()
     rank: int = 0
+    cpu_limit: str = "vcpu"  # what projected_cpu_pct is measured against: "vcpu" or "burstable_baseline"
+    credit_mode: str | None = None  # "standard" for a burstable type (the mode its fit assumes), else None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -832,10 +926,53 @@ class ResizeRecommendation:
     confidence: float
     rationale: str
     policy: SizingPolicy
+    memory_kept: bool = False  # memory never below the current type's (keep_memory)
+    confidence_detail: Confidence | None = None
+    demand_seen_over_current: bool = True  # observed demand (not headroom alone) exceeds the current type
 
     @property
     def best(self) -> SizingOption:
-        return self.options[0] if self.options else self.current
+        """The cheapest option the policy lets be best: of the current architecture unless
+        ``architecture="any"``, with a performance risk at most ``max_best_risk`` (an up-size of an
+        under-provisioned instance also when it is less risky than the current type); else the current type."""
+        if self.finding == "under-provisioned" and not self.demand_seen_over_current:
+            return self.current  # the up-size is listed; headroom alone does not make it the best option
+        return next((o for o in self.options if self.may_be_best(o)), self.current)
+
+    def may_be_best(self, o: SizingOption) -> bool:
+        if o.is_current:
+            return True
+        if self.policy.architecture == "current" and o.architecture != self.current.architecture:
+            return False
+        if o.performance_risk <= self.policy.max_best_risk:
+            return True
+        upsize = o.monthly_cost_usd > self.current.monthly_cost_usd
+        return upsize and o.performance_risk < self.current.performance_risk
+
+    @property
+    def reason(self) -> str:
+        """The finding and why, in one short sentence a FinOps engineer can check."""
+        d, best, c = self.demand, self.best, self.current
+        label = _FINDING_LABEL[self.finding].lower()
+        if self.finding == "gathering-data":
+            return (self.confidence_detail.words() if self.confidence_detail else "gathering data") + ": no change yet"
+        if self.finding == "idle":
+            return "idle: CPU at most 1 % over the window"
+        limit = "of its baseline" if best.cpu_limit != "vcpu" else "of its vCPU"
+        need = f"needs {d.vcpu:.2f} vCPU (P{self.policy.cpu_percentile:g} + {d.cpu_headroom_pct:.0f} % headroom)"
+        if d.memory_gib is not None:
+            need += f" and {d.min_memory_gib:.1f} GiB"
+        if best.is_current:
+            return f"{label}: {need}; {c.instance_type} has {c.vcpu} vCPU and {c.memory_gib:g} GiB"
+        return (
+            f"{label}: {need}; {best.instance_type} projects {best.projected_cpu_pct:.0f} % CPU {limit}, "
+            f"risk {best.performance_risk:g}"
+        )
+
+    @property
+    def other_architecture(self) -> SizingOption | None:
+        """The cheapest fit of another architecture (Graviton from x86), listed beside the best."""
+        return next((o for o in self.options if o.architecture != self.current.architecture), None)
 
 
 def fits(
@@ -866,19 +1003,24 @@ def recommend_resize(
     region: str,
     catalog: Catalog,
     policy: SizingPolicy | None = None,
+    keep_memory: bool = False,
 ) -> ResizeRecommendation:
     """Rank every candidate type that fits the demand of ``profile`` by monthly on-demand cost.
 
-    The current type is always one of the options (``is_current``); the first option is the cheapest
-    that fits. When the current type does not fit, the finding is under-provisioned and the options
-    are up-sizes (negative savings).
+    The current type is always one of the options (``is_current``); ``best`` is the cheapest the
+    policy lets be best (architecture, risk). When the current type does not fit, the finding is
+    under-provisioned and the options are up-sizes (negative savings); when nothing fits at all, the
+    current type is the only option and the rationale says so. ``keep_memory`` never lets memory go
+    below the current type's (a production-critical instance without memory data over the window).
     """
     policy = policy or RISK_SETTINGS[DEFAULT_RISK_SETTING]
     current = catalog.get(region, instance_type)
     demand = required_capacity(profile, policy)
     # Memory is measured in GiB of the current instance; the floor without data is its memory.
-    if demand.memory_gib is None:
+    if demand.memory_gib is None or keep_memory:
         demand = replace(demand, memory_floor_gib=current.memory_gib)
+        if demand.memory_gib is not None and demand.memory_gib < current.memory_gib:
+            demand = replace(demand, memory_gib=current.memory_gib)
     current_fits, current_why = fits(profile, current, demand, current)
     chosen: list[tuple[InstanceType, str]] = []
     for cand in candidate_types(catalog, current, policy):
@@ -902,52 +1044,190 @@ def recommend_resize(
             savings_pct=round(100 * saving / current.monthly_usd, 3) if current.monthly_usd else 0.0,
             performance_risk=performance_risk(profile, t, demand),
             migration_effort="VeryLow" if t.instance_type == current.instance_type else migration_effort(current, t),
-            projected_cpu_pct=round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2),
+            projected_cpu_pct=_projected_cpu_pct(profile, t, demand),
             projected_memory_pct=(round(100 * profile.mem_max_gib / t.memory_gib, 2) if profile.has_memory else None),
             is_current=t.instance_type == current.instance_type,
             is_estimate=t.is_estimate,
             notes=tuple(notes),
             rank=rank,
+            cpu_limit="burstable_baseline" if t.burstable_baseline_pct is not None else "vcpu",
+            credit_mode="standard" if t.burstable_baseline_pct is not None else None,
         )
 
     kept = chosen[: policy.max_options]
-    # Always show the cheapest fit of the same architecture and of the same family, when they exist.
+    # Always show the cheapest fit of the same architecture, of the other one and of the same family.
     for wanted in (
         lambda t: t.architecture == current.architecture,
+        lambda t: t.architecture != current.architecture,
         lambda t: t.family == current.family,
     ):
         extra = next((c for c in chosen if wanted(c[0])), None)
         if extra is not None and extra not in kept:
             kept.append(extra)
+    # ... and the cheapest one the policy lets be best (architecture, risk), however far down it is.
+    current_risk = performance_risk(profile, current, demand)
+    for c in chosen:
+        t = c[0]
+        if policy.architecture == "current" and t.architecture != current.architecture:
+            continue
+        if t.instance_type == current.instance_type:
+            break
+        risk = performance_risk(profile, t, demand)
+        upsize = t.ondemand_usd_per_hour > current.ondemand_usd_per_hour
+        if risk <= policy.max_best_risk or (upsize and risk < current_risk):
+            if c not in kept:
+                kept.append(c)
+            break
+    kept.sort(key=lambda c: (c[0].ondemand_usd_per_hour, c[0].instance_type != current.instance_type))
     options = [option(t, note, i + 1) for i, (t, note) in enumerate(kept)]
     current_option = next((o for o in options if o.is_current), None)
     if current_option is None:
         current_option = option(current, current_why, len(options) + 1)
-    if profile.is_idle:
-        finding = "idle"
-    elif not current_fits:
-        finding = "under-provisioned"
-    elif options and not options[0].is_current and options[0].monthly_cost_usd < current_option.monthly_cost_usd:
-        finding = "over-provisioned"
-    else:
-        finding = "optimized"
-    confidence = round(data_confidence(profile), 3)
+    trust = confidence_of(profile, policy.min_hours_of_data)
+    confidence = trust.value
+    if trust.gathering and not profile.is_idle:
+        current_option = next((o for o in options if o.is_current), None) or option(current, current_why, 1)
+        current_option = replace(current_option, rank=1)
+        rec = ResizeRecommendation(
+            instance_type=instance_type,
+            region=region,
+            finding="gathering-data",
+            options=(current_option,),
+            current=current_option,
+            demand=demand,
+            confidence=confidence,
+            rationale="",
+            policy=policy,
+            memory_kept=keep_memory,
+            confidence_detail=trust,
+        )
+        caveats = []
+        if profile.out_of_range_samples:
+            caveats.append(
+                f"{profile.out_of_range_samples} of {profile.samples} samples are outside 0-100 % (CPU up to "
+                f"{profile.max_sample_pct:.0f} %), which a percentage metric cannot be."
+            )
+        if profile.nonfinite_samples:
+            caveats.append(f"{profile.nonfinite_samples} sample(s) with a NaN or infinite value were excluded.")
+        return replace(
+            rec,
+            rationale=" ".join(
+                [
+                    f"Gathering data: {current.instance_type} is kept as it is; {trust.words()}.",
+                    f"No change is recommended under {policy.min_hours_of_data:g} hours of data in the window.",
+                    *caveats,
+                ]
+            ),
+        )
     rec = ResizeRecommendation(
         instance_type=instance_type,
         region=region,
-        finding=finding,
+        finding="optimized",
         options=tuple(options),
         current=current_option,
         demand=demand,
         confidence=confidence,
         rationale="",
         policy=policy,
+        memory_kept=keep_memory,
+        confidence_detail=trust,
+        demand_seen_over_current=policy.upsize_on_headroom or demand_seen_over(profile, current),
     )
+    best = rec.best
+    if profile.is_idle:
+        finding = "idle"
+    elif not current_fits:
+        finding = "under-provisioned"
+    elif not best.is_current and best.monthly_cost_usd < current_option.monthly_cost_usd:
+        finding = "over-provisioned"
+    else:
+        finding = "optimized"
+    rec = replace(rec, finding=finding)
     return replace(rec, rationale=resize_rationale(profile, rec, current))
+
+
+def demand_seen_over(profile: UtilizationProfile, current: InstanceType) -> bool:
+    """Has the window *shown* demand above the current type (saturated CPU, a 5-minute maximum over its
+    vCPU, or a memory peak over its memory), rather than only the headroom on top of what fits?"""
+    if profile.is_saturated or profile.cpu_max_vcpu > current.vcpu * 1.0001:
+        return True
+    return profile.has_memory and profile.mem_max_gib > current.memory_gib * 1.0001
+
+
+def _projected_cpu_pct(profile: UtilizationProfile, t: InstanceType, demand: Demand) -> float:
+    """CPU against what limits it: a fixed type's vCPU (the rule's percentile of the 5-minute maxima),
+    a burstable type's baseline (the mean: sustained use is what the credits cannot carry)."""
+    if t.burstable_baseline_pct is not None:
+        return round(100 * profile.cpu_mean_vcpu / (t.burstable_baseline_pct / 100 * t.vcpu), 2)
+    return round(100 * demand.cpu_percentile_vcpu / t.vcpu, 2)
 
 
 #: Confidence is at most this when any sample is outside 0-100 % (a percentage metric cannot be).
 OUT_OF_RANGE_MAX_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """How far a recommendation can be trusted: coverage x recency x stability, each 0-1.
+
+    - coverage: usable samples / expected samples of the window (out-of-range samples count as missing;
+      at most ``OUT_OF_RANGE_MAX_CONFIDENCE`` when there are any);
+    - recency: 1 while the newest sample is at most a day older than the end of the partition's day,
+      then down to 0 over ``RECENCY_DAYS`` (1 when unknown);
+    - stability: 1 - the coefficient of variation of the daily CPU peaks (capped at 0.5), 0.5 with under
+      3 days of peaks: an answer resting on peaks that move a lot day to day is less certain.
+
+    ``gathering`` is true under ``MIN_HOURS_OF_DATA`` hours of data: then nothing but "gathering data".
+    """
+
+    value: float
+    coverage: float
+    recency: float
+    stability: float
+    hours: float
+    days: int
+    window_days: int
+    gathering: bool
+    min_hours: float = MIN_HOURS_OF_DATA
+
+    def words(self) -> str:
+        if self.gathering:
+            return (
+                f"gathering data: {self.days} of {self.window_days} days ({self.hours:.0f} of the "
+                f"{self.min_hours:g} hours needed)"
+            )
+        level = "high" if self.value >= 0.8 else "medium" if self.value >= 0.5 else "low"
+        return (
+            f"{level} confidence {self.value:.2f}: {self.days} of {self.window_days} days of data "
+            f"(coverage {self.coverage:.2f}), recency {self.recency:.2f}, stability of the daily peaks "
+            f"{self.stability:.2f}"
+        )
+
+
+def confidence_of(profile: UtilizationProfile, min_hours: float = MIN_HOURS_OF_DATA) -> Confidence:
+    """The :class:`Confidence` of a recommendation resting on ``profile``."""
+    coverage = data_confidence(profile)
+    age = profile.last_sample_age_hours
+    recency = 1.0 if age is None else min(1.0, max(0.0, 1 - max(age - 24.0, 0.0) / (24 * RECENCY_DAYS)))
+    peaks = profile.daily_peaks
+    if peaks is None or peaks.days < 3:
+        stability = 0.5
+    elif peaks.mean_vcpu <= 0:
+        stability = 1.0
+    else:
+        stability = 1 - min(peaks.std_vcpu / peaks.mean_vcpu, 0.5)
+    window_days = round(profile.expected_samples / SAMPLES_PER_DAY) if profile.expected_samples else 0
+    return Confidence(
+        value=round(coverage * recency * stability, 3),
+        coverage=round(coverage, 3),
+        recency=round(recency, 3),
+        stability=round(stability, 3),
+        hours=profile.hours_of_data,
+        days=profile.days_with_data,
+        window_days=window_days,
+        gathering=profile.hours_of_data < min_hours,
+        min_hours=min_hours,
+    )
 
 
 def data_confidence(profile: UtilizationProfile) -> float:
@@ -970,26 +1250,61 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
     if d.memory_gib is not None:
         parts.append(
             f"Memory peak {profile.mem_max_gib:.2f} GiB plus {rec.policy.memory_headroom_pct:g} % headroom "
-            f"needs {d.memory_gib:.2f} GiB."
+            f"needs {profile.mem_max_gib * (1 + rec.policy.memory_headroom_pct / 100):.2f} GiB."
         )
+        if rec.memory_kept:
+            parts.append(
+                f"Production-critical with memory data for {profile.mem_samples} of {profile.expected_samples} "
+                f"five-minute samples (not the full window): memory is never cut below the current "
+                f"{current.memory_gib:g} GiB."
+            )
     else:
         parts.append(
             f"No memory data (CloudWatch agent not reporting): memory is never sized below the current "
             f"{current.memory_gib:g} GiB."
         )
     best = rec.best
-    if rec.finding == "under-provisioned":
+    upsizes = [o for o in rec.options if o.monthly_cost_usd > rec.current.monthly_cost_usd]
+    same_arch = [o for o in upsizes if o.architecture == current.architecture]
+    upsize = (same_arch or upsizes or [None])[0]
+    if rec.finding == "under-provisioned" and best.is_current and upsize is not None:
         parts.append(
-            f"The current type does not fit; {best.instance_type} does, at ${-best.monthly_savings_usd:.2f}/month more."
+            f"Under the rule the current type is too small ({_shortfall(rec)}); the up-size {upsize.instance_type} "
+            f"(${-upsize.monthly_savings_usd:.2f}/month more) is listed, but every 5-minute maximum (up to "
+            f"{profile.cpu_max_pct:.0f} %) and memory peak fits {current.instance_type}: it stays the best option "
+            "until demand is seen above it."
+        )
+    elif rec.finding == "under-provisioned" and best.is_current:
+        parts.append(
+            f"The current type does not meet this and no candidate does either (the largest is too small "
+            f"or too risky): keep {current.instance_type}, under-provisioned; {_shortfall(rec)}."
+        )
+    elif rec.finding == "under-provisioned":
+        parts.append(
+            f"The current type does not fit ({_shortfall(rec)}); up-size to {best.instance_type} "
+            f"({best.vcpu} vCPU, {best.memory_gib:g} GiB) at ${-best.monthly_savings_usd:.2f}/month more, "
+            f"projected CPU {best.projected_cpu_pct:.0f} % of its {'baseline' if best.cpu_limit != 'vcpu' else 'vCPU'}."
         )
     elif not best.is_current:
         parts.append(
             f"Cheapest fit: {best.instance_type} ({best.vcpu} vCPU, {best.memory_gib:g} GiB) saves "
             f"${best.monthly_savings_usd:.2f}/month ({best.savings_pct:.1f} %), performance risk "
-            f"{best.performance_risk:g}, migration effort {best.migration_effort}."
+            f"{best.performance_risk:g}, migration effort {best.migration_effort}." + _credit_words(best)
         )
     else:
         parts.append("No cheaper type fits.")
+    other = rec.other_architecture
+    if other is not None and other.architecture != best.architecture:
+        parts.append(
+            f"Other architecture: {other.instance_type} ({other.architecture}) would cost "
+            f"${other.monthly_cost_usd:.2f}/month (saving ${other.monthly_savings_usd:.2f}), migration effort "
+            f"{other.migration_effort} (rebuild and test the images)"
+            + (
+                ", not offered as best: the policy keeps the architecture."
+                if rec.policy.architecture == "current"
+                else "."
+            )
+        )
     if profile.out_of_range_samples:
         parts.append(
             f"Caveat: {profile.out_of_range_samples} of {profile.samples} samples are outside 0-100 % (CPU up to "
@@ -1003,21 +1318,60 @@ def resize_rationale(profile: UtilizationProfile, rec: ResizeRecommendation, cur
         )
     if profile.nonfinite_samples:
         parts.append(f"{profile.nonfinite_samples} sample(s) with a NaN or infinite value were excluded.")
-    parts.append(
-        f"Confidence {rec.confidence:.2f}: {profile.samples} of {profile.expected_samples} five-minute samples "
-        f"over {profile.days_with_data} day(s)."
-    )
+    trust = rec.confidence_detail or confidence_of(profile)
+    parts.append(f"Confidence: {trust.words()} ({profile.samples} of {profile.expected_samples} five-minute samples).")
     return " ".join(parts)
 
 
+def _shortfall(rec: ResizeRecommendation) -> str:
+    c = rec.current
+    need = f"needs {rec.demand.vcpu:.2f} vCPU"
+    return f"{need} against its {c.vcpu}, projected CPU {c.projected_cpu_pct:.0f} % of its vCPU" + (
+        f", {rec.demand.min_memory_gib:.2f} GiB against {c.memory_gib:g}"
+        if rec.demand.min_memory_gib > c.memory_gib + 1e-9
+        else ""
+    )
+
+
+def _credit_words(o: SizingOption) -> str:
+    if o.credit_mode is None:
+        return ""
+    return (
+        f" Burstable, {o.credit_mode} credit mode: it fits from zero launch credits (a resized T3/T3a/T4g starts "
+        f"with none), mean CPU at {o.projected_cpu_pct:.0f} % of its baseline; in unlimited mode the same use "
+        "would incur no surplus credit charge."
+    )
+
+
 def cheapest_fit(
-    profile: UtilizationProfile, demand: Demand, current: InstanceType, candidates: Sequence[InstanceType]
+    profile: UtilizationProfile,
+    demand: Demand,
+    current: InstanceType,
+    candidates: Sequence[InstanceType],
+    policy: SizingPolicy | None = None,
 ) -> InstanceType | None:
-    """The cheapest of ``candidates`` (sorted cheapest first) that meets ``demand``: ``recommend_resize``'s
-    first option, without pricing every other fit (what the backtest calls thousands of times)."""
+    """The cheapest of ``candidates`` (sorted cheapest first) that meets ``demand``, without pricing
+    every other fit (what the backtest calls thousands of times). With ``policy``, the choice is
+    ``recommend_resize``'s ``best``: the policy's architecture and risk limit apply too."""
+    current_risk: float | None = None
     for cand in candidates:
         if cand.vcpu < demand.vcpu or cand.memory_gib < demand.min_memory_gib - 1e-9:
             continue
-        if fits(profile, cand, demand, current)[0]:
+        if policy is not None and policy.architecture == "current" and cand.architecture != current.architecture:
+            continue
+        if not fits(profile, cand, demand, current)[0]:
+            continue
+        if policy is None or cand.instance_type == current.instance_type:
             return cand
+        upsize = cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour
+        if upsize and not policy.upsize_on_headroom and not demand_seen_over(profile, current):
+            return current  # the best option of recommend_resize: an up-size on headroom alone is listed only
+        risk = performance_risk(profile, cand, demand)
+        if risk <= policy.max_best_risk:
+            return cand
+        if cand.ondemand_usd_per_hour > current.ondemand_usd_per_hour:
+            if current_risk is None:
+                current_risk = performance_risk(profile, current, demand)
+            if risk < current_risk:
+                return cand
     return None

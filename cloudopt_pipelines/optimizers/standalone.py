@@ -23,7 +23,10 @@ options are, each one row of the table with its own cost and risk:
 Account-level rows: one ``commitment`` row per (region, family) of steady usage with its quantity, and
 the orphaned EBS volumes and Elastic IPs. Rows are ranked per resource by monthly cost (``rank`` 1 is
 the cheapest); ``is_best`` marks the cheapest option whose performance risk is at most
-``StandaloneConfig.max_best_risk`` (``keep`` for instances tagged ``cloudopt:protect``).
+``StandaloneConfig.max_best_risk`` (default ``DEFAULT_MAX_BEST_RISK`` = 1) and, unless
+``StandaloneConfig.architecture`` is ``"any"``, of the current CPU architecture (``keep`` for
+instances tagged ``cloudopt:protect``). The memory of a production-critical instance (tag
+``criticality``) is never cut without memory data over the full window.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from cloudopt_pipelines.optimizers.schedules import (
     timezone_of,
 )
 from cloudopt_pipelines.optimizers.sizing import (
+    DEFAULT_MAX_BEST_RISK,
     DEFAULT_RISK_SETTING,
     HOURS_PER_MONTH,
     RISK_SETTINGS,
@@ -68,20 +72,30 @@ from cloudopt_pipelines.optimizers.sizing import (
     SizingPolicy,
     UtilizationProfile,
     analyze_utilization,
+    candidate_types,
+    cheapest_fit,
     cpu_series,
+    performance_risk,
     profile_from_features,
     recommend_resize,
+    zero_credit_fit,
 )
 from cloudopt_pipelines.optimizers.standalone_actions import (
     SPOT_WORKLOAD_TAG,
     SPOT_WORKLOAD_VALUES,
     find_orphans,
+    interruption_risk,
+    is_production_critical,
     recommend_spot,
 )
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS, AttributesError
 from cloudopt_pipelines.vocabulary import PROTECT_TAG_KEY, is_protected
 
 PROTECT_TAG = PROTECT_TAG_KEY
+#: Yesterday's best option stays best unless today's saves more than this % of the current monthly cost
+#: more (or less), or its performance risk differs by HYSTERESIS_RISK or more (one step of the 0-4 scale).
+HYSTERESIS_SAVINGS_PCT = 5.0
+HYSTERESIS_RISK = 1.0
 TS = pa.timestamp("us", tz="UTC")
 
 # The lake tables recommend_account reads, each with the trailing days the asset passes (ending on the
@@ -146,7 +160,10 @@ class StandaloneConfig:
     spot_workload_tag: str = SPOT_WORKLOAD_TAG
     spot_workload_values: tuple[str, ...] = SPOT_WORKLOAD_VALUES
     schedule_idle_cpu_pct: float = 5.0
-    max_best_risk: float = 2.0
+    max_best_risk: float = DEFAULT_MAX_BEST_RISK
+    architecture: str = "current"  # "current" (Compute Optimizer's CURRENT preference) or "any"
+    hysteresis_savings_pct: float = HYSTERESIS_SAVINGS_PCT
+    hysteresis_risk: float = HYSTERESIS_RISK
     commitment_terms: tuple[int, ...] = (1, 3)
 
     @property
@@ -155,7 +172,9 @@ class StandaloneConfig:
             return self.policy
         if self.risk_setting not in RISK_SETTINGS:
             raise ValueError(f"unknown risk setting {self.risk_setting!r}; choose one of {', '.join(RISK_SETTINGS)}")
-        return RISK_SETTINGS[self.risk_setting]
+        return replace(
+            RISK_SETTINGS[self.risk_setting], max_best_risk=self.max_best_risk, architecture=self.architecture
+        )
 
 
 @dataclass(frozen=True)
@@ -241,6 +260,7 @@ class InstanceFeatures:
     window: Mapping[str, Any] | None
     activity: HourOfWeek | pa.Table | None = None
     series: Samples | None = None
+    as_of: date | None = None  # the partition's day: the recency of the newest sample is measured to its end
 
 
 @dataclass(frozen=True)
@@ -324,6 +344,10 @@ def optimize_standalone_instance(
             memory_gib=current.memory_gib,
             series=None if series is None else cpu_series(series.cpu_pct, series.cpu_peak_pct, current.vcpu),
         )
+        if series is not None and samples.as_of is not None and series.ts.size:
+            day_end = np.datetime64(samples.as_of, "us") + np.timedelta64(1, "D")
+            age = (day_end - series.ts.max()) / np.timedelta64(1, "h")
+            profile = replace(profile, last_sample_age_hours=float(age))
 
         def hours() -> HourOfWeek:
             if isinstance(samples.activity, HourOfWeek):
@@ -350,7 +374,9 @@ def optimize_standalone_instance(
             return HourOfWeek(*hour_of_week_profile(series.ts, finite_peaks, tz), tz)
 
     policy = config.sizing_policy
-    resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy)
+    # Memory data over part of the window may miss the peak a production-critical instance needs.
+    keep_memory = is_production_critical(inst.tags) and not profile.memory_over_full_window
+    resize = recommend_resize(profile, inst.instance_type, inst.region, catalog, policy, keep_memory=keep_memory)
     protected = is_protected(inst.tags)
     current_cost = current.monthly_usd
     options: list[InstanceOption] = []
@@ -371,7 +397,12 @@ def optimize_standalone_instance(
             projected_memory_pct=o.projected_memory_pct,
             is_estimate=t.is_estimate,
             rationale=resize.rationale if not o.is_current else _keep_rationale(resize),
-            details={"notes": list(o.notes), "architecture": o.architecture},
+            details={
+                "notes": list(o.notes),
+                "architecture": o.architecture,
+                "credit_mode": o.credit_mode,
+                "projected_cpu_against": o.cpu_limit,
+            },
         )
 
     def _architecture_change(o) -> dict[str, Any]:
@@ -381,6 +412,17 @@ def optimize_standalone_instance(
         return {"architecture": o.architecture, "cross_architecture": True}
 
     options.append(sizing_row(resize.current, "keep"))
+    if resize.finding == "gathering-data":  # no change of any kind until there is enough data
+        return InstanceRecommendation(
+            instance=inst,
+            profile=profile,
+            resize=resize,
+            schedule=None,
+            options=tuple(options),
+            current_monthly_usd=round(current_cost, 4),
+            protected=protected,
+            always_on_type=None,
+        )
     for o in resize.options:
         if not o.is_current:
             options.append(sizing_row(o, "resize"))
@@ -461,32 +503,58 @@ def optimize_standalone_instance(
             )
         )
 
+    # A Spot replacement can start at any moment, with no credits: a burstable type is offered on Spot
+    # only when its baseline alone carries the demand (standard mode); else the cheapest fixed-capacity fit.
+    spot_type, spot_note = target_type, ""
+    if target_type.burstable_baseline_pct is not None and not zero_credit_fit(resize.demand, target_type):
+        fixed = [t for t in candidate_types(catalog, current, policy) if t.burstable_baseline_pct is None]
+        spot_type = cheapest_fit(profile, resize.demand, current, fixed, policy) or current
+        spot_note = (
+            f"{target.instance_type} is burstable and its baseline alone does not carry the demand (a Spot "
+            f"replacement starts with no credits): Spot on {spot_type.instance_type} instead. "
+        )
     spot = recommend_spot(
         inst.tags,
-        target.instance_type,
-        target_type.ondemand_usd_per_hour,
-        target_type.spot_usd_per_hour,
-        target_type.spot_interruption_band,
+        spot_type.instance_type,
+        spot_type.ondemand_usd_per_hour,
+        spot_type.spot_usd_per_hour,
+        spot_type.spot_interruption_band,
         workload_tag=config.spot_workload_tag,
         workload_values=config.spot_workload_values,
     )
     if spot is not None and not profile.is_idle:
+        burstable_spot = spot_type.burstable_baseline_pct is not None
+        spot_risk = performance_risk(profile, spot_type, resize.demand)
         options.append(
             InstanceOption(
-                option_name=f"spot:{target.instance_type}",
+                option_name=f"spot:{spot_type.instance_type}",
                 action="spot",
-                proposed_config={"instance_type": target.instance_type, "market": "spot"},
+                proposed_config={"instance_type": spot_type.instance_type, "market": "spot"}
+                | ({"credit_specification": "standard"} if burstable_spot else {}),
                 market="spot",
-                vcpu=float(target.vcpu),
-                memory_gib=float(target.memory_gib),
+                vcpu=float(spot_type.vcpu),
+                memory_gib=float(spot_type.memory_gib),
                 monthly_cost_usd=spot.monthly_cost_usd,
-                performance_risk=max(target.performance_risk, 1.0),
+                performance_risk=max(spot_risk, interruption_risk(spot.interruption_band)),
                 migration_effort="Medium",
-                projected_cpu_pct=target.projected_cpu_pct,
+                projected_cpu_pct=round(100 * resize.demand.cpu_percentile_vcpu / spot_type.vcpu, 2)
+                if not burstable_spot
+                else target.projected_cpu_pct,
                 projected_memory_pct=target.projected_memory_pct,
                 is_estimate=True,
-                rationale=spot.rationale,
-                details={"interruption_band": spot.interruption_band, "spot_usd_per_hour": spot.spot_usd_per_hour},
+                rationale=spot_note
+                + spot.rationale
+                + (
+                    " Standard credit mode (AWS advises it for Spot T instances): the baseline carries the demand."
+                    if burstable_spot
+                    else ""
+                ),
+                details={
+                    "interruption_band": spot.interruption_band,
+                    "spot_usd_per_hour": spot.spot_usd_per_hour,
+                    "credit_mode": "standard" if burstable_spot else None,
+                    "interruption_risk": interruption_risk(spot.interruption_band),
+                },
             )
         )
 
@@ -605,8 +673,12 @@ def recommend_account(
     catalog: Catalog,
     reserved: ReservedRates | None = None,
     config: StandaloneConfig | None = None,
+    previous: pa.Table | None = None,
 ) -> AccountRecommendations:
     """The ``recommendations`` rows of one account on one day (schema ``RECOMMENDATIONS``).
+
+    ``previous`` is the day before's rows of this optimiser (or None): its best options are kept
+    unless the saving or the risk moves by more than the hysteresis margins (:func:`best_option_name`).
 
     ``resources`` is that day's inventory; ``features`` the lake tables of
     :data:`STANDALONE_FEATURE_INPUTS` by name: the day's ``utilization_window`` and
@@ -632,6 +704,7 @@ def recommend_account(
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     steady: list[SteadyUsage] = []
+    previous_best = previous_best_options(previous)
     for res in resources.to_pylist():
         kind = res.get("resource_kind")
         if kind in ("ebs_volume", "elastic_ip"):
@@ -653,6 +726,7 @@ def recommend_account(
             windows.get(rid),
             activity.get(rid, HourOfWeek(*_no_hours(), "UTC")),
             by_resource.get(rid, _empty_samples()) if raw is not None else None,
+            as_of=day,
         )
         try:
             rec = optimize_standalone_instance(rid, inst, inputs, catalog, reserved, config)
@@ -662,7 +736,7 @@ def recommend_account(
         except ValueError as exc:  # unknown type or region, a bad zone tag: say so on the row, keep going
             rows.append(_unpriced_row(account_id, day, inst, str(exc)))
             continue
-        rows.extend(instance_rows(account_id, day, rec, config))
+        rows.extend(instance_rows(account_id, day, rec, config, previous_best.get(rid)))
         if rec.always_on_type is not None:
             t = catalog.get(inst.region, rec.always_on_type)
             steady.append(SteadyUsage(inst.resource_id, inst.region, rec.always_on_type, t.ondemand_usd_per_hour))
@@ -671,6 +745,14 @@ def recommend_account(
     )
     table = pa.Table.from_pylist(rows, schema=RECOMMENDATIONS) if rows else RECOMMENDATIONS.empty_table()
     return AccountRecommendations(table=table, commitments=commitments, notes=tuple(notes))
+
+
+def previous_best_options(previous: pa.Table | None) -> dict[str, str]:
+    """resource_id -> option_name of the best rows of a previous day's recommendations."""
+    if previous is None or previous.num_rows == 0 or "is_best" not in previous.column_names:
+        return {}
+    best = previous.filter(pc.fill_null(previous["is_best"], False))
+    return dict(zip(best["resource_id"].to_pylist(), best["option_name"].to_pylist(), strict=True))
 
 
 def _check_columns(name: str, table: pa.Table, account_id: str, day: date) -> None:
@@ -721,19 +803,70 @@ def _hours_by_resource(table: pa.Table) -> dict[str, HourOfWeek]:
     return out
 
 
+def _may_be_best(o: InstanceOption, config: StandaloneConfig) -> bool:
+    # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
+    if o.market in ("reserved", "savings_plan") or o.performance_risk > config.max_best_risk:
+        return False
+    return not (o.proposed_config.get("cross_architecture") and config.sizing_policy.architecture == "current")
+
+
+def best_option_name(
+    rec: InstanceRecommendation, config: StandaloneConfig, previous_best: str | None = None
+) -> tuple[str, str]:
+    """The option marked best, and why when yesterday's best was kept (hysteresis) or ''.
+
+    The cheapest option the rules allow (risk, architecture; the up-size when under-provisioned). When
+    ``previous_best`` (yesterday's best option of this instance) is still an allowed option, it stays
+    best unless today's choice saves more than ``config.hysteresis_savings_pct`` % of the current
+    monthly cost more, or its risk differs by ``config.hysteresis_risk`` or more.
+    """
+    if rec.protected or rec.finding == "gathering-data":
+        return "keep", ""
+    if rec.finding == "under-provisioned":
+        up = rec.resize.best  # the up-size (or keep when nothing fits): never a cheaper row under the rule
+        best_name = "keep" if up.is_current else f"resize:{up.instance_type}"
+    else:
+        best_name = next((o.option_name for o in rec.options if _may_be_best(o, config)), "keep")
+    if previous_best is None or previous_best == best_name:
+        return best_name, ""
+    by_name = {o.option_name: o for o in rec.options}
+    prev, new = by_name.get(previous_best), by_name.get(best_name)
+    if prev is None or new is None or not _may_be_best(prev, config):
+        return best_name, ""
+    saving_change = (_effective_monthly(prev) - _effective_monthly(new)) / (rec.current_monthly_usd or 1.0) * 100
+    risk_change = abs(new.performance_risk - prev.performance_risk)
+    if abs(saving_change) <= config.hysteresis_savings_pct and risk_change < config.hysteresis_risk:
+        return previous_best, (
+            f"Kept yesterday's best option {previous_best}: {best_name} would change the saving by "
+            f"{saving_change:.1f} % of the current cost (margin {config.hysteresis_savings_pct:g} %) and the risk by "
+            f"{risk_change:g} (margin {config.hysteresis_risk:g})."
+        )
+    return best_name, ""
+
+
 def instance_rows(
-    account_id: str, day: date, rec: InstanceRecommendation, config: StandaloneConfig
+    account_id: str,
+    day: date,
+    rec: InstanceRecommendation,
+    config: StandaloneConfig,
+    previous_best: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per option of one instance, ranked by effective monthly cost."""
+    """One row per option of one instance, ranked by effective monthly cost; ``previous_best`` is
+    yesterday's best option (hysteresis, :func:`best_option_name`)."""
     inst = rec.instance
     current_config = json.dumps({"instance_type": inst.instance_type, "market": "on_demand"})
-    best_name = "keep"
-    if not rec.protected:
-        for o in rec.options:
-            # Commitments are a portfolio decision (they come last, over all instances): never "best" alone.
-            if o.market not in ("reserved", "savings_plan") and o.performance_risk <= config.max_best_risk:
-                best_name = o.option_name
-                break
+    best_name, kept_why = best_option_name(rec, config, previous_best)
+    resize = rec.resize
+    other = resize.other_architecture
+    same = next((o for o in resize.options if o.architecture == resize.current.architecture), None)
+    # What a person reads first: the finding, the confidence and the reason in words, and the best
+    # option of each architecture (the summary and the UI show them beside the best row).
+    trust: dict[str, Any] = {
+        "reason": resize.reason,
+        "confidence_words": resize.confidence_detail.words() if resize.confidence_detail else None,
+        "same_architecture_option": None if same is None else _alternative(same),
+        "other_architecture_option": None if other is None else _alternative(other),
+    }
     out = []
     for rank, o in enumerate(rec.options, start=1):
         cost = _effective_monthly(o)
@@ -741,6 +874,8 @@ def instance_rows(
         rationale = o.rationale
         if rec.protected:
             rationale = f"Protected by tag {PROTECT_TAG}: informational only, the plan keeps it. " + rationale
+        if kept_why and o.option_name == best_name:
+            rationale = kept_why + " " + rationale
         out.append(
             {
                 "account_id": account_id,
@@ -774,10 +909,20 @@ def instance_rows(
                 "protected": rec.protected,
                 "risk_setting": config.sizing_policy.name,
                 "rationale": rationale,
-                "details": json.dumps(o.details, sort_keys=True, default=str),
+                "details": json.dumps(o.details | trust, sort_keys=True, default=str),
             }
         )
     return out
+
+
+def _alternative(o) -> dict[str, Any]:
+    return {
+        "instance_type": o.instance_type,
+        "architecture": o.architecture,
+        "monthly_savings_usd": o.monthly_savings_usd,
+        "performance_risk": o.performance_risk,
+        "migration_effort": o.migration_effort,
+    }
 
 
 def _split_by_resource(table: pa.Table) -> dict[str, Samples]:

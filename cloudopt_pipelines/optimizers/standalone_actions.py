@@ -57,6 +57,26 @@ def spot_eligible(
     return True, f"tag {workload_tag}={workload} and not production-critical"
 
 
+# Performance risk (0-4, Compute Optimizer's scale) of running on Spot, by the Spot Advisor's monthly
+# interruption band: the more often it is interrupted, the higher. An unknown band counts as 3.
+INTERRUPTION_RISK = {"<5%": 1.0, "5-10%": 2.0, "10-15%": 3.0, "15-20%": 4.0, ">20%": 4.0}
+UNKNOWN_INTERRUPTION_RISK = 3.0
+
+
+def interruption_risk(band: str | None) -> float:
+    """The risk of a Spot option from its Spot Advisor interruption band (``INTERRUPTION_RISK``)."""
+    return INTERRUPTION_RISK.get((band or "").strip(), UNKNOWN_INTERRUPTION_RISK)
+
+
+def is_production_critical(
+    tags: Mapping[str, str],
+    criticality_tag: str = CRITICALITY_TAG,
+    critical_values: Sequence[str] = PRODUCTION_CRITICAL_VALUES,
+) -> bool:
+    """Tag ``criticality`` says production-critical (or critical, mission-critical)."""
+    return (tags.get(criticality_tag) or "").strip().lower() in critical_values
+
+
 @dataclass(frozen=True)
 class SpotOption:
     instance_type: str

@@ -11,7 +11,12 @@ from pydantic import BaseModel, Field
 
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs, Recommendations
 from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_recommendations
-from cloudopt_pipelines.optimizers.sizing import DEFAULT_RISK_SETTING, RISK_SETTINGS
+from cloudopt_pipelines.optimizers.sizing import (
+    ARCHITECTURE_PREFERENCES,
+    DEFAULT_MAX_BEST_RISK,
+    DEFAULT_RISK_SETTING,
+    RISK_SETTINGS,
+)
 from cloudopt_pipelines.optimizers.standalone import (
     STANDALONE_FEATURE_INPUTS,
     StandaloneConfig,
@@ -40,7 +45,17 @@ class StandaloneSettings(BaseModel):
         default=5.0, ge=0, le=100, description="Peak CPU % at or under which an hour of the week counts as idle."
     )
     max_best_risk: float = Field(
-        default=2.0, ge=0, description="Highest performance risk an option may have to be shown as the best one."
+        default=DEFAULT_MAX_BEST_RISK,
+        ge=0,
+        le=4,
+        description="Highest performance risk (0-4) the best option may have; 1 = the window's maximum fits.",
+    )
+    architecture: str = Field(
+        default="current",
+        description=(
+            "CPU architecture of the best option: 'current' keeps it (Compute Optimizer's CURRENT preference; the "
+            "Graviton option is still listed), 'any' lets a cheaper other-architecture type be best."
+        ),
     )
     commitment_terms: list[int] = Field(default=[1, 3], description="Commitment terms (years) to quote.")
 
@@ -75,6 +90,10 @@ class StandaloneEc2Optimizer(DeploymentOptimizer):
 
     def config(self, settings: BaseModel) -> StandaloneConfig:
         s = settings if isinstance(settings, StandaloneSettings) else StandaloneSettings.model_validate(settings)
+        if s.architecture not in ARCHITECTURE_PREFERENCES:
+            raise ValueError(
+                f"standalone setting architecture={s.architecture!r}: use one of {', '.join(ARCHITECTURE_PREFERENCES)}"
+            )
         return StandaloneConfig(
             risk_setting=s.risk_setting,
             window_days=max(i.window_days for i in self.inputs),
@@ -82,6 +101,7 @@ class StandaloneEc2Optimizer(DeploymentOptimizer):
             spot_workload_values=tuple(s.spot_workload_values),
             schedule_idle_cpu_pct=s.schedule_idle_cpu_pct,
             max_best_risk=s.max_best_risk,
+            architecture=s.architecture,
             commitment_terms=tuple(s.commitment_terms),
         )
 
