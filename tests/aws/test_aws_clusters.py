@@ -1,0 +1,316 @@
+"""ECS, EMR and custom-cluster collection on a real moto server: tasks and their sizes, steps, protect and
+production tags, custom-cluster membership, and ECS service series put with their dimensions in another
+order than the collector's.
+
+Seeded in ap-southeast-2 of the management account, a region the other AWS tests do not read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from conftest import (
+    FIRST_DAY,
+    MANAGEMENT_ACCOUNT,
+    build_collector,
+    client,
+    forward,
+    free_port,
+    load_gcd,
+    put_metric_data,
+    run_instance,
+    step_time,
+)
+
+REGION = "ap-southeast-2"
+
+
+@dataclass
+class ClusterWorld:
+    container_instances: list[str] = field(default_factory=list)
+    custom_members: list[str] = field(default_factory=list)
+    grid_member: str = ""
+    emr_cluster_id: str = ""
+    ecs_trace: list[float] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def clusters_world(world) -> ClusterWorld:
+    w = ClusterWorld()
+    endpoint = world.endpoint
+    ec2 = client(endpoint, "ec2", REGION)
+    ecs = client(endpoint, "ecs", REGION)
+    ecs.create_cluster(clusterName="shop", tags=[{"key": "env", "value": "prod"}])
+    ecs.create_cluster(
+        clusterName="batch", tags=[{"key": "env", "value": "dev"}, {"key": "cloudopt:protect", "value": "true"}]
+    )
+    for _ in range(2):
+        iid = run_instance(ec2, {}, "m5.xlarge", Placement={"AvailabilityZone": f"{REGION}a"})
+        w.container_instances.append(iid)
+        document = {"instanceId": iid, "region": REGION, "availabilityZone": f"{REGION}a", "instanceType": "m5.xlarge"}
+        ecs.register_container_instance(cluster="shop", instanceIdentityDocument=json.dumps(document))
+    # Task-level size, and a definition sized only by its containers (EC2 launch type).
+    ecs.register_task_definition(
+        family="api",
+        cpu="1024",
+        memory="2048",
+        requiresCompatibilities=["EC2"],
+        containerDefinitions=[{"name": "api", "image": "nginx", "cpu": 1024, "memory": 2048}],
+    )
+    ecs.register_task_definition(
+        family="worker",
+        containerDefinitions=[
+            {"name": "a", "image": "busybox", "cpu": 256, "memory": 512},
+            {"name": "b", "image": "busybox", "cpu": 256, "memoryReservation": 256},
+        ],
+    )
+    ecs.register_task_definition(
+        family="front",
+        cpu="256",
+        memory="512",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        containerDefinitions=[{"name": "front", "image": "nginx"}],
+    )
+    ecs.create_service(
+        cluster="shop",
+        serviceName="api",
+        taskDefinition="api",
+        desiredCount=3,
+        launchType="EC2",
+        tags=[{"key": "cloudopt:protect", "value": "true"}],
+    )
+    ecs.create_service(
+        cluster="shop", serviceName="front", taskDefinition="front", desiredCount=2, launchType="FARGATE"
+    )
+    ecs.create_service(cluster="batch", serviceName="worker", taskDefinition="worker", desiredCount=1)
+    ecs.run_task(cluster="shop", taskDefinition="api", count=2, startedBy="events-rule/nightly", launchType="EC2")
+
+    # ECS service series put as [ServiceName, ClusterName]: CloudWatch matches dimensions as a set, moto only
+    # in the order given, so the collector must ask in the listed order.
+    gcd = load_gcd()
+    vm = list(dict.fromkeys(gcd.vm_id))[2]
+    rows = gcd[gcd.vm_id == vm]
+    w.ecs_trace = [float(v) for v in rows.cpu_util_pct]
+    put_metric_data(
+        client(endpoint, "cloudwatch", REGION),
+        "AWS/ECS",
+        [
+            {
+                "MetricName": "CPUUtilization",
+                "Dimensions": [{"Name": "ServiceName", "Value": "api"}, {"Name": "ClusterName", "Value": "shop"}],
+                "Timestamp": step_time(r.step_5min),
+                "Value": float(r.cpu_util_pct),
+                "Unit": "Percent",
+            }
+            for r in rows.itertuples()
+        ],
+    )
+
+    emr = client(endpoint, "emr", REGION)
+    w.emr_cluster_id = emr.run_job_flow(
+        Name="nightly-etl",
+        ReleaseLabel="emr-6.10.0",
+        Applications=[{"Name": "Spark"}],
+        Instances={
+            "InstanceGroups": [
+                {"Name": "primary", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+                {"Name": "core", "InstanceRole": "CORE", "InstanceType": "r5.xlarge", "InstanceCount": 2},
+                {
+                    "Name": "task",
+                    "InstanceRole": "TASK",
+                    "InstanceType": "r5.xlarge",
+                    "InstanceCount": 3,
+                    "Market": "SPOT",
+                },
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        Steps=[
+            {
+                "Name": "aggregate",
+                "ActionOnFailure": "CONTINUE",
+                "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://b/job.py"]},
+            }
+        ],
+        Tags=[{"Key": "env", "Value": "prod"}, {"Key": "cloudopt:protect", "Value": "yes"}],
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+    )["JobFlowId"]
+
+    for k in range(3):
+        w.custom_members.append(
+            run_instance(ec2, {"Name": f"hpc-{k}", "env": "dev", "cloudopt:cluster": "hpc"}, "c5.2xlarge")
+        )
+    w.grid_member = run_instance(ec2, {"Name": "render-0", "grid:cluster": "render"}, "c5.xlarge")
+    return w
+
+
+@pytest.fixture(scope="module")
+def cluster_inventory(world, clusters_world: ClusterWorld) -> list[dict[str, Any]]:
+    collector = build_collector(world, regions=(REGION,))
+    return collector.collect_inventory(MANAGEMENT_ACCOUNT, FIRST_DAY).table.to_pylist()
+
+
+def _by_name(rows: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in rows if r["resource_kind"] == kind}
+
+
+def test_ecs_services_carry_task_sizes_from_describe_task_definition(cluster_inventory) -> None:
+    services = _by_name(cluster_inventory, "ecs_service")
+    api = json.loads(services["api"]["attributes"])
+    assert (api["task_cpu"], api["task_memory"]) == (1024, 2048)
+    assert api["task_definition_revision"] == "api:1"
+    assert api["requires_compatibilities"] == ["EC2"]
+    worker = json.loads(services["worker"]["attributes"])
+    # No task-level size: the containers' cpu and memory (memoryReservation where memory is unset) add up.
+    assert (worker["task_cpu"], worker["task_memory"]) == (512, 768)
+    front = json.loads(services["front"]["attributes"])
+    assert (front["task_cpu"], front["task_memory"], front["launch_type"]) == (256, 512, "FARGATE")
+    assert all(json.loads(s["attributes"])["task_definition_error"] is None for s in services.values())
+
+
+def test_ecs_cluster_lists_its_running_tasks_with_sizes(cluster_inventory) -> None:
+    clusters = _by_name(cluster_inventory, "ecs_cluster")
+    tasks = json.loads(clusters["shop"]["attributes"])["tasks"]
+    scheduled = [t for t in tasks if t["started_by"] == "events-rule/nightly"]
+    assert len(scheduled) == 2
+    assert {(t["cpu"], t["memory"], t["task_definition"]) for t in scheduled} == {(1024, 2048, "api:1")}
+    assert all(t["container_instance"] for t in scheduled)
+    assert json.loads(clusters["batch"]["attributes"])["tasks"] == []
+
+
+def test_protect_and_production_tags_are_read_from_ecs_and_emr(cluster_inventory) -> None:
+    clusters = _by_name(cluster_inventory, "ecs_cluster")
+    assert clusters["shop"]["env"] == "prod"
+    assert json.loads(clusters["batch"]["tags"])["cloudopt:protect"] == "true"
+    services = _by_name(cluster_inventory, "ecs_service")
+    assert json.loads(services["api"]["tags"]).get("cloudopt:protect") == "true"
+    emr = _by_name(cluster_inventory, "emr_cluster")["nightly-etl"]
+    assert emr["env"] == "prod"
+    assert json.loads(emr["tags"])["cloudopt:protect"] == "yes"
+
+
+def test_emr_groups_steps_and_applications(cluster_inventory, clusters_world: ClusterWorld) -> None:
+    emr = _by_name(cluster_inventory, "emr_cluster")["nightly-etl"]
+    attributes = json.loads(emr["attributes"])
+    groups = {g["role"]: g for g in attributes["instance_groups"]}
+    assert set(groups) == {"MASTER", "CORE", "TASK"}
+    assert (groups["TASK"]["instance_type"], groups["TASK"]["requested"], groups["TASK"]["market"]) == (
+        "r5.xlarge",
+        3,
+        "SPOT",
+    )
+    assert all(g["id"] for g in groups.values())
+    assert [s["name"] for s in attributes["steps"]] == ["aggregate"]
+    assert attributes["steps"][0]["state"] in ("PENDING", "RUNNING", "COMPLETED")
+    assert attributes["applications"] == ["Spark"]
+    assert attributes["cluster_id"] == clusters_world.emr_cluster_id
+
+
+def test_custom_cluster_members_are_never_standalone(cluster_inventory, clusters_world: ClusterWorld) -> None:
+    instances = {r["resource_id"]: r for r in cluster_inventory if r["resource_kind"] == "ec2_instance"}
+    for iid in clusters_world.custom_members:
+        assert instances[iid]["deployment_type"] == "custom_cluster"
+        assert instances[iid]["parent_id"] == "hpc"
+        assert json.loads(instances[iid]["attributes"])["custom_cluster"] == "hpc"
+    # Another key is not a cluster tag unless configured.
+    assert instances[clusters_world.grid_member]["deployment_type"] == "standalone"
+    for iid in clusters_world.container_instances:
+        assert instances[iid]["deployment_type"] == "ecs"
+
+
+def test_cluster_tag_key_is_configurable(world, clusters_world: ClusterWorld) -> None:
+    collector = build_collector(world, regions=(REGION,), cluster_tag_key="grid:cluster")
+    rows = collector.collect_inventory(MANAGEMENT_ACCOUNT, FIRST_DAY).table.to_pylist()
+    instances = {r["resource_id"]: r for r in rows if r["resource_kind"] == "ec2_instance"}
+    assert instances[clusters_world.grid_member]["deployment_type"] == "custom_cluster"
+    assert instances[clusters_world.grid_member]["parent_id"] == "render"
+    assert instances[clusters_world.custom_members[0]]["deployment_type"] == "standalone"
+
+
+def test_ecs_service_series_found_whatever_the_dimension_order(world, clusters_world: ClusterWorld) -> None:
+    collector = build_collector(world, regions=(REGION,))
+    rows = collector.collect_cluster_metrics(MANAGEMENT_ACCOUNT, FIRST_DAY).table.to_pylist()
+    api = sorted(
+        (r["ts"], r["value"])
+        for r in rows
+        if r["resource_id"].endswith(":service/shop/api") and r["metric"] == "CPUUtilization"
+    )
+    assert [v for _, v in api] == pytest.approx(clusters_world.ecs_trace)
+    emr = {r["metric"] for r in rows if r["namespace"] == "AWS/ElasticMapReduce"}
+    assert emr <= {
+        "YARNMemoryAvailablePercentage",
+        "ContainerPending",
+        "AppsRunning",
+        "IsIdle",
+        "CoreNodesRunning",
+        "TaskNodesRunning",
+    }
+
+
+class DenyTaskDefinition:
+    """Forwards to moto, but answers DescribeTaskDefinition of family ``worker`` the way ECS answers a
+    caller without ecs:DescribeTaskDefinition on it."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.denied = 0
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                if target.endswith(".DescribeTaskDefinition") and b"worker" in body:
+                    proxy.denied += 1
+                    payload = json.dumps(
+                        {"__type": "AccessDeniedException", "message": "not authorized to DescribeTaskDefinition"}
+                    ).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("x-amzn-errortype", "AccessDeniedException")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                forward(self, proxy.upstream, body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def test_unreadable_task_definition_is_a_reason_not_a_failed_partition(world, clusters_world: ClusterWorld) -> None:
+    proxy = DenyTaskDefinition(world.endpoint)
+    with proxy.serve() as url:
+        collector = build_collector(world, regions=(REGION,), endpoint_url=url)
+        rows = collector.collect_inventory(MANAGEMENT_ACCOUNT, FIRST_DAY).table.to_pylist()
+    assert proxy.denied >= 1
+    services = _by_name(rows, "ecs_service")
+    worker = json.loads(services["worker"]["attributes"])
+    assert worker["task_cpu"] is None and worker["task_memory"] is None
+    assert "AccessDeniedException" in worker["task_definition_error"]
+    assert json.loads(services["api"]["attributes"])["task_cpu"] == 1024
