@@ -120,12 +120,17 @@ def _inventory() -> pa.Table:
 
 
 def test_registry_lists_the_standalone_optimiser_with_its_declarations() -> None:
-    [standalone] = all_optimizers()
+    registered = {o.name: o for o in all_optimizers()}
+    assert next(iter(registered)) == "standalone_ec2"
+    standalone = registered["standalone_ec2"]
     assert standalone.name == "standalone_ec2" and standalone.table_name == "recommendations_standalone_ec2"
     assert standalone.deployment_types == ("standalone",)
     assert {"ec2_instance", "ebs_volume", "elastic_ip"} <= set(standalone.resource_kinds)
     assert standalone.inputs and all(i.window_days >= 1 for i in standalone.inputs)
     assert standalone.settings_type is StandaloneSettings
+    clusters = registered["clusters"]
+    assert clusters.table_name == "recommendations_clusters"
+    assert clusters.deployment_types == ("ecs", "emr", "custom_cluster")
 
 
 def test_select_takes_only_the_optimisers_own_deployment_types_and_kinds() -> None:

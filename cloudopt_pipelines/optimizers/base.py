@@ -132,9 +132,10 @@ class UnknownDeploymentTypeError(ValueError):
 
 def all_optimizers() -> tuple[DeploymentOptimizer, ...]:
     """Every registered optimiser, in the order the plan merges their candidates."""
+    from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersOptimizer
     from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
 
-    return (StandaloneEc2Optimizer(),)
+    return (StandaloneEc2Optimizer(), ClustersOptimizer())
 
 
 def known_deployment_types(optimizers: Iterable[DeploymentOptimizer] | None = None) -> tuple[str, ...]:
