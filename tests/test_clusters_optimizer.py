@@ -456,3 +456,18 @@ def test_custom_cluster_without_memory_data_never_loses_memory(catalog: Catalog)
     rows = recommend(catalog, members, [], daily("cloudopt:cluster=hpc", 10, cpu_p95=10.0, mem_max=None))
     for r in rows:
         assert r["memory_gib"] is None or r["memory_gib"] >= 4 * 64 - 0.01
+
+
+def test_a_protected_ec2_service_is_packed_at_its_current_size(catalog: Catalog) -> None:
+    nodes = [node(f"i-{k}", "m5.xlarge", f"{REGION}{'ab'[k % 2]}", CLUSTER) for k in range(4)]
+    cluster = resource("ecs_cluster", CLUSTER, {"tasks": []}, name="shop")
+    svc = service("api", 1024, 2048, count=4, launch="EC2", tags={"env": "dev", "cloudopt:protect": "true"})
+    prof = profile(svc["resource_id"], "ecs_service", cpu_p95_pct=15.0, mem_max_pct=20.0)
+    prof += profile(CLUSTER, "ecs_cluster", cpu_p95_pct=15.0, mem_max_pct=20.0)
+    rows = recommend(catalog, [cluster, svc, *nodes], prof)
+    assert [r["option_name"] for r in rows if r["is_best"] and r["resource_id"].endswith("/api")] == ["keep"]
+    best = next(r for r in rows if r["is_best"] and r["resource_id"] == CLUSTER)
+    packed = json.loads(best["details"])["packed"]["services"]
+    assert packed == [
+        {"service": svc["resource_id"], "option": "keep", "cpu": 1024, "memory": 2048, "desired_count": 4}
+    ]

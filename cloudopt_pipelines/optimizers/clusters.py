@@ -601,9 +601,8 @@ def _ecs_service(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
     plan = Plan(a, current, cost, options, a.confidence(config.window_days), finding, details=details)
     if not fargate:
         # The cluster packs the resized tasks: that is the option its node saving assumes.
-        plan.best = (
-            "resize_tasks" if any(o.name == "resize_tasks" and not _grows(o, current) for o in options) else KEEP
-        )
+        resize = any(o.name == "resize_tasks" and not _grows(o, current) for o in options)
+        plan.best = "resize_tasks" if resize and not a.protected else KEEP
     return plan
 
 
@@ -1428,9 +1427,11 @@ def plan_rows(
         a = plan.analysis
         protected = a.protected
         allowed = [o for o in plan.options if o.monthly_cost_usd is not None and o.risk <= config.max_best_risk]
-        if plan.best is not None:
+        if protected:
+            best = KEEP
+        elif plan.best is not None:
             best = plan.best
-        elif protected or not allowed:
+        elif not allowed:
             best = KEEP
         else:
             best = min(allowed, key=lambda o: (o.monthly_cost_usd, o.risk, o.name)).name
