@@ -31,6 +31,7 @@ from conftest import (
 )
 
 REGION = "ap-southeast-2"
+EMR_BUSY_CPU_PCT = 20.0
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ClusterWorld:
     grid_member: str = ""
     emr_cluster_id: str = ""
     ecs_trace: list[float] = field(default_factory=list)
+    emr_trace: list[tuple[float, float]] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,9 @@ def clusters_world(world) -> ClusterWorld:
         clusterName="batch", tags=[{"key": "env", "value": "dev"}, {"key": "cloudopt:protect", "value": "true"}]
     )
     for _ in range(2):
-        iid = run_instance(ec2, {}, "m5.xlarge", Placement={"AvailabilityZone": f"{REGION}a"})
+        iid = run_instance(ec2, {}, "m5.2xlarge", Placement={"AvailabilityZone": f"{REGION}a"})
         w.container_instances.append(iid)
-        document = {"instanceId": iid, "region": REGION, "availabilityZone": f"{REGION}a", "instanceType": "m5.xlarge"}
+        document = {"instanceId": iid, "region": REGION, "availabilityZone": f"{REGION}a", "instanceType": "m5.2xlarge"}
         ecs.register_container_instance(cluster="shop", instanceIdentityDocument=json.dumps(document))
     # Task-level size, and a definition sized only by its containers (EC2 launch type).
     ecs.register_task_definition(
@@ -145,6 +147,26 @@ def clusters_world(world) -> ClusterWorld:
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
     )["JobFlowId"]
+
+    # EMR series of the same real day: YARN memory from the trace's memory, idle where its CPU is low.
+    put_metric_data(
+        client(endpoint, "cloudwatch", REGION),
+        "AWS/ElasticMapReduce",
+        [
+            {
+                "MetricName": metric,
+                "Dimensions": [{"Name": "JobFlowId", "Value": w.emr_cluster_id}],
+                "Timestamp": step_time(r.step_5min),
+                "Value": value,
+            }
+            for r in rows.itertuples()
+            for metric, value in (
+                ("YARNMemoryAvailablePercentage", max(0.0, 100.0 - float(r.mem_util_pct))),
+                ("IsIdle", 1.0 if float(r.cpu_util_pct) < EMR_BUSY_CPU_PCT else 0.0),
+            )
+        ],
+    )
+    w.emr_trace = [(float(r.cpu_util_pct), float(r.mem_util_pct)) for r in rows.itertuples()]
 
     for k in range(3):
         w.custom_members.append(
@@ -314,3 +336,79 @@ def test_unreadable_task_definition_is_a_reason_not_a_failed_partition(world, cl
     assert worker["task_cpu"] is None and worker["task_memory"] is None
     assert "AccessDeniedException" in worker["task_definition_error"]
     assert json.loads(services["api"]["attributes"])["task_cpu"] == 1024
+
+
+def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterWorld, tmp_path) -> None:
+    """moto -> the AWS collector -> a real lake -> the SQL feature models -> the cluster optimiser."""
+    from cloudopt_pipelines.assets.features import SOURCE_TABLES
+    from cloudopt_pipelines.assets.recommendations import read_inputs
+    from cloudopt_pipelines.catalog.prices import build_price_catalog
+    from cloudopt_pipelines.optimizers.base import OptimizerInputs, optimizer_named
+    from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersSettings
+    from cloudopt_pipelines.optimizers.sizing import Catalog
+    from cloudopt_pipelines.project_files import sql_models_dir
+    from cloudopt_pipelines.sqlmodels.runner import execute_model, load_models
+    from cloudopt_pipelines.sqlmodels.sources import source_schemas
+    from cloudopt_pipelines.storage.lake import Lake
+
+    models = {m.name: m for m in load_models(sql_models_dir(), set(SOURCE_TABLES))}
+    partitioning = {k: v[0] for k, v in SOURCE_TABLES.items()} | {m.name: m.partitioned_by for m in models.values()}
+    collector = build_collector(world, regions=(REGION,))
+    lake = Lake(tmp_path / "lake")
+    lake.write("price_catalog", build_price_catalog())
+    lake.write(
+        "resources", collector.collect_inventory(MANAGEMENT_ACCOUNT, FIRST_DAY).table, MANAGEMENT_ACCOUNT, FIRST_DAY
+    )
+    lake.write(
+        "utilization_5m", collector.collect_metrics(MANAGEMENT_ACCOUNT, FIRST_DAY).table, MANAGEMENT_ACCOUNT, FIRST_DAY
+    )
+    lake.write(
+        "cluster_metrics_5m",
+        collector.collect_cluster_metrics(MANAGEMENT_ACCOUNT, FIRST_DAY).table,
+        MANAGEMENT_ACCOUNT,
+        FIRST_DAY,
+    )
+    for name in (
+        "stg_utilization_5m",
+        "stg_cluster_metrics_5m",
+        "cluster_utilization_daily",
+        "cluster_activity_profile",
+    ):
+        execute_model(models[name], lake, partitioning, MANAGEMENT_ACCOUNT, FIRST_DAY, source_schemas=source_schemas())
+
+    optimizer = optimizer_named("clusters")
+    tables, days_found = read_inputs(lake, optimizer.inputs, MANAGEMENT_ACCOUNT, FIRST_DAY)
+    inputs = OptimizerInputs(
+        account_id=MANAGEMENT_ACCOUNT,
+        day=FIRST_DAY,
+        inventory=optimizer.select(lake.read("resources", MANAGEMENT_ACCOUNT, FIRST_DAY)),
+        tables=tables,
+        days_found=days_found,
+        catalog=Catalog(lake.read("price_catalog")),
+    )
+    one_day = optimizer.recommend(inputs, ClustersSettings()).table.to_pylist()
+    # One day of data: the documented minimum (7 days) holds every cut back.
+    assert {r["option_name"] for r in one_day} == {"keep"}
+    rows = optimizer.recommend(inputs, ClustersSettings(min_days_before_cut=1)).table.to_pylist()
+    by = {}
+    for r in rows:
+        by.setdefault(r["resource_id"], {})[r["option_name"]] = r
+    shop = next(k for k in by if k.endswith(":cluster/shop"))
+    # Capacity from the catalogue (2 x m5.2xlarge = 16 vCPU), not moto's 4096 CPU units per instance.
+    assert by[shop]["keep"]["vcpu"] == 16.0
+    api = next(k for k in by if k.endswith(":service/shop/api"))
+    assert by[api]["keep"]["protected"] and by[api]["keep"]["is_best"]
+    resize = json.loads(by[api]["resize_tasks"]["proposed_config"])
+    assert resize["api_calls"][1]["parameters"]["cluster"] == shop
+    emr_arn = next(
+        k for k in by if ":cluster/" + clusters_world.emr_cluster_id in k or k.endswith(clusters_world.emr_cluster_id)
+    )
+    emr_rows = by[emr_arn]
+    assert all(r["protected"] for r in emr_rows.values()) and emr_rows["keep"]["is_best"]
+    calls = [c for r in emr_rows.values() for c in json.loads(r["proposed_config"])["api_calls"]]
+    assert calls and all(
+        c["parameters"].get("ClusterId", c["parameters"].get("JobFlowId")) == clusters_world.emr_cluster_id
+        for c in calls
+    )
+    hpc = by["cloudopt:cluster=hpc"]
+    assert {r["deployment_type"] for r in hpc.values()} == {"custom_cluster"}
