@@ -1129,13 +1129,16 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
 
 
 def _window_text(hours: Sequence[int]) -> str:
+    """The busy hours of the week in words: a daily span when they form one, else how many and which days."""
     if not hours:
         return "never"
-    days = "Mon Tue Wed Thu Fri Sat Sun".split()
-    by_hour = sorted({h % 24 for h in hours})
+    names = "Mon Tue Wed Thu Fri Sat Sun".split()
+    of_day = sorted({h % 24 for h in hours})
     weekdays = sorted({h // 24 for h in hours})
-    span = f"{by_hour[0]:02d}:00-{by_hour[-1] + 1:02d}:00 UTC"
-    return f"{span} on {', '.join(days[d] for d in weekdays)}" if len(weekdays) < 7 else f"{span} every day"
+    days = "every day" if len(weekdays) == 7 else "on " + ", ".join(names[d] for d in weekdays)
+    if len(of_day) < 24 and of_day == list(range(of_day[0], of_day[-1] + 1)):
+        return f"{of_day[0]:02d}:00-{of_day[-1] + 1:02d}:00 UTC {days}"
+    return f"{len(hours)} h a week, {days}"
 
 
 # ----------------------------------------------------------------------------------- custom clusters
