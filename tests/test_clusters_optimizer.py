@@ -471,3 +471,34 @@ def test_a_protected_ec2_service_is_packed_at_its_current_size(catalog: Catalog)
     assert packed == [
         {"service": svc["resource_id"], "option": "keep", "cpu": 1024, "memory": 2048, "desired_count": 4}
     ]
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_ec2_spot_capacity_provider_only_when_every_service_is_spot_ready(catalog: Catalog, ready: bool) -> None:
+    nodes = [
+        node(f"i-{k}", "m5.xlarge", f"{REGION}{'ab'[k % 2]}", CLUSTER, subnet_id=f"subnet-{'ab'[k % 2]}")
+        for k in range(4)
+    ]
+    cluster = resource("ecs_cluster", CLUSTER, {"tasks": []}, name="shop")
+    tags = {"env": "dev", "workload": "stateless"} if ready else {"env": "dev"}
+    svc = service("api", 1024, 2048, count=4, launch="EC2", tags=tags)
+    prof = profile(svc["resource_id"], "ecs_service", cpu_p95_pct=50.0, mem_max_pct=60.0)
+    prof += profile(CLUSTER, "ecs_cluster", cpu_p95_pct=50.0, mem_max_pct=60.0)
+    rows = recommend(catalog, [cluster, svc, *nodes], prof)
+    cluster_rows = options(rows, ":cluster/shop")
+    if not ready:
+        assert "resize_cluster_spot" not in cluster_rows
+        assert "workload" in json.loads(cluster_rows["keep"]["details"])["spot_ready"]["why"]
+        return
+    spot = cluster_rows["resize_cluster_spot"]
+    proposed = json.loads(spot["proposed_config"])
+    assert spot["market"] == "spot" and spot["monthly_savings_usd"] > 0
+    assert len(proposed["spot_instance_types"]) == 3
+    ops = [c["operation"] for c in proposed["api_calls"]]
+    assert ops == ["CreateAutoScalingGroup", "CreateCapacityProvider", "PutClusterCapacityProviders", "UpdateService"]
+    group = proposed["api_calls"][0]["parameters"]
+    assert group["VPCZoneIdentifier"] == "subnet-a,subnet-b" and group["DesiredCapacity"] == proposed["count"]
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
+    assert proposed["api_calls"][3]["parameters"]["capacityProviderStrategy"] == [
+        {"capacityProvider": "shop-spot", "weight": 1}
+    ]

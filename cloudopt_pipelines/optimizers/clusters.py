@@ -1246,12 +1246,149 @@ def optimize_node_distribution(plans: Mapping[str, Plan], catalog: Catalog, conf
             _fargate_spot(plan, catalog, config)
         elif a.resource_kind == EMR_CLUSTER:
             _emr_spot(plan, catalog, config)
+        elif a.resource_kind == ECS_CLUSTER and a.nodes and len(plan.options) > 0:
+            services = [
+                p
+                for p in plans.values()
+                if p.analysis.resource_kind == ECS_SERVICE and p.analysis.parent_id == a.resource_id
+            ]
+            _ecs_ec2_spot(plan, services, catalog, config)
         if a.resource_kind in (ECS_CLUSTER, CUSTOM_CLUSTER_KIND) and a.nodes:
             zones = plan.current.get("zones") or {}
             if len(zones) > 1 and max(zones.values()) - min(zones.values()) > 1:
                 plan.details["zone_imbalance"] = zones
                 plan.details["zone_balanced"] = _spread(len(a.nodes), sorted(zones))
     return plans
+
+
+def _similar_spot_types(catalog: Catalog, region: str, base: InstanceType, n: int) -> list[InstanceType]:
+    """Up to ``n`` types with ``base``'s vCPUs, memory within 25 % and architecture, cheapest Spot first,
+    ``base`` included when it has a Spot price."""
+    similar = sorted(
+        (
+            t
+            for t in catalog.region(region)
+            if t.vcpu == base.vcpu
+            and abs(t.memory_gib - base.memory_gib) <= base.memory_gib * 0.25
+            and t.architecture == base.architecture
+            and t.spot_usd_per_hour is not None
+        ),
+        key=lambda t: (t.spot_usd_per_hour or math.inf, t.instance_type),
+    )[:n]
+    if base.spot_usd_per_hour is not None and base not in similar:
+        similar = [base, *similar[: n - 1]]
+    return similar
+
+
+def _ecs_ec2_spot(plan: Plan, services: Sequence[Plan], catalog: Catalog, config: ClusterConfig) -> None:
+    """An EC2 Spot capacity provider for a cluster whose every EC2 service is spot-ready: the packed node
+    count (or today's) on diversified Spot types behind an Auto Scaling group with a managed capacity provider."""
+    a = plan.analysis
+    ec2 = [s for s in services if s.current.get("launch_type") != "FARGATE"]
+    if not ec2:
+        return
+    not_ready = []
+    for s in ec2:
+        ok, why = spot_eligible(s.analysis.tags)
+        if not ok or (s.current.get("desired_count") or 0) < 2:
+            not_ready.append(f"{s.current['service']}: {why if not ok else 'fewer than 2 tasks'}")
+    if not_ready:
+        plan.details["spot_ready"] = {"ready": False, "why": "; ".join(not_ready)}
+        return
+    sized = [o for o in plan.options if o.action == "resize_cluster" and o.monthly_cost_usd is not None]
+    chosen = min(sized, key=lambda o: o.monthly_cost_usd or math.inf) if sized else None
+    itype = chosen.proposed["instance_type"] if chosen else plan.current["instance_type"]
+    count = int(chosen.proposed["count"] if chosen else plan.current["count"])
+    if (a.region, itype) not in catalog or count < 2:
+        return
+    types = _similar_spot_types(catalog, a.region, catalog.get(a.region, itype), config.emr_spot_types)
+    if not types:
+        return
+    monthly = round(count * sum(t.spot_usd_per_hour or 0 for t in types) / len(types) * HOURS_PER_MONTH, 2)
+    if plan.current_cost_usd is None or monthly >= plan.current_cost_usd - 0.01:
+        return
+    name = f"{a.name or a.resource_id.rsplit('/', 1)[-1]}-spot"
+    zones = sorted((chosen.proposed.get("zones") if chosen else plan.current.get("zones")) or {})
+    subnets = sorted({n.attributes.get("subnet_id") for n in a.nodes if n.attributes.get("subnet_id")})
+    strategy = [{"capacityProvider": name, "weight": 1}]
+    plan.details["spot_ready"] = {"ready": True, "why": "every EC2 service is spot-ready"}
+    plan.options.append(
+        Option(
+            "resize_cluster_spot",
+            "resize_cluster",
+            monthly,
+            {
+                "cluster": a.resource_id,
+                "instance_type": itype,
+                "count": count,
+                "market": "spot",
+                "spot_instance_types": [t.instance_type for t in types],
+                "zones": _spread(count, zones) if zones else {},
+                "api_calls": [
+                    {
+                        "service": "autoscaling",
+                        "operation": "CreateAutoScalingGroup",
+                        "parameters": {
+                            "AutoScalingGroupName": name,
+                            "MinSize": 0,
+                            "MaxSize": count * 2,
+                            "DesiredCapacity": count,
+                            "VPCZoneIdentifier": ",".join(subnets) or None,
+                            "AvailabilityZones": None if subnets else zones,
+                            "NewInstancesProtectedFromScaleIn": True,
+                            "MixedInstancesPolicy": {
+                                "LaunchTemplate": {
+                                    "LaunchTemplateSpecification": {"LaunchTemplateName": f"{name}-nodes"},
+                                    "Overrides": [{"InstanceType": t.instance_type} for t in types],
+                                },
+                                "InstancesDistribution": {
+                                    "OnDemandPercentageAboveBaseCapacity": 0,
+                                    "SpotAllocationStrategy": "price-capacity-optimized",
+                                },
+                            },
+                        },
+                        "note": f"launch template {name}-nodes: the cluster's ECS-optimised AMI and user data",
+                    },
+                    {
+                        "service": "ecs",
+                        "operation": "CreateCapacityProvider",
+                        "parameters": {
+                            "name": name,
+                            "autoScalingGroupProvider": {
+                                "autoScalingGroupArn": name,
+                                "managedScaling": {"status": "ENABLED", "targetCapacity": int(config.node_fill_pct)},
+                                "managedTerminationProtection": "ENABLED",
+                            },
+                        },
+                        "note": f"autoScalingGroupArn: the ARN of group {name} (DescribeAutoScalingGroups)",
+                    },
+                    {
+                        "service": "ecs",
+                        "operation": "PutClusterCapacityProviders",
+                        "parameters": {
+                            "cluster": a.resource_id,
+                            "capacityProviders": [name],
+                            "defaultCapacityProviderStrategy": strategy,
+                        },
+                    },
+                    *(
+                        _update_service(s.analysis, capacityProviderStrategy=strategy, forceNewDeployment=True)
+                        for s in ec2
+                    ),
+                ],
+            },
+            f"every EC2 service is spot-ready (tag workload, at least 2 tasks): {count} node(s) on Spot over "
+            f"{', '.join(t.instance_type for t in types)} behind a managed capacity provider; Spot prices are the "
+            "catalogue's estimates",
+            risk=1.5,
+            market="spot",
+            finding="spot",
+            is_estimate=True,
+            vcpu=float(count * catalog.get(a.region, itype).vcpu),
+            memory_gib=float(count * catalog.get(a.region, itype).memory_gib),
+            effort="High",
+        )
+    )
 
 
 def _fargate_spot(plan: Plan, catalog: Catalog, config: ClusterConfig) -> None:
@@ -1314,21 +1451,9 @@ def _emr_spot(plan: Plan, catalog: Catalog, config: ClusterConfig) -> None:
     if not target.get("instance_type") or (a.region, target["instance_type"]) not in catalog:
         return
     base = catalog.get(a.region, target["instance_type"])
-    similar = sorted(
-        (
-            t
-            for t in catalog.region(a.region)
-            if t.vcpu == base.vcpu
-            and abs(t.memory_gib - base.memory_gib) <= base.memory_gib * 0.25
-            and t.architecture == base.architecture
-            and t.spot_usd_per_hour is not None
-        ),
-        key=lambda t: t.spot_usd_per_hour or math.inf,
-    )[: config.emr_spot_types]
+    similar = _similar_spot_types(catalog, a.region, base, config.emr_spot_types)
     if base.spot_usd_per_hour is None or not similar:
         return
-    if base not in similar:
-        similar = [base, *similar[: config.emr_spot_types - 1]]
     mean_spot = sum(t.spot_usd_per_hour or 0 for t in similar) / len(similar)
     delta = (base.ondemand_usd_per_hour - mean_spot) * target["count"] * HOURS_PER_MONTH
     if delta <= 0.01:
