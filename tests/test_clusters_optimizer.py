@@ -81,7 +81,14 @@ def node(iid: str, itype: str, zone: str, parent: str, deployment: str = "ecs", 
 
 
 def profile(rid: str, kind: str, days: int = 14, hours: range = range(168), **values: float | None) -> list[dict]:
-    base = {"cpu_p95_pct": None, "mem_max_pct": None, "yarn_mem_used_p95_pct": None, "idle_share_pct": None}
+    base = {
+        "cpu_p95_pct": None,
+        "mem_max_pct": None,
+        "yarn_mem_used_p95_pct": None,
+        "idle_share_pct": None,
+        "cpu_reserved_mean_pct": None,
+        "containers_pending_max": None,
+    }
     base.update(values)
     return [{"resource_id": rid, "resource_kind": kind, "hour_of_week": h, "days_seen": days, **base} for h in hours]
 
@@ -502,3 +509,43 @@ def test_ec2_spot_capacity_provider_only_when_every_service_is_spot_ready(catalo
     assert proposed["api_calls"][3]["parameters"]["capacityProviderStrategy"] == [
         {"capacityProvider": "shop-spot", "weight": 1}
     ]
+
+
+def test_batch_tasks_move_to_fargate_spot_with_their_hours_from_the_reservation(catalog: Catalog) -> None:
+    nodes = [node(f"i-{k}", "m5.xlarge", f"{REGION}{'ab'[k % 2]}", CLUSTER) for k in range(4)]
+    batch = [
+        {
+            "task_definition": "report:2",
+            "cpu": 4096,
+            "memory": 8192,
+            "launch_type": "EC2",
+            "group": "family:report",
+            "started_by": "events-rule/nightly-report",
+        }
+        for _ in range(2)
+    ]
+    cluster = resource("ecs_cluster", CLUSTER, {"tasks": batch}, name="shop")
+    svc = service("api", 1024, 2048, count=2, launch="EC2")
+    prof = profile(svc["resource_id"], "ecs_service", cpu_p95_pct=60.0, mem_max_pct=70.0)
+    # 16 vCPU of nodes: the services reserve 2; the two 4-vCPU batch tasks run 02:00-04:00 every day.
+    for h in range(168):
+        running = h % 24 in (2, 3)
+        prof += profile(
+            CLUSTER,
+            "ecs_cluster",
+            hours=range(h, h + 1),
+            cpu_p95_pct=30.0,
+            cpu_reserved_mean_pct=100.0 * (2 + (8 if running else 0)) / 16,
+        )
+    rows = recommend(catalog, [cluster, svc, *nodes], prof)
+    opts = options(rows, ":cluster/shop")
+    moved = opts["batch_to_fargate_spot"]
+    details = json.loads(moved["details"])["batch"]
+    assert details["vcpu_hours_week"] == pytest.approx(8 * 2 * 7)
+    proposed = json.loads(moved["proposed_config"])
+    assert proposed["api_calls"][0]["operation"] == "PutTargets"
+    assert proposed["api_calls"][0]["parameters"]["Rule"] == "nightly-report"
+    # Without the batch the nodes pack two 1-vCPU tasks: fewer or smaller nodes than with it.
+    with_batch = min(o["monthly_cost_proposed_usd"] for n, o in opts.items() if n.startswith("resize_cluster"))
+    assert moved["monthly_cost_proposed_usd"] < with_batch
+    assert moved["market"] == "spot" and moved["monthly_savings_usd"] > 0

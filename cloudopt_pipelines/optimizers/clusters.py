@@ -304,6 +304,7 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
             idle = None
         a.by_hour_of_week[h] = {
             "cpu_p95_pct": _round(r.get("cpu_p95_pct")),
+            "cpu_reserved_mean_pct": _round(r.get("cpu_reserved_mean_pct")),
             "mem_max_pct": _round(r.get("mem_max_pct")),
             "yarn_mem_used_p95_pct": _round(r.get("yarn_mem_used_p95_pct")),
             "idle": idle,
@@ -822,22 +823,28 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
     min_nodes = max(len(zones), 2 if production else 1)
     base = catalog.get(a.region, current["instance_type"])
     fill = config.node_fill_pct / 100
-    best: tuple[float, InstanceType, int] | None = None
-    same: tuple[float, InstanceType, int] | None = None
-    for t in _node_candidates(catalog, a.region, base):
-        cpu_units = t.vcpu * 1024 * fill - daemon[0]
-        mem_mib = t.memory_gib * 1024 * config.node_memory_usable_pct / 100 * fill - daemon[1]
-        if cpu_units <= 0 or mem_mib <= 0:
-            continue
-        n = _pack(items, cpu_units, mem_mib)
-        if n is None:
-            continue
-        n = max(n, min_nodes)
-        monthly = round(n * t.ondemand_usd_per_hour * HOURS_PER_MONTH, 2)
-        if best is None or monthly < best[0]:
-            best = (monthly, t, n)
-        if t.instance_type == current["instance_type"]:
-            same = (monthly, t, n)
+    Choice = tuple[float, InstanceType, int]
+
+    def search(tasks: Sequence[tuple[float, float]]) -> tuple[Choice | None, Choice | None]:
+        best: Choice | None = None
+        same: Choice | None = None
+        for t in _node_candidates(catalog, a.region, base):
+            cpu_units = t.vcpu * 1024 * fill - daemon[0]
+            mem_mib = t.memory_gib * 1024 * config.node_memory_usable_pct / 100 * fill - daemon[1]
+            if cpu_units <= 0 or mem_mib <= 0:
+                continue
+            n = _pack(tasks, cpu_units, mem_mib) if tasks else 0
+            if n is None:
+                continue
+            n = max(n, min_nodes)
+            monthly = round(n * t.ondemand_usd_per_hour * HOURS_PER_MONTH, 2)
+            if best is None or monthly < best[0]:
+                best = (monthly, t, n)
+            if t.instance_type == current["instance_type"]:
+                same = (monthly, t, n)
+        return best, same
+
+    best, same = search(items)
     reserved = sum(c for c, _ in items) / 1024
     plan.details["reserved_vcpu_packed"] = round(reserved, 3)
     for label, choice in (("resize_cluster_same_type", same), ("resize_cluster", best)):
@@ -879,7 +886,98 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
             )
         )
         plan.finding = "over-provisioned"
+    if batch:
+        today = sum((s.current["cpu"] or 0) * (s.current["desired_count"] or 0) for s in ec2_services) / 1024
+        _batch_to_fargate_spot(plan, items[: len(items) - len(batch)], batch, today, search, catalog, config)
     return plan
+
+
+def _batch_to_fargate_spot(
+    plan: Plan,
+    service_items: Sequence[tuple[float, float]],
+    batch: Sequence[tuple[float, float]],
+    services_vcpu: float,
+    search: Any,
+    catalog: Catalog,
+    config: ClusterConfig,
+) -> None:
+    """Batch work (tasks no service owns: schedules, run-task) off the nodes: the nodes are packed for the
+    services alone and the batch runs on FARGATE_SPOT for the hours it runs. Its task-hours come from the
+    cluster's CPUReservation by hour of week above what the services reserve; without that series it is
+    not estimated."""
+    a = plan.analysis
+    hourly = [b.get("cpu_reserved_mean_pct") for b in a.by_hour_of_week.values()]
+    known = [float(v) for v in hourly if v is not None]
+    if not known or a.capacity_vcpu is None:
+        plan.details["batch"] = {"tasks": len(batch), "estimated": False, "why": "no CPUReservation series"}
+        return
+    # What the cluster reserved each hour beyond its services (today's sizes) is the batch; its share of the
+    # week scaled to the hours with data.
+    batch_vcpu_week = (
+        sum(max(0.0, v / 100 * a.capacity_vcpu - services_vcpu) for v in known) * HOURS_OF_WEEK / len(known)
+    )
+    if batch_vcpu_week <= 0:
+        plan.details["batch"] = {"tasks": len(batch), "estimated": True, "vcpu_hours_week": 0.0}
+        return
+    gib_per_vcpu = sum(m for _, m in batch) / max(sum(c for c, _ in batch), 1)  # MiB per CPU unit = GiB per vCPU
+    try:
+        rates = fargate_rates(catalog, a.region)
+    except SizingError:
+        return
+    spot_hour = (rates.vcpu_hour + gib_per_vcpu * rates.gb_hour) * (1 - rates.spot_discount)
+    fargate_month = round(batch_vcpu_week * spot_hour * HOURS_PER_MONTH / HOURS_OF_WEEK, 2)
+    best, _ = search(service_items)
+    if best is None or plan.current_cost_usd is None:
+        return
+    monthly = round(best[0] + fargate_month, 2)
+    if monthly >= plan.current_cost_usd - 0.01:
+        return
+    groups = sorted(
+        {
+            t.get("started_by") or ""
+            for t in a.attributes.get("tasks") or []
+            if not str(t.get("group") or "").startswith("service:")
+        }
+    )
+    rules = [g.split("/", 1)[1] for g in groups if g.startswith("events-rule/")]
+    strategy = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
+    zones = sorted(plan.current.get("zones") or {})
+    plan.details["batch"] = {"tasks": len(batch), "estimated": True, "vcpu_hours_week": round(batch_vcpu_week, 2)}
+    plan.options.append(
+        Option(
+            "batch_to_fargate_spot",
+            "resize_cluster",
+            monthly,
+            {
+                "cluster": a.resource_id,
+                "instance_type": best[1].instance_type,
+                "count": best[2],
+                "zones": _spread(best[2], zones) if zones else {},
+                "batch_capacity_provider_strategy": strategy,
+                "api_calls": [
+                    {
+                        "service": "events",
+                        "operation": "PutTargets",
+                        "parameters": {
+                            "Rule": rule,
+                            "Targets": [{"EcsParameters": {"CapacityProviderStrategy": strategy, "LaunchType": None}}],
+                        },
+                        "note": "the current target of the rule (ListTargetsByRule), with this strategy (awsvpc)",
+                    }
+                    for rule in rules
+                ],
+            },
+            f"{len(batch)} batch task(s) no service owns ({', '.join(groups) or 'run by hand'}) reserve about "
+            f"{batch_vcpu_week:.0f} vCPU-hours a week beyond the services: on FARGATE_SPOT (about "
+            f"{fargate_month:.2f} USD a month, Spot estimated) the nodes pack the services alone on "
+            f"{best[2]} x {best[1].instance_type}",
+            risk=1.5,
+            market="spot",
+            finding="over-provisioned",
+            is_estimate=True,
+            effort="High",
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------- EMR clusters
