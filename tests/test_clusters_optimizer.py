@@ -383,6 +383,8 @@ def test_emr_resize_cuts_task_nodes_first_and_keeps_core(catalog: Catalog) -> No
     counts = {g["role"]: g["count"] for g in resize["instance_groups"]}
     # 6 workers at 30 % YARN memory: 3 keep it under 80 %; core stays at 2.
     assert counts == {"MASTER": 1, "CORE": 2, "TASK": 1}
+    # YARN memory taken as 75 % of the 6 workers' 32 GiB, the primary excluded.
+    assert json.loads(options(rows, "j-ETL")["resize"]["details"])["yarn_memory_gib"] == pytest.approx(0.75 * 6 * 32)
     ops = {c["parameters"]["InstanceGroups"][0]["InstanceGroupId"]: c for c in resize["api_calls"]}
     assert ops["ig-TASK"]["parameters"]["InstanceGroups"][0]["InstanceCount"] == 1
 
@@ -549,3 +551,11 @@ def test_batch_tasks_move_to_fargate_spot_with_their_hours_from_the_reservation(
     with_batch = min(o["monthly_cost_proposed_usd"] for n, o in opts.items() if n.startswith("resize_cluster"))
     assert moved["monthly_cost_proposed_usd"] < with_batch
     assert moved["market"] == "spot" and moved["monthly_savings_usd"] > 0
+
+
+def test_services_of_a_protected_ecs_cluster_are_protected(catalog: Catalog) -> None:
+    cluster = resource("ecs_cluster", CLUSTER, {"tasks": []}, tags={"cloudopt:protect": "true"})
+    svc = service("api", 1024, 2048, count=4)
+    rows = recommend(catalog, [cluster, svc], profile(svc["resource_id"], "ecs_service", cpu_p95_pct=20.0))
+    api = options(rows, "/api")
+    assert all(r["protected"] for r in api.values()) and api["keep"]["is_best"] and len(api) > 1

@@ -61,6 +61,7 @@ TERMINATED_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS", "INA
 #: Families the cluster node search may move to (current generations of general, compute, memory).
 NODE_FAMILIES = ("m", "c", "r")
 MIN_NODE_GENERATION = 5
+YARN_MEMORY_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,12 @@ class ClusterAnalysis:
     days_seen: int = 0
     hours_covered: int = 0
     notes: list[str] = field(default_factory=list)
+    parent_protected: bool = False
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.tags)
+        """Its own protect tag, or its cluster's (a service of a protected ECS cluster is never changed)."""
+        return self.parent_protected or is_protected(self.tags)
 
     def confidence(self, window_days: int) -> float:
         """Days of data over the window times hours of the week covered; 0 without data."""
@@ -240,6 +243,10 @@ def analyze_cluster_utilization(
             else:
                 members[parent].append(node)
 
+    for analysis in found.values():
+        parent = found.get(analysis.parent_id or "")
+        if analysis.resource_kind == ECS_SERVICE and parent is not None and is_protected(parent.tags):
+            analysis.parent_protected = True
     for key, analysis in found.items():
         analysis.nodes = sorted(members.get(key, []), key=lambda n: n.resource_id)
         specs = [n.spec for n in analysis.nodes]
@@ -1023,6 +1030,14 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         "steps_running": attrs.get("steps_running"),
         "last_step_end": attrs.get("last_step_end"),
     }
+    # YARN memory as EMR configures it by default: about 75 % of each worker's memory, the primary excluded.
+    workers_mem = [
+        catalog.get(a.region, g["instance_type"]).memory_gib * g["count"]
+        for g in current_groups
+        if g["role"] in ("CORE", "TASK") and g.get("instance_type") and (a.region, g["instance_type"]) in catalog
+    ]
+    if workers_mem:
+        details["yarn_memory_gib"] = round(YARN_MEMORY_SHARE * sum(workers_mem), 2)
 
     def price(g: Mapping[str, Any]) -> float | None:
         t = g.get("instance_type")
