@@ -2,7 +2,7 @@
 production tags, custom-cluster membership, and ECS service series put with their dimensions in another
 order than the collector's.
 
-Seeded in ap-southeast-2 of the management account, a region the other AWS tests do not read.
+Seeded in ap-southeast-2 of the management account on a moto server of this module's own (see ``world``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from conftest import (
     FIRST_DAY,
     MANAGEMENT_ACCOUNT,
+    AwsWorld,
     build_collector,
     client,
     forward,
@@ -27,6 +28,7 @@ from conftest import (
     load_gcd,
     put_metric_data,
     run_instance,
+    running_moto_server,
     step_time,
 )
 
@@ -45,7 +47,15 @@ class ClusterWorld:
 
 
 @pytest.fixture(scope="module")
-def clusters_world(world) -> ClusterWorld:
+def world(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsWorld]:
+    """A moto server of this module's own: moto's EMR lists clusters and starts their instances outside the
+    region asked for, so the session's shared estate would see them."""
+    with running_moto_server(tmp_path_factory.mktemp("moto-clusters") / "moto_server.log") as url:
+        yield AwsWorld(endpoint=url)
+
+
+@pytest.fixture(scope="module")
+def clusters_world(world: AwsWorld) -> ClusterWorld:
     w = ClusterWorld()
     endpoint = world.endpoint
     ec2 = client(endpoint, "ec2", REGION)
