@@ -559,3 +559,15 @@ def test_services_of_a_protected_ecs_cluster_are_protected(catalog: Catalog) -> 
     rows = recommend(catalog, [cluster, svc], profile(svc["resource_id"], "ecs_service", cpu_p95_pct=20.0))
     api = options(rows, "/api")
     assert all(r["protected"] for r in api.values()) and api["keep"]["is_best"] and len(api) > 1
+
+
+def test_emr_policies_already_set_are_not_proposed_again(catalog: Catalog) -> None:
+    prof = emr_profile(set(range(18, 24)), yarn=30.0)
+    has = emr(
+        GROUPS, attributes={"auto_termination_idle_timeout": 1800, "managed_scaling_policy": {"UnitType": "Instances"}}
+    )
+    opts = options(recommend(catalog, [has], prof), "j-ETL")
+    assert not {"auto_terminate", "managed_scaling", "resize"} & set(opts)
+    unknown = emr(GROUPS, attributes={"policy_errors": ["elasticmapreduce:GetAutoTerminationPolicy: HTTP 500"]})
+    auto = options(recommend(catalog, [unknown], prof), "j-ETL")["auto_terminate"]
+    assert "current policy unknown: elasticmapreduce:GetAutoTerminationPolicy: HTTP 500" in auto["rationale"]

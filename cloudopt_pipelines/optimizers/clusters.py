@@ -1083,6 +1083,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
 
     hourly = cost / HOURS_PER_MONTH
     cluster_id = attrs.get("cluster_id") or a.resource_id
+    unknown = [str(e) for e in attrs.get("policy_errors") or []]
     # Idle time: an auto-termination policy ends the cluster after the timeout; the hours past it are saved.
     if (
         a.idle_hours_per_day is not None
@@ -1120,6 +1121,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                     + f"; ending it after {config.emr_idle_timeout_seconds // 60} idle minutes saves "
                     f"{saved_per_week:.0f} cluster-hours a week"
                     + ("" if always_idle else "; its batch work then runs as a transient cluster in that window")
+                    + (f" (current policy unknown: {', '.join(unknown)})" if unknown else "")
                 ),
                 risk=1.5 if not always_idle else 0.5,
                 finding="idle" if always_idle else "over-provisioned",
@@ -1136,6 +1138,10 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
     task = next((g for g in current_groups if g["role"] == "TASK"), None)
     workers = (core["count"] if core else 0) + (task["count"] if task else 0)
     if core is None or workers == 0:
+        return plan
+    if attrs.get("managed_scaling_policy"):
+        # Managed scaling already sets the counts: no resize or new bounds on top of it.
+        plan.details["managed_scaling_policy"] = attrs["managed_scaling_policy"]
         return plan
     group_ids = {g.get("role"): g.get("id") for g in groups}
     use = a.yarn_mem_used_p95_pct

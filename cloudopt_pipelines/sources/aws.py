@@ -596,7 +596,9 @@ class AwsCollector:
                             "ready_time": timeline.get("ReadyDateTime"),
                             "normalized_instance_hours": c.get("NormalizedInstanceHours"),
                             "auto_terminate": c.get("AutoTerminate"),
-                            "auto_termination_idle_timeout": c.get("AutoTerminationPolicy"),
+                            "auto_termination_idle_timeout": c.get("AutoTerminationIdleTimeout"),
+                            "managed_scaling_policy": c.get("ManagedScalingComputeLimits"),
+                            "policy_errors": c.get("PolicyErrors") or [],
                             "steps": emr_steps.get(c["Id"], [])[:EMR_STEPS_KEPT],
                             "steps_running": sum(
                                 1 for st in emr_steps.get(c["Id"], []) if st["state"] in ("PENDING", "RUNNING")
@@ -734,6 +736,7 @@ class AwsCollector:
         found: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         for summary in summaries:
             cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            cluster = {**cluster, **self._emr_policies(account_id, region, summary["Id"])}
             if cluster.get("InstanceCollectionType") == "INSTANCE_FLEET":
                 fleets = [
                     {
@@ -799,6 +802,27 @@ class AwsCollector:
                 found[arn] = {"error": f"ecs:DescribeTaskDefinition {arn} failed: {code or _clean(exc)}"}
                 continue
             found[arn] = _task_size(definition)
+        return found
+
+    def _emr_policies(self, account_id: str, region: str, cluster_id: str) -> dict[str, Any]:
+        """The cluster's auto-termination idle timeout and managed-scaling limits (None: no policy). A call that
+        fails is named in ``PolicyErrors`` (the policy is then unknown), never a failed partition."""
+        emr = self.client(account_id, "emr", region)
+        found: dict[str, Any] = {
+            "AutoTerminationIdleTimeout": None,
+            "ManagedScalingComputeLimits": None,
+            "PolicyErrors": [],
+        }
+        try:
+            policy = emr.get_auto_termination_policy(ClusterId=cluster_id).get("AutoTerminationPolicy") or {}
+            found["AutoTerminationIdleTimeout"] = policy.get("IdleTimeout")
+        except ClientError as exc:
+            found["PolicyErrors"].append(f"elasticmapreduce:GetAutoTerminationPolicy: {_error_code(exc)}")
+        try:
+            scaling = emr.get_managed_scaling_policy(ClusterId=cluster_id).get("ManagedScalingPolicy") or {}
+            found["ManagedScalingComputeLimits"] = scaling.get("ComputeLimits")
+        except ClientError as exc:
+            found["PolicyErrors"].append(f"elasticmapreduce:GetManagedScalingPolicy: {_error_code(exc)}")
         return found
 
     def _emr_steps(self, account_id: str, region: str, cluster_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
@@ -1164,6 +1188,12 @@ def _task_summary(task: Mapping[str, Any], definitions: Mapping[str, Mapping[str
         "started_by": task.get("startedBy"),
         "zone": task.get("availabilityZone"),
     }
+
+
+def _error_code(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return str(error.get("Code") or f"HTTP {status}")
 
 
 def _iso(value: Any) -> str | None:

@@ -422,3 +422,70 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     )
     hpc = by["cloudopt:cluster=hpc"]
     assert {r["deployment_type"] for r in hpc.values()} == {"custom_cluster"}
+
+
+class EmrPolicies:
+    """Forwards to moto, but answers GetAutoTerminationPolicy and GetManagedScalingPolicy as the EMR API
+    reference documents them (moto answers HTTP 500): a 2-hour idle timeout, and no managed-scaling policy
+    (an empty object)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.answered: list[str] = []
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                answers = {
+                    "ElasticMapReduce.GetAutoTerminationPolicy": {"AutoTerminationPolicy": {"IdleTimeout": 7200}},
+                    "ElasticMapReduce.GetManagedScalingPolicy": {},
+                }
+                if target in answers:
+                    proxy.answered.append(target.split(".", 1)[1])
+                    payload = json.dumps(answers[target]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                forward(self, proxy.upstream, body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def test_emr_policies_read_where_the_api_answers(world, clusters_world: ClusterWorld) -> None:
+    proxy = EmrPolicies(world.endpoint)
+    with proxy.serve() as url:
+        rows = build_collector(world, regions=(REGION,), endpoint_url=url).collect_inventory(
+            MANAGEMENT_ACCOUNT, FIRST_DAY
+        )
+    emr = json.loads(_by_name(rows.table.to_pylist(), "emr_cluster")["nightly-etl"]["attributes"])
+    assert sorted(set(proxy.answered)) == ["GetAutoTerminationPolicy", "GetManagedScalingPolicy"]
+    assert emr["auto_termination_idle_timeout"] == 7200
+    assert emr["managed_scaling_policy"] is None and emr["policy_errors"] == []
+
+
+def test_emr_policy_calls_moto_fails_leave_the_policy_unknown(cluster_inventory) -> None:
+    # moto answers these two calls with HTTP 500 (README limits): named, not a failed partition.
+    emr = json.loads(_by_name(cluster_inventory, "emr_cluster")["nightly-etl"]["attributes"])
+    assert emr["auto_termination_idle_timeout"] is None
+    assert [e.split(":")[1] for e in emr["policy_errors"]] == ["GetAutoTerminationPolicy", "GetManagedScalingPolicy"]
