@@ -24,6 +24,7 @@ DEFAULT_HOME = ".cloudopt"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_AWS_MAX_ATTEMPTS = 10
 DEFAULT_PLAN_DEADLINE_HOURS = 12.0
+DEFAULT_CLUSTER_TAG_KEY = "cloudopt:cluster"
 EXTERNAL_ID_VAR = "CLOUDOPT_EXTERNAL_ID"
 EXECUTOR_EXTERNAL_ID_VAR = "CLOUDOPT_EXECUTOR_EXTERNAL_ID"
 #: The first daily partition: fixed, so that every deployment and every code location has one partition set.
@@ -32,6 +33,8 @@ START_DATE = "2026-01-01"
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+# An EC2 tag key: up to 128 characters, letters, digits, spaces and + - = . _ : / @ (no aws: prefix).
+_TAG_KEY = re.compile(r"^(?!aws:)[\w +=.:/@-]{1,128}$")
 
 
 class SettingsError(ValueError):
@@ -49,6 +52,7 @@ class AwsSourceSettings:
     endpoint_url: str | None = None
     profile: str | None = None
     max_attempts: int = DEFAULT_AWS_MAX_ATTEMPTS
+    cluster_tag_key: str = DEFAULT_CLUSTER_TAG_KEY
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,22 @@ def _aws_source(env: Mapping[str, str]) -> AwsSourceSettings:
         endpoint_url=_get(env, "AWS_ENDPOINT_URL"),
         profile=_get(env, "AWS_PROFILE"),
         max_attempts=attempts,
+        cluster_tag_key=parse_cluster_tag_key(_get(env, "CLOUDOPT_CLUSTER_TAG_KEY")),
     )
+
+
+def parse_cluster_tag_key(raw: str | None) -> str:
+    """``CLOUDOPT_CLUSTER_TAG_KEY``: the EC2 tag whose value names the custom cluster an instance belongs to
+    (default ``cloudopt:cluster``); its members are sized as one group, never as standalone instances."""
+    if raw is None or not raw.strip():
+        return DEFAULT_CLUSTER_TAG_KEY
+    key = raw.strip()
+    if not _TAG_KEY.match(key):
+        raise SettingsError(
+            f"CLOUDOPT_CLUSTER_TAG_KEY={raw!r} is not an EC2 tag key one can set (up to 128 letters, digits, "
+            f"spaces and + - = . _ : / @, not starting with aws:); use e.g. {DEFAULT_CLUSTER_TAG_KEY}"
+        )
+    return key
 
 
 def _role(env: Mapping[str, str], variable: str, example: str) -> str | None:

@@ -134,9 +134,21 @@ def _config(text: str | None) -> str:
         config = json.loads(text or "{}")
     except json.JSONDecodeError:
         return str(text)
+    if config.get("idle_timeout_seconds"):
+        return f"auto-terminate after {config['idle_timeout_seconds'] // 60} idle min"
+    if config.get("max_units"):
+        return f"managed scaling {config['min_units']}-{config['max_units']}"
+    if config.get("instance_groups"):
+        return " + ".join(
+            f"{g['count']} {g['instance_type']}" + (" (spot)" if g.get("market") == "SPOT" else "")
+            for g in config["instance_groups"]
+        )
+    if "desired_count" in config:
+        return f"{config['desired_count']} x {config.get('cpu')}/{config.get('memory')} MiB"
     if "instance_type" in config:
         market = config.get("market", "on_demand")
-        return config["instance_type"] + ("" if market == "on_demand" else f" ({market})")
+        count = f"{config['count']} x " if config.get("count") else ""
+        return count + str(config["instance_type"]) + ("" if market == "on_demand" else f" ({market})")
     return str(config.get("config") or config.get("action") or text)
 
 

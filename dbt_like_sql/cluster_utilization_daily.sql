@@ -1,6 +1,8 @@
--- description: Per ECS, EMR and Kubernetes (EKS) cluster and day: capacity versus reserved
---   (requested) versus used CPU and memory. Capacity is the sum over the cluster's EC2 instances
---   (resources.parent_id = the cluster) of their instance type's vCPUs and memory (price_catalog of
+-- description: Per ECS, EMR, Kubernetes (EKS) and custom cluster and day: capacity versus reserved
+--   (requested) versus used CPU and memory. A custom cluster is the EC2 instances of deployment type
+--   custom_cluster with one parent_id (the value of their cluster tag): cluster_id
+--   'cloudopt:cluster=<value>', cluster_kind custom_cluster. Capacity is the sum over the cluster's EC2
+--   instances (resources.parent_id = the cluster) of their instance type's vCPUs and memory (price_catalog of
 --   the instance's region; types missing there are counted in unknown_capacity_nodes). Used: for
 --   each 5-minute slot, the nodes that reported give sum(cpu_pct x vcpu) / sum(vcpu) (and the same
 --   for memory, over the nodes with memory data); the day's mean, p95 and max are over those slot
@@ -18,6 +20,11 @@ WITH clusters AS (
     FROM {{ ref('resources') }}
     WHERE resource_kind IN ('ecs_cluster', 'emr_cluster', 'eks_cluster')
     GROUP BY resource_id
+    UNION ALL
+    SELECT 'cloudopt:cluster=' || parent_id AS cluster_id, 'custom_cluster' AS cluster_kind, parent_id AS cluster_name
+    FROM {{ ref('resources') }}
+    WHERE resource_kind = 'ec2_instance' AND deployment_type = 'custom_cluster' AND parent_id IS NOT NULL
+    GROUP BY parent_id
 ),
 catalog AS (
     SELECT region, instance_type, any_value(vcpu) AS vcpu, any_value(memory_gib) AS memory_gib
@@ -25,9 +32,11 @@ catalog AS (
     GROUP BY region, instance_type
 ),
 nodes AS (
-    SELECT r.resource_id, r.parent_id AS cluster_id, CAST(c.vcpu AS DOUBLE) AS vcpu, c.memory_gib
+    SELECT r.resource_id, cl.cluster_id, CAST(c.vcpu AS DOUBLE) AS vcpu, c.memory_gib
     FROM {{ ref('resources') }} AS r
-    JOIN clusters AS cl ON cl.cluster_id = r.parent_id
+    JOIN clusters AS cl ON cl.cluster_id = CASE
+        WHEN r.deployment_type = 'custom_cluster' THEN 'cloudopt:cluster=' || r.parent_id ELSE r.parent_id
+    END
     LEFT JOIN catalog AS c ON c.region = r.region AND c.instance_type = r.instance_type
     WHERE r.resource_kind = 'ec2_instance'
 ),

@@ -120,7 +120,9 @@ def _inventory() -> pa.Table:
 
 
 def test_registry_lists_the_optimisers_with_their_declarations() -> None:
-    standalone, kubernetes = all_optimizers()
+    registered = {o.name: o for o in all_optimizers()}
+    assert list(registered) == ["standalone_ec2", "kubernetes", "clusters"]
+    standalone, kubernetes = registered["standalone_ec2"], registered["kubernetes"]
     assert kubernetes.name == "kubernetes" and kubernetes.table_name == "recommendations_kubernetes"
     assert kubernetes.deployment_types == ("kubernetes",) and "k8s_workload" in kubernetes.resource_kinds
     assert {i.table for i in kubernetes.inputs} == {"container_usage_histogram", "k8s_usage_daily", "k8s_workloads"}
@@ -129,6 +131,9 @@ def test_registry_lists_the_optimisers_with_their_declarations() -> None:
     assert {"ec2_instance", "ebs_volume", "elastic_ip"} <= set(standalone.resource_kinds)
     assert standalone.inputs and all(i.window_days >= 1 for i in standalone.inputs)
     assert standalone.settings_type is StandaloneSettings
+    clusters = registered["clusters"]
+    assert clusters.table_name == "recommendations_clusters"
+    assert clusters.deployment_types == ("ecs", "emr", "custom_cluster")
 
 
 def test_select_takes_only_the_optimisers_own_deployment_types_and_kinds() -> None:

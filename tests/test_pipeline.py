@@ -82,7 +82,8 @@ def test_warehouse_answers_the_contract_tables(demo_home: Settings) -> None:
         per_day = con.execute(
             "SELECT date, count(DISTINCT resource_id) FROM utilization_daily GROUP BY date ORDER BY date"
         ).fetchall()
-        assert [d for d, _ in per_day] == DEMO_DAYS and all(n == 42 for _, n in per_day)
+        # 42 instances, and each account's ECS cluster, ECS service and EMR cluster (their CloudWatch series).
+        assert [d for d, _ in per_day] == DEMO_DAYS and all(n == 42 + 2 * 3 for _, n in per_day)
 
 
 def test_daily_run_records_asset_checks(demo_home: Settings) -> None:

@@ -74,10 +74,18 @@ def test_the_demo_plan_covers_every_resource_of_both_accounts(plan_home: Setting
     assert "| account | resource |" in meta["top_changes"].value
 
     plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DAY)
+    lake = Lake(plan_home.lake_dir)
     recs = pa.concat_tables(
-        [Lake(plan_home.lake_dir).read("recommendations_standalone_ec2", a, DAY) for a in DEMO_ACCOUNTS]
+        [
+            lake.read(o.table_name, a, DAY)
+            for o in OPTIMIZERS
+            for a in DEMO_ACCOUNTS
+            if lake.partition_file(o.table_name, a, DAY) is not None
+        ]
     )
+    assert "recommendations_clusters" in {o.table_name for o in OPTIMIZERS}
     resources = {(a, r) for a, r in zip(recs["account_id"].to_pylist(), recs["resource_id"].to_pylist(), strict=True)}
+    resources -= {(u.account_id, u.resource_id) for o in OPTIMIZERS for u in o.unpriced(recs)}  # named, not planned
     keys = list(zip(plan["account_id"].to_pylist(), plan["resource_id"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) and set(keys) == resources  # one row per resource, keeps included
     assert meta["resources"].value == plan.num_rows and meta["changes"].value > 0

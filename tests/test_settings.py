@@ -68,6 +68,15 @@ def test_every_variable_is_parsed(tmp_path: Path) -> None:
     )
 
 
+def test_cluster_tag_key_reaches_the_collector_settings() -> None:
+    from cloudopt_pipelines.resources.aws import AwsResource
+
+    assert load_settings({}).aws.cluster_tag_key == "cloudopt:cluster"
+    settings = load_settings({"CLOUDOPT_CLUSTER_TAG_KEY": " grid:cluster "})
+    assert settings.aws.cluster_tag_key == "grid:cluster"
+    assert AwsResource.from_settings(settings.aws).settings().cluster_tag_key == "grid:cluster"
+
+
 def test_regions_fall_back_to_the_aws_region() -> None:
     assert load_settings({"AWS_DEFAULT_REGION": "eu-central-1"}).aws.regions == ("eu-central-1",)
     assert load_settings({"AWS_REGION": "ap-south-1", "AWS_DEFAULT_REGION": "x"}).aws.regions == ("ap-south-1",)
@@ -88,6 +97,7 @@ def test_regions_fall_back_to_the_aws_region() -> None:
         ("CLOUDOPT_BATCH_MAX_ROWS", "0", "e.g. 64000000"),
         ("AWS_MAX_ATTEMPTS", "many", "e.g. 10"),
         ("CLOUDOPT_START_DATE", "2025-01-01", f"start on {START_DATE}"),
+        ("CLOUDOPT_CLUSTER_TAG_KEY", "aws:cluster", "use e.g. cloudopt:cluster"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_fix(variable: str, value: str, fix: str) -> None:

@@ -53,6 +53,8 @@ class AwsSettings:
     max_pool_connections: int = 20
     page_size: int | None = None
     region_concurrency: int = 4
+    # The tag whose value names the self-managed cluster an instance belongs to (custom_cluster).
+    cluster_tag_key: str = "cloudopt:cluster"
 
     def role_arn(self, account_id: str, partition: str = "aws") -> str | None:
         """The role to assume in ``account_id``: a name, an ARN or an ARN template with ``{account_id}``."""

@@ -132,10 +132,11 @@ class UnknownDeploymentTypeError(ValueError):
 
 def all_optimizers() -> tuple[DeploymentOptimizer, ...]:
     """Every registered optimiser, in the order the plan merges their candidates."""
+    from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersOptimizer
     from cloudopt_pipelines.optimizers.kubernetes import KubernetesOptimizer
     from cloudopt_pipelines.optimizers.standalone_ec2 import StandaloneEc2Optimizer
 
-    return (StandaloneEc2Optimizer(), KubernetesOptimizer())
+    return (StandaloneEc2Optimizer(), KubernetesOptimizer(), ClustersOptimizer())
 
 
 def known_deployment_types(optimizers: Iterable[DeploymentOptimizer] | None = None) -> tuple[str, ...]:

@@ -72,6 +72,13 @@ class AwsResource(SourceResource):
         default=None, ge=1, description="Page size of paginated list calls; unset: each API's default."
     )
     region_concurrency: int = Field(default=4, ge=1, description="Regions of one account collected at once.")
+    cluster_tag_key: str = Field(
+        default="cloudopt:cluster",
+        description=(
+            "EC2 tag whose value names the custom cluster an instance belongs to (CLOUDOPT_CLUSTER_TAG_KEY); "
+            "its members are deployment type custom_cluster, sized as one group."
+        ),
+    )
 
     _collector: AwsCollector | None = PrivateAttr(default=None)
 
@@ -86,6 +93,7 @@ class AwsResource(SourceResource):
             assume_role=aws.assume_role,
             external_id=secret_from_env(EXTERNAL_ID_VAR, aws.external_id_set),
             max_attempts=aws.max_attempts,
+            cluster_tag_key=aws.cluster_tag_key,
         )
 
     @classmethod
@@ -112,6 +120,7 @@ class AwsResource(SourceResource):
             max_pool_connections=self.max_pool_connections,
             page_size=self.page_size,
             region_concurrency=self.region_concurrency,
+            cluster_tag_key=self.cluster_tag_key,
         )
 
     def get_collector(self) -> AwsCollector:

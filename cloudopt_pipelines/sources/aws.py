@@ -36,7 +36,7 @@ from cloudopt_pipelines.sources.base import (
     tag_columns,
 )
 from cloudopt_pipelines.storage.schemas import CLUSTER_METRICS_5M, RESOURCES, UTILIZATION_5M, conform
-from cloudopt_pipelines.vocabulary import CLUSTER_TAG_KEY, CUSTOM_CLUSTER
+from cloudopt_pipelines.vocabulary import CUSTOM_CLUSTER
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ CONFIGURED = "CONFIGURED"
 REFUSED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "RegionDisabledException"})
 
 EMR_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING")
+EMR_STEPS_KEPT = 50  # newest steps kept in the cluster's attributes
 ECS_CLUSTER_METRICS = ("CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation")
 ECS_SERVICE_METRICS = ("CPUUtilization", "MemoryUtilization")
 EMR_METRICS = (
@@ -317,7 +318,15 @@ class AwsCollector:
         base = {"account_id": account_id, "date": day, "region": region, "source": SOURCE}
         asgs = self._auto_scaling_groups(account_id, region)
         ecs_clusters, ecs_services, container_instances = self._ecs(account_id, region)
+        ecs_tasks = self._ecs_tasks(account_id, region, [c["clusterArn"] for c in ecs_clusters])
+        task_definitions = self._task_definitions(
+            account_id,
+            region,
+            [s.get("taskDefinition") for s in ecs_services] + [t.get("taskDefinitionArn") for t in ecs_tasks],
+        )
         emr_clusters = self._emr(account_id, region)
+        emr_steps = self._emr_steps(account_id, region, [c["Id"] for c, _ in emr_clusters])
+        cluster_tag_key = self.settings.cluster_tag_key
         emr_member = self._emr_members(account_id, region, [c["Id"] for c, _ in emr_clusters])
         eks_clusters, nodegroups = self._eks(account_id, region)
         instances = self._instances(account_id, region)
@@ -348,7 +357,7 @@ class AwsCollector:
             if iid in emr_member:
                 seen.setdefault("aws:elasticmapreduce:job-flow-id", emr_member[iid])
             container = ecs_member.get(iid)
-            deployment = classify_deployment(seen, ecs_member=container is not None)
+            deployment = classify_deployment(seen, ecs_member=container is not None, cluster_tag_key=cluster_tag_key)
             deployment_of[iid] = deployment
             asg_name = seen.get("aws:autoscaling:groupName")
             emr_id = seen.get("aws:elasticmapreduce:job-flow-id")
@@ -360,7 +369,7 @@ class AwsCollector:
                 "kubernetes": eks_arn.get(eks_name or "", eks_name),
                 "ecs": container["clusterArn"] if container else seen.get("aws:ecs:clusterName"),
                 "asg": asg_arn.get(asg_name or "", asg_name),
-                CUSTOM_CLUSTER: seen.get(CLUSTER_TAG_KEY),
+                CUSTOM_CLUSTER: seen.get(cluster_tag_key),
                 "standalone": None,
             }[deployment]
             lifecycle = inst.get("InstanceLifecycle") or "on-demand"
@@ -383,6 +392,7 @@ class AwsCollector:
                 "spot_instance_request_id": inst.get("SpotInstanceRequestId"),
                 "capacity_reservation_id": inst.get("CapacityReservationId"),
                 "membership_source": "tags" if seen == tags and not container else "api",
+                "custom_cluster": seen.get(cluster_tag_key) if deployment == CUSTOM_CLUSTER else None,
             }
             rows.append(
                 {
@@ -507,6 +517,11 @@ class AwsCollector:
                             "capacity_providers": c.get("capacityProviders") or [],
                             "default_capacity_provider_strategy": c.get("defaultCapacityProviderStrategy") or [],
                             "settings": {s["name"]: s.get("value") for s in c.get("settings") or []},
+                            "tasks": [
+                                _task_summary(t, task_definitions)
+                                for t in ecs_tasks
+                                if t.get("clusterArn") == c["clusterArn"]
+                            ],
                         }
                     ),
                 }
@@ -514,6 +529,7 @@ class AwsCollector:
         for s in ecs_services:
             tags = _tags(s.get("tags"), key="key", value="value")
             strategy = s.get("capacityProviderStrategy") or []
+            definition = task_definitions.get(s.get("taskDefinition") or "", {})
             rows.append(
                 {
                     **base,
@@ -535,6 +551,17 @@ class AwsCollector:
                             "capacity_provider_strategy": strategy,
                             "scheduling_strategy": s.get("schedulingStrategy"),
                             "task_definition": s.get("taskDefinition"),
+                            "task_definition_revision": definition.get("family_revision"),
+                            "task_cpu": definition.get("cpu"),
+                            "task_memory": definition.get("memory"),
+                            "requires_compatibilities": definition.get("requires_compatibilities"),
+                            "task_definition_error": definition.get("error"),
+                            "tasks_seen": sum(
+                                1
+                                for t in ecs_tasks
+                                if t.get("group") == f"service:{s.get('serviceName')}"
+                                and t.get("clusterArn") == s.get("clusterArn")
+                            ),
                         }
                     ),
                 }
@@ -569,7 +596,17 @@ class AwsCollector:
                             "ready_time": timeline.get("ReadyDateTime"),
                             "normalized_instance_hours": c.get("NormalizedInstanceHours"),
                             "auto_terminate": c.get("AutoTerminate"),
-                            "auto_termination_idle_timeout": c.get("AutoTerminationPolicy"),
+                            "auto_termination_idle_timeout": c.get("AutoTerminationIdleTimeout"),
+                            "managed_scaling_policy": c.get("ManagedScalingComputeLimits"),
+                            "policy_errors": c.get("PolicyErrors") or [],
+                            "steps": emr_steps.get(c["Id"], [])[:EMR_STEPS_KEPT],
+                            "steps_running": sum(
+                                1 for st in emr_steps.get(c["Id"], []) if st["state"] in ("PENDING", "RUNNING")
+                            ),
+                            "last_step_end": max(
+                                (st["end"] for st in emr_steps.get(c["Id"], []) if st.get("end")), default=None
+                            ),
+                            "applications": [a.get("Name") for a in c.get("Applications") or [] if a.get("Name")],
                         }
                     ),
                 }
@@ -699,9 +736,11 @@ class AwsCollector:
         found: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         for summary in summaries:
             cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            cluster = {**cluster, **self._emr_policies(account_id, region, summary["Id"])}
             if cluster.get("InstanceCollectionType") == "INSTANCE_FLEET":
                 fleets = [
                     {
+                        "id": f.get("Id"),
                         "type": f.get("InstanceFleetType"),
                         "target_on_demand": f.get("TargetOnDemandCapacity"),
                         "target_spot": f.get("TargetSpotCapacity"),
@@ -720,6 +759,7 @@ class AwsCollector:
             else:
                 groups = [
                     {
+                        "id": g.get("Id"),
                         "role": g.get("InstanceGroupType"),
                         "instance_type": g.get("InstanceType"),
                         "market": g.get("Market"),
@@ -732,6 +772,80 @@ class AwsCollector:
                 ]
                 found.append((cluster, sorted(groups, key=lambda g: (str(g["role"]), str(g["instance_type"])))))
         return found
+
+    def _ecs_tasks(self, account_id: str, region: str, cluster_arns: Iterable[str]) -> list[dict[str, Any]]:
+        """Every running task of the clusters (DescribeTasks, 100 a call), with its cluster ARN."""
+        ecs = self.client(account_id, "ecs", region)
+        tasks: list[dict[str, Any]] = []
+        for cluster in cluster_arns:
+            task_arns = [
+                arn
+                for page in ecs.get_paginator("list_tasks").paginate(cluster=cluster, PaginationConfig=self._pages())
+                for arn in page.get("taskArns", [])
+            ]
+            for chunk in _chunks(task_arns, 100):
+                for task in ecs.describe_tasks(cluster=cluster, tasks=chunk).get("tasks", []):
+                    tasks.append({**task, "clusterArn": task.get("clusterArn") or cluster})
+        return tasks
+
+    def _task_definitions(self, account_id: str, region: str, arns: Iterable[str | None]) -> dict[str, dict[str, Any]]:
+        """Task size of each task definition (DescribeTaskDefinition): task-level cpu and memory, else the
+        sum over its containers. One that cannot be read gets ``error`` (its service keeps a row that says
+        why) instead of failing the account's partition."""
+        ecs = self.client(account_id, "ecs", region)
+        found: dict[str, dict[str, Any]] = {}
+        for arn in sorted({a for a in arns if a}):
+            try:
+                definition = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                found[arn] = {"error": f"ecs:DescribeTaskDefinition {arn} failed: {code or _clean(exc)}"}
+                continue
+            found[arn] = _task_size(definition)
+        return found
+
+    def _emr_policies(self, account_id: str, region: str, cluster_id: str) -> dict[str, Any]:
+        """The cluster's auto-termination idle timeout and managed-scaling limits (None: no policy). A call that
+        fails is named in ``PolicyErrors`` (the policy is then unknown), never a failed partition."""
+        emr = self.client(account_id, "emr", region)
+        found: dict[str, Any] = {
+            "AutoTerminationIdleTimeout": None,
+            "ManagedScalingComputeLimits": None,
+            "PolicyErrors": [],
+        }
+        try:
+            policy = emr.get_auto_termination_policy(ClusterId=cluster_id).get("AutoTerminationPolicy") or {}
+            found["AutoTerminationIdleTimeout"] = policy.get("IdleTimeout")
+        except ClientError as exc:
+            found["PolicyErrors"].append(f"elasticmapreduce:GetAutoTerminationPolicy: {_error_code(exc)}")
+        try:
+            scaling = emr.get_managed_scaling_policy(ClusterId=cluster_id).get("ManagedScalingPolicy") or {}
+            found["ManagedScalingComputeLimits"] = scaling.get("ComputeLimits")
+        except ClientError as exc:
+            found["PolicyErrors"].append(f"elasticmapreduce:GetManagedScalingPolicy: {_error_code(exc)}")
+        return found
+
+    def _emr_steps(self, account_id: str, region: str, cluster_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Steps of each EMR cluster, newest first (ListSteps): name, state, start and end times."""
+        emr = self.client(account_id, "emr", region)
+        steps: dict[str, list[dict[str, Any]]] = {}
+        for cluster_id in cluster_ids:
+            found = []
+            for page in emr.get_paginator("list_steps").paginate(ClusterId=cluster_id):
+                for step in page.get("Steps", []):
+                    status = step.get("Status") or {}
+                    timeline = status.get("Timeline") or {}
+                    found.append(
+                        {
+                            "name": step.get("Name"),
+                            "state": status.get("State"),
+                            "created": _iso(timeline.get("CreationDateTime")),
+                            "start": _iso(timeline.get("StartDateTime")),
+                            "end": _iso(timeline.get("EndDateTime")),
+                        }
+                    )
+            steps[cluster_id] = sorted(found, key=lambda st: st["created"] or "", reverse=True)
+        return steps
 
     def _emr_members(self, account_id: str, region: str, cluster_ids: Iterable[str]) -> dict[str, str]:
         """EC2 instance id -> EMR cluster id, from the cluster's own list (tags may be missing)."""
@@ -938,6 +1052,13 @@ class AwsCollector:
             for page in ecs.get_paginator("list_clusters").paginate(PaginationConfig=self._pages())
             for arn in page.get("clusterArns", [])
         ]
+        # CloudWatch matches a query's dimensions as a set, moto only in the order they were put: ask with
+        # the order ListMetrics gives (the canonical one when the series is not listed).
+        listed = {
+            frozenset(_dims(m.get("Dimensions")).items()): m.get("Dimensions") or []
+            for metric in ("CPUUtilization", "MemoryUtilization")
+            for m in self._listed_series(account_id, region, "AWS/ECS", metric)
+        }
         series: list[tuple[str, str, str, str, list[dict[str, str]]]] = []
         services = 0
         for arn in cluster_arns:
@@ -948,6 +1069,7 @@ class AwsCollector:
                 for service_arn in page.get("serviceArns", []):
                     services += 1
                     service_dims = [*dims, {"Name": "ServiceName", "Value": service_arn.rsplit("/", 1)[-1]}]
+                    service_dims = listed.get(frozenset(_dims(service_dims).items()), service_dims)
                     series.extend((service_arn, "AWS/ECS", m, "Average", service_dims) for m in ECS_SERVICE_METRICS)
         emr = self.client(account_id, "emr", region)
         emr_clusters = [
@@ -1018,6 +1140,66 @@ def _ecs_resources(container: Mapping[str, Any] | None, key: str) -> dict[str, A
         if r.get("type") == "INTEGER":
             found[r["name"]] = r.get("integerValue")
     return found or None
+
+
+def _task_size(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """CPU units and MiB of a task definition: its task-level values, else the sum over its containers
+    (``memory``, else ``memoryReservation``); None when neither says."""
+    containers = definition.get("containerDefinitions") or []
+
+    def total(task_key: str, container_keys: tuple[str, ...]) -> int | None:
+        value = definition.get(task_key)
+        if value not in (None, ""):
+            try:
+                return int(str(value))
+            except ValueError:
+                return None
+        parts = [next((c[k] for k in container_keys if c.get(k)), None) for c in containers]
+        return int(sum(p for p in parts if p)) if any(parts) else None
+
+    family, revision = definition.get("family"), definition.get("revision")
+    return {
+        "family_revision": f"{family}:{revision}" if family and revision is not None else None,
+        "cpu": total("cpu", ("cpu",)),
+        "memory": total("memory", ("memory", "memoryReservation")),
+        "requires_compatibilities": list(definition.get("requiresCompatibilities") or []),
+    }
+
+
+def _task_summary(task: Mapping[str, Any], definitions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One running task as the cluster's attributes keep it: its size (the task's own, else its definition's),
+    where it runs, and what started it (``service:<name>`` group, a schedule rule, a person)."""
+    definition = definitions.get(task.get("taskDefinitionArn") or "", {})
+
+    def number(value: Any, fallback: Any) -> int | None:
+        try:
+            return int(str(value)) if value not in (None, "") else fallback
+        except ValueError:
+            return fallback
+
+    return {
+        "task_definition": definition.get("family_revision") or task.get("taskDefinitionArn"),
+        "cpu": number(task.get("cpu"), definition.get("cpu")),
+        "memory": number(task.get("memory"), definition.get("memory")),
+        "launch_type": task.get("launchType"),
+        "capacity_provider": task.get("capacityProviderName"),
+        "container_instance": task.get("containerInstanceArn"),
+        "group": task.get("group"),
+        "started_by": task.get("startedBy"),
+        "zone": task.get("availabilityZone"),
+    }
+
+
+def _error_code(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return str(error.get("Code") or f"HTTP {status}")
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value) if value else None
 
 
 def _ecs_lifecycle(strategy: Sequence[Mapping[str, Any]]) -> str | None:

@@ -64,11 +64,13 @@ class Collector(Protocol):
         ...
 
 
-def classify_deployment(tags: Mapping[str, str], ecs_member: bool = False) -> str:
+def classify_deployment(
+    tags: Mapping[str, str], ecs_member: bool = False, cluster_tag_key: str = CLUSTER_TAG_KEY
+) -> str:
     """The deployment type of an EC2 instance from its tags and cluster membership.
 
     An instance that belongs to a cluster or a group is never sized as a standalone instance; one tagged
-    ``cloudopt:cluster`` belongs to a self-managed cluster (``custom_cluster``).
+    ``cluster_tag_key`` (default ``cloudopt:cluster``) belongs to a self-managed cluster (``custom_cluster``).
     """
     keys = set(tags)
     if "aws:elasticmapreduce:job-flow-id" in keys:
@@ -81,7 +83,7 @@ def classify_deployment(tags: Mapping[str, str], ecs_member: bool = False) -> st
         return KUBERNETES
     if ecs_member or "aws:ecs:clusterName" in keys:
         return ECS
-    if CLUSTER_TAG_KEY in keys:
+    if tags.get(cluster_tag_key):
         return CUSTOM_CLUSTER
     if "aws:autoscaling:groupName" in keys:
         return ASG

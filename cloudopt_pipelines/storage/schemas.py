@@ -340,6 +340,7 @@ RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
         "spot_instance_request_id": (False, _STR, "Spot request"),
         "capacity_reservation_id": (False, _STR, "capacity reservation"),
         "membership_source": (False, _STR, "tags or api: where group / cluster membership was seen"),
+        "custom_cluster": (False, _STR, "the custom cluster it belongs to (value of the cluster tag)"),
     },
     "ebs_volume": {
         "attached_to": (True, _STR, "the instance it is attached to (the first), null when unattached"),
@@ -375,6 +376,7 @@ RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
         "capacity_providers": (False, _LIST, "capacity providers"),
         "default_capacity_provider_strategy": (False, _LIST, "default strategy"),
         "settings": (False, (dict,), "cluster settings"),
+        "tasks": (False, _LIST, "running tasks: task_definition, cpu, memory, launch_type, container_instance, group"),
     },
     "ecs_service": {
         "desired_count": (False, (int,), "desired tasks"),
@@ -384,6 +386,12 @@ RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
         "capacity_provider_strategy": (False, _LIST, "capacity-provider strategy"),
         "scheduling_strategy": (False, _STR, "REPLICA or DAEMON"),
         "task_definition": (False, _STR, "task definition"),
+        "task_definition_revision": (False, _STR, "family:revision of the task definition"),
+        "task_cpu": (False, (int,), "task CPU units (DescribeTaskDefinition; task level, else summed containers)"),
+        "task_memory": (False, (int,), "task memory, MiB (task level, else summed containers)"),
+        "requires_compatibilities": (False, _LIST, "EC2, FARGATE or EXTERNAL"),
+        "task_definition_error": (False, _STR, "why the task definition could not be read"),
+        "tasks_seen": (False, (int,), "running tasks of the service the collector listed"),
     },
     "emr_cluster": {
         "cluster_id": (False, _STR, "the j-... id"),
@@ -395,7 +403,13 @@ RESOURCE_ATTRIBUTES: dict[str, dict[str, AttributeSpec]] = {
         "ready_time": (False, _STR, "when it became ready"),
         "normalized_instance_hours": (False, _NUM, "normalised instance hours so far"),
         "auto_terminate": (False, (bool,), "terminates after its steps"),
-        "auto_termination_idle_timeout": (False, _ANY, "auto-termination policy"),
+        "auto_termination_idle_timeout": (False, _ANY, "auto-termination idle timeout, seconds (null: no policy)"),
+        "managed_scaling_policy": (False, (dict,), "managed-scaling compute limits (null: no policy)"),
+        "policy_errors": (False, _LIST, "policy reads that failed (the policy is then unknown)"),
+        "steps": (False, _LIST, "newest steps (up to 50): name, state, created, start, end"),
+        "steps_running": (False, (int,), "steps pending or running"),
+        "last_step_end": (False, _STR, "when the last step ended"),
+        "applications": (False, _LIST, "installed applications (Spark, Hive, ...)"),
     },
     "eks_cluster": {
         "version": (False, _STR, "Kubernetes version"),

@@ -25,6 +25,7 @@ QUERY_THROTTLE = (
     "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
     "<RequestId>throttle-proxy</RequestId></ErrorResponse>",
 )
+EMR_POLICY_TARGETS = ("ElasticMapReduce.GetAutoTerminationPolicy", "ElasticMapReduce.GetManagedScalingPolicy")
 JSON_THROTTLE = (400, "application/x-amz-json-1.1", '{"__type":"ThrottlingException","message":"Rate exceeded"}')
 
 
@@ -81,6 +82,15 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(payload)))
                     if content_type.startswith("application/x-amz-json"):
                         self.send_header("x-amzn-errortype", "ThrottlingException")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if headers.get("x-amz-target") in EMR_POLICY_TARGETS:
+                    # moto answers these with HTTP 500 (retried): answer as AWS does for a cluster without one.
+                    payload = b"{}"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
                     return
