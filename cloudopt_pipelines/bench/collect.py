@@ -27,6 +27,7 @@ from typing import Any
 import boto3
 import pandas as pd
 
+from cloudopt_pipelines.bench.harness import Line, Report
 from cloudopt_pipelines.sources.aws import MAX_QUERIES_PER_CALL, AwsCollector, AwsSettings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "tests" / "data"
@@ -108,6 +109,35 @@ def format_report(result: dict[str, Any]) -> str:
         f"  HTTP retries     {result['http_retries']:>9,}",
     ]
     return "\n".join(lines)
+
+
+def run(
+    quick: bool = False,
+    progress: Any = print,
+    instances: int | None = None,
+    days: int = 1,
+    page_size: int | None = None,
+) -> Report:
+    """The harness's entry: :func:`run_collect_benchmark` as ratio lines."""
+    n = instances or (200 if quick else 1000)
+    r = run_collect_benchmark(instances=n, days=days, page_size=page_size)
+    progress(format_report(r))
+    report = Report("collect", quick)
+    report.lines.append(
+        Line(
+            f"GetMetricData {n:,} instances",
+            "calls made",
+            "the minimum",
+            r["get_metric_data_calls"],
+            r["min_get_metric_data_calls"],
+            r["min_get_metric_data_calls"] == r["expected_min_get_metric_data_calls"],
+            unit="calls",
+            target="at the minimum",
+            met=r["get_metric_data_calls"] == r["min_get_metric_data_calls"],
+        )
+    )
+    report.details = r
+    return report
 
 
 # -------------------------------------------------------------------------------------------- seeding
