@@ -182,7 +182,7 @@ def run(
     page_size: int | None = None,
 ) -> Report:
     """The harness's entry: :func:`run_collect_benchmark` as ratio lines."""
-    n = instances or (200 if quick else 1000)
+    n = instances or (100 if quick else 1000)
     r = run_collect_benchmark(instances=n, days=days, page_size=page_size)
     progress(format_report(r))
     report = Report("collect", quick)
