@@ -367,6 +367,13 @@ def bench_lp(
     _bench(["lp"], quick, as_json, results_dir, size=size, options=options, mip_gap=mip_gap, seed=seed)
 
 
+@bench_app.command("e2e")
+def bench_e2e(quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")) -> None:
+    """Collection to plan through Dagster (multiprocess executor) on a fleet derived from the demo's real
+    traces: time per stage and peak RSS, against the same stages called in one process without Dagster."""
+    _bench(["e2e"], quick, as_json, results_dir)
+
+
 def _register_other_benchmarks() -> None:
     """A benchmark registered by another module (``harness.register``) gets a command of its name."""
     from cloudopt_pipelines.bench.harness import BENCHMARKS

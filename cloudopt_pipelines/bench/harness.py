@@ -106,6 +106,8 @@ register("features", "cloudopt_pipelines.bench.features", "feature models agains
 register("recommend", "cloudopt_pipelines.bench.recommend", "EC2 recommender: cost per instance at 1x, 10x, 100x")
 register("lp", "cloudopt_pipelines.bench.lp", "portfolio LP against the plain PuLP model, plan checked")
 
+register("e2e", "cloudopt_pipelines.bench.e2e", "collection to plan through Dagster: time per stage, peak RSS")
+
 
 def machine() -> dict[str, Any]:
     """Cores, memory and load of the machine now (it is shared: the load goes with every number)."""
