@@ -271,6 +271,23 @@ _Results = Annotated[
 ]
 
 
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While ``active``, whatever is written to standard output (even by C code) goes to standard error."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _bench(names: list[str], quick: bool, as_json: bool, results_dir: Path, **options: object) -> None:
     """Run benchmarks through the harness: a ratio table each (or JSON), results written, exit 1 when an
     answer disagrees with its baseline's."""
@@ -281,7 +298,8 @@ def _bench(names: list[str], quick: bool, as_json: bool, results_dir: Path, **op
     given = {k: v for k, v in options.items() if v is not None}
     reports = []
     for name in names:
-        report = BENCHMARKS[name].run(quick, progress=lambda line: typer.echo(line, err=as_json), **given)
+        with _stdout_to_stderr(as_json):  # solvers print banners on file descriptor 1
+            report = BENCHMARKS[name].run(quick, progress=lambda line: typer.echo(line, err=as_json), **given)
         path = write_json(report, results_dir)
         if not as_json:
             typer.echo(format_report(report))
