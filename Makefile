@@ -38,6 +38,10 @@ dev: install-dev
 	test -f $(DAGSTER_HOME)/dagster.yaml || $(BIN)/python -c 'from cloudopt_pipelines.orchestration import ensure_instance; from cloudopt_pipelines.settings import load_settings; ensure_instance(load_settings())'
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## bench: the quick benchmarks, each against a baseline measured in the same run (under 5 minutes)
+bench: install-dev
+	$(BIN)/cloudopt bench --quick
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -266,67 +266,154 @@ def info() -> None:
         typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
 
 
+_Quick = Annotated[bool, typer.Option("--quick", help="The small sizes (what `make bench` runs).")]
+_Json = Annotated[bool, typer.Option("--json", help="Print the results as JSON (progress goes to stderr).")]
+_Results = Annotated[
+    Path, typer.Option("--results-dir", help="Where the JSON results are written (one file a run, and *-latest.json).")
+]
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While ``active``, whatever is written to standard output (even by C code) goes to standard error."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _bench(names: list[str], quick: bool, as_json: bool, results_dir: Path, **options: object) -> None:
+    """Run benchmarks through the harness: a ratio table each (or JSON), results written, exit 1 when an
+    answer disagrees with its baseline's."""
+    import json
+
+    from cloudopt_pipelines.bench.harness import BENCHMARKS, format_report, write_json
+
+    given = {k: v for k, v in options.items() if v is not None}
+    reports = []
+    for name in names:
+        with _stdout_to_stderr(as_json):  # solvers print banners on file descriptor 1
+            report = BENCHMARKS[name].run(quick, progress=lambda line: typer.echo(line, err=as_json), **given)
+        path = write_json(report, results_dir)
+        if not as_json:
+            typer.echo(format_report(report))
+            typer.echo(f"results: {path}\n")
+        reports.append(report)
+    if as_json:
+        out = [r.to_dict() for r in reports]
+        typer.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2, default=str))
+    if not all(r.ok for r in reports):
+        bad = ", ".join(r.benchmark for r in reports if not r.ok)
+        typer.echo(f"error: an answer differs from its baseline's in: {bad}", err=True)
+        raise typer.Exit(1)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench_all(
+    ctx: typer.Context, quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")
+) -> None:
+    """Benchmarks against a baseline measured in the same run, on the same data, same answer checked.
+    Without a command: every registered benchmark (`cloudopt bench --quick` is `make bench`)."""
+    if ctx.invoked_subcommand is None:
+        from cloudopt_pipelines.bench.harness import BENCHMARKS
+
+        _bench(list(BENCHMARKS), quick, as_json, results_dir)
+
+
 @bench_app.command("features")
 def bench_features(
-    resources: Annotated[int, typer.Option(help="Resources to replicate the real traces onto.")] = 20_000,
-    days: Annotated[int, typer.Option(help="Days of 5-minute samples per resource.")] = 7,
-    accounts: Annotated[int, typer.Option(help="Accounts the resources are spread over.")] = 4,
+    quick: _Quick = False,
+    as_json: _Json = False,
+    results_dir: _Results = Path("bench-results"),
+    resources: Annotated[int | None, typer.Option(help="Resources to replicate the real traces onto.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of 5-minute samples per resource.")] = None,
+    accounts: Annotated[int | None, typer.Option(help="Accounts the resources are spread over.")] = None,
     window_days: Annotated[int | None, typer.Option(help="Window of utilization_window (default: all days).")] = None,
-    threads: Annotated[int, typer.Option(help="DuckDB threads.")] = 2,
-    pandas: Annotated[bool, typer.Option("--pandas/--no-pandas", help="Also time the pandas baseline.")] = True,
+    threads: Annotated[int | None, typer.Option(help="DuckDB threads (default 2).")] = None,
+    pandas: Annotated[bool | None, typer.Option("--pandas/--no-pandas", help="Also time the pandas baseline.")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where to build the lake (default: a temp dir).")] = None,
-    rounds: Annotated[int, typer.Option(help="Rounds of every timed step; the fastest counts.")] = 3,
+    rounds: Annotated[int | None, typer.Option(help="Rounds of every timed step; the fastest counts.")] = None,
 ) -> None:
-    """Time utilization_daily and utilization_window against a plain GROUP BY floor and pandas."""
-    from cloudopt_pipelines.bench.features import format_report, run_features_benchmark
-
-    result = run_features_benchmark(
-        resources=resources,
-        days=days,
-        accounts=accounts,
-        window_days=window_days,
-        threads=threads,
-        pandas=pandas,
-        workdir=workdir,
-        progress=typer.echo,
-        rounds=rounds,
-    )
-    typer.echo(format_report(result))
+    """utilization_daily, utilization_window and staging against plain GROUP BY / scan floors and pandas."""
+    _bench(
+        ["features"], quick, as_json, results_dir, resources=resources, days=days, accounts=accounts,
+        window_days=window_days, threads=threads, pandas=pandas, workdir=workdir, rounds=rounds,
+    )  # fmt: skip
 
 
 @bench_app.command("collect")
 def bench_collect(
-    instances: Annotated[int, typer.Option(help="Instances seeded into the moto server.")] = 1000,
-    days: Annotated[int, typer.Option(help="Days of 5-minute metrics seeded per instance.")] = 1,
+    quick: _Quick = False,
+    as_json: _Json = False,
+    results_dir: _Results = Path("bench-results"),
+    instances: Annotated[int | None, typer.Option(help="Instances seeded into the moto server.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of 5-minute metrics seeded per instance.")] = None,
     page_size: Annotated[int | None, typer.Option(help="Page size of paginated list calls.")] = None,
 ) -> None:
-    """Seed a local moto server, collect one day, report API calls against the minimum and rows/s."""
-    from cloudopt_pipelines.bench.collect import format_report, run_collect_benchmark
+    """The AWS collector on a local moto server behind the CloudWatch limits proxy: GetMetricData calls
+    against the real minimum, and time against a plain boto3 loop over the same queries."""
+    _bench(["collect"], quick, as_json, results_dir, instances=instances, days=days, page_size=page_size)
 
-    typer.echo(format_report(run_collect_benchmark(instances=instances, days=days, page_size=page_size)))
+
+@bench_app.command("recommend")
+def bench_recommend(
+    quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")
+) -> None:
+    """The standalone EC2 recommender at 1x, 10x and 100x the demo account: CPU per instance (flat) against
+    each instance recommended alone."""
+    _bench(["recommend"], quick, as_json, results_dir)
 
 
 @bench_app.command("lp")
 def bench_lp(
-    sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (resources).")] = "1000,10000,100000",
-    options: Annotated[int, typer.Option(help="Options per resource.")] = 8,
-    solvers: Annotated[str, typer.Option(help="Comma-separated solvers: highs, cbc, highs_pulp.")] = "highs,cbc",
-    cbc_max_size: Annotated[int, typer.Option(help="Skip CBC above this many resources.")] = 10_000,
-    mip_gap: Annotated[float, typer.Option(help="Relative MIP gap to stop at.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the generated fleets.")] = 0,
+    quick: _Quick = False,
+    as_json: _Json = False,
+    results_dir: _Results = Path("bench-results"),
+    size: Annotated[int | None, typer.Option(help="Resources of the generated fleet (default 100000).")] = None,
+    options: Annotated[int | None, typer.Option(help="Options per resource (default 8).")] = None,
+    mip_gap: Annotated[float | None, typer.Option(help="Relative MIP gap to stop at (default 0.001).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the generated fleet.")] = None,
 ) -> None:
-    """Build and solve random fleets with group constraints: model-build and solve time and gap per solver."""
-    from cloudopt_pipelines.bench.lp import format_table, run_lp_benchmark
+    """The portfolio LP (HiGHS, presolve, dominated options dropped, warm start from yesterday's plan)
+    against the plain PuLP model of the same fleet; every plan checked independently."""
+    _bench(["lp"], quick, as_json, results_dir, size=size, options=options, mip_gap=mip_gap, seed=seed)
 
-    rows = run_lp_benchmark(
-        sizes=tuple(int(s) for s in sizes.split(",") if s.strip()),
-        options_per_resource=options,
-        solvers=tuple(s.strip() for s in solvers.split(",") if s.strip()),
-        seed=seed,
-        cbc_max_size=cbc_max_size,
-        mip_gap=mip_gap,
-    )
-    typer.echo(format_table(rows))
+
+@bench_app.command("e2e")
+def bench_e2e(quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")) -> None:
+    """Collection to plan through Dagster (multiprocess executor) on a fleet derived from the demo's real
+    traces: time per stage and peak RSS, against the same stages called in one process without Dagster."""
+    _bench(["e2e"], quick, as_json, results_dir)
+
+
+def _register_other_benchmarks() -> None:
+    """A benchmark registered by another module (``harness.register``) gets a command of its name."""
+    from cloudopt_pipelines.bench.harness import BENCHMARKS
+
+    def command_for(name: str):
+        def command(
+            quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")
+        ) -> None:
+            _bench([name], quick, as_json, results_dir)
+
+        command.__doc__ = BENCHMARKS[name].summary
+        return command
+
+    known = {c.name for c in bench_app.registered_commands}
+    for name in BENCHMARKS:
+        if name not in known:
+            bench_app.command(name)(command_for(name))
+
+
+_register_other_benchmarks()
 
 
 @bench_app.command("nodes")

@@ -14,6 +14,7 @@ def test_benchmark_runs_every_step_and_agrees_with_pandas(tmp_path: Path) -> Non
     assert result.samples == 120 * 2 * 288
     steps = {
         "stg_utilization_5m",
+        "floor_staging",
         "utilization_daily",
         "utilization_daily_per_partition",
         "floor_daily",

@@ -937,8 +937,9 @@ def _fix_columns(model: _Model, fix: np.ndarray, values: np.ndarray) -> tuple[_M
 
 
 def _solve_highs_mip(
-    model: _Model, *, time_limit: float, mip_gap: float, threads: int | None, seed: int
-) -> tuple[_Raw, _Raw | None]:
+    model: _Model, *, time_limit: float, mip_gap: float, threads: int | None, seed: int,
+    hint: np.ndarray | None = None,
+) -> tuple[_Raw, _Raw | None]:  # fmt: skip
     """MIP by "LP, fix, repair".
 
     1. LP relaxation from the dual-feasible warm basis (gives the lower bound).
@@ -948,6 +949,11 @@ def _solve_highs_mip(
     3. Accept when the plan is within ``mip_gap`` of the LP bound; otherwise grow the
        neighbourhood (x4) from the incumbent, and finally run the full MIP from the
        incumbent with the remaining time.  Returns (MIP result, LP result).
+
+    ``hint`` (x columns, 1 = chosen; e.g. yesterday's plan) is a warm start: with every x
+    column fixed to it, the rest of the model (indicator columns) is solved; a feasible
+    result is the first incumbent, accepted at once when already within ``mip_gap`` of the
+    LP bound, else the start of every neighbourhood search.
     """
     t_end = time.perf_counter() + time_limit
     kw = dict(threads=threads, seed=seed)
@@ -957,6 +963,25 @@ def _solve_highs_mip(
     t0 = time.perf_counter()
     best = None
     best_obj = _INF
+    if hint is not None and lp.x is not None and model.nx:
+        values = np.zeros(model.ncol)
+        values[: model.nx] = hint
+        hinted = np.zeros(model.n_assign, dtype=bool)
+        hinted[model.res_x[hint]] = True
+        fix = np.zeros(model.ncol, dtype=bool)
+        fix[: model.nx] = hinted[model.res_x]  # a resource without a usable hint stays free
+        reduced = _fix_columns(model, fix, values)
+        if reduced is not None:
+            sub, keep = reduced
+            r = _solve_highs(sub, integer=True, plain=False, time_limit=max(t_end - time.perf_counter(), 0.01),
+                             mip_gap=mip_gap, **kw)  # fmt: skip
+            if r.x is not None:
+                values[keep] = r.x
+                best, best_obj = values, float(model.col_cost @ values)
+        if best is not None and best_obj - lp.objective <= mip_gap * abs(best_obj):
+            gap = max(0.0, best_obj - lp.objective) / max(abs(best_obj), 1e-9)
+            secs = lp.seconds + time.perf_counter() - t0
+            return _Raw("optimal", best, None, best_obj, gap, secs, lp.build_seconds, method="warm_start"), lp
     if lp.x is not None and model.nx:
         nx = model.nx
         xv = lp.x[:nx]
@@ -1448,7 +1473,10 @@ class LinearOptimizer:
     """Choose one option per resource minimising the total monthly cost.
 
     ``instances``: list of resource mappings / :class:`Resource`; ``constraints``: mapping
-    (see :data:`CONSTRAINT_KEYS`).  Input is validated here (``ValueError``).
+    (see :data:`CONSTRAINT_KEYS`).  Input is validated here (``ValueError``).  ``warm_start``:
+    {resource id: option name}, e.g. yesterday's ``Solution.choices``: the HiGHS search starts
+    from it (what it names that is not offered today is ignored); the answer is held to the
+    same gap either way.
     """
 
     def __init__(
@@ -1465,6 +1493,7 @@ class LinearOptimizer:
         fallback: bool = True,
         shadow_prices: bool = True,
         explain: bool = True,
+        warm_start: Mapping[str, str] | None = None,
     ):
         t0 = time.perf_counter()
         if solver not in SOLVERS:
@@ -1485,6 +1514,7 @@ class LinearOptimizer:
         self.fallback = fallback
         self.shadow_prices = shadow_prices
         self.explain = explain
+        self.warm_start = dict(warm_start) if warm_start else None
         self._fleet = _load_fleet(instances)
         self._cons = _load_constraints(constraints, self._fleet)
         self._load_seconds = time.perf_counter() - t0
@@ -1501,6 +1531,7 @@ class LinearOptimizer:
     def _run(
         self, model: _Model, notes: list[str], *, integer: bool, plain: bool = False,
         mip_gap: float | None = None, deadline: float | None = None, lp_fix: bool = False,
+        hint: np.ndarray | None = None,
     ) -> tuple[_Raw, str, _Raw | None]:  # fmt: skip
         """Solve with the active solver (HiGHS falls back to CBC).  Returns
         (result, solver used, LP relaxation result when it came for free)."""
@@ -1512,7 +1543,7 @@ class LinearOptimizer:
         if self._active_solver == "highs":
             try:
                 if integer and lp_fix:
-                    raw, lp = _solve_highs_mip(model, **kw)
+                    raw, lp = _solve_highs_mip(model, hint=hint, **kw)
                     return raw, "highs", lp
                 return _solve_highs(model, integer=integer, plain=plain, **kw), "highs", None
             except (ImportError, _SolverFailure) as exc:
@@ -1523,6 +1554,18 @@ class LinearOptimizer:
         engine = "cbc" if self._active_solver == "cbc" else "highs"
         raw = _solve_pulp(model, engine=engine, integer=integer, plain=plain, **kw)
         return raw, self._active_solver, None
+
+    def _hint(self, model: _Model) -> np.ndarray | None:
+        """The x columns of ``warm_start``'s choices (a choice no longer offered, or dropped as
+        dominated or forbidden, is no hint)."""
+        if not self.warm_start:
+            return None
+        f = self._fleet
+        ids = np.asarray(f.ids, dtype=object)[f.res_of[model.x_opt]]
+        names = np.asarray(f.names, dtype=object)[model.x_opt]
+        wanted = np.array([self.warm_start.get(i) for i in ids.tolist()], dtype=object)
+        hint = wanted == names
+        return hint if hint.any() else None
 
     def _extract(self, model: _Model, x: np.ndarray) -> np.ndarray:
         f = self._fleet
@@ -1554,7 +1597,9 @@ class LinearOptimizer:
             empty = np.zeros(model.ncol)
             raw, used, lp0 = _Raw("optimal", empty, None, 0.0, 0.0, 0.0), self._active_solver, None
         else:
-            raw, used, lp0 = self._run(model, notes, integer=True, deadline=deadline, lp_fix=True)
+            raw, used, lp0 = self._run(
+                model, notes, integer=True, deadline=deadline, lp_fix=True, hint=self._hint(model)
+            )
         timings["solver_build"] = raw.build_seconds
         timings["mip"] = raw.seconds
         build_seconds = timings["load"] + timings["build"] + raw.build_seconds

@@ -118,11 +118,14 @@ def hour_of_week_profile(
     profile = np.full(HOURS_PER_WEEK, np.nan)
     counts = np.zeros(HOURS_PER_WEEK, dtype=int)
     ok = ~np.isnan(values)
-    for b in range(HOURS_PER_WEEK):
-        sel = (bucket == b) & ok
-        counts[b] = int(sel.sum())
-        if counts[b]:
-            profile[b] = float(np.percentile(values[sel], q))
+    # One stable sort by bucket, then a percentile per run of equal buckets (not a mask per bucket).
+    kept_bucket, kept_values = bucket[ok], values[ok]
+    order = np.argsort(kept_bucket, kind="stable")
+    kept_bucket, kept_values = kept_bucket[order], kept_values[order]
+    present, starts, sizes = np.unique(kept_bucket, return_index=True, return_counts=True)
+    counts[present] = sizes
+    for b, start, size in zip(present.tolist(), starts.tolist(), sizes.tolist(), strict=True):
+        profile[b] = float(np.percentile(kept_values[start : start + size], q))
     return profile, counts
 
 

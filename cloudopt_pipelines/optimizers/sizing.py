@@ -40,6 +40,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -631,7 +632,9 @@ class InstanceType:
     is_estimate: bool = False
     spot_is_estimate: bool = True
 
-    @property
+    # Parsed once per catalogue entry (cached in the instance, not a field): the candidate scan and
+    # ``fits`` read them for every instance of the fleet.
+    @cached_property
     def family(self) -> str:
         return family_of(self.instance_type)
 
@@ -639,11 +642,11 @@ class InstanceType:
     def monthly_usd(self) -> float:
         return self.ondemand_usd_per_hour * HOURS_PER_MONTH
 
-    @property
+    @cached_property
     def burstable_baseline_pct(self) -> float | None:
         return burstable_baseline_pct(self.instance_type)
 
-    @property
+    @cached_property
     def network_gbps(self) -> float:
         return network_gbps(self.network_performance)
 
@@ -683,6 +686,7 @@ class Catalog:
                 spot_is_estimate=bool(r.get("spot_is_estimate", True)),
             )
         self._by_region: dict[str, list[InstanceType]] = {}
+        self._candidates: dict[tuple[str, str, str, SizingPolicy], tuple[InstanceType, ...]] = {}
         for (region, _), t in sorted(self._types.items(), key=lambda kv: kv[1].ondemand_usd_per_hour):
             self._by_region.setdefault(region, []).append(t)
 
@@ -708,7 +712,17 @@ class Catalog:
 
 
 def candidate_types(catalog: Catalog, current: InstanceType, policy: SizingPolicy) -> list[InstanceType]:
-    """Types ``current`` may move to in its region under ``policy``, cheapest first (current included)."""
+    """Types ``current`` may move to in its region under ``policy``, cheapest first (current included).
+
+    Scanned once per (type, policy) and catalogue: a fleet has few distinct types."""
+    key = (current.region, current.instance_type, current.architecture, policy)
+    if key not in catalog._candidates:
+        catalog._candidates[key] = tuple(scan_candidate_types(catalog, current, policy))
+    return list(catalog._candidates[key])
+
+
+def scan_candidate_types(catalog: Catalog, current: InstanceType, policy: SizingPolicy) -> list[InstanceType]:
+    """:func:`candidate_types` without the memo: one pass over the region's catalogue."""
     pattern = re.compile(policy.family_pattern)
     out = []
     for t in catalog.region(current.region):

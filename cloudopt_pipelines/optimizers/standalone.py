@@ -929,13 +929,15 @@ def _split_by_resource(table: pa.Table) -> dict[str, Samples]:
     if table.num_rows == 0:
         return {}
     out = {}
-    ids = table["resource_id"].to_numpy(zero_copy_only=False)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
+    # One stable sort and one take of the whole table, then zero-copy slices: a take per resource on
+    # a many-chunk window (one chunk a partition file) costs the whole table each time.
+    grouped = table.take(pc.sort_indices(table["resource_id"])).combine_chunks()
+    sorted_ids = grouped["resource_id"].to_numpy(zero_copy_only=False)
     bounds = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
-    for chunk in np.split(order, bounds):
-        rid = ids[chunk[0]]
-        out[str(rid)] = Samples.from_table(table.take(pa.array(chunk)))
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(sorted_ids)]))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        out[str(sorted_ids[start])] = Samples.from_table(grouped.slice(start, end - start))
     return out
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SOURCE = "aws"
 PERIOD_SECONDS = 300
 MAX_QUERIES_PER_CALL = 500  # the GetMetricData limit on MetricDataQueries per request
+MAX_DATAPOINTS_PER_CALL = 100_800  # the GetMetricData limit on datapoints returned per call (then NextToken)
 # What list_account_statuses() returns for ids given in CLOUDOPT_ACCOUNTS (not looked up).
 CONFIGURED = "CONFIGURED"
 # STS answers that mean "this account or its role cannot be used", as opposed to the service failing.
@@ -102,6 +103,15 @@ class _CallStats:
 class _Where:
     account_id: str
     region: str
+
+
+def plan_get_metric_data(series: int, points_per_series: int) -> tuple[int, int]:
+    """Queries per ``GetMetricData`` call and the calls that makes for ``series`` series of
+    ``points_per_series`` points, no series split over two calls. CloudWatch takes 500 queries a request
+    and returns 100,800 datapoints a response; for a day of 5-minute points (288, and 100,800 = 350 x
+    288) that is ``max(ceil(series / 500), ceil(points / 100,800))`` calls, the least possible."""
+    per_call = max(1, min(MAX_QUERIES_PER_CALL, MAX_DATAPOINTS_PER_CALL // max(points_per_series, 1)))
+    return per_call, math.ceil(series / per_call)
 
 
 class AwsCollector:
@@ -977,20 +987,23 @@ class AwsCollector:
         day: date,
         series: Sequence[tuple[str, str, str, list[dict[str, str]]]],
     ) -> tuple[list[list[tuple[datetime, float]]], Counter[str]]:
-        """Points of each (namespace, metric, stat, dimensions) for the UTC day, 500 queries a call."""
+        """Points of each (namespace, metric, stat, dimensions) for the UTC day, in the fewest calls: at
+        most 500 queries and 100,800 datapoints a call (:func:`plan_get_metric_data`); a page cut at the
+        datapoint limit is continued with its NextToken."""
         start = datetime.combine(day, time(0), tzinfo=UTC)
         end = start + timedelta(days=1)
         summary: Counter[str] = Counter()
+        expected = int(timedelta(days=1).total_seconds()) // PERIOD_SECONDS
+        per_call, summary["min_calls"] = plan_get_metric_data(len(series), expected)
         summary["series"] = len(series)
-        summary["min_calls"] = math.ceil(len(series) / MAX_QUERIES_PER_CALL)
         results: list[list[tuple[datetime, float]]] = [[] for _ in series]
         if not series:
             return results, summary
         cloudwatch = self.client(account_id, "cloudwatch", region)
         paginator = cloudwatch.get_paginator("get_metric_data")
-        expected = int(timedelta(days=1).total_seconds()) // PERIOD_SECONDS
-        for offset in range(0, len(series), MAX_QUERIES_PER_CALL):
-            chunk = series[offset : offset + MAX_QUERIES_PER_CALL]
+        final_status: dict[int, str | None] = {}
+        for offset in range(0, len(series), per_call):
+            chunk = series[offset : offset + per_call]
             queries = [
                 {
                     "Id": f"q{offset + i}",
@@ -1009,14 +1022,15 @@ class AwsCollector:
             for page in pages:
                 for result in page.get("MetricDataResults", []):
                     index = int(result["Id"][1:])
-                    if result.get("StatusCode") not in (None, "Complete"):
-                        summary["partial"] += 1
+                    # PartialData on a page with a NextToken is continued on the next page.
+                    final_status[index] = result.get("StatusCode")
                     for ts, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
                         ts = ts.astimezone(UTC)
                         if not start <= ts < end:
                             summary["outside_day_points"] += 1
                             continue
                         results[index].append((ts, float(value)))
+        summary["partial"] += sum(status not in (None, "Complete") for status in final_status.values())
         for points in results:
             stamps = [ts for ts, _ in points]
             distinct = len(set(stamps))

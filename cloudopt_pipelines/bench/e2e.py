@@ -1,0 +1,211 @@
+"""End-to-end scale benchmark: collection to plan through Dagster on a fleet derived from the demo's real traces.
+
+The fleet keeps the demo's shapes with new ids: account ``k`` copies the structure of demo account
+``k mod 2`` (its groups, clusters, volumes and addresses) and holds ``instances`` instances, copy ``j``
+of demo instance ``i`` replaying that instance's real series (Azure V1 CPU, Google cluster-data memory);
+day ``d`` replays demo day ``d mod 7``. Both are written as a demo data folder (``fleet.json``,
+``metrics.parquet``) and served by the demo collector, so every asset runs as in production: the daily
+job per account x day, the plan per day, the warehouse, on a fresh Dagster instance and lake.
+
+Reported per stage (raw, features, recommendations, plan, warehouse): the steps' own time from the
+Dagster event log, and the run's wall time against the sum of its steps (what orchestration adds);
+the peak RSS of this process and of its children. ``--quick``: 2 accounts x 60 instances x 2 days.
+Runs go through ``run_range`` (the code path of ``cloudopt run``), whose runs use the in-process
+executor; the multiprocess executor is not measured here yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cloudopt_pipelines.bench.harness import Line, Report
+from cloudopt_pipelines.resources.sources import SourceResource
+from cloudopt_pipelines.sources.base import Collector
+from cloudopt_pipelines.sources.demo import DEMO_DATA, DemoCollector
+
+FULL = {"accounts": 5, "instances": 2000, "days": 14}
+QUICK = {"accounts": 2, "instances": 60, "days": 2}
+SEED_DAYS = 7
+SLOTS = 288
+
+
+class ScaledDemoSource(SourceResource):
+    """The demo collector over a generated demo data folder."""
+
+    data_dir: str
+
+    def get_collector(self) -> Collector:
+        return DemoCollector(Path(self.data_dir))
+
+
+def build_fleet(out: Path, accounts: int, instances: int, days: int) -> list[str]:
+    """Write ``fleet.json`` and ``metrics.parquet`` of the scaled fleet into ``out``; returns the account ids."""
+    seed = json.loads((DEMO_DATA / "fleet.json").read_text())
+    metrics = pq.read_table(DEMO_DATA / "metrics.parquet").sort_by([("resource_id", "ascending"), ("ts", "ascending")])
+    series = {
+        rid: metrics.filter(pa.compute.equal(metrics["resource_id"], rid))
+        for rid in set(metrics["resource_id"].to_pylist())
+    }
+    start = date.fromisoformat(seed["start"])
+    out.mkdir(parents=True, exist_ok=True)
+    fleet: dict[str, Any] = {"start": seed["start"], "days": days, "accounts": []}
+    writer = None
+    ids = []
+    try:
+        for k in range(accounts):
+            template = seed["accounts"][k % len(seed["accounts"])]
+            account_id = f"{900000000001 + k:012d}"
+            ids.append(account_id)
+            base = template["instances"]
+            copies = []
+            for n in range(instances):
+                src = base[n % len(base)]
+                copy = json.loads(json.dumps(src))
+                copy["resource_id"] = f"i-{k + 1:02x}{n:015x}"
+                copy["tags"]["Name"] = f"{src['tags'].get('Name', 'instance')}-{n}"
+                copy["seed_id"] = src["resource_id"]
+                copies.append(copy)
+            fleet["accounts"].append({**template, "account_id": account_id, "name": f"scale-{k}", "instances": copies})
+            for d in range(days):
+                day_start = np.datetime64(start + timedelta(days=d), "us")
+                parts = []
+                for copy in copies:
+                    s = series.get(copy["seed_id"])
+                    if s is None:
+                        continue
+                    src_day = s.slice((d % SEED_DAYS) * SLOTS, SLOTS)
+                    offsets = np.arange(src_day.num_rows, dtype="timedelta64[m]") * 5
+                    parts.append(
+                        {
+                            "cpu_pct": src_day["cpu_pct"].to_numpy(zero_copy_only=False),
+                            "cpu_max_pct": src_day["cpu_max_pct"].to_numpy(zero_copy_only=False),
+                            "mem_pct": src_day["mem_pct"].to_numpy(zero_copy_only=False),
+                            "ts": day_start + offsets,
+                            "resource_id": copy["resource_id"],
+                        }
+                    )
+                n_rows = sum(len(p["ts"]) for p in parts)
+                table = pa.table(
+                    {
+                        "account_id": pa.array([account_id] * n_rows),
+                        "resource_id": pa.array([p["resource_id"] for p in parts for _ in range(len(p["ts"]))]),
+                        "ts": pa.array(np.concatenate([p["ts"] for p in parts]), pa.timestamp("us", tz="UTC")),
+                        "cpu_pct": np.concatenate([p["cpu_pct"] for p in parts]),
+                        "cpu_max_pct": np.concatenate([p["cpu_max_pct"] for p in parts]),
+                        "mem_pct": pa.array(np.concatenate([p["mem_pct"] for p in parts]), from_pandas=True),
+                    }
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(out / "metrics.parquet", table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=SLOTS * 500)
+    finally:
+        if writer is not None:
+            writer.close()
+    for instance in (i for a in fleet["accounts"] for i in a["instances"]):
+        instance.pop("seed_id")
+    (out / "fleet.json").write_text(json.dumps(fleet))
+    return ids
+
+
+@contextmanager
+def _environment(home: Path) -> Any:
+    saved = {k: os.environ.get(k) for k in ("CLOUDOPT_HOME", "CLOUDOPT_ENV", "DAGSTER_HOME")}
+    os.environ.update({"CLOUDOPT_HOME": str(home), "CLOUDOPT_ENV": "demo"})
+    os.environ.pop("DAGSTER_HOME", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stage(step_key: str) -> str:
+    head = step_key.split("__", 1)[0]
+    return head if head in ("raw", "features", "recommendations", "plan", "actions", "warehouse") else "other"
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    )
+
+
+def run(quick: bool = False, progress: Callable[[str], None] = print, **sizes: int) -> Report:
+    """Generate the fleet, run every account x day, the plans and the warehouse; see the module docstring."""
+    from cloudopt_pipelines.orchestration import ensure_instance, run_range
+    from cloudopt_pipelines.settings import load_settings
+
+    params = {**(QUICK if quick else FULL), **sizes}
+    report = Report("e2e", quick)
+    root = Path(tempfile.mkdtemp(prefix="cloudopt-bench-e2e-"))
+    try:
+        t0 = time.perf_counter()
+        accounts = build_fleet(root / "data", params["accounts"], params["instances"], params["days"])
+        progress(f"fleet {params} written in {time.perf_counter() - t0:.1f} s")
+        collector = DemoCollector(root / "data")
+        days = collector.days
+        with _environment(root / "home"):
+            settings = load_settings()
+            t1 = time.perf_counter()
+            result = run_range(
+                days[0], days[-1], accounts, settings, ScaledDemoSource(data_dir=str(root / "data")), progress
+            )
+            wall = time.perf_counter() - t1
+            instance = ensure_instance(settings)
+            steps: dict[str, float] = defaultdict(float)
+            for outcome in result.outcomes:
+                for record in instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS):
+                    event = record.dagster_event
+                    steps[_stage(event.step_key or "")] += event.event_specific_data.duration_ms / 1000
+        failed = [o for o in result.outcomes if not o.success]
+        rss_self, rss_children = _peak_rss_mb()
+        total_steps = sum(steps.values())
+        report.lines.append(
+            Line(
+                f"e2e {params['accounts']} x {params['instances']:,} x {params['days']} d",
+                "cloudopt run (every account x day, plans, warehouse), wall",
+                "the sum of its steps' own time",
+                wall,
+                total_steps,
+                not failed,
+                note=f"{len(result.outcomes)} runs, {len(failed)} failed; peak RSS {rss_self:,.0f} MB "
+                f"(children {rss_children:,.0f} MB)",
+                target="peak RSS < 4 GiB",
+                met=max(rss_self, rss_children) < 4096,
+            )
+        )
+        for stage, secs in sorted(steps.items(), key=lambda kv: -kv[1]):
+            report.lines.append(Line(f"stage {stage}", "its steps", "all steps", secs, total_steps, None))
+        report.details = {
+            **params,
+            "instances_total": params["accounts"] * params["instances"],
+            "wall_s": wall,
+            "stage_step_s": dict(steps),
+            "peak_rss_mb": rss_self,
+            "peak_rss_children_mb": rss_children,
+            "failed": [f"{o.account_id} {o.day}: {(o.error or '')[:300]}" for o in failed],
+            "executor": "in_process (run_range)",
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return report

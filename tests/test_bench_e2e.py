@@ -1,0 +1,29 @@
+"""The end-to-end benchmark's fleet: the demo's shapes with new ids, every value a real demo sample
+(the run itself, through Dagster, is measured by `cloudopt bench e2e`, not here)."""
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cloudopt_pipelines.bench.e2e import build_fleet
+from cloudopt_pipelines.sources.demo import DEMO_DATA, DemoCollector
+
+
+def test_scaled_fleet_is_served_by_the_demo_collector_with_real_values(tmp_path):
+    accounts = build_fleet(tmp_path, accounts=3, instances=50, days=9)
+    collector = DemoCollector(tmp_path)
+    assert collector.list_accounts() == accounts and len(set(accounts)) == 3
+    assert len(collector.days) == 9
+    seed = pq.read_table(DEMO_DATA / "metrics.parquet")
+    seed_values = set(pc.drop_null(seed["cpu_pct"]).to_pylist())
+    ids = set()
+    for account in accounts:
+        inventory = collector.collect_inventory(account, collector.days[8]).table
+        instances = inventory.filter(pc.equal(inventory["resource_kind"], "ec2_instance"))
+        assert instances.num_rows == 50
+        ids |= set(instances["resource_id"].to_pylist())
+        metrics = collector.collect_metrics(account, collector.days[8]).table  # day 8 replays demo day 1
+        assert metrics.num_rows > 0 and set(metrics["resource_id"].to_pylist()) <= ids
+        assert set(pc.drop_null(metrics["cpu_pct"]).to_pylist()) <= seed_values
+        per_instance = pc.value_counts(metrics["resource_id"]).field("counts").to_pylist()
+        assert max(per_instance) <= 288
+    assert len(ids) == 150  # new ids: no two accounts share one
