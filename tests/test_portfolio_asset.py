@@ -22,7 +22,8 @@ from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 
-DAY = DEMO_DAYS[0]
+# the last day: the first has under 30 hours of data, so only "gathering data" rows and no commitment
+DAY = DEMO_DAYS[-1]
 OPTIMIZERS = all_optimizers()
 portfolio_plan = build_portfolio_plan_asset(OPTIMIZERS)
 recommendation_assets = build_recommendation_assets(OPTIMIZERS)
@@ -157,16 +158,16 @@ def test_infeasible_constraints_fail_the_blocking_check_with_the_explanation(
 ) -> None:
     constraints = tmp_path / "tight.yaml"
     constraints.write_text("portfolio:\n  monthly_budget_usd: 100\n")
-    result = materialize(plan_home, DEMO_DAYS[1], {"constraints_path": str(constraints)})
+    result = materialize(plan_home, DEMO_DAYS[0], {"constraints_path": str(constraints)})
     assert not result.success  # a failed blocking check stops the run
     evaluation = check_evaluation(result)
     assert not evaluation.passed
     assert "monthly_budget_usd" in evaluation.metadata["explanation"].value
-    plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DEMO_DAYS[1])
+    plan = Lake(plan_home.lake_dir).read("portfolio_plan", day=DEMO_DAYS[0])
     assert set(plan["option_name"].to_pylist()) == {"keep"}
     assert set(plan["solver_status"].to_pylist()) == {"infeasible"}
     assert all("raise monthly_budget_usd" in r for r in plan["reason"].to_pylist())
-    check = latest_plan_check(ensure_instance(plan_home), DEMO_DAYS[1])
+    check = latest_plan_check(ensure_instance(plan_home), DEMO_DAYS[0])
     assert check is not None and check.passed is False and check.solver_status == "infeasible"
     assert latest_plan_check(ensure_instance(plan_home), DAY).passed  # another day's check is its own
 
