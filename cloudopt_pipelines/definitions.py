@@ -17,7 +17,13 @@ from cloudopt_pipelines.automation import (
     daily_pipeline_schedule,
 )
 from cloudopt_pipelines.optimizers.base import select_optimizers
-from cloudopt_pipelines.partitions import account_daily_partitions
+from cloudopt_pipelines.partitions import (
+    DEPLOYMENT_PARTITIONS,
+    Partitions,
+    account_daily_partitions,
+    demo_partitions,
+    with_partitions,
+)
 from cloudopt_pipelines.resources.environments import resources_for
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
@@ -26,6 +32,11 @@ from cloudopt_pipelines.settings import Settings, load_settings
 def source_for(settings: Settings) -> SourceResource:
     """The source of inventory and metrics for CLOUDOPT_ENV (demo: embedded data; aws: real APIs)."""
     return resources_for(settings)["source"]
+
+
+def partitions_for(settings: Settings) -> Partitions:
+    """The partitions of CLOUDOPT_ENV: the demo's days only (demo), or every day from ``START_DATE`` (aws)."""
+    return demo_partitions() if settings.env == "demo" else DEPLOYMENT_PARTITIONS
 
 
 def build_definitions(settings: Settings | None = None, source: SourceResource | None = None) -> dg.Definitions:
@@ -52,7 +63,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     )
     source = source or source_for(settings)
     return dg.Definitions(
-        assets=[*lake_assets, warehouse_asset],
+        assets=with_partitions([*lake_assets, warehouse_asset], partitions_for(settings)),
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],
         sensors=[

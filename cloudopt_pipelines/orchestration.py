@@ -26,8 +26,8 @@ import dagster as dg
 from cloudopt_pipelines.assets.plan import PLAN_JOB
 from cloudopt_pipelines.assets.warehouse import WAREHOUSE_POOL
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
-from cloudopt_pipelines.definitions import build_definitions, source_for
-from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key, daily_partitions
+from cloudopt_pipelines.definitions import build_definitions, partitions_for, source_for
+from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, DEPLOYMENT_PARTITIONS, Partitions, account_day_key
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
@@ -82,6 +82,7 @@ class PartitionOutcome:
     success: bool
     run_id: str
     error: str | None = None
+    skipped: bool = False  # already materialised: kept as it was (``skip_done``)
 
 
 @dataclass
@@ -96,6 +97,10 @@ class RangeResult:
     @property
     def failed(self) -> list[PartitionOutcome]:
         return [o for o in self.outcomes if not o.success]
+
+    @property
+    def skipped(self) -> list[PartitionOutcome]:
+        return [o for o in self.outcomes if o.skipped]
 
 
 def ensure_instance(settings: Settings) -> dg.DagsterInstance:
@@ -252,16 +257,20 @@ def register_accounts(instance: dg.DagsterInstance, accounts: list[str]) -> list
     return new
 
 
-def day_range(start: date, end: date) -> list[date]:
+def day_range(start: date, end: date, partitions: Partitions = DEPLOYMENT_PARTITIONS) -> list[date]:
     """Every day from start to end, checked against the daily partitions (complete UTC days only)."""
     if end < start:
-        raise ValueError(f"--end {end} is before --start {start}")
-    first = date.fromisoformat(daily_partitions.get_first_partition_key())
-    last_key = daily_partitions.get_last_partition_key()
-    last = date.fromisoformat(last_key) if last_key else first
+        raise ValueError(f"--end {end} is before --start {start}: give the first day as --start")
+    first, last = partitions.first_day, partitions.last_day
+    bounded = partitions.daily.end is not None
+    covers = f"the partitions cover {first} to {last}" + (" (the demo data's days)" if bounded else "")
     if start < first:
-        raise ValueError(f"--start {start} is before the first partition {first}: pick --start {first} or later")
-    if end > last:
+        raise ValueError(
+            f"--start {start} is before the first partition {first}: {covers}; pick --start {first} or later"
+        )
+    if last is None or end > last:
+        if bounded:
+            raise ValueError(f"--end {end} is after the last partition {last}: {covers}; pick --end {last} or earlier")
         raise ValueError(f"--end {end} is not a complete UTC day yet: the latest partition is {last}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
@@ -281,15 +290,20 @@ def run_range(
     refresh_catalog: bool = False,
     quiet: bool = True,
     pool_wait_s: float = POOL_WAIT_S,
+    skip_done: bool = False,
 ) -> RangeResult:
     """Materialise every account x day in [start, end], then refresh the warehouse.
+
+    With ``skip_done``, an account x day whose every asset of the daily job is already materialised is
+    kept as it is, and so is the plan of a day none of whose accounts ran again; the warehouse is
+    rebuilt only when something ran (or it is missing).
 
     ``accounts`` (default: every account the source reaches) must be accounts the source reaches; a
     ValueError names any other before anything runs or is registered. Runs left unfinished by killed
     processes are marked failed first, and leftovers of killed writers removed.
     """
-    days = day_range(start, end)
     settings = settings or load_settings()
+    days = day_range(start, end, partitions_for(settings))
     source = source or source_for(settings)
     defs = build_definitions(settings, source)
     instance = ensure_instance(settings)
@@ -330,18 +344,28 @@ def run_range(
             raise RuntimeError(f"the price catalogue failed to build: {_first_error(outcome)}")
 
     daily = defs.resolve_job_def(DAILY_JOB)
+    plan_job = defs.resolve_job_def(PLAN_JOB)
+    done_partitions = finished_partitions(instance, daily) if skip_done else set()
+    done_plans = finished_partitions(instance, plan_job) if skip_done else set()
     total = len(days) * len(accounts)
     for n, (day, account) in enumerate(((d, a) for d in days for a in accounts), start=1):
+        if str(account_day_key(account, day)) in done_partitions:
+            result.outcomes.append(PartitionOutcome(account, day, True, "", skipped=True))
+            progress(f"[{n}/{total}] {day} account {account}: already materialised, kept (--force redoes it)")
+            continue
         outcome = execute_job(daily, instance, partition_key=account_day_key(account, day), run_config=run_config)
         error = None if outcome.success else _first_error(outcome)
         result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[{n}/{total}] {day} account {account}: {status}")
 
-    plan_job = defs.resolve_job_def(PLAN_JOB)
     for day in days:
         if not any(o.success and o.day == day for o in result.outcomes):
             progress(f"[plan] {day} skipped: no account of that day was materialised")
+            continue
+        if day.isoformat() in done_plans and all(o.skipped for o in result.outcomes if o.day == day):
+            result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, True, "", skipped=True))
+            progress(f"[plan] {day} already planned on the same inputs, kept")
             continue
         outcome = execute_job(plan_job, instance, partition_key=day.isoformat(), run_config=run_config)
         error = None if outcome.success else _first_error(outcome)
@@ -349,6 +373,10 @@ def run_range(
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
 
+    if result.outcomes and all(o.skipped for o in result.outcomes) and settings.warehouse_path.exists():
+        progress("warehouse: nothing new, kept")
+        result.warehouse_path = settings.warehouse_path
+        return result
     progress("refreshing the warehouse ...")
     # The rebuild is idempotent. A second try covers a Dagster race: two processes that first use the
     # pool "duckdb_warehouse" at the same moment both insert its limit row, and one of them fails.
@@ -365,6 +393,15 @@ def run_range(
         time.sleep(1.0)
     result.warehouse_path = settings.warehouse_path
     return result
+
+
+def finished_partitions(instance: dg.DagsterInstance, job: Any) -> set[str]:
+    """The partition keys of ``job`` for which every asset it materialises has been materialised."""
+    done: set[str] | None = None
+    for key in job.asset_layer.selected_asset_keys:
+        materialised = instance.get_materialized_partitions(key)
+        done = materialised if done is None else done & materialised
+    return done or set()
 
 
 def _materialization_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
