@@ -5,6 +5,7 @@ import dagster as dg
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
 from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions
+from cloudopt_pipelines.assets.metadata import build_recommendation_checks, describe_assets
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
@@ -62,8 +63,11 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     source = source or source_for(settings)
+    partitions = partitions_for(settings)
+    assets = with_partitions([*lake_assets, warehouse_asset], partitions)
     return dg.Definitions(
-        assets=with_partitions([*lake_assets, warehouse_asset], partitions_for(settings)),
+        assets=describe_assets(assets, freshness=settings.env != "demo"),
+        asset_checks=build_recommendation_checks(optimizers, partitions.account_daily),
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],
         sensors=[
