@@ -94,14 +94,61 @@ def _account_option(raw: str | None) -> list[str] | None:
 
 
 def _quiet_dagster() -> None:
+    """Keep Dagster's beta and preview warnings and its debug logs out of the user's output, without
+    importing Dagster (a read-only command should not pay for it)."""
     import warnings
-
-    import dagster as dg
 
     os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_LEVEL", "WARNING")
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    for category in (dg.BetaWarning, dg.PreviewWarning):
-        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
+
+
+def _show_progress() -> bool:
+    """A progress bar only for a person at a terminal: never in CI, a pipe or a log file."""
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def _range_progress(label: str) -> Iterator[tuple]:
+    """(echo, tracker) for a range run: with a terminal, a rich bar with elapsed time and ETA, the lines
+    printed above it; otherwise plain lines and no bar."""
+    from cloudopt_pipelines.orchestration import ProgressTracker
+
+    if not _show_progress():
+        yield typer.echo, ProgressTracker()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+    class Tracker(ProgressTracker):
+        task = None
+
+        def start(self, total: int) -> None:
+            self.task = bar.add_task(label, total=total)
+
+        def advance(self) -> None:
+            if self.task is not None:
+                bar.advance(self.task)
+
+    with bar:
+        yield (lambda line: bar.console.print(line, markup=False, highlight=False)), Tracker()
 
 
 def _silence_solver_banner() -> None:
@@ -150,15 +197,16 @@ def run(
         day_range(first, last, partitions_for(settings))
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
-    with _range_errors():
+    with _range_errors(), _range_progress("cloudopt run") as (echo, tracker):
         result = run_range(
             first,
             last,
             account_list,
             settings=settings,
             refresh_catalog=refresh_catalog,
-            progress=typer.echo,
+            progress=echo,
             skip_done=only_missing,
+            tracker=tracker,
         )
     done = len(result.outcomes) - len(result.failed)
     typer.echo(f"{done}/{len(result.outcomes)} partitions materialised; warehouse: {result.warehouse_path}")
@@ -192,10 +240,11 @@ def demo(
     started = time.monotonic()
     from cloudopt_pipelines.demo.kubernetes import with_demo_cluster
 
-    def run_demo():  # the settings again: with_demo_cluster has set CLOUDOPT_K8S_CLUSTERS
-        return run_range(first, last, settings=load_settings(), progress=typer.echo, skip_done=not force)
+    with _range_errors(), _range_progress("cloudopt demo") as (echo, tracker):
 
-    with _range_errors():
+        def run_demo():  # the settings again: with_demo_cluster has set CLOUDOPT_K8S_CLUSTERS
+            return run_range(first, last, settings=load_settings(), progress=echo, skip_done=not force, tracker=tracker)
+
         result = with_demo_cluster(settings.home, run_demo)
     typer.echo("")
     typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
@@ -289,6 +338,20 @@ def sql(
         typer.echo(f"(first {max_rows} rows kept; raise --max-rows or add a LIMIT)", err=True)
 
 
+ACCOUNTS_PARTITIONS_NAME = "accounts"  # cloudopt_pipelines.partitions, without importing Dagster's definitions
+
+
+def _collector(settings):
+    """The source's collector, without building the definitions (the demo's needs no Dagster at all)."""
+    if settings.env == "demo":
+        from cloudopt_pipelines.sources.demo import DemoCollector
+
+        return DemoCollector()
+    from cloudopt_pipelines.resources.environments import resources_for
+
+    return resources_for(settings)["source"].get_collector()
+
+
 @app.command()
 def accounts(
     as_json: Annotated[bool, JSON_OPTION] = False,
@@ -296,20 +359,18 @@ def accounts(
 ) -> None:
     """List the account partitions registered in the Dagster instance, each with its status at the source
     (ACTIVE or CONFIGURED ones are scheduled; UNREACHABLE ones are ids the source does not list)."""
-    from cloudopt_pipelines.definitions import source_for
-    from cloudopt_pipelines.orchestration import ensure_instance
-    from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME
+    from cloudopt_pipelines.instance import ensure_instance
     from cloudopt_pipelines.sources.base import UNREACHABLE
 
     fmt = _output_format(as_json, as_csv)
     settings = load_settings()
     instance = ensure_instance(settings)
     try:
-        statuses = source_for(settings).get_collector().list_account_statuses()
+        statuses = _collector(settings).list_account_statuses()
     except Exception as exc:  # the list still helps when the source is down
         typer.echo(f"warning: statuses unavailable ({str(exc).splitlines()[0]})", err=True)
         statuses = None
-    registered = sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))
+    registered = sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))  # partitions.py's name
     if fmt != "table":
         from cloudopt_pipelines.output import render
 

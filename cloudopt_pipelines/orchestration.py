@@ -27,36 +27,13 @@ from cloudopt_pipelines.assets.plan import PLAN_JOB
 from cloudopt_pipelines.assets.warehouse import WAREHOUSE_POOL
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
 from cloudopt_pipelines.definitions import build_definitions, partitions_for, source_for
+from cloudopt_pipelines.instance import INSTANCE_YAML, PREVIOUS_INSTANCE_YAML, ensure_instance  # noqa: F401
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, DEPLOYMENT_PARTITIONS, Partitions, account_day_key
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
 from cloudopt_pipelines.storage.lake import Lake, sweep_leftovers
 
-PREVIOUS_INSTANCE_YAML = """\
-# The Dagster instance of cloudopt_pipelines (SQLite storage under this folder).
-concurrency:
-  pools:
-    # Writers of the DuckDB warehouse (pool "duckdb_warehouse") run one at a time.
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
-INSTANCE_YAML = """\
-# The Dagster instance of cloudopt_pipelines (SQLite storage under this folder).
-concurrency:
-  pools:
-    # Writers of the DuckDB warehouse (pool "duckdb_warehouse") run one at a time.
-    default_limit: 1
-run_monitoring:
-  # With the daemon (make dev): runs stuck before starting are failed, and the pool slots of
-  # finished runs are freed. cloudopt run also fails runs whose process is gone.
-  enabled: true
-  start_timeout_seconds: 300
-  free_slots_after_run_end_seconds: 60
-telemetry:
-  enabled: false
-"""
 POOL_WAIT_S = 600.0
 POOL_POLL_S = 1.0
 TAG_LAUNCHED_BY = "cloudopt/launched_by"
@@ -101,17 +78,6 @@ class RangeResult:
     @property
     def skipped(self) -> list[PartitionOutcome]:
         return [o for o in self.outcomes if o.skipped]
-
-
-def ensure_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent Dagster instance under ``$CLOUDOPT_HOME/dagster`` (created on first use)."""
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    # The file as an earlier version wrote it is upgraded; one edited by hand is left as it is.
-    if not config.exists() or config.read_text() == PREVIOUS_INSTANCE_YAML:
-        config.write_text(INSTANCE_YAML)
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:
@@ -291,6 +257,7 @@ def run_range(
     quiet: bool = True,
     pool_wait_s: float = POOL_WAIT_S,
     skip_done: bool = False,
+    tracker: "ProgressTracker | None" = None,
 ) -> RangeResult:
     """Materialise every account x day in [start, end], then refresh the warehouse.
 
@@ -334,6 +301,8 @@ def run_range(
     if added:
         progress(f"registered {len(added)} account partition(s): {', '.join(added)}")
     result = RangeResult(accounts=accounts, days=days)
+    tracker = tracker or ProgressTracker()
+    tracker.start(len(days) * len(accounts) + len(days) + 1)  # every account-day, every plan, the warehouse
     lake = Lake(settings.lake_dir)
     run_config = QUIET_RUN_CONFIG if quiet else None
 
@@ -352,29 +321,35 @@ def run_range(
         if str(account_day_key(account, day)) in done_partitions:
             result.outcomes.append(PartitionOutcome(account, day, True, "", skipped=True))
             progress(f"[{n}/{total}] {day} account {account}: already materialised, kept (--force redoes it)")
+            tracker.advance()
             continue
         outcome = execute_job(daily, instance, partition_key=account_day_key(account, day), run_config=run_config)
-        error = None if outcome.success else _first_error(outcome)
+        error = None if outcome.success else _failure(outcome, settings)
         result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[{n}/{total}] {day} account {account}: {status}")
+        tracker.advance()
 
     for day in days:
         if not any(o.success and o.day == day for o in result.outcomes):
             progress(f"[plan] {day} skipped: no account of that day was materialised")
+            tracker.advance()
             continue
         if day.isoformat() in done_plans and all(o.skipped for o in result.outcomes if o.day == day):
             result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, True, "", skipped=True))
             progress(f"[plan] {day} already planned on the same inputs, kept")
+            tracker.advance()
             continue
         outcome = execute_job(plan_job, instance, partition_key=day.isoformat(), run_config=run_config)
-        error = None if outcome.success else _first_error(outcome)
+        error = None if outcome.success else _failure(outcome, settings)
         result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
+        tracker.advance()
 
     if result.outcomes and all(o.skipped for o in result.outcomes) and settings.warehouse_path.exists():
         progress("warehouse: nothing new, kept")
+        tracker.advance()
         result.warehouse_path = settings.warehouse_path
         return result
     progress("refreshing the warehouse ...")
@@ -391,8 +366,19 @@ def run_range(
             raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
         progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")
         time.sleep(1.0)
+    tracker.advance()
     result.warehouse_path = settings.warehouse_path
     return result
+
+
+class ProgressTracker:
+    """Told how many steps a range has and each one done (the command line draws a bar); does nothing."""
+
+    def start(self, total: int) -> None:
+        """The range has ``total`` steps."""
+
+    def advance(self) -> None:
+        """One more step is done."""
 
 
 def finished_partitions(instance: dg.DagsterInstance, job: Any) -> set[str]:
@@ -412,6 +398,27 @@ def _materialization_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
             value = event.step_materialization_data.materialization.metadata.get("warnings")
             warnings.extend(getattr(value, "data", None) or [])
     return warnings
+
+
+def failure_log(settings: Settings, run_id: str) -> Path:
+    """Where the full error of a failed run is written: ``$CLOUDOPT_HOME/logs/<run id>.log``."""
+    return settings.home / "logs" / f"{run_id}.log"
+
+
+def _failure(result: dg.ExecuteInProcessResult, settings: Settings) -> str:
+    """The failed run's one useful line; its every error with the stack goes to its log file, named there."""
+    details = [
+        f"{event.step_key}: {event.step_failure_data.error.to_string()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data is not None and event.step_failure_data.error
+    ]
+    if not details:
+        return _first_error(result)
+    path = failure_log(settings, result.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"run {result.run_id}\n\n" + "\n\n".join(details))
+    first = (_first_error(result).splitlines() or ["run failed"])[0]
+    return f"{first} (full error: {path})"
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:

@@ -74,3 +74,22 @@ def test_recommendation_checks_ran_per_partition_in_the_daily_runs(demo_home: Se
         assert all(e.passed for e in evaluations), name
         assert all(e.metadata["rows_checked"].value > 0 for e in evaluations)
     assert date.fromisoformat(sorted(partitions)[0].split("|")[1]) == DEMO_DAYS[0]
+
+
+def test_flat_metadata_keeps_numbers_plottable_and_never_dumps_json_for_plain_shapes() -> None:
+    from cloudopt_pipelines.assets.metadata import flat_metadata
+
+    meta = flat_metadata(
+        {
+            "samples": 288,
+            "resources_by_kind": {"ec2_instance": 21, "ebs_volume": 2},
+            "regions": ["us-east-1", "us-west-2"],
+            "throttled": [{"api": "ec2:DescribeInstances", "retries": 3}],
+            "nested": {"a": {"b": 1}},
+        }
+    )
+    assert meta["samples"] == 288
+    assert meta["resources_by_kind/ec2_instance"] == 21 and meta["resources_by_kind/ebs_volume"] == 2
+    assert meta["regions"].value == "us-east-1, us-west-2"
+    assert "| ec2:DescribeInstances |" in meta["throttled"].value
+    assert isinstance(meta["nested"], dg.JsonMetadataValue)

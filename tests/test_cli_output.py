@@ -88,3 +88,22 @@ def test_accounts_and_info_print_json(demo_home: Settings) -> None:
     assert json.loads(accounts.output) == [{"account_id": a, "status": "ACTIVE"} for a in DEMO_ACCOUNTS]
     info = json.loads(_invoke(["info", "--json"], demo_home.home).output)
     assert info["env"] == "demo" and info["partitions_by_table"]["resources"] == 4
+
+
+def test_progress_bar_only_for_a_terminal_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from cloudopt_pipelines import cli
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Tty())
+    monkeypatch.delenv("CI", raising=False)
+    assert cli._show_progress()
+    monkeypatch.setenv("CI", "true")
+    assert not cli._show_progress()
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(sys, "stdout", open(__file__))  # a file, not a terminal
+    assert not cli._show_progress()

@@ -7,8 +7,9 @@ import duckdb
 import pytest
 
 from cloudopt_pipelines.definitions import build_definitions, partitions_for
-from cloudopt_pipelines.orchestration import day_range, ensure_instance, run_range
+from cloudopt_pipelines.orchestration import ProgressTracker, day_range, ensure_instance, failure_log, run_range
 from cloudopt_pipelines.partitions import DEPLOYMENT_PARTITIONS
+from cloudopt_pipelines.resources.sources import DemoSourceResource
 from cloudopt_pipelines.settings import START_DATE, Settings
 from cloudopt_pipelines.sources.demo import DEMO_DATA, DemoCollector
 from cloudopt_pipelines.summary import demo_summary
@@ -98,3 +99,44 @@ def test_summary_says_savings_and_explains_plan_against_recommendations(demo_hom
     ).fetchone()[0]
     assert not_optimised > 0
     assert f"Measured, not optimised: {not_optimised} resources" in summary
+
+
+class _BrokenMetrics(DemoSourceResource):
+    """The demo source, but the metrics API fails with a long, multi-line error."""
+
+    def get_collector(self):
+        collector = super().get_collector()
+
+        def fail(account_id, day):
+            raise RuntimeError("CloudWatch refused GetMetricData for 123456789012: throttled\n" + "detail line\n" * 30)
+
+        collector.collect_metrics = fail
+        return collector
+
+
+class _Counter(ProgressTracker):
+    def __init__(self) -> None:
+        self.total, self.done = 0, 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self) -> None:
+        self.done += 1
+
+
+def test_a_failed_partition_gives_one_line_and_its_full_error_in_a_log_file(fresh_home: Settings) -> None:
+    day = DemoCollector().days[0]
+    tracker = _Counter()
+    result = run_range(
+        day, day, [DEMO_ACCOUNTS[0]], settings=fresh_home, source=_BrokenMetrics(), progress=lambda _: None,
+        tracker=tracker,
+    )  # fmt: skip
+    assert tracker.total == tracker.done == 3  # the account-day, the plan (skipped) and the warehouse
+    [failure] = result.failed
+    assert "\n" not in failure.error
+    assert "CloudWatch refused GetMetricData for 123456789012: throttled" in failure.error
+    log = failure_log(fresh_home, failure.run_id)
+    assert str(log) in failure.error
+    text = log.read_text()
+    assert ("detail line" in text and "Traceback" in text) or "File " in text

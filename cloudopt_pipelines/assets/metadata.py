@@ -165,3 +165,40 @@ def _checks_for(
             )
 
     return _check
+
+
+# ------------------------------------------------------------------------------- metadata values
+
+
+def flat_metadata(metadata: dict, prefix: str = "") -> dict:
+    """Metadata a person can read and the UI can plot: numbers stay numbers, a mapping of numbers becomes
+    one numeric entry per key (``resources_by_kind/ec2_instance``), a list of plain values one line of
+    text, a list of records a markdown table; only what is none of these stays JSON."""
+    out: dict = {}
+    for key, value in metadata.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool | str | int | float) or value is None:
+            out[name] = value if value is not None else dg.MetadataValue.null()
+        elif isinstance(value, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+        ):
+            out.update({f"{name}/{k}": v for k, v in value.items()} or {name: 0})
+        elif isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+            out[name] = dg.MetadataValue.text(", ".join(str(v) for v in value) or "none")
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, dict) for v in value):
+            out[name] = dg.MetadataValue.md(_records_markdown(value))
+        else:
+            out[name] = dg.MetadataValue.json(value)
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _records_markdown(records: Sequence[dict], rows: int = 20) -> str:
+    from tabulate import tabulate
+
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    table = tabulate([[r.get(c) for c in columns] for r in records[:rows]], headers=columns, tablefmt="github")
+    return table + (f"\n\n_{len(records) - rows} more rows_" if len(records) > rows else "")
