@@ -107,3 +107,22 @@ def test_progress_bar_only_for_a_terminal_outside_ci(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CI")
     monkeypatch.setattr(sys, "stdout", open(__file__))  # a file, not a terminal
     assert not cli._show_progress()
+
+
+def test_approve_lists_the_plan_as_json_and_refuses_a_bad_date_in_one_line(demo_home: Settings) -> None:
+    import json
+
+    import duckdb
+
+    listed = _invoke(["approve", "--date", "2026-11-17", "--json"], demo_home.home)
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    with duckdb.connect(str(demo_home.warehouse_path), read_only=True) as con:
+        changes = con.execute(
+            "SELECT count(*) FROM portfolio_plan WHERE date = '2026-11-17' AND action <> 'keep'"
+        ).fetchone()[0]
+    assert len(rows) == changes > 0 and all(r["action_id"].startswith("act-") for r in rows)
+    bad = _invoke(["approve", "--date", "2026-11-31", "--list"], demo_home.home)
+    assert bad.exit_code == 2 and bad.output.strip().splitlines() == [
+        "error: --date '2026-11-31' is not a date: give a UTC day as YYYY-MM-DD, e.g. 2026-11-16"
+    ]
