@@ -139,7 +139,10 @@ def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
         "above), which is never a single resource's best option"
         if reserved
         else "",
-        f"keeps {kept} resources that the risk, availability or budget limits hold back" if kept else "",
+        f"keeps {kept} resources as they are (protected ones, and what its risk, availability or budget limits "
+        "hold back)"
+        if kept
+        else "",
     ]
     reasons = "; ".join(w for w in why if w) or "it weighs every resource under the fleet's limits"
     lines.append(
