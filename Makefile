@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-## demo: set up, then run the whole pipeline on the embedded demo data (2 accounts x 7 days)
+## demo: set up, then run the whole pipeline on the embedded demo data (2 accounts x 14 days; a second run keeps what is done)
 demo: install
 	$(BIN)/cloudopt demo
 

@@ -29,8 +29,6 @@ app.add_typer(backtest_app, name="backtest")
 register_executor_commands(app)
 register_report_command(app)
 
-DEMO_START = date(2026, 11, 16)
-DEMO_END = date(2026, 11, 22)
 TRY_SQL = "SELECT * FROM fleet_daily ORDER BY date, account_id LIMIT 10"
 
 
@@ -38,7 +36,18 @@ def _parse_day(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint=option) from None
+        raise _usage_error(f"{option} {value!r} is not a date: give a UTC day as YYYY-MM-DD, e.g. 2026-11-16") from None
+
+
+def _output_format(as_json: bool, as_csv: bool) -> str:
+    """The --json / --csv flags of a reporting command (one at most; neither: a table)."""
+    if as_json and as_csv:
+        raise _usage_error("--json and --csv print the same rows two ways: give one of them")
+    return "json" if as_json else "csv" if as_csv else "table"
+
+
+JSON_OPTION = typer.Option("--json", help="Print JSON instead of a table.")
+CSV_OPTION = typer.Option("--csv", help="Print CSV instead of a table.")
 
 
 INTERRUPTED = 130
@@ -75,9 +84,9 @@ def _account_option(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
     try:
-        parsed = parse_accounts(raw)
+        parsed = parse_accounts(raw, variable="--accounts")
     except ValueError as exc:
-        raise _usage_error(f"--accounts: {exc}") from None
+        raise _usage_error(str(exc)) from None
     if not parsed:
         raise _usage_error(
             f"--accounts {raw!r} names no account; give 12-digit ids separated by commas, or leave "
@@ -87,14 +96,79 @@ def _account_option(raw: str | None) -> list[str] | None:
 
 
 def _quiet_dagster() -> None:
+    """Keep Dagster's beta and preview warnings and its debug logs out of the user's output, without
+    importing Dagster (a read-only command should not pay for it)."""
     import warnings
-
-    import dagster as dg
 
     os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_LEVEL", "WARNING")
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    for category in (dg.BetaWarning, dg.PreviewWarning):
-        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=r".* is currently in (beta|preview)")
+
+
+def _show_progress() -> bool:
+    """A progress bar only for a person at a terminal: never in CI, a pipe or a log file."""
+    return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def _range_progress(label: str) -> Iterator[tuple]:
+    """(echo, tracker) for a range run: with a terminal, a rich bar with elapsed time and ETA, the lines
+    printed above it; otherwise plain lines and no bar."""
+    from cloudopt_pipelines.orchestration import ProgressTracker
+
+    if not _show_progress():
+        yield typer.echo, ProgressTracker()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+    class Tracker(ProgressTracker):
+        task = None
+
+        def start(self, total: int) -> None:
+            self.task = bar.add_task(label, total=total)
+
+        def advance(self) -> None:
+            if self.task is not None:
+                bar.advance(self.task)
+
+    with bar:
+        yield (lambda line: bar.console.print(line, markup=False, highlight=False)), Tracker()
+
+
+def _silence_solver_banner() -> None:
+    """HiGHS prints its banner on stdout (from C) when the first solver of a process is made, before any
+    option can turn it off: make that first one with stdout pointed at /dev/null."""
+    try:
+        import highspy
+    except ImportError:
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @app.command()
@@ -106,6 +180,9 @@ def run(
         typer.Option("--accounts", help="Comma-separated 12-digit account ids (default: all the source reaches)."),
     ] = None,
     refresh_catalog: Annotated[bool, typer.Option(help="Rebuild the price catalogue first.")] = False,
+    only_missing: Annotated[
+        bool, typer.Option("--only-missing", help="Keep the partitions already materialised; run the others.")
+    ] = False,
 ) -> None:
     """Materialise every account x day in [start, end] through Dagster (one run per partition, as a
     backfill does), then refresh the warehouse. Exits 1 if any partition failed, 2 for a range or
@@ -113,14 +190,26 @@ def run(
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     account_list = _account_option(accounts)
     _quiet_dagster()
+    _silence_solver_banner()
+    from cloudopt_pipelines.definitions import partitions_for
     from cloudopt_pipelines.orchestration import day_range, run_range
 
+    settings = load_settings()
     try:
-        day_range(first, last)
+        day_range(first, last, partitions_for(settings))
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
-    with _range_errors():
-        result = run_range(first, last, account_list, refresh_catalog=refresh_catalog, progress=typer.echo)
+    with _range_errors(), _range_progress("cloudopt run") as (echo, tracker):
+        result = run_range(
+            first,
+            last,
+            account_list,
+            settings=settings,
+            refresh_catalog=refresh_catalog,
+            progress=echo,
+            skip_done=only_missing,
+            tracker=tracker,
+        )
     done = len(result.outcomes) - len(result.failed)
     typer.echo(f"{done}/{len(result.outcomes)} partitions materialised; warehouse: {result.warehouse_path}")
     if result.failed:
@@ -130,22 +219,35 @@ def run(
 
 
 @app.command()
-def demo() -> None:
-    """Run the whole pipeline on the embedded demo data (2 accounts x 7 days) and print a summary.
-    Exits 1 if any partition failed, 130 when interrupted."""
+def demo(
+    force: Annotated[
+        bool, typer.Option("--force", help="Materialise every partition again, even those already done.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on the embedded demo data (2 accounts x 14 days) and print a summary. A second
+    run keeps the partitions already materialised (--force redoes them). Exits 1 if any partition failed,
+    130 when interrupted."""
     _quiet_dagster()
+    _silence_solver_banner()
     from cloudopt_pipelines.orchestration import run_range
+    from cloudopt_pipelines.partitions import demo_partitions
     from cloudopt_pipelines.summary import demo_summary
 
     settings = load_settings()
     if settings.env != "demo":
-        raise typer.BadParameter("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
-    typer.echo(f"cloudopt demo: {DEMO_START} to {DEMO_END}, home {settings.home}")
+        raise _usage_error("'cloudopt demo' runs on the embedded data: unset CLOUDOPT_ENV or set it to demo")
+    window = demo_partitions()
+    first, last = window.first_day, window.last_day or window.first_day
+    typer.echo(f"cloudopt demo: {first} to {last}, home {settings.home}")
     started = time.monotonic()
     from cloudopt_pipelines.demo.kubernetes import with_demo_cluster
 
-    with _range_errors():
-        result = with_demo_cluster(settings.home, lambda: run_range(DEMO_START, DEMO_END, progress=typer.echo))
+    with _range_errors(), _range_progress("cloudopt demo") as (echo, tracker):
+
+        def run_demo():  # the settings again: with_demo_cluster has set CLOUDOPT_K8S_CLUSTERS
+            return run_range(first, last, settings=load_settings(), progress=echo, skip_done=not force, tracker=tracker)
+
+        result = with_demo_cluster(settings.home, run_demo)
     typer.echo("")
     typer.echo(demo_summary(settings, result, time.monotonic() - started, TRY_SQL))
     if result.failed:
@@ -203,45 +305,81 @@ def sql(
     max_rows: Annotated[
         int, typer.Option(help="Rows to print at most, 1 to 10000 (read bigger results with DuckDB directly).")
     ] = 50,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+    as_csv: Annotated[bool, CSV_OPTION] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write the rows to this file instead: .csv, .parquet or .json by its suffix."),
+    ] = None,
 ) -> None:
-    """Run one read-only query on the warehouse and print the result as a table. Only queries and EXPLAIN
-    run: no file outside the warehouse and the lake can be read, none written, no extension loaded."""
+    """Run one read-only query on the warehouse and print the result as a table (money with two decimals),
+    JSON or CSV, or write it to a CSV, Parquet or JSON file. Only queries and EXPLAIN run: no file outside
+    the warehouse and the lake can be read, none written, no extension loaded."""
     import duckdb
 
+    from cloudopt_pipelines.output import FILE_SUFFIXES, render, write_rows
     from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query
 
+    fmt = _output_format(as_json, as_csv)
     if not 1 <= max_rows <= MAX_SQL_ROWS:
         raise _usage_error(f"--max-rows must be between 1 and {MAX_SQL_ROWS} (got {max_rows})")
+    if output is not None and output.suffix.lower() not in FILE_SUFFIXES:
+        raise _usage_error(f"--output {output}: write a .csv, .parquet or .json file (the suffix picks the format)")
     settings = load_settings()
     try:
         result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_dir)
     except (duckdb.Error, FileNotFoundError, PermissionError, ValueError) as exc:
         typer.echo(f"error: {str(exc).strip()}", err=True)
         raise typer.Exit(2) from None
-    from tabulate import tabulate
-
-    typer.echo(tabulate(result.rows, headers=result.columns, tablefmt="github", floatfmt=".4g"))
+    if output is not None:
+        write_rows(output, result.columns, result.rows)
+        typer.echo(f"wrote {len(result.rows)} rows to {output}", err=True)
+    else:
+        typer.echo(render(fmt, result.columns, result.rows))
     if result.truncated:
-        typer.echo(f"(first {max_rows} rows shown; raise --max-rows or add a LIMIT)", err=True)
+        typer.echo(f"(first {max_rows} rows kept; raise --max-rows or add a LIMIT)", err=True)
+
+
+ACCOUNTS_PARTITIONS_NAME = "accounts"  # cloudopt_pipelines.partitions, without importing Dagster's definitions
+
+
+def _collector(settings):
+    """The source's collector, without building the definitions (the demo's needs no Dagster at all)."""
+    if settings.env == "demo":
+        from cloudopt_pipelines.sources.demo import DemoCollector
+
+        return DemoCollector()
+    from cloudopt_pipelines.resources.environments import resources_for
+
+    return resources_for(settings)["source"].get_collector()
 
 
 @app.command()
-def accounts() -> None:
+def accounts(
+    as_json: Annotated[bool, JSON_OPTION] = False,
+    as_csv: Annotated[bool, CSV_OPTION] = False,
+) -> None:
     """List the account partitions registered in the Dagster instance, each with its status at the source
     (ACTIVE or CONFIGURED ones are scheduled; UNREACHABLE ones are ids the source does not list)."""
-    from cloudopt_pipelines.definitions import source_for
-    from cloudopt_pipelines.orchestration import ensure_instance
-    from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME
+    from cloudopt_pipelines.instance import ensure_instance
     from cloudopt_pipelines.sources.base import UNREACHABLE
 
+    fmt = _output_format(as_json, as_csv)
     settings = load_settings()
     instance = ensure_instance(settings)
     try:
-        statuses = source_for(settings).get_collector().list_account_statuses()
+        statuses = _collector(settings).list_account_statuses()
     except Exception as exc:  # the list still helps when the source is down
         typer.echo(f"warning: statuses unavailable ({str(exc).splitlines()[0]})", err=True)
         statuses = None
-    for account in sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)):
+    registered = sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))  # partitions.py's name
+    if fmt != "table":
+        from cloudopt_pipelines.output import render
+
+        rows = [(a, None if statuses is None else statuses.get(a, UNREACHABLE)) for a in registered]
+        typer.echo(render(fmt, ["account_id", "status"], rows))
+        return
+    for account in registered:
         if statuses is None:
             typer.echo(account)
         else:
@@ -251,11 +389,25 @@ def accounts() -> None:
 
 
 @app.command()
-def info() -> None:
+def info(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Show where the lake, the warehouse and the Dagster instance live, and what the lake holds."""
     from cloudopt_pipelines.storage.lake import Lake
 
     settings = load_settings()
+    if as_json:
+        import json
+
+        lake = Lake(settings.lake_dir)
+        described = {
+            "home": str(settings.home),
+            "env": settings.env,
+            "lake": str(settings.lake_dir),
+            "warehouse": str(settings.warehouse_path),
+            "dagster_home": str(settings.dagster_home),
+            "partitions_by_table": {t: len(lake.partitions(t)) for t in lake.tables()},
+        }
+        typer.echo(json.dumps(described, indent=1))
+        return
     typer.echo(f"CLOUDOPT_HOME  {settings.home}")
     typer.echo(f"CLOUDOPT_ENV   {settings.env}")
     typer.echo(f"lake           {settings.lake_dir}")
@@ -519,3 +671,7 @@ def main() -> None:
     except (SettingsError, ClustersFileError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

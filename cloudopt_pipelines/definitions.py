@@ -5,6 +5,7 @@ import dagster as dg
 from cloudopt_pipelines.assets.actions import executed_actions
 from cloudopt_pipelines.assets.features import build_sql_model_assets
 from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions, kubernetes_placeholders
+from cloudopt_pipelines.assets.metadata import build_recommendation_checks, describe_assets
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
 from cloudopt_pipelines.assets.raw import cluster_metrics_5m, price_catalog, resources, utilization_5m
 from cloudopt_pipelines.assets.recommendations import build_recommendation_assets
@@ -18,7 +19,13 @@ from cloudopt_pipelines.automation import (
     daily_pipeline_schedule,
 )
 from cloudopt_pipelines.optimizers.base import select_optimizers
-from cloudopt_pipelines.partitions import account_daily_partitions
+from cloudopt_pipelines.partitions import (
+    DEPLOYMENT_PARTITIONS,
+    Partitions,
+    account_daily_partitions,
+    demo_partitions,
+    with_partitions,
+)
 from cloudopt_pipelines.resources.environments import resources_for
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
@@ -27,6 +34,11 @@ from cloudopt_pipelines.settings import Settings, load_settings
 def source_for(settings: Settings) -> SourceResource:
     """The source of inventory and metrics for CLOUDOPT_ENV (demo: embedded data; aws: real APIs)."""
     return resources_for(settings)["source"]
+
+
+def partitions_for(settings: Settings) -> Partitions:
+    """The partitions of CLOUDOPT_ENV: the demo's days only (demo), or every day from ``START_DATE`` (aws)."""
+    return demo_partitions() if settings.env == "demo" else DEPLOYMENT_PARTITIONS
 
 
 def build_definitions(settings: Settings | None = None, source: SourceResource | None = None) -> dg.Definitions:
@@ -52,13 +64,18 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
         account_daily_keys, list(price_catalog.keys), warehouse_asset.key
     )
     source = source or source_for(settings)
+    partitions = partitions_for(settings)
+    assets = with_partitions([*lake_assets, warehouse_asset, build_savings_report_asset(optimizers)], partitions)
     return dg.Definitions(
         assets=[
-            *lake_assets,
-            warehouse_asset,
-            build_savings_report_asset(optimizers),
-            *([] if k8s else kubernetes_placeholders()),
+            *describe_assets(assets, freshness=settings.env != "demo"),
+            *(
+                []
+                if k8s
+                else [p.replace_attributes(partitions_def=partitions.account_daily) for p in kubernetes_placeholders()]
+            ),
         ],
+        asset_checks=build_recommendation_checks(optimizers, partitions.account_daily),
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],
         sensors=[

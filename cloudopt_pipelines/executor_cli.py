@@ -28,7 +28,8 @@ def _parse_day(value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint="--date") from None
+        typer.echo(f"error: --date {value!r} is not a date: give a UTC day as YYYY-MM-DD, e.g. 2026-11-16", err=True)
+        raise typer.Exit(2) from None
 
 
 def approve_command(
@@ -39,9 +40,9 @@ def approve_command(
     list_only: bool,
     settings: Settings | None = None,
     echo: Echo = typer.echo,
+    fmt: str = "table",
 ) -> int:
     """List the plan's actions, or record an approval; returns the exit code."""
-    from tabulate import tabulate
 
     from cloudopt_pipelines.assets.plan import plan_check_reader
     from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
@@ -54,12 +55,18 @@ def approve_command(
     try:
         plan_id, planned = read_plan(lake, day, checks)
         if list_only or (not actions and not all_actions):
-            echo(f"plan {plan_id or '(empty)'} of {day}: {len(planned)} action(s)")
+            from cloudopt_pipelines.output import render
+
             rows = [
-                (a.action_id, a.account_id, a.resource_id, a.action, a.option_name, round(a.monthly_savings_usd, 2))
+                (a.action_id, a.account_id, a.resource_id, a.action, a.option_name, a.monthly_savings_usd)
                 for a in planned
             ]
-            echo(tabulate(rows, headers=["action_id", "account", "resource", "action", "option", "usd/month"]))
+            columns = ["action_id", "account_id", "resource_id", "action", "option_name", "monthly_savings_usd"]
+            if fmt != "table":
+                echo(render(fmt, columns, rows))
+                return 0
+            echo(f"plan {plan_id or '(empty)'} of {day}: {len(planned)} action(s)")
+            echo(render("table", columns, rows))
             if not list_only:
                 echo("approve with --actions ID,ID,... or --all, and --by NAME", err=True)
                 return 2
@@ -277,10 +284,17 @@ def register_executor_commands(app: typer.Typer) -> None:
         ] = False,
         by: Annotated[str | None, typer.Option("--by", help="Who approves; recorded with the approval.")] = None,
         list_only: Annotated[bool, typer.Option("--list", help="List the plan's actions and ids only.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="With --list: print JSON instead of a table.")] = False,
+        as_csv: Annotated[bool, typer.Option("--csv", help="With --list: print CSV instead of a table.")] = False,
     ) -> None:
         """Approve actions of a day's portfolio plan (append-only record under $CLOUDOPT_HOME/approvals/).
         An approval is for the plan id it names: re-materialising the plan makes it stale."""
-        raise typer.Exit(approve_command(_parse_day(date_), actions, all_actions, by, list_only))
+        if as_json and as_csv:
+            typer.echo("error: --json and --csv print the same rows two ways: give one of them", err=True)
+            raise typer.Exit(2)
+        fmt = "json" if as_json else "csv" if as_csv else "table"
+        code = approve_command(_parse_day(date_), actions, all_actions, by, list_only or fmt != "table", fmt=fmt)
+        raise typer.Exit(code)
 
     @app.command()
     def execute(

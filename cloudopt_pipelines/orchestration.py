@@ -26,37 +26,14 @@ import dagster as dg
 from cloudopt_pipelines.assets.plan import PLAN_JOB
 from cloudopt_pipelines.assets.warehouse import WAREHOUSE_POOL
 from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
-from cloudopt_pipelines.definitions import build_definitions, source_for
-from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, account_day_key, daily_partitions
+from cloudopt_pipelines.definitions import build_definitions, partitions_for, source_for
+from cloudopt_pipelines.instance import INSTANCE_YAML, PREVIOUS_INSTANCE_YAML, ensure_instance  # noqa: F401
+from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, DEPLOYMENT_PARTITIONS, Partitions, account_day_key
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
 from cloudopt_pipelines.storage.lake import Lake, sweep_leftovers
 
-PREVIOUS_INSTANCE_YAML = """\
-# The Dagster instance of cloudopt_pipelines (SQLite storage under this folder).
-concurrency:
-  pools:
-    # Writers of the DuckDB warehouse (pool "duckdb_warehouse") run one at a time.
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
-INSTANCE_YAML = """\
-# The Dagster instance of cloudopt_pipelines (SQLite storage under this folder).
-concurrency:
-  pools:
-    # Writers of the DuckDB warehouse (pool "duckdb_warehouse") run one at a time.
-    default_limit: 1
-run_monitoring:
-  # With the daemon (make dev): runs stuck before starting are failed, and the pool slots of
-  # finished runs are freed. cloudopt run also fails runs whose process is gone.
-  enabled: true
-  start_timeout_seconds: 300
-  free_slots_after_run_end_seconds: 60
-telemetry:
-  enabled: false
-"""
 POOL_WAIT_S = 600.0
 POOL_POLL_S = 1.0
 TAG_LAUNCHED_BY = "cloudopt/launched_by"
@@ -82,6 +59,7 @@ class PartitionOutcome:
     success: bool
     run_id: str
     error: str | None = None
+    skipped: bool = False  # already materialised: kept as it was (``skip_done``)
 
 
 @dataclass
@@ -97,16 +75,9 @@ class RangeResult:
     def failed(self) -> list[PartitionOutcome]:
         return [o for o in self.outcomes if not o.success]
 
-
-def ensure_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent Dagster instance under ``$CLOUDOPT_HOME/dagster`` (created on first use)."""
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    # The file as an earlier version wrote it is upgraded; one edited by hand is left as it is.
-    if not config.exists() or config.read_text() == PREVIOUS_INSTANCE_YAML:
-        config.write_text(INSTANCE_YAML)
-    return dg.DagsterInstance.from_config(str(home))
+    @property
+    def skipped(self) -> list[PartitionOutcome]:
+        return [o for o in self.outcomes if o.skipped]
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:
@@ -252,16 +223,20 @@ def register_accounts(instance: dg.DagsterInstance, accounts: list[str]) -> list
     return new
 
 
-def day_range(start: date, end: date) -> list[date]:
+def day_range(start: date, end: date, partitions: Partitions = DEPLOYMENT_PARTITIONS) -> list[date]:
     """Every day from start to end, checked against the daily partitions (complete UTC days only)."""
     if end < start:
-        raise ValueError(f"--end {end} is before --start {start}")
-    first = date.fromisoformat(daily_partitions.get_first_partition_key())
-    last_key = daily_partitions.get_last_partition_key()
-    last = date.fromisoformat(last_key) if last_key else first
+        raise ValueError(f"--end {end} is before --start {start}: give the first day as --start")
+    first, last = partitions.first_day, partitions.last_day
+    bounded = partitions.daily.end is not None
+    covers = f"the partitions cover {first} to {last}" + (" (the demo data's days)" if bounded else "")
     if start < first:
-        raise ValueError(f"--start {start} is before the first partition {first}: pick --start {first} or later")
-    if end > last:
+        raise ValueError(
+            f"--start {start} is before the first partition {first}: {covers}; pick --start {first} or later"
+        )
+    if last is None or end > last:
+        if bounded:
+            raise ValueError(f"--end {end} is after the last partition {last}: {covers}; pick --end {last} or earlier")
         raise ValueError(f"--end {end} is not a complete UTC day yet: the latest partition is {last}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
@@ -281,15 +256,21 @@ def run_range(
     refresh_catalog: bool = False,
     quiet: bool = True,
     pool_wait_s: float = POOL_WAIT_S,
+    skip_done: bool = False,
+    tracker: "ProgressTracker | None" = None,
 ) -> RangeResult:
     """Materialise every account x day in [start, end], then refresh the warehouse.
+
+    With ``skip_done``, an account x day whose every asset of the daily job is already materialised is
+    kept as it is, and so is the plan of a day none of whose accounts ran again; the warehouse is
+    rebuilt only when something ran (or it is missing).
 
     ``accounts`` (default: every account the source reaches) must be accounts the source reaches; a
     ValueError names any other before anything runs or is registered. Runs left unfinished by killed
     processes are marked failed first, and leftovers of killed writers removed.
     """
-    days = day_range(start, end)
     settings = settings or load_settings()
+    days = day_range(start, end, partitions_for(settings))
     source = source or source_for(settings)
     defs = build_definitions(settings, source)
     instance = ensure_instance(settings)
@@ -320,6 +301,8 @@ def run_range(
     if added:
         progress(f"registered {len(added)} account partition(s): {', '.join(added)}")
     result = RangeResult(accounts=accounts, days=days)
+    tracker = tracker or ProgressTracker()
+    tracker.start(len(days) * len(accounts) + len(days) + 1)  # every account-day, every plan, the warehouse
     lake = Lake(settings.lake_dir)
     run_config = QUIET_RUN_CONFIG if quiet else None
 
@@ -330,25 +313,45 @@ def run_range(
             raise RuntimeError(f"the price catalogue failed to build: {_first_error(outcome)}")
 
     daily = defs.resolve_job_def(DAILY_JOB)
+    plan_job = defs.resolve_job_def(PLAN_JOB)
+    done_partitions = finished_partitions(instance, daily) if skip_done else set()
+    done_plans = finished_partitions(instance, plan_job) if skip_done else set()
     total = len(days) * len(accounts)
     for n, (day, account) in enumerate(((d, a) for d in days for a in accounts), start=1):
+        if str(account_day_key(account, day)) in done_partitions:
+            result.outcomes.append(PartitionOutcome(account, day, True, "", skipped=True))
+            progress(f"[{n}/{total}] {day} account {account}: already materialised, kept (--force redoes it)")
+            tracker.advance()
+            continue
         outcome = execute_job(daily, instance, partition_key=account_day_key(account, day), run_config=run_config)
-        error = None if outcome.success else _first_error(outcome)
+        error = None if outcome.success else _failure(outcome, settings)
         result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[{n}/{total}] {day} account {account}: {status}")
+        tracker.advance()
 
-    plan_job = defs.resolve_job_def(PLAN_JOB)
     for day in days:
         if not any(o.success and o.day == day for o in result.outcomes):
             progress(f"[plan] {day} skipped: no account of that day was materialised")
+            tracker.advance()
+            continue
+        if day.isoformat() in done_plans and all(o.skipped for o in result.outcomes if o.day == day):
+            result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, True, "", skipped=True))
+            progress(f"[plan] {day} already planned on the same inputs, kept")
+            tracker.advance()
             continue
         outcome = execute_job(plan_job, instance, partition_key=day.isoformat(), run_config=run_config)
-        error = None if outcome.success else _first_error(outcome)
+        error = None if outcome.success else _failure(outcome, settings)
         result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, outcome.success, outcome.run_id, error))
         status = "ok" if outcome.success else f"FAILED: {error}"
         progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
+        tracker.advance()
 
+    if result.outcomes and all(o.skipped for o in result.outcomes) and settings.warehouse_path.exists():
+        progress("warehouse: nothing new, kept")
+        tracker.advance()
+        result.warehouse_path = settings.warehouse_path
+        return result
     progress("refreshing the warehouse ...")
     # The rebuild is idempotent. A second try covers a Dagster race: two processes that first use the
     # pool "duckdb_warehouse" at the same moment both insert its limit row, and one of them fails.
@@ -363,8 +366,28 @@ def run_range(
             raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
         progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")
         time.sleep(1.0)
+    tracker.advance()
     result.warehouse_path = settings.warehouse_path
     return result
+
+
+class ProgressTracker:
+    """Told how many steps a range has and each one done (the command line draws a bar); does nothing."""
+
+    def start(self, total: int) -> None:
+        """The range has ``total`` steps."""
+
+    def advance(self) -> None:
+        """One more step is done."""
+
+
+def finished_partitions(instance: dg.DagsterInstance, job: Any) -> set[str]:
+    """The partition keys of ``job`` for which every asset it materialises has been materialised."""
+    done: set[str] | None = None
+    for key in job.asset_layer.selected_asset_keys:
+        materialised = instance.get_materialized_partitions(key)
+        done = materialised if done is None else done & materialised
+    return done or set()
 
 
 def _materialization_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -375,6 +398,27 @@ def _materialization_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
             value = event.step_materialization_data.materialization.metadata.get("warnings")
             warnings.extend(getattr(value, "data", None) or [])
     return warnings
+
+
+def failure_log(settings: Settings, run_id: str) -> Path:
+    """Where the full error of a failed run is written: ``$CLOUDOPT_HOME/logs/<run id>.log``."""
+    return settings.home / "logs" / f"{run_id}.log"
+
+
+def _failure(result: dg.ExecuteInProcessResult, settings: Settings) -> str:
+    """The failed run's one useful line; its every error with the stack goes to its log file, named there."""
+    details = [
+        f"{event.step_key}: {event.step_failure_data.error.to_string()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data is not None and event.step_failure_data.error
+    ]
+    if not details:
+        return _first_error(result)
+    path = failure_log(settings, result.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"run {result.run_id}\n\n" + "\n\n".join(details))
+    first = (_first_error(result).splitlines() or ["run failed"])[0]
+    return f"{first} (full error: {path})"
 
 
 def _first_error(result: dg.ExecuteInProcessResult) -> str:

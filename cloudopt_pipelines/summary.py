@@ -1,4 +1,8 @@
-"""The summary printed at the end of ``make demo``: what ran, what was found, where to look next."""
+"""The summary printed at the end of ``make demo``: what ran, what was found, where to look next.
+
+One function per paragraph, each reading the lake on its own, so that a paragraph can change without
+touching the others.
+"""
 
 import json
 import shutil
@@ -14,16 +18,42 @@ from cloudopt_pipelines.storage.schemas import UNION_VIEWS
 
 
 def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sql: str) -> str:
-    """A short report: partitions, resources analysed, top recommendations, warehouse and a query to try."""
+    """A short report: partitions, resources analysed, top recommendations, the plan and why its total
+    differs, what was measured but not optimised, the warehouse and a query to try."""
     lake = Lake(settings.lake_dir)
     con = duckdb.connect()
+    lines = partition_lines(result, seconds)
+    lines += resource_lines(lake, con)
+    lines += recommendation_lines(lake, con)
+    lines += plan_lines(lake, con)
+    lines += not_optimised_lines(lake, con, settings)
+    lines += next_step_lines(settings, try_sql)
+    return "\n".join(lines)
+
+
+def partition_lines(result: RangeResult, seconds: float) -> list[str]:
+    """What ran: account-days and daily plans, materialised now or kept from an earlier run."""
     accounts = [o for o in result.outcomes if o.account_id != PLAN_OUTCOME_ACCOUNT]
     plans = [o for o in result.outcomes if o.account_id == PLAN_OUTCOME_ACCOUNT]
+
+    def count(outcomes: list) -> str:
+        ran = [o for o in outcomes if not o.skipped]
+        text = f"{sum(o.success for o in ran)}/{len(ran)} materialised"
+        kept = len(outcomes) - len(ran)
+        return text + (f", {kept} kept from an earlier run" if kept else "")
+
     lines = [
-        f"Partitions: {sum(o.success for o in accounts)}/{len(accounts)} account-days "
-        f"({len(result.accounts)} accounts x {len(result.days)} days) and {sum(o.success for o in plans)}/"
-        f"{len(plans)} daily plans materialised in {seconds:.0f} s",
+        f"Partitions: {len(accounts)} account-days ({len(result.accounts)} accounts x {len(result.days)} days): "
+        f"{count(accounts)}; {len(plans)} daily plans: {count(plans)}; {seconds:.0f} s",
     ]
+    if result.skipped:
+        lines.append("            (partitions already materialised are kept: 'cloudopt demo --force' redoes them)")
+    return lines
+
+
+def resource_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What was measured: resources by kind and deployment type, and the utilisation samples."""
+    lines: list[str] = []
     if lake.exists("resources"):
         kinds = con.execute(
             f"SELECT resource_kind, coalesce(deployment_type, '-') AS dt, count(DISTINCT resource_id) "
@@ -31,73 +61,150 @@ def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sq
         ).fetchall()
         total = sum(n for _, _, n in kinds)
         detail = ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in kinds)
-        lines.append(f"Resources analysed: {total}: {detail}")
+        lines.append(f"Resources measured: {total}: {detail}")
     if lake.exists("utilization_daily"):
         samples, series = con.execute(
             f"SELECT sum(samples), count(DISTINCT resource_id) "
             f"FROM read_parquet('{lake.glob('utilization_daily')}', hive_partitioning = false)"
         ).fetchone()
         lines.append(f"Utilisation: {samples:,} 5-minute samples over {series} instances")
-    rec_tables = [t for t in lake.tables() if t.startswith(UNION_VIEWS["recommendations"])]
-    if rec_tables:
-        recs = "[" + ", ".join(f"'{lake.glob(t)}'" for t in rec_tables) + "]"
-        top = con.execute(
-            f"""
-            SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
-                   savings_pct, confidence, finding, details
-            FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true)
-            WHERE is_best AND action <> 'keep'
-              AND date = (SELECT max(date) FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true))
-            ORDER BY monthly_savings_usd DESC
-            """
-        ).fetchall()
-        if top:
-            total = sum(row[5] for row in top)
-            lines.append(f"Recommendations: {len(top)} resources, ${total:,.2f} per month to save (latest day); top 5:")
-            for account, resource, action, current, proposed, savings, pct, confidence, _, details in top[:5]:
-                change = f"{_config(current)} -> {_config(proposed)}"
-                lines.append(
-                    f"  {account} {resource:<24} {action:<16} {change:<36} ${savings:>9,.2f}/month"
-                    f" ({pct or 0:.0f} %, confidence {confidence:.2f})"
-                )
-                lines.extend(f"      {text}" for text in _in_words(details, proposed))
-        waiting = con.execute(
-            f"""
-            SELECT resource_id, details
-            FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true)
-            WHERE is_best AND finding = 'gathering-data'
-              AND date = (SELECT max(date) FROM read_parquet({recs}, hive_partitioning = false, union_by_name = true))
-            ORDER BY resource_id
-            """
-        ).fetchall()
-        if waiting:
-            first, words = waiting[0][0], _details(waiting[0][1]).get("confidence_words") or "gathering data"
+    return lines
+
+
+def _recommendations_source(lake: Lake) -> str | None:
+    tables = [t for t in lake.tables() if t.startswith(UNION_VIEWS["recommendations"])]
+    if not tables:
+        return None
+    files = "[" + ", ".join(f"'{lake.glob(t)}'" for t in tables) + "]"
+    return f"read_parquet({files}, hive_partitioning = false, union_by_name = true)"
+
+
+def recommendation_lines(lake: Lake, con: duckdb.DuckDBPyConnection, top_n: int = 5) -> list[str]:
+    """The latest day's best option per resource: how many resources would change, what they save."""
+    recs = _recommendations_source(lake)
+    if recs is None:
+        return []
+    top = con.execute(
+        f"""
+        SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
+               savings_pct, confidence, details
+        FROM {recs}
+        WHERE is_best AND action <> 'keep' AND date = (SELECT max(date) FROM {recs})
+        ORDER BY monthly_savings_usd DESC
+        """
+    ).fetchall()
+    lines: list[str] = ["Recommendations: no resource to change on the latest day"] if not top else []
+    if top:
+        total = sum(row[5] for row in top)
+        lines += [
+            f"Recommendations (latest day, each resource's best option on its own): {len(top)} resources to change, "
+            f"saving ${total:,.2f} per month; top {min(top_n, len(top))}:"
+        ]
+        for account, resource, action, current, proposed, savings, pct, confidence, details in top[:top_n]:
+            change = f"{_config(current)} -> {_config(proposed)}"
             lines.append(
-                f"Gathering data (no change until 30 hours of data): {len(waiting)} instance(s), e.g. {first}: {words}"
+                f"  {account} {resource:<24} {action:<16} {change:<36} saves ${savings:>9,.2f}/month"
+                f" ({pct or 0:.0f} %, confidence {confidence:.0%})"
             )
-    if lake.exists("portfolio_plan"):
-        plan = lake.glob("portfolio_plan")
-        row = con.execute(
-            f"""
-            SELECT max(date), any_value(solver_status), count(*), count(*) FILTER (WHERE action <> 'keep'),
-                   sum(monthly_savings_usd), sum(one_time_cost_usd)
-            FROM read_parquet('{plan}', hive_partitioning = false)
-            WHERE date = (SELECT max(date) FROM read_parquet('{plan}', hive_partitioning = false))
-            """
-        ).fetchall()[0]
-        day, status, resources, changes, savings, upfront = row
+            lines.extend(f"      {text}" for text in _in_words(details, proposed))
+    waiting = con.execute(
+        f"""
+        SELECT resource_id, details FROM {recs}
+        WHERE is_best AND finding = 'gathering-data' AND date = (SELECT max(date) FROM {recs})
+        ORDER BY resource_id
+        """
+    ).fetchall()
+    if waiting:
+        first, words = waiting[0][0], _details(waiting[0][1]).get("confidence_words") or "gathering data"
         lines.append(
-            f"Portfolio plan {day} ({status}): {changes} changes over {resources} resources, "
-            f"${savings or 0:,.2f} per month, ${upfront or 0:,.2f} upfront, within config/constraints.yaml"
+            f"Gathering data (no change until 30 hours of data): {len(waiting)} instance(s), e.g. {first}: {words}"
         )
-    lines += [
+    return lines
+
+
+def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The latest plan's savings, and why they differ from the recommendations' total."""
+    if not lake.exists("portfolio_plan"):
+        return []
+    plan = f"read_parquet('{lake.glob('portfolio_plan')}', hive_partitioning = false)"
+    day, status, resources, changes, savings, upfront, reserved, reserved_savings = con.execute(
+        f"""
+        SELECT max(date), any_value(solver_status), count(*), count(*) FILTER (WHERE action <> 'keep'),
+               sum(monthly_savings_usd), sum(one_time_cost_usd),
+               count(*) FILTER (WHERE action = 'reserve'), sum(monthly_savings_usd) FILTER (WHERE action = 'reserve')
+        FROM {plan}
+        WHERE date = (SELECT max(date) FROM {plan})
+        """
+    ).fetchone()
+    lines = [
+        f"Portfolio plan {day} ({status}): {changes} changes over {resources} resources, saving "
+        f"${savings or 0:,.2f} per month for ${upfront or 0:,.2f} upfront, within config/constraints.yaml"
+    ]
+    recs = _recommendations_source(lake)
+    if recs is None:
+        return lines
+    best = con.execute(
+        f"SELECT sum(monthly_savings_usd) FROM {recs} WHERE is_best AND date = (SELECT max(date) FROM {recs})"
+    ).fetchone()[0]
+    kept = resources - changes
+    why = [
+        f"reserves {reserved} instances (${reserved_savings or 0:,.2f} per month of its savings, the upfront "
+        "above), which is never a single resource's best option"
+        if reserved
+        else "",
+        f"keeps {kept} resources as they are (protected ones, and what its risk, availability or budget limits "
+        "hold back)"
+        if kept
+        else "",
+    ]
+    reasons = "; ".join(w for w in why if w) or "it weighs every resource under the fleet's limits"
+    lines.append(
+        f"  The plan saves ${savings or 0:,.2f} and the recommendations ${best or 0:,.2f} per month because the plan "
+        f"chooses across the fleet: it {reasons}."
+    )
+    return lines
+
+
+def not_optimised_lines(lake: Lake, con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
+    """Resources measured on the latest day that no selected optimiser recommends for."""
+    from cloudopt_pipelines.optimizers.base import select_optimizers
+
+    recs = _recommendations_source(lake)
+    if recs is None or not lake.exists("resources"):
+        return []
+    rows = con.execute(
+        f"""
+        WITH inventory AS (
+            SELECT * FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false)
+            WHERE date = (SELECT max(date) FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false))
+        ), recommended AS (SELECT DISTINCT resource_id FROM {recs} WHERE date = (SELECT max(date) FROM {recs}))
+        SELECT resource_kind, coalesce(deployment_type, '-'), count(DISTINCT resource_id)
+        FROM inventory WHERE resource_id NOT IN (SELECT resource_id FROM recommended)
+        GROUP BY ALL ORDER BY 3 DESC, 1, 2
+        """
+    ).fetchall()
+    if not rows:
+        return []
+    total = sum(n for *_, n in rows)
+    detail = ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in rows)
+    covered = "; ".join(
+        f"{o.name}: {', '.join(o.deployment_types)} {', '.join(o.resource_kinds)}"
+        for o in select_optimizers(settings.deployment_types)
+    )
+    return [
+        f"Measured, not optimised: {total} resources on the latest day ({detail}).",
+        f"  No selected optimiser covers them (optimisers: {covered}); their rows are in the warehouse.",
+    ]
+
+
+def next_step_lines(settings: Settings, try_sql: str) -> list[str]:
+    return [
         f"Warehouse: {settings.warehouse_path}",
         f'Try:       {_cloudopt()} sql "{try_sql}"',
         f"      or   python -c \"import duckdb; print(duckdb.connect('{settings.warehouse_path}', "
         f"read_only=True).sql('FROM fleet_daily LIMIT 5'))\"",
         "UI:        make dev   (then open http://127.0.0.1:3000)",
     ]
-    return "\n".join(lines)
 
 
 def _details(text: str | None) -> dict:

@@ -21,7 +21,7 @@ PRICING_OUT = REPO / "cloudopt_pipelines" / "catalog" / "data"
 DEMO_OUT = REPO / "cloudopt_pipelines" / "demo" / "data"
 
 DEMO_START = datetime(2026, 11, 16, tzinfo=UTC)  # a Monday
-DEMO_DAYS = 7
+DEMO_DAYS = 14
 STEPS = DEMO_DAYS * 288
 
 PRICING_FILES = {

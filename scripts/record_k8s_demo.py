@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-from datetime import date, timedelta
 from pathlib import Path
 
 from cloudopt_pipelines.demo.kubernetes import (
@@ -23,6 +22,7 @@ from cloudopt_pipelines.demo.kubernetes import (
     demo_cluster_entry,
     write_demo_kubeconfig,
 )
+from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.sources.kubernetes import KubernetesCollector
 from cloudopt_pipelines.sources.kubernetes_config import parse_clusters
 from cloudopt_pipelines.testing.k8s_apiserver import FakeApiServer, Store
@@ -30,7 +30,7 @@ from cloudopt_pipelines.testing.prometheus_replay import RecordingPrometheusClie
 from tests.k8s.conftest import free_port, start_prometheus, wait_ready
 from tests.k8s.world import prod_cluster, write_openmetrics
 
-DEMO_DAYS = [date(2026, 11, 16) + timedelta(days=k) for k in range(7)]
+DEMO_DAYS = DemoCollector().days  # every day of the embedded demo fleet
 
 
 def main() -> None:

@@ -198,3 +198,18 @@ def test_definitions_emit_no_dagster_deprecation_warning(tmp_path: Path) -> None
     env = {**os.environ, "CLOUDOPT_HOME": str(tmp_path / "home"), "CLOUDOPT_ENV": "demo"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout == "", out.stdout
+
+
+def test_schedule_skips_a_day_after_the_demo_window(fresh_home: Settings) -> None:
+    instance = ensure_instance(fresh_home)
+    register_accounts(instance, DEMO_ACCOUNTS)
+    defs = build_definitions(fresh_home)
+    tick = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 12, 5, 4, 0, tzinfo=UTC),
+        resources={"source": DemoSourceResource()},
+        repository_def=defs.get_repository_def(),
+    )
+    result = defs.resolve_schedule_def("daily_pipeline_schedule").evaluate_tick(tick)
+    assert not result.run_requests
+    assert "2026-12-04 is not a partition of daily_pipeline" in result.skip_message

@@ -144,21 +144,26 @@ def test_rematerialising_replaces_exactly_that_partition_and_analysts_keep_readi
         assert fresh.execute("SELECT count(*) FROM utilization_daily").fetchone()[0] == rows_before
 
 
-def test_day_outside_the_demo_fails_clearly_and_writes_nothing(fresh_home: Settings) -> None:
+def test_day_outside_the_demo_is_refused_before_anything_runs(fresh_home: Settings) -> None:
     day = date(2026, 11, 10)
-    result = run_range(day, day, accounts=[DEMO_ACCOUNTS[0]], settings=fresh_home, progress=lambda _: None)
-    assert len(result.failed) == 1
-    assert "the demo data covers 2026-11-16 to 2026-11-22, not 2026-11-10" in result.failed[0].error
-    assert "CLOUDOPT_ENV=aws" in result.failed[0].error
-    lake = Lake(fresh_home.lake_dir)
-    for table in ("resources", "utilization_5m", "utilization_daily"):
-        assert lake.partitions(table) == []
-    assert not list((fresh_home.lake_dir / ".staging").iterdir())
+    with pytest.raises(ValueError, match="before the first partition 2026-11-16: the partitions cover 2026-11-16"):
+        run_range(day, day, accounts=[DEMO_ACCOUNTS[0]], settings=fresh_home, progress=lambda _: None)
+    assert not fresh_home.lake_dir.exists()
+
+
+def test_demo_collector_refuses_a_day_outside_its_data() -> None:
+    from cloudopt_pipelines.sources.demo import DemoCollector, DemoDataError
+
+    expected = r"the demo data covers 2026-11-16 to 2026-11-29, not 2026-11-10.*CLOUDOPT_ENV=aws"
+    with pytest.raises(DemoDataError, match=expected):
+        DemoCollector().collect_inventory(DEMO_ACCOUNTS[0], date(2026, 11, 10))
 
 
 def test_future_and_reversed_ranges_are_refused_before_anything_runs(fresh_home: Settings) -> None:
-    with pytest.raises(ValueError, match="not a complete UTC day yet"):
+    with pytest.raises(ValueError, match="after the last partition 2026-11-29"):
         run_range(date(2099, 1, 1), date(2099, 1, 1), settings=fresh_home, progress=lambda _: None)
+    with pytest.raises(ValueError, match="not a complete UTC day yet"):
+        run_range(date(2099, 1, 1), date(2099, 1, 1), settings=Settings(home=fresh_home.home, env="aws"))
     with pytest.raises(ValueError, match="is before --start"):
         run_range(DEMO_DAYS[1], DEMO_DAYS[0], settings=fresh_home, progress=lambda _: None)
     assert not fresh_home.lake_dir.exists()

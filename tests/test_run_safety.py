@@ -242,7 +242,7 @@ def test_ctrl_c_during_the_warehouse_step_exits_130(fresh_home: Settings) -> Non
         (["--start", DAY, "--end", DAY, "--accounts", ", ,"], "names no account"),
         (["--start", DAY, "--end", DAY, "--accounts", "12345"], "not 12-digit"),
         (["--start", "2026-11-17", "--end", DAY], "is before --start"),
-        (["--start", DAY, "--end", "2999-01-01"], "not a complete UTC day"),
+        (["--start", DAY, "--end", "2999-01-01"], "after the last partition 2026-11-29"),
         (["--start", "2025-01-01", "--end", "2025-01-02"], "before the first partition"),
         (["--start", DAY, "--end", DAY, "--accounts", "999999999999"], "not among the active accounts"),
     ],

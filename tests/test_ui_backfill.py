@@ -14,9 +14,8 @@ import dagster as dg
 import pytest
 
 from cloudopt_pipelines.automation import CATALOG_JOB, WAREHOUSE_JOB, WAREHOUSE_SENSOR
-from cloudopt_pipelines.definitions import build_definitions
+from cloudopt_pipelines.definitions import build_definitions, partitions_for
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
-from cloudopt_pipelines.partitions import account_daily_partitions
 from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
@@ -150,7 +149,8 @@ def test_backfill_from_the_ui_materialises_the_range_and_the_ui_shows_it(
 ) -> None:
     keys = [f"{account}|{DEMO_DAYS[0].isoformat()}" for account in DEMO_ACCOUNTS]
     graph = build_definitions(fresh_home).resolve_asset_graph()
-    selection = [k.path for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == account_daily_partitions]
+    demo = partitions_for(fresh_home).account_daily
+    selection = [k.path for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == demo]
     assert [p for p in DAILY_ASSETS if p not in selection] == []
     # The collection and the daily features (identity mappings: one run per partition, as the UI groups them).
     selection = [p for p in selection if p[-1] in BACKFILLED]

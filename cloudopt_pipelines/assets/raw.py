@@ -118,13 +118,8 @@ def _preview(table: pa.Table, columns: list[str], rows: int = 10) -> str:
 
 
 def _flat(metadata: dict) -> dict:
-    """Collector metadata as Dagster metadata: numbers stay numbers (the UI plots them), the rest JSON."""
-    out: dict = {}
-    for key, value in metadata.items():
-        if isinstance(value, bool | str):
-            out[key] = value
-        elif isinstance(value, int | float):
-            out[key] = value
-        else:
-            out[key] = dg.MetadataValue.json(value)
-    return out
+    """Collector metadata as Dagster metadata: numbers stay numbers (the UI plots them), mappings of
+    numbers one number per key, lists text or tables (``assets/metadata.py``)."""
+    from cloudopt_pipelines.assets.metadata import flat_metadata
+
+    return flat_metadata(metadata)

@@ -29,9 +29,10 @@ def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(build.path)),
-                "views": dg.MetadataValue.json(build.views),
-                "empty_views": dg.MetadataValue.json(build.empty_views),
-                "marts": dg.MetadataValue.json(build.marts),
+                "view_count": len(build.views),
+                "views": dg.MetadataValue.text(", ".join(build.views) or "none"),
+                "empty_views": dg.MetadataValue.text(", ".join(build.empty_views) or "none"),
+                "marts": dg.MetadataValue.text(", ".join(build.marts) or "none"),
                 "warnings": dg.MetadataValue.json(build.warnings),
             }
         )

@@ -14,7 +14,7 @@ class SourceResource(dg.ConfigurableResource):
 
 
 class DemoSourceResource(SourceResource):
-    """The embedded demo fleet: two accounts replaying real public VM traces for seven days."""
+    """The embedded demo fleet: two accounts replaying real public VM traces for fourteen days."""
 
     def get_collector(self) -> Collector:
         return DemoCollector()

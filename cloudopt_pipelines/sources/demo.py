@@ -1,4 +1,4 @@
-"""The embedded demo fleet: two accounts replaying real public VM traces for seven days.
+"""The embedded demo fleet: two accounts replaying real public VM traces for fourteen days.
 
 The fleet (``demo/data/fleet.json``) and its metrics (``demo/data/metrics.parquet``) are built by
 ``scripts/build_embedded_data.py`` from ship-ok public traces; ``demo/data/README.md`` says which.
