@@ -39,3 +39,13 @@ def test_benchmark_recommends_workloads_and_node_pools_against_the_baseline() ->
     assert result["flatness"] == pytest.approx(sizes[1]["ours_usd_per_pod"] / sizes[0]["ours_usd_per_pod"])
     report = format_report(result)
     assert "cost per pod, 60 vs 20 pods" in report and f"{result['flatness']:.3f}" in report
+
+
+def test_cloudopt_bench_kubernetes_prints_the_report() -> None:
+    from typer.testing import CliRunner
+
+    from cloudopt_pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "kubernetes", "--quick", "--sizes", "20,40"])
+    assert result.exit_code == 0, result.output
+    assert "cost per pod, 40 vs 20 pods" in result.output and "ours/base" in result.output
