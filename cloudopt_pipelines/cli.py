@@ -581,6 +581,20 @@ def bench_nodes(
     typer.echo(format_report(rows))
 
 
+@bench_app.command("kubernetes")
+def bench_kubernetes(
+    quick: Annotated[bool, typer.Option(help="40 and 200 pods with a 2-second MILP budget (a smoke run).")] = False,
+    sizes: Annotated[str, typer.Option(help="Comma-separated cluster sizes (pods); default 200,2000.")] = "",
+    seed: Annotated[int, typer.Option(help="Seed of the generated clusters and usage.")] = 0,
+) -> None:
+    """Workload and node-pool recommendations end to end on seeded clusters: cost per pod against KRR-like
+    requests packed by a plain first-fit-decreasing, and how flat it stays from the smallest size to the largest."""
+    from cloudopt_pipelines.bench.kubernetes import format_report, run_kubernetes_benchmark
+
+    chosen = tuple(int(s) for s in sizes.split(",") if s.strip()) or None
+    typer.echo(format_report(run_kubernetes_benchmark(quick=quick, sizes=chosen, seed=seed)))
+
+
 @backtest_app.command("standalone")
 def backtest_standalone(
     trace: Annotated[

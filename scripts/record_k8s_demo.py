@@ -2,7 +2,9 @@
 
 Needs Debian's ``prometheus`` package (``promtool`` and ``prometheus``). Backfills a real Prometheus with the
 test cluster ``prod-eks`` of ``tests/k8s/world.py`` (real traces, tests/data/README.md), runs the real
-collector over the demo days through a recording client, and writes ``k8s_demo_cluster.json.gz``.
+collector over the demo days through a recording client, and writes ``k8s_demo_cluster.json.gz``. The
+usage covers every day of the demo fleet (``DemoCollector().days``, from ``demo/data/fleet.json``): re-run
+this script when the demo's range changes.
 
     PYTHONPATH=. python scripts/record_k8s_demo.py
 """
@@ -14,6 +16,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from datetime import date
 from pathlib import Path
 
 from cloudopt_pipelines.demo.kubernetes import (
@@ -28,15 +31,29 @@ from cloudopt_pipelines.sources.kubernetes_config import parse_clusters
 from cloudopt_pipelines.testing.k8s_apiserver import FakeApiServer, Store
 from cloudopt_pipelines.testing.prometheus_replay import RecordingPrometheusClient
 from tests.k8s.conftest import free_port, start_prometheus, wait_ready
-from tests.k8s.world import prod_cluster, write_openmetrics
+from tests.k8s.world import FIRST_DAY, Cluster, over_days, prod_cluster, write_openmetrics
 
-DEMO_DAYS = DemoCollector().days  # every day of the embedded demo fleet
+#: The namespace the demo labels non-production, so ``cloudopt execute`` on the demo shows its patches.
+STAGING_NAMESPACE = "shop"
+
+
+def demo_cluster(days: list[date]) -> Cluster:
+    """``prod-eks`` with usage over every demo day (its long-running containers replay their traces) and
+    the ``shop`` namespace labelled ``env=staging`` (the executor never changes production)."""
+    if days[0] != FIRST_DAY:
+        raise SystemExit(f"the demo starts on {days[0]}, the test cluster's history on {FIRST_DAY}: align them")
+    cluster = over_days(prod_cluster(), len(days))
+    for obj in cluster.objects:
+        if obj["kind"] == "Namespace" and obj["metadata"]["name"] == STAGING_NAMESPACE:
+            obj["metadata"]["labels"]["env"] = "staging"
+    return cluster
 
 
 def main() -> None:
     import yaml
 
-    cluster = prod_cluster()
+    demo_days = DemoCollector().days
+    cluster = demo_cluster(demo_days)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         text = write_openmetrics([cluster], root / "history.om")
@@ -60,7 +77,7 @@ def main() -> None:
             clusters = parse_clusters(yaml.safe_dump({"clusters": [demo_cluster_entry(str(kubeconfig), url)]})).clusters
             recorder = RecordingPrometheusClient(url=url)
             collector = KubernetesCollector(clusters, prometheus_factory=lambda _c: recorder)
-            for day in DEMO_DAYS:
+            for day in demo_days:
                 collector.collect_usage(DEMO_ACCOUNT, day)
         finally:
             api.stop()

@@ -8,8 +8,6 @@ real embedded EC2 price catalogue.
 from __future__ import annotations
 
 import json
-import sys
-import types
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -309,7 +307,8 @@ def test_cronjob_and_job_groups_get_one_recommendation(catalog) -> None:
     assert json.loads(c["details"])["pods_mean"] == pytest.approx(72 / 288)  # a quarter of the day running
     g = proposed(options(result, group)["resize_requests"])
     assert g["patch"] is None and g["kubectl"] is None and "advisory" in g
-    assert len({r["resource_id"] for r in result.table.to_pylist()}) == 2  # one resource per group
+    workloads = {r["resource_id"] for r in result.table.to_pylist() if r["resource_kind"] == "k8s_workload"}
+    assert len(workloads) == 2  # one resource per group
     # a CronJob's history is counted in days with runs, not hours: one day of 6 h runs is enough
     one_day = daily(cron, "main", days=1, samples=72, replicas_mean=1.0)
     result = run(catalog, objects, one_day, [histogram(cron, "main")], days_found=1)
@@ -350,7 +349,9 @@ def test_node_type_missing_from_the_catalogue_is_a_recorded_reason(catalog) -> N
     assert rows and all(r["monthly_cost_proposed_usd"] is None for r in rows)
     assert "m9.huge" in rows[0]["rationale"]
     unpriced = KubernetesOptimizer().unpriced(result.table)
-    assert [u.resource_id for u in unpriced] == [WEB] and "m9.huge" in unpriced[0].reason
+    # the workload and its (unnamed) node pool alike: neither can be priced
+    assert sorted(u.resource_id for u in unpriced) == [f"{CLUSTER}/nodepool/unpooled", WEB]
+    assert all("m9.huge" in u.reason for u in unpriced)
     assert KubernetesOptimizer().candidates(result.table) == []
     # one unknown type among priced ones: left out of the rate, named in the notes
     result = run(catalog, [*objects, node("n2")], daily(WEB, "app"), [histogram(WEB, "app")])
@@ -410,27 +411,57 @@ def test_protected_namespace_is_informational(catalog) -> None:
     assert opts["keep"]["is_best"] and all(r["protected"] for r in opts.values())
 
 
-def test_node_pool_hook(catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)])
+def test_node_pools_pack_the_recommended_requests_and_claim_only_the_rest(catalog) -> None:
+    objects = [
+        *[{**node(f"n{i}"), "nodepool": "general", "account_id": ACCOUNT, "date": DAY} for i in range(1, 5)],
+        namespace("shop"),
+        *workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)], replicas=6),
+    ]
     result = run(catalog, objects, daily(WEB, "app"), [histogram(WEB, "app")])
-    assert any("kubernetes_nodes.py is absent" in n for n in result.metadata["notes"])
-    seen: dict[str, Any] = {}
+    rows = result.table.to_pylist()
+    web = next(r for r in rows if r["resource_id"] == WEB and r["is_best"])
+    assert web["action"] == "resize_requests" and web["monthly_savings_usd"] > 0
+    pool = {r["option_name"]: r for r in rows if r["resource_id"] == f"{CLUSTER}/nodepool/general"}
+    assert "keep" in pool and "rightsize_on_demand" in pool
+    resize = pool["rightsize_on_demand"]
+    details = json.loads(resize["details"])
+    # what the workload row claims is subtracted from the pool's gross saving (floor 0)
+    assert details["workload_rows_savings_usd"] == pytest.approx(web["monthly_savings_usd"], abs=0.01)
+    net = max(0.0, details["gross_monthly_savings_usd"] - details["workload_rows_savings_usd"])
+    assert resize["monthly_savings_usd"] == pytest.approx(net, abs=0.02)
+    # the pool packs the recommended requests: 6 pods at today's 1 core would not fit where they do
+    cut = json.loads(web["proposed_config"])["containers"]["app"]["requests"]
+    assert f"{6} pods" in resize["rationale"] and int(cut["cpu"][:-1]) < 1000
+    # the plan sees the pool's option at today's cost minus only its own saving: nothing counted twice
+    by_id = {c.resource_id: c for c in KubernetesOptimizer().candidates(result.table)}
+    options = {o.name: o for o in by_id[f"{CLUSTER}/nodepool/general"].options}
+    for name, o in options.items():
+        assert options["keep"].monthly_cost_usd - o.monthly_cost_usd == pytest.approx(
+            pool[name]["monthly_savings_usd"], abs=0.02
+        )
+        assert o.market in ("on_demand", "spot")
+    web_options = {o.name: o for o in by_id[WEB].options}
+    total = sum(options["keep"].monthly_cost_usd - o.monthly_cost_usd for o in [options["rightsize_on_demand"]])
+    total += web_options["keep"].monthly_cost_usd - web_options["resize_requests"].monthly_cost_usd
+    assert total <= max(details["gross_monthly_savings_usd"], web["monthly_savings_usd"]) + 0.02
 
-    def recommend_node_pools(ci, workload_rows):
-        seen["rows"] = workload_rows
-        return [{**workload_rows[0], "resource_id": f"{ci.cluster}/nodepool/general", "resource_kind": "k8s_nodepool"}]
 
-    module = types.ModuleType("cloudopt_pipelines.optimizers.kubernetes_nodes")
-    module.recommend_node_pools = recommend_node_pools  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    result = run(catalog, objects, daily(WEB, "app"), [histogram(WEB, "app")])
-    assert f"{CLUSTER}/nodepool/general" in result.table["resource_id"].to_pylist()
-    assert {r["resource_id"] for r in seen["rows"]} == {WEB}  # it gets the recommended workload rows
+def test_node_pools_can_be_turned_off(catalog) -> None:
+    objects = [
+        *[{**node(f"n{i}"), "nodepool": "general", "account_id": ACCOUNT, "date": DAY} for i in range(1, 3)],
+        namespace("shop"),
+        *workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)]),
+    ]
+    result = run(catalog, objects, daily(WEB, "app"), [histogram(WEB, "app")], KubernetesSettings(node_pools=False))
+    assert "k8s_nodepool" not in result.table["resource_kind"].to_pylist()
+    assert any("node_pools = false" in n for n in result.metadata["notes"])
 
 
 def test_candidates_for_the_plan(catalog) -> None:
     objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)])
     result = run(catalog, objects, daily(WEB, "app"), [histogram(WEB, "app")])
-    (candidate,) = KubernetesOptimizer().candidates(result.table)
+    kinds = {c.resource_id: c for c in KubernetesOptimizer().candidates(result.table)}
+    assert set(kinds) == {WEB, f"{CLUSTER}/nodepool/unpooled"}
+    candidate = kinds[WEB]
     assert candidate.resource_id == WEB and {o.name for o in candidate.options} == {"keep", "resize_requests"}
     assert candidate.deployment_type == "kubernetes"

@@ -24,7 +24,14 @@ from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
 from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy
-from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget, as_targets, plugin_table
+from cloudopt_pipelines.executor.targets import (
+    ANY_ACTION,
+    AwsTarget,
+    ExecutionTarget,
+    as_targets,
+    find_plugin,
+    plugin_table,
+)
 
 
 class RollbackError(ExecutorError):
@@ -160,7 +167,7 @@ class Executor:
                 **who,
                 reason=f"commitment purchases are never executed: listed in {where} for a person to buy",
             )
-        found = self.plugins.get((action.resource_kind, action.action))
+        found = find_plugin(self.plugins, action.resource_kind, action.action)
         if found is None:
             return skipped(self._no_plugin(action.resource_kind, action.action))
         target, plugin = found
@@ -398,7 +405,7 @@ class Executor:
         ]
         if later:
             raise RollbackError(f"action {action_id} was already rolled back at {later[-1].get('finished_at')}")
-        found = self.plugins.get((str(record.get("resource_kind") or ""), str(record["action"])))
+        found = find_plugin(self.plugins, str(record.get("resource_kind") or ""), str(record["action"]))
         if found is None:
             no_plugin = self._no_plugin(str(record.get("resource_kind") or ""), str(record["action"]))
             raise RollbackError(f"{no_plugin}: cannot roll back {action_id}")
@@ -447,12 +454,13 @@ class Executor:
 
     def _no_plugin(self, kind: str, action: str) -> str:
         kinds = sorted(k for k, a in self.plugins if a == action)
+        applied = sorted({a for _, a in self.plugins if a != ANY_ACTION})
         if kinds:
             return (
                 f"no plug-in for action '{action}' on {kind or 'unknown'} resources "
                 f"(its plug-ins act on {', '.join(kinds)})"
             )
-        return f"no plug-in for action '{action}' (only {', '.join(sorted({a for _, a in self.plugins}))} are applied)"
+        return f"no plug-in for action '{action}' (only {', '.join(applied)} are applied)"
 
     def _untrusted(
         self, action_id: str, record: Mapping[str, Any], plugin: ActionPlugin, planned: PlannedAction | None

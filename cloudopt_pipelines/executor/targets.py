@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from cloudopt_pipelines.executor.actions import ActionContext, ActionPlugin, LiveState, PluginKey, default_plugins
+from cloudopt_pipelines.executor.actions.base import ANY_ACTION
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.model import ApiCall, PlannedAction
 from cloudopt_pipelines.executor.policy import ExecutorPolicy, RateLimiter
@@ -95,6 +96,13 @@ def as_targets(
     if isinstance(targets, ExecutionTarget):
         return [targets]
     return list(targets)
+
+
+def find_plugin(
+    table: Mapping[PluginKey, tuple[ExecutionTarget, ActionPlugin]], kind: str, action: str
+) -> tuple[ExecutionTarget, ActionPlugin] | None:
+    """The plug-in of ``(kind, action)``, else the one of ``(kind, ANY_ACTION)``, else None."""
+    return table.get((kind, action)) or table.get((kind, ANY_ACTION))
 
 
 def plugin_table(targets: list[ExecutionTarget]) -> dict[PluginKey, tuple[ExecutionTarget, ActionPlugin]]:

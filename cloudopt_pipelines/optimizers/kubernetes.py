@@ -34,13 +34,13 @@ container without usage is kept, a rollout mid-window (requests changed) lowers 
 type missing from the catalogue is left out of the rate (all missing: the rows are unpriced, with the
 reason), a namespace without labels is noted.
 
-Node pools: :func:`node_pool_rows` calls ``optimizers.kubernetes_nodes.recommend_node_pools`` when that
-module exists; until then there are no node-pool rows.
+Node pools: :func:`node_pool_rows` packs each workload's recommended requests (its best option) with
+``optimizers.kubernetes_nodes.recommend_node_pools``; the ``nodepool_*`` settings are its knobs. A
+node-pool row claims only the saving beyond its workloads' best options, so the plan counts none twice.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections import defaultdict
@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs, Recommendations
+from cloudopt_pipelines.optimizers.kubernetes_nodes import NodePoolInputError, NodePoolSettings, recommend_node_pools
 from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_recommendations
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
@@ -143,6 +144,38 @@ class KubernetesSettings(BaseModel):
         default={}, description="kubectl context of each cluster in the printed commands (default: the cluster name)."
     )
     max_best_risk: float = Field(default=2.0, ge=0, description="Highest risk an option may have to be the best one.")
+    node_pools: bool = Field(
+        default=True, description="Recommend node pools too (bin packing of the recommended requests)."
+    )
+    nodepool_families: list[str] | None = Field(
+        default=None, description="Instance families a node pool may move to (none: the pool's and c/m/r)."
+    )
+    nodepool_min_node_vcpu: int = Field(default=2, ge=1, description="Smallest node type considered (vCPUs).")
+    nodepool_max_node_vcpu: int = Field(default=64, ge=1, description="Largest node type considered (vCPUs).")
+    nodepool_allow_burstable: bool = Field(
+        default=False, description="Admit t-types to a pool that does not run them already."
+    )
+    nodepool_zone_spread: bool = Field(
+        default=True, description="Spread each workload over the pool's zones and pack the zones apart."
+    )
+    nodepool_min_spot_types: int = Field(default=15, ge=1, description="Instance types a spot fleet is spread over.")
+    nodepool_max_spot_band: int = Field(
+        default=3, ge=0, le=4, description="Highest Spot Advisor band admitted (0 '<5%' ... 4 '>20%')."
+    )
+    nodepool_max_risk: float = Field(default=0.6, ge=0, description="Riskiest node-pool option that may be best.")
+    nodepool_min_monthly_savings_usd: float = Field(
+        default=10.0, ge=0, description="Least monthly saving for a node-pool resize to be best."
+    )
+    nodepool_min_savings_pct: float = Field(
+        default=5.0, ge=0, description="Least saving, % of today's node cost, for a node-pool resize to be best."
+    )
+    nodepool_milp_time_limit_s: float = Field(default=3.0, gt=0, description="HiGHS time limit of one packing (s).")
+    nodepool_milp_time_budget_s: float = Field(
+        default=10.0, ge=0, description="Seconds all the MILPs of one cluster may take together."
+    )
+    nodepool_max_nodes_headroom_pct: float = Field(
+        default=20.0, ge=0, description="Headroom on the max_nodes hint for the autoscaler, %."
+    )
 
     @field_validator("cpu_percentile")
     @classmethod
@@ -150,6 +183,24 @@ class KubernetesSettings(BaseModel):
         if value not in (50, 90, 95):
             raise ValueError(f"cpu_percentile must be 50, 90 or 95 (the histogram's bounds), got {value}")
         return value
+
+    def node_pool_settings(self) -> NodePoolSettings:
+        """The ``nodepool_*`` settings as the node-pool optimiser's ``NodePoolSettings`` (the rest default)."""
+        return NodePoolSettings(
+            families=tuple(self.nodepool_families) if self.nodepool_families else None,
+            min_node_vcpu=self.nodepool_min_node_vcpu,
+            max_node_vcpu=self.nodepool_max_node_vcpu,
+            allow_burstable=self.nodepool_allow_burstable,
+            zone_spread=self.nodepool_zone_spread,
+            min_spot_types=self.nodepool_min_spot_types,
+            max_spot_band=self.nodepool_max_spot_band,
+            max_risk=self.nodepool_max_risk,
+            min_monthly_savings_usd=self.nodepool_min_monthly_savings_usd,
+            min_savings_pct=self.nodepool_min_savings_pct,
+            milp_time_limit_s=self.nodepool_milp_time_limit_s,
+            milp_time_budget_s=self.nodepool_milp_time_budget_s,
+            max_nodes_headroom_pct=self.nodepool_max_nodes_headroom_pct,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,6 +324,7 @@ class ClusterInput:
     days_found: tuple[date, ...] = ()
     inventory: pa.Table | None = None
     settings: KubernetesSettings = field(default_factory=KubernetesSettings)
+    node_usage: pa.Table | None = None  # k8s_container_usage rows (scope 'node' ones find under-used nodes)
 
 
 def _rows(table: pa.Table | None, cluster: str | None = None) -> list[dict[str, Any]]:
@@ -1213,22 +1265,63 @@ def _rank(rows: list[dict[str, Any]], max_best_risk: float, protected: bool) -> 
 
 
 # ---------------------------------------------------------------------------------------------------
-# node pools: written by optimizers/kubernetes_nodes.py when it exists
+# node pools (optimizers/kubernetes_nodes.py)
+
+
+def recommended_requests(workload_rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(resource_id, container) -> (CPU cores, memory bytes) each workload is left with: its best option's
+    proposed requests (a keep option proposes today's). A container without both requests is left out, so
+    the packing uses what it runs with today (or the per-pod minimum)."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in workload_rows:
+        if r.get("resource_kind") != K8S_WORKLOAD or not r.get("is_best"):
+            continue
+        containers = (_json_obj(r.get("proposed_config")) or {}).get("containers") or {}
+        for name, c in containers.items():
+            requests = (c or {}).get("requests") or {}
+            cpu, mem = _cores(requests.get("cpu")), _bytes(requests.get("memory"))
+            if cpu is not None and mem is not None:
+                out[(r["resource_id"], name)] = (cpu, mem)
+    return out
 
 
 def node_pool_rows(ci: ClusterInput, workload_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Node-pool rows from ``optimizers.kubernetes_nodes.recommend_node_pools(cluster_input, workload_rows)``
-    (bin packing of the recommended requests; docs/portfolio_plan.md says how their savings combine with the
-    workload rows'). Without that module there are none, and a note says so."""
+    """The cluster's node-pool rows: ``kubernetes_nodes.recommend_node_pools`` packs the *recommended*
+    requests (each workload's best option) on the cluster's pools, and counts only the saving beyond what
+    the workload rows already claim (docs/portfolio_plan.md). Node-scope usage, when the inputs carry it
+    (``ClusterInput.node_usage``), finds under-used nodes. Input the packing cannot use becomes a note,
+    never a failed partition."""
+    s = ci.settings
+    if not s.node_pools:
+        return [], ["node-pool recommendations are off (node_pools = false)"]
+    if ci.catalog is None or not ci.catalog.rows:
+        return [], ["no price catalogue: no node-pool rows"]
+    workloads = ci.workloads
+    if workloads is None or workloads.num_rows == 0 or "cluster" not in workloads.column_names:
+        return [], []
+    workloads = workloads.filter(pc.fill_null(pc.equal(workloads["cluster"], ci.cluster), False))
+    if workloads.num_rows == 0:
+        return [], []
+    node_usage = ci.node_usage
+    if node_usage is not None and "cluster" in node_usage.column_names:
+        node_usage = node_usage.filter(pc.fill_null(pc.equal(node_usage["cluster"], ci.cluster), False))
+    savings = pa.Table.from_pylist(
+        [r for r in workload_rows if r.get("resource_kind") == K8S_WORKLOAD], schema=RECOMMENDATIONS
+    )
     try:
-        module = importlib.import_module("cloudopt_pipelines.optimizers.kubernetes_nodes")
-    except ImportError:
-        return [], ["node-pool recommendations are not available (optimizers/kubernetes_nodes.py is absent)"]
-    recommend = getattr(module, "recommend_node_pools", None)
-    if recommend is None:
-        return [], ["optimizers.kubernetes_nodes has no recommend_node_pools: no node-pool rows"]
-    rows = recommend(ci, workload_rows)
-    return list(rows), []
+        table = recommend_node_pools(
+            workloads,
+            recommended_requests(workload_rows),
+            pa.Table.from_pylist(list(ci.catalog.rows)),
+            settings=s.node_pool_settings(),
+            workload_savings=savings,
+            node_usage=node_usage,
+            account_id=ci.account_id,
+            day=ci.day,
+        )
+    except NodePoolInputError as exc:
+        return [], [f"no node-pool rows: {exc}"]
+    return table.to_pylist(), []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1320,6 +1413,7 @@ class KubernetesOptimizer(DeploymentOptimizer):
                 days_found=tuple(inputs.days_found.get("k8s_usage_daily", ())),
                 inventory=inputs.inventory,
                 settings=s,
+                node_usage=inputs.tables.get("k8s_container_usage"),
             )
             result = self.optimize_cluster(ci)
             tables.append(result.table)
@@ -1328,7 +1422,25 @@ class KubernetesOptimizer(DeploymentOptimizer):
         return Recommendations(table=table, summary=summary(table), metadata={"notes": notes})
 
     def candidates(self, recommendations: pa.Table) -> list[Candidate]:
-        return candidates_from_recommendations(recommendations, source=self.name)
+        """Every row as an option; a node-pool option is planned at today's node cost minus only its own
+        saving (beyond what the workload rows claim), so the plan counts the node money once."""
+        return candidates_from_recommendations(net_node_pool_costs(recommendations), source=self.name)
+
+
+def net_node_pool_costs(table: pa.Table) -> pa.Table:
+    """``table`` with each ``k8s_nodepool`` resize priced for the plan at ``monthly_cost_current_usd -
+    monthly_savings_usd``: the LP sums keep-minus-option costs, and a pool's packed cost would count the
+    workload rows' request cuts a second time (its rationale and details keep the packed cost). A spot mix
+    (market ``mixed``) is planned as ``spot``, so the plan's spot-share limits hold it to the stricter side."""
+    if table.num_rows == 0 or K8S_NODEPOOL not in set(table["resource_kind"].to_pylist()):
+        return table
+    rows = table.to_pylist()
+    for r in rows:
+        if r["resource_kind"] == K8S_NODEPOOL and r["action"] != KEEP and r["monthly_cost_current_usd"] is not None:
+            r["monthly_cost_proposed_usd"] = r["monthly_cost_current_usd"] - max(0.0, r["monthly_savings_usd"] or 0.0)
+        if r["resource_kind"] == K8S_NODEPOOL and r["market"] == "mixed":
+            r["market"] = "spot"
+    return pa.Table.from_pylist(rows, schema=table.schema)
 
 
 def summary(table: pa.Table) -> dict[str, float]:
@@ -1348,8 +1460,10 @@ __all__ = [
     "ClusterInput",
     "KubernetesOptimizer",
     "KubernetesSettings",
+    "net_node_pool_costs",
     "node_pool_rows",
     "node_rates",
     "qos_class",
+    "recommended_requests",
     "size_container",
 ]

@@ -448,7 +448,9 @@ class Budget:
 def _solver(time_limit: float, mip: bool = True, **options: float) -> Any:
     import pulp
 
-    return pulp.HiGHS(msg=False, mip=mip, timeLimit=float(time_limit), threads=1, **options)
+    # No ``threads``: HiGHS's scheduler is global to the process and refuses a run asking for another thread
+    # count than it was started with (the plan's LP may have started it first), which left every bound 0.
+    return pulp.HiGHS(msg=False, mip=mip, timeLimit=float(time_limit), **options)
 
 
 def lp_lower_bound(

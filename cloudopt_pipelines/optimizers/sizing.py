@@ -660,6 +660,9 @@ class Catalog:
 
     def __init__(self, table: pa.Table | Iterable[dict[str, Any]]) -> None:
         rows = table.to_pylist() if isinstance(table, pa.Table) else list(table)
+        # Every row as given (GPU and unpriced ones too), for optimisers that need the catalogue's other
+        # columns (family, generation, burstable: the node-pool packing).
+        self.rows: tuple[dict[str, Any], ...] = tuple(rows)
         self._types: dict[tuple[str, str], InstanceType] = {}
         for r in rows:
             if r.get("ondemand_usd_per_hour") is None or (r.get("gpu_count") or 0) > 0:

@@ -44,7 +44,8 @@ def test_execute_prints_the_patches_then_applies_and_rolls_back(home, cluster) -
 
 
 def test_execute_on_the_demo_reads_the_demo_cluster(home) -> None:
-    # the demo's recorded cluster: Deployment shop/web (app 500m / 512Mi, limits 1 / 1Gi) in an unlabelled namespace
+    # the demo's recorded cluster: Deployment shop/web (app 500m / 512Mi, limits 1 / 1Gi) in namespace shop,
+    # labelled env=staging; Deployment batch/... would be in an unlabelled (production) namespace
     current = {"app": resources({"cpu": "500m", "memory": "512Mi"}, {"cpu": "1", "memory": "1Gi"})}
     proposed = {"app": resources({"cpu": "250m", "memory": "400Mi"})}
     home.write_plan([workload_row("shop", "web", proposed, current, cluster="prod-eks")])
@@ -52,7 +53,7 @@ def test_execute_on_the_demo_reads_the_demo_cluster(home) -> None:
     echo = Echo()
     assert execute_command(DAY, "dry_run", settings=Settings(home=home.root, env="demo"), echo=echo) == 0, echo.text
     decision = next(r for r in home.paths.audit().decisions(DAY) if r["resource_id"] == "prod-eks/shop/deployment/web")
-    # read live from the served demo cluster: its namespace has no environment label, so it counts as production
-    assert decision["outcome"] == "skipped", decision
-    assert "production (no environment tag" in decision["reason"]
+    # read live from the served demo cluster: staging, so the dry run shows the patch it would send
+    assert decision["outcome"] == "would_apply", decision
+    assert "-n shop patch deployment web --type strategic -p" in echo.text
     assert decision["state_before"]["containers"]["app"]["requests"] == {"cpu": "500m", "memory": "512Mi"}

@@ -253,6 +253,18 @@ def test_tune_hpa_and_node_pool_advice(home: Home, cluster: ExecutorCluster) -> 
     assert cluster.obj("horizontalpodautoscalers", "shop", "cart")["spec"]["minReplicas"] == 2
 
 
+@pytest.mark.parametrize("action", ["rightsize_on_demand", "rightsize_spot_mix", "consolidate"])
+def test_every_node_pool_action_is_advice(home: Home, cluster: ExecutorCluster, action: str) -> None:
+    row = nodepool_row()
+    row["action"] = row["option_name"] = action
+    home.write_plan([row])
+    home.approve_all()
+    decision = run(home, cluster, "apply").decisions[0]
+    assert decision.outcome == "skipped" and decision.reason.startswith("not applicable: advisory"), decision.reason
+    assert "3 x m6i.large" in decision.reason and decision.api_calls == []
+    assert cluster.patches() == []
+
+
 def test_a_row_of_another_account_than_the_cluster_is_refused(home: Home, cluster: ExecutorCluster) -> None:
     row = cart_row()
     row["account_id"] = "210987654321"

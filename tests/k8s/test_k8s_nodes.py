@@ -802,3 +802,17 @@ def test_pool_unit_costs_split_todays_node_cost(catalog: pa.Table) -> None:
     assert costs["prod-eks/nodepool/general"]["usd_per_core_hour"] == pytest.approx(price / 2 / 7.91)
     assert costs["prod-eks/nodepool/general"]["usd_per_gib_hour"] == pytest.approx(price / 2 / 30)
     assert kn.pool_unit_costs(_table(cluster_rows(node_type="m9.huge")), catalog) == {}
+
+
+def test_bounds_hold_after_another_solve_started_highs_with_other_threads() -> None:
+    """HiGHS's scheduler is process-wide: the plan's LP (linear.py, ``threads`` set) may start it first."""
+    import highspy
+
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 2)
+    h.addVar(0.0, 1.0)
+    h.changeColCost(0, 1.0)
+    h.run()
+    types = [nt("a", 4.0, 16.0, 1.0)]
+    assert kn.lp_lower_bound([kn.Item("w", 1.0, GIB, 10)], types, (0.0, 0.0, 0)) == pytest.approx(2.5)

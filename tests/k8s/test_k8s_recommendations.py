@@ -80,7 +80,17 @@ def test_recommendations_from_a_real_prometheus_and_api(pipeline, apiservers: Ap
     assert all(o["protected"] for rid, opts in options.items() if "/kube-system/" in rid for o in opts.values())
     meta = result.asset_materializations_for_node("recommendations__kubernetes")[0].metadata
     assert meta["rows"].value == len(rows)
-    assert any("kubernetes_nodes" in n for n in meta["notes"].value)
+    # node pools are packed from the workloads' recommended requests; each claims only what they do not
+    pools = {rid: opts for rid, opts in options.items() if "/nodepool/" in rid}
+    assert pools, "no node-pool rows"
+    for opts in pools.values():
+        for o in opts.values():
+            assert o["resource_kind"] == "k8s_nodepool" and o["action"] in ("keep", "resize_nodepool")
+            if o["action"] == "resize_nodepool":
+                details = json.loads(o["details"])
+                net = max(0.0, details["gross_monthly_savings_usd"] - details["workload_rows_savings_usd"])
+                assert o["monthly_savings_usd"] == pytest.approx(net, abs=0.02)
+                assert details["workload_rows_savings_usd"] > 0  # the workload rows' best options are read
 
     # the plan includes them
     plan = defs.resolve_job_def(PLAN_JOB).execute_in_process(instance=instance, partition_key=day.isoformat())
@@ -88,6 +98,11 @@ def test_recommendations_from_a_real_prometheus_and_api(pipeline, apiservers: Ap
     planned = {r["resource_id"]: r for r in lake.read("portfolio_plan", None, day).to_pylist()}
     assert workloads <= set(planned)
     assert all(planned[rid]["deployment_type"] == "kubernetes" for rid in workloads)
+    # in the plan, a node pool saves only its own remainder, never the workload cuts again
+    assert set(pools) <= set(planned)
+    for rid, opts in pools.items():
+        chosen = opts[planned[rid]["option_name"]]
+        assert planned[rid]["monthly_savings_usd"] == pytest.approx(chosen["monthly_savings_usd"], abs=0.02)
 
     # a resize's patch, applied through the official client, leaves the object with the proposed requests
     resized = [o for opts in options.values() for o in opts.values() if o["action"] == "resize_requests"]

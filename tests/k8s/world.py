@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,18 @@ class Cluster:
     replicaset_owners: dict[tuple[str, str], tuple[str, str]]  # (ns, rs) -> owner, kube_replicaset_owner
     job_owners: dict[tuple[str, str], tuple[str, str]]  # (ns, job) -> owner, kube_job_owner
     pod_labels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # kube_pod_labels
+    days: int = len(DAYS)  # days of history from FIRST_DAY
+
+
+def over_days(cluster: Cluster, days: int) -> Cluster:
+    """The cluster with its long-running containers (those alive for the whole of ``DAYS``) living ``days``
+    days from FIRST_DAY; their traces repeat (the CPU sample's two days, the memory sample's one). The
+    first ``len(DAYS)`` days are exactly those of ``cluster``; short-lived pods and Job runs stay where they were."""
+    if days < len(DAYS):
+        raise ValueError(f"over_days needs at least {len(DAYS)} days, got {days}")
+    full = len(DAYS) * 288
+    series = [replace(s, end_step=days * 288) if s.end_step == full else s for s in cluster.series]
+    return replace(cluster, series=series, days=days)
 
 
 def prod_cluster() -> Cluster:
@@ -567,6 +579,7 @@ def _traces() -> tuple[list[list[float]], list[list[float]]]:
 def openmetrics(clusters: list[Cluster]) -> Iterator[str]:
     """The clusters' history as OpenMetrics text for ``promtool tsdb create-blocks-from openmetrics``."""
     cpu, mem = _traces()
+    days = max((c.days for c in clusters), default=len(DAYS))
     t0 = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=UTC).timestamp()
 
     def labels(s: PodSeries, container_name: str | None = None, **extra: str) -> str:
@@ -601,7 +614,7 @@ def openmetrics(clusters: list[Cluster]) -> Iterator[str]:
         for override in pod_level(s):
             total = 0.0
             for step in range(s.start_step, s.end_step):
-                total += cpu[s.cpu_trace][step] / 100.0 * s.cpu_limit_cores * STEP_S
+                total += cpu[s.cpu_trace][step % len(cpu[s.cpu_trace])] / 100.0 * s.cpu_limit_cores * STEP_S
                 value = total * (5.0 if override == "" else 1e-3 if override == "POD" else 1.0)
                 yield line("container_cpu_usage_seconds_total", labels(s, override), value, step)
     yield from family("container_cpu_cfs_periods", "counter")
@@ -612,13 +625,15 @@ def openmetrics(clusters: list[Cluster]) -> Iterator[str]:
     for s in all_series:
         throttled = 0
         for step in range(s.start_step, s.end_step):
-            throttled += int(3000 * max(0.0, cpu[s.cpu_trace][step] / 100.0 - 0.5))
+            throttled += int(3000 * max(0.0, cpu[s.cpu_trace][step % len(cpu[s.cpu_trace])] / 100.0 - 0.5))
             yield line("container_cpu_cfs_throttled_periods_total", labels(s), throttled, step)
     yield from family("container_memory_working_set_bytes", "gauge")
     for s in all_series:
         for override in pod_level(s)[:2]:
             for step in range(s.start_step, s.end_step):
-                value = round(mem[s.mem_trace][step] / 100.0 * s.mem_limit_bytes) * (3 if override == "" else 1)
+                value = round(mem[s.mem_trace][step % len(mem[s.mem_trace])] / 100.0 * s.mem_limit_bytes) * (
+                    3 if override == "" else 1
+                )
                 yield line("container_memory_working_set_bytes", labels(s, override), value, step)
     yield from family("kube_pod_container_status_restarts", "counter")
     for s in all_series:
@@ -640,7 +655,7 @@ def openmetrics(clusters: list[Cluster]) -> Iterator[str]:
     for c in clusters:
         for (ns, rs), (kind, owner) in sorted(c.replicaset_owners.items()):
             lbl = {"cluster": c.name, "namespace": ns, "replicaset": rs, "owner_kind": kind, "owner_name": owner}
-            for step in range(0, 2 * 288):
+            for step in range(0, days * 288):
                 yield line("kube_replicaset_owner", lbl, 1, step)
     yield from family("kube_pod_labels", "gauge")
     for c in clusters:

@@ -19,6 +19,10 @@ from cloudopt_pipelines.executor.drift import changes_since_plan
 from cloudopt_pipelines.executor.model import ApiCall, PlannedAction
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
 
+#: A plug-in action that matches every action on its resource kinds (an exact key still wins): node-pool
+#: rows are advice whatever option they name.
+ANY_ACTION = "*"
+
 
 @dataclass
 class ActionContext:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from cloudopt_pipelines.executor.actions.base import (
+    ANY_ACTION,
     ActionPlugin,
     LiveState,
     Proposal,
@@ -701,7 +702,8 @@ def _hpa_patch(action: PlannedAction, proposed: Mapping[str, Any], live: Mapping
 class NodePoolAdvice(ActionPlugin):
     """Node-pool sizing is advice: the cluster autoscaler, Karpenter or the node group applies it, not cloudopt."""
 
-    actions = ("resize_nodepool",)
+    # Every action on a node pool (resize_nodepool, or an option's name such as rightsize_spot_mix) is advice.
+    actions = ("resize_nodepool", ANY_ACTION)
     resource_kinds = (K8S_NODEPOOL,)
     advisory = True
 
