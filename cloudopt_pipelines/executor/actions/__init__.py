@@ -16,14 +16,16 @@ from cloudopt_pipelines.executor.actions.ec2 import (
     StopInstance,
     TerminateInstance,
 )
+from cloudopt_pipelines.executor.actions.ecs import UpdateEcsService
 from cloudopt_pipelines.executor.actions.eip import ReleaseAddress
+from cloudopt_pipelines.executor.actions.emr import ResizeInstanceGroups, SetAutoTermination, SetManagedScaling
 
 # (resource kind, action): an ECS or Kubernetes "resize" is another key than EC2's.
 PluginKey = tuple[str, str]
 
 
 def default_plugins() -> dict[PluginKey, ActionPlugin]:
-    """(resource kind, plan action) -> plug-in. Actions absent here (spot, ...) are audited as skipped."""
+    """(resource kind, plan action) -> plug-in. Actions absent here (spot, resize_cluster...) are audited as skipped."""
     plugins: list[ActionPlugin] = [
         ResizeInstance(),
         ScheduleInstance(),
@@ -32,6 +34,10 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
         TerminateInstance(),
         DeleteVolume(),
         ReleaseAddress(),
+        UpdateEcsService(),
+        SetAutoTermination(),
+        SetManagedScaling(),
+        ResizeInstanceGroups(),
     ]
     return {(kind, action): p for p in plugins for kind in p.resource_kinds for action in p.actions}
 
@@ -46,10 +52,14 @@ __all__ = [
     "ReleaseAddress",
     "ResizeAndSchedule",
     "ResizeInstance",
+    "ResizeInstanceGroups",
     "RollbackRefused",
     "ScheduleInstance",
+    "SetAutoTermination",
+    "SetManagedScaling",
     "StopInstance",
     "TerminateInstance",
+    "UpdateEcsService",
     "Verification",
     "default_plugins",
 ]
