@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cloudopt_pipelines.executor import rollback
+from cloudopt_pipelines.executor import ChangeWindow, rollback
 from tests.executor.conftest import MANAGEMENT_ACCOUNT, client, executor_aws, plan_row
 from tests.executor.emr_api import EmrPolicyApi
 
@@ -244,6 +244,39 @@ def test_unapproved_rows_and_the_blast_radius(home, ecs, moto_url) -> None:
     assert sorted(d.outcome for d in decisions) == ["applied", "skipped"]
     held = next(d for d in decisions if d.outcome == "skipped")
     assert "max_actions_per_run" in held.reason and len(actions) == 2
+
+
+def test_change_windows_hold_service_updates_outside_them(home, ecs, moto_url) -> None:
+    cluster, arn, name = fargate_service(ecs)
+    home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
+    home.approve_all()
+    nightly = ChangeWindow(
+        cron="0 22 * * 1-5", duration_minutes=120, timezone="UTC", action_types=("ecs_update_service",)
+    )
+    decision = home.run(executor_aws(moto_url), change_windows=(nightly,)).decisions[0]  # NOW is Friday noon
+    assert decision.outcome == "skipped" and decision.reason.startswith("outside change window")
+    assert live_service(ecs, cluster, name)["desiredCount"] == 4
+
+
+def test_cluster_node_rows_are_advice_never_applied(home, moto_url) -> None:
+    row = plan_row(
+        "arn:aws:ecs:us-east-1:123456789012:cluster/shop",
+        "resize_cluster",
+        {
+            "instance_type": "m6i.xlarge",
+            "count": 2,
+            "api_calls": [{"service": "autoscaling", "operation": "UpdateAutoScalingGroup", "parameters": {}}],
+        },
+        resource_kind="ecs_cluster",
+        deployment_type="ecs",
+        option_name="resize_cluster",
+    )
+    home.write_plan([row])
+    home.approve_all()
+    decision = home.run(executor_aws(moto_url)).decisions[0]
+    assert decision.outcome == "skipped" and decision.reason.startswith("not applicable: advisory")
+    assert "2 x m6i.xlarge" in decision.reason and "UpdateAutoScalingGroup" in decision.reason
+    assert decision.api_calls == []
 
 
 # ------------------------------------------------------------------------------------------------ EMR

@@ -16,7 +16,7 @@ from cloudopt_pipelines.executor.actions.ec2 import (
     StopInstance,
     TerminateInstance,
 )
-from cloudopt_pipelines.executor.actions.ecs import UpdateEcsService
+from cloudopt_pipelines.executor.actions.ecs import ClusterNodesAdvice, UpdateEcsService
 from cloudopt_pipelines.executor.actions.eip import ReleaseAddress
 from cloudopt_pipelines.executor.actions.emr import ResizeInstanceGroups, SetAutoTermination, SetManagedScaling
 
@@ -25,7 +25,7 @@ PluginKey = tuple[str, str]
 
 
 def default_plugins() -> dict[PluginKey, ActionPlugin]:
-    """(resource kind, plan action) -> plug-in. Actions absent here (spot, resize_cluster...) are audited as skipped."""
+    """(resource kind, plan action) -> plug-in. Actions absent here (spot, ...) are audited as skipped."""
     plugins: list[ActionPlugin] = [
         ResizeInstance(),
         ScheduleInstance(),
@@ -35,6 +35,7 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
         DeleteVolume(),
         ReleaseAddress(),
         UpdateEcsService(),
+        ClusterNodesAdvice(),
         SetAutoTermination(),
         SetManagedScaling(),
         ResizeInstanceGroups(),
@@ -45,6 +46,7 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
 __all__ = [
     "ActionContext",
     "ActionPlugin",
+    "ClusterNodesAdvice",
     "DeleteVolume",
     "LiveState",
     "PluginKey",

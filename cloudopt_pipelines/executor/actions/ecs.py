@@ -400,3 +400,39 @@ class UpdateEcsService(ActionPlugin):
         except RollbackRefused:
             return []
         return [ApiCall("ecs:UpdateService", update)] if update else []
+
+
+class ClusterNodesAdvice(ActionPlugin):
+    """An ECS or custom cluster's node type and count is advice: new nodes first, tasks drained, old nodes
+    stopped is a change of many resources (Auto Scaling groups, capacity providers) that a person runs."""
+
+    actions = ("resize_cluster",)
+    resource_kinds = ("ecs_cluster", "custom_cluster")
+    advisory = True
+
+    def advice(self, action: PlannedAction) -> str:
+        p = action.proposed_config
+        calls = ", ".join(str(c.get("operation")) for c in p.get("api_calls") or []) or "none"
+        return (
+            f"cluster {action.resource_id}: move to {p.get('count')} x {p.get('instance_type')} by hand or in its "
+            f"Auto Scaling group / capacity provider, from the row's api_calls ({calls})"
+        )
+
+    def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
+        return LiveState(exists=False)
+
+    def plan(
+        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        return Proposal("not_applicable", self.advice(action))
+
+    def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
+        raise ExecutorError("cluster node rows are advisory and never applied")
+
+    def verify(
+        self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
+    ) -> Verification:
+        return Verification(False, {}, "advisory")
+
+    def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
+        raise RollbackRefused("cluster node rows are advisory: nothing was applied")
