@@ -465,7 +465,7 @@ def test_resize_rules_protected_drifted_managed_and_new_groups(home, emr, emr_ap
     assert by[p_arn].reason.startswith("protected: live tag cloudopt:protect=true")
     assert "changed since the plan" in by[d_arn].reason and "TASK 4 x r5.xlarge" in by[d_arn].reason
     assert by[m_arn].reason.startswith("managed scaling owns the counts")
-    assert "AddInstanceGroups) is not applied" in by[s_arn].reason
+    assert "the row adds no group (no AddInstanceGroups" in by[s_arn].reason
     assert {d.outcome for d in by.values()} == {"skipped"}
     for cid in (protected, managed, spot):
         assert counts(emr, cid) == {"MASTER": 1, "CORE": 3, "TASK": 2}
@@ -489,3 +489,90 @@ def test_without_the_proxy_moto_fails_the_policy_calls_and_the_error_names_them(
     decision = home.run(executor_aws(moto_url)).decisions[0]
     assert decision.outcome == "failed" and "GetAutoTerminationPolicy" in decision.error
     assert MANAGEMENT_ACCOUNT in decision.error
+
+
+def spot_row(emr: Any, cid: str, arn: str) -> dict[str, Any]:
+    """A ``task_nodes_spot`` row as the optimiser writes it: two Spot task groups added, the on-demand one to 0."""
+    task = group_ids(emr, cid)["TASK"]
+    types = ["r5a.xlarge", "r4.xlarge"]
+    calls = [
+        {
+            "service": "emr",
+            "operation": "AddInstanceGroups",
+            "parameters": {
+                "JobFlowId": cid,
+                "InstanceGroups": [
+                    {
+                        "Name": f"task-spot-{t}",
+                        "InstanceRole": "TASK",
+                        "Market": "SPOT",
+                        "InstanceType": t,
+                        "InstanceCount": 1,
+                    }
+                    for t in types
+                ],
+            },
+        },
+        {
+            "service": "emr",
+            "operation": "ModifyInstanceGroups",
+            "parameters": {"ClusterId": cid, "InstanceGroups": [{"InstanceGroupId": task, "InstanceCount": 0}]},
+        },
+    ]
+    change = {
+        "instance_groups": [*GROUPS[:2], {**GROUPS[2], "market": "SPOT"}],
+        "spot_instance_types": types,
+    }
+    return emr_row(cid, arn, "emr_resize", "task_nodes_spot", change, calls)
+
+
+def test_task_nodes_to_spot_add_groups_first_then_empty_the_old_one(home, emr, emr_api) -> None:
+    _, url = emr_api
+    cid, arn = emr_cluster(emr)
+    home.write_plan([spot_row(emr, cid, arn)])
+    home.approve_all()
+    aws = executor_aws(url)
+    decision = home.run(aws).decisions[0]
+    assert decision.outcome == "applied", decision.error
+    assert [c["api"] for c in decision.api_calls] == [
+        "elasticmapreduce:AddInstanceGroups",
+        "elasticmapreduce:ModifyInstanceGroups",
+    ]
+    live = {g.get("Name"): g for g in emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]}
+    assert {n: (g["Market"], g["RequestedInstanceCount"]) for n, g in live.items() if n.startswith("task-spot")} == {
+        "task-spot-r5a.xlarge": ("SPOT", 1),
+        "task-spot-r4.xlarge": ("SPOT", 1),
+    }
+    assert live["t"]["RequestedInstanceCount"] == 0
+    assert home.run(aws).decisions[0].reason.startswith("already applied")  # nothing added twice
+    assert len(emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]) == 5
+
+    rollback(home.lake, home.paths, decision.action_id, "apply", "carol", aws)
+    live = {
+        g.get("Name"): g["RequestedInstanceCount"] for g in emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]
+    }
+    assert live == {"p": 1, "c": 3, "t": 2, "task-spot-r5a.xlarge": 0, "task-spot-r4.xlarge": 0}
+
+
+def test_an_interrupted_spot_move_adds_only_what_is_missing(home, emr, emr_api) -> None:
+    _, url = emr_api
+    cid, arn = emr_cluster(emr)
+    home.write_plan([spot_row(emr, cid, arn)])
+    home.approve_all()
+    emr.add_instance_groups(  # an earlier run added one group, then died
+        JobFlowId=cid,
+        InstanceGroups=[
+            {
+                "Name": "task-spot-r5a.xlarge",
+                "InstanceRole": "TASK",
+                "Market": "SPOT",
+                "InstanceType": "r5a.xlarge",
+                "InstanceCount": 1,
+            }
+        ],
+    )
+    decision = home.run(executor_aws(url)).decisions[0]
+    assert decision.outcome == "applied", decision.error
+    added = decision.api_calls[0]["params"]["InstanceGroups"]
+    assert [g["Name"] for g in added] == ["task-spot-r4.xlarge"]
+    assert len(emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]) == 5

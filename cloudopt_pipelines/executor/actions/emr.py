@@ -60,6 +60,7 @@ def read_cluster(ctx: ActionContext, cluster_id: str, policies: Sequence[str] = 
             (
                 {
                     "id": g["Id"],
+                    "name": g.get("Name"),
                     "role": g.get("InstanceGroupType"),
                     "instance_type": g.get("InstanceType"),
                     "market": g.get("Market") or "ON_DEMAND",
@@ -338,6 +339,9 @@ class ResizeInstanceGroups(_EmrPlugin):
                 "undone; re-plan",
                 before=before,
             )
+        adds = _calls(action, "AddInstanceGroups")
+        if adds:
+            return self._plan_new_groups(cid, action, groups, adds)
         changes, target = [], {}
         for wanted in action.proposed_config.get("instance_groups") or []:
             if wanted.get("role") not in ("CORE", "TASK"):
@@ -347,8 +351,8 @@ class ResizeInstanceGroups(_EmrPlugin):
                 return Proposal(
                     "not_applicable",
                     f"the {wanted.get('role')} group {wanted.get('instance_type')} {wanted.get('market')} of the plan "
-                    f"matches {len(matches)} live group(s) of {cid}: a new group (a change of market, "
-                    "AddInstanceGroups) is not applied by the executor; add it by hand from the row's api_calls",
+                    f"matches {len(matches)} live group(s) of {cid}, and the row adds no group (no AddInstanceGroups "
+                    "in its api_calls): not applied; re-plan",
                     before=before,
                 )
             group, count = matches[0], int(wanted.get("count") or 0)
@@ -364,21 +368,97 @@ class ResizeInstanceGroups(_EmrPlugin):
         what = ", ".join(f"{c['InstanceGroupId']} -> {c['InstanceCount']}" for c in changes)
         return Proposal("ready", f"resize instance groups of {cid}: {what}", [call], before, goal)
 
+    def _plan_new_groups(
+        self, cid: str, action: PlannedAction, groups: Sequence[Mapping[str, Any]], adds: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        """Task (or core) nodes to Spot: the row's new Spot groups added first (``AddInstanceGroups``, those not
+        there yet, found by name), then the on-demand group it replaces set to 0 (``ModifyInstanceGroups``)."""
+        named = {g.get("name"): g for g in groups if g.get("name")}
+        new = [dict(g) for c in adds for g in (c.get("parameters") or {}).get("InstanceGroups") or []]
+        bad = [g for g in new if g.get("Market") != "SPOT" or g.get("InstanceRole") not in ("CORE", "TASK")]
+        if bad or any((c.get("parameters") or {}).get("JobFlowId") != cid for c in adds):
+            raise ExecutorError(
+                f"plan row {action.action_id}: AddInstanceGroups must add Spot core or task groups to {cid}; re-plan"
+            )
+        names = {str(g.get("Name")) for g in new}
+        old = [g for g in groups if g.get("name") not in names]
+        before = {
+            "instance_groups": [{k: g[k] for k in ("id", "role", "instance_type", "market", "count")} for g in old]
+        }
+        missing = [g for g in new if g.get("Name") not in named]
+        drained = [
+            {"InstanceGroupId": str(i["InstanceGroupId"]), "InstanceCount": int(i["InstanceCount"])}
+            for c in _calls(action, "ModifyInstanceGroups")
+            for i in (c.get("parameters") or {}).get("InstanceGroups") or []
+        ]
+        live_ids = {g["id"]: g for g in old}
+        if any(d["InstanceGroupId"] not in live_ids for d in drained):
+            return Proposal(
+                "not_applicable",
+                f"the on-demand group the row replaces is not a live group of {cid} any more: re-plan",
+                before=before,
+            )
+        target = {
+            "new_groups": {str(g["Name"]): int(g["InstanceCount"]) for g in new},
+            "instance_group_counts": {d["InstanceGroupId"]: d["InstanceCount"] for d in drained},
+        }
+        calls = []
+        if missing:
+            calls.append(ApiCall("elasticmapreduce:AddInstanceGroups", {"JobFlowId": cid, "InstanceGroups": missing}))
+        todo = [d for d in drained if live_ids[d["InstanceGroupId"]]["count"] != d["InstanceCount"]]
+        if todo:
+            calls.append(ApiCall("elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cid, "InstanceGroups": todo}))
+        if not calls:
+            return Proposal(
+                "done", f"already applied: Spot groups {sorted(names)} on {cid}", before=before, target=target
+            )
+        return Proposal(
+            "ready",
+            f"add Spot group(s) {', '.join(sorted(str(g['Name']) for g in missing)) or '(already there)'} to {cid}, "
+            f"then {', '.join(d['InstanceGroupId'] for d in todo) or 'nothing'} to 0",
+            calls,
+            before,
+            target,
+        )
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        # Spot groups an interrupted earlier attempt added are the action's own, not a change since the plan.
+        names = {
+            str(g.get("Name")) for c in _calls(action, "AddInstanceGroups") for g in c["parameters"]["InstanceGroups"]
+        }
+        groups = [g for g in observed.get("instance_groups") or [] if g.get("name") not in names]
+        return groups_changed(action.current_config, {**observed, "instance_groups": groups})
+
     def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
         emr = ctx.client("emr")
-        emr.modify_instance_groups(**proposal.calls[0].params)
-        return {}
+        for call in proposal.calls:
+            if call.api.endswith("AddInstanceGroups"):
+                emr.add_instance_groups(**call.params)
+            else:
+                emr.modify_instance_groups(**call.params)
+        wanted = proposal.target.get("new_groups") or {}
+        if not wanted:
+            return {}
+        live = read_cluster(ctx, cluster_id_of(action)).state.get("instance_groups") or []
+        return {"added_groups": {g["name"]: g["id"] for g in live if g.get("name") in wanted}}
 
     def verify(
         self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
     ) -> Verification:
         live = read_cluster(ctx, cluster_id_of(action))
         groups = {g["id"]: g for g in live.state.get("instance_groups") or []}
+        if proposal.target.get("new_groups"):
+            by_name = {g.get("name"): g for g in groups.values()}
+            new = {n: by_name[n]["count"] for n in proposal.target["new_groups"] if n in by_name}
+            if new != proposal.target["new_groups"]:
+                return Verification(False, {"new_groups": new}, f"expected Spot groups {proposal.target['new_groups']}")
         counts = {gid: groups[gid]["count"] for gid in proposal.target["instance_group_counts"] if gid in groups}
         observed = {
             "instance_group_counts": counts,
             "group_states": {gid: groups[gid]["group_state"] for gid in counts},
         }
+        if proposal.target.get("new_groups"):
+            observed["new_groups"] = dict(proposal.target["new_groups"])
         bad = [gid for gid, s in observed["group_states"].items() if s in ("ARRESTED", "SUSPENDED", "TERMINATED")]
         ok = counts == proposal.target["instance_group_counts"] and not bad
         return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
@@ -409,6 +489,18 @@ class ResizeInstanceGroups(_EmrPlugin):
             and (not touched or g["id"] in touched)
             and (live is None or now.get(g["id"]) != g["count"])
         ]
+        added = list(((record.get("state_after") or {}).get("added_groups") or {}).values())
+        if not added and live is not None:  # an automatic rollback: the groups the row adds, found by name
+            proposed = (record.get("plan_config") or {}).get("proposed") or {}
+            names = {
+                g.get("Name")
+                for c in proposed.get("api_calls") or []
+                if c.get("operation") == "AddInstanceGroups"
+                for g in (c.get("parameters") or {}).get("InstanceGroups") or []
+            }
+            added = [g["id"] for g in live.get("instance_groups") or [] if g.get("name") in names]
+        # EMR keeps a task group once added: emptied, not removed.
+        changes += [{"InstanceGroupId": gid, "InstanceCount": 0} for gid in added if live is None or now.get(gid) != 0]
         if not changes:
             return None
         return ApiCall(
@@ -426,6 +518,10 @@ class ResizeInstanceGroups(_EmrPlugin):
             emr.modify_instance_groups(**call.params)
         after = read_cluster(ctx, cid).state.get("instance_groups") or []
         return {"instance_group_counts": {g["id"]: g["count"] for g in after if g.get("role") in ("CORE", "TASK")}}
+
+
+def _calls(action: PlannedAction, operation: str) -> list[Mapping[str, Any]]:
+    return [c for c in action.proposed_config.get("api_calls") or [] if c.get("operation") == operation]
 
     def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
         call = self._restore(record, None)
