@@ -5,11 +5,14 @@ PutManagedScalingPolicy, GetManagedScalingPolicy and RemoveManagedScalingPolicy 
 keeps those policies per cluster id, with the documented shapes and validation (an idle timeout of 60 s to
 7 days; compute limits with a unit type, a minimum and a maximum, the minimum not above the maximum; a
 cluster moto does not know is an ``InvalidRequestException``), and forwards every other request to moto.
+moto's DescribeCluster omits ``InstanceCollectionType``: for the cluster ids in ``fleets`` the proxy adds
+``INSTANCE_FLEET`` to moto's answer, as AWS reports a cluster created with instance fleets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import threading
 import urllib.parse
@@ -35,6 +38,7 @@ class EmrPolicyApi:
     upstream: str
     auto_termination: dict[str, dict[str, Any]] = field(default_factory=dict)
     managed_scaling: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fleets: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -98,6 +102,23 @@ class EmrPolicyApi:
                     status, answer = api.answer(operation, json.loads(body or b"{}"))
                     payload = json.dumps(answer).encode()
                     self.send_response(status)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if (
+                    target == "ElasticMapReduce.DescribeCluster"
+                    and json.loads(body or b"{}").get("ClusterId") in api.fleets
+                ):
+                    conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = json.loads(conn.getresponse().read())
+                    conn.close()
+                    answer["Cluster"]["InstanceCollectionType"] = "INSTANCE_FLEET"
+                    payload = json.dumps(answer).encode()
+                    self.send_response(200)
                     self.send_header("Content-Type", "application/x-amz-json-1.1")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

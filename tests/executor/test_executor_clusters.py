@@ -576,3 +576,61 @@ def test_an_interrupted_spot_move_adds_only_what_is_missing(home, emr, emr_api) 
     added = decision.api_calls[0]["params"]["InstanceGroups"]
     assert [g["Name"] for g in added] == ["task-spot-r4.xlarge"]
     assert len(emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]) == 5
+
+
+def test_containers_reserving_more_than_the_new_size_are_not_resized(home, ecs, moto_url) -> None:
+    cluster = ecs.create_cluster(clusterName=_name("shop"), tags=[{"key": "env", "value": "dev"}])["cluster"]
+    family = _name("api")
+    ecs.register_task_definition(
+        family=family,
+        cpu="512",
+        memory="1024",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        containerDefinitions=[{"name": "api", "image": "nginx", "cpu": 512, "memory": 768}],
+    )
+    arn = ecs.create_service(
+        cluster=cluster["clusterArn"], serviceName=family, taskDefinition=family, desiredCount=4, launchType="FARGATE"
+    )["service"]["serviceArn"]
+    home.write_plan([service_row(cluster["clusterArn"], arn, family, "resize_tasks", cpu=256, memory=512)])
+    home.approve_all()
+    decision = home.run(executor_aws(moto_url)).decisions[0]
+    assert decision.outcome == "skipped" and "reserve 512 CPU units / 768 MiB" in decision.reason
+    assert ecs.list_task_definitions(familyPrefix=family)["taskDefinitionArns"] == [
+        ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]["taskDefinitionArn"]
+    ]
+
+
+def test_instance_fleets_are_not_resized(home, emr, emr_api) -> None:
+    api, url = emr_api
+    cid = emr.run_job_flow(
+        Name=_name("fleet"),
+        ReleaseLabel="emr-6.10.0",
+        Instances={
+            "InstanceFleets": [
+                {
+                    "InstanceFleetType": "MASTER",
+                    "TargetOnDemandCapacity": 1,
+                    "InstanceTypeConfigs": [{"InstanceType": "m5.xlarge"}],
+                },
+                {
+                    "InstanceFleetType": "CORE",
+                    "TargetOnDemandCapacity": 3,
+                    "InstanceTypeConfigs": [{"InstanceType": "r5.xlarge"}],
+                },
+            ],
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        Tags=[{"Key": "env", "Value": "dev"}],
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+    )["JobFlowId"]
+    api.fleets.add(cid)  # moto's DescribeCluster omits InstanceCollectionType; AWS reports INSTANCE_FLEET
+    cluster = client(url, "emr").describe_cluster(ClusterId=cid)["Cluster"]
+    assert cluster["InstanceCollectionType"] == "INSTANCE_FLEET"
+    row = emr_row(cid, cluster["ClusterArn"], "emr_resize", "resize", {"instance_groups": GROUPS[:2]}, [])
+    home.write_plan([row])
+    home.approve_all()
+    decision = home.run(executor_aws(url)).decisions[0]
+    assert decision.outcome == "skipped" and "uses instance fleets" in decision.reason
+    assert "ModifyInstanceFleet" in decision.reason
