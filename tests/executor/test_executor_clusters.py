@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cloudopt_pipelines.executor import ChangeWindow, rollback
+from cloudopt_pipelines.executor import ChangeWindow, ExecutorPolicy, rollback
+from cloudopt_pipelines.executor.policy import PolicyError
 from tests.executor.conftest import MANAGEMENT_ACCOUNT, client, executor_aws, plan_row
 from tests.executor.emr_api import EmrPolicyApi
 
@@ -634,3 +635,9 @@ def test_instance_fleets_are_not_resized(home, emr, emr_api) -> None:
     decision = home.run(executor_aws(url)).decisions[0]
     assert decision.outcome == "skipped" and "uses instance fleets" in decision.reason
     assert "ModifyInstanceFleet" in decision.reason
+
+
+@pytest.mark.parametrize("action", ["ecs_update_service", "emr_resize", "emr_managed_scaling", "emr_auto_termination"])
+def test_cluster_actions_can_never_be_allowed_in_production(action: str) -> None:
+    with pytest.raises(PolicyError, match=f"may not include \\[.{action}.\\]"):
+        ExecutorPolicy(production_allowed_actions=("delete_volume", action))
