@@ -136,6 +136,9 @@ def test_scale_in_applied_verified_idempotent_and_rolled_back(home, ecs, moto_ur
     again = home.run(aws).decisions[0]
     assert again.outcome == "skipped" and again.reason.startswith("already applied")
 
+    dry = rollback(home.lake, home.paths, applied.action_id, "dry_run", "carol", aws)
+    assert dry.outcome == "would_apply" and live_service(ecs, cluster, name)["desiredCount"] == 2
+    assert [(c["api"], c["params"].get("desiredCount")) for c in dry.api_calls] == [("ecs:UpdateService", 4)]
     undone = rollback(home.lake, home.paths, applied.action_id, "apply", "carol", aws)
     assert undone.outcome == "rolled_back" and live_service(ecs, cluster, name)["desiredCount"] == 4
 
