@@ -34,6 +34,12 @@ STOPS_OR_TERMINATES = (
     "spot",
     "resize_requests",
     "tune_hpa",
+    # ECS: a new deployment replaces every task, a scale-in stops some; EMR: a resize or scaling policy removes
+    # nodes, an auto-termination policy terminates the cluster.
+    "ecs_update_service",
+    "emr_resize",
+    "emr_managed_scaling",
+    "emr_auto_termination",
 )
 PRODUCTION_ALLOWED_ACTIONS = ("delete_volume", "release_address", "reserve", "savings_plan")
 # `--all` never covers these: each needs its own action id in the approval.

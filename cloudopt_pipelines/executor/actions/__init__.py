@@ -16,7 +16,9 @@ from cloudopt_pipelines.executor.actions.ec2 import (
     StopInstance,
     TerminateInstance,
 )
+from cloudopt_pipelines.executor.actions.ecs import ClusterNodesAdvice, UpdateEcsService
 from cloudopt_pipelines.executor.actions.eip import ReleaseAddress
+from cloudopt_pipelines.executor.actions.emr import ResizeInstanceGroups, SetAutoTermination, SetManagedScaling
 
 # (resource kind, action): an ECS or Kubernetes "resize" is another key than EC2's.
 PluginKey = tuple[str, str]
@@ -32,6 +34,11 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
         TerminateInstance(),
         DeleteVolume(),
         ReleaseAddress(),
+        UpdateEcsService(),
+        ClusterNodesAdvice(),
+        SetAutoTermination(),
+        SetManagedScaling(),
+        ResizeInstanceGroups(),
     ]
     return {(kind, action): p for p in plugins for kind in p.resource_kinds for action in p.actions}
 
@@ -39,6 +46,7 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
 __all__ = [
     "ActionContext",
     "ActionPlugin",
+    "ClusterNodesAdvice",
     "DeleteVolume",
     "LiveState",
     "PluginKey",
@@ -46,10 +54,14 @@ __all__ = [
     "ReleaseAddress",
     "ResizeAndSchedule",
     "ResizeInstance",
+    "ResizeInstanceGroups",
     "RollbackRefused",
     "ScheduleInstance",
+    "SetAutoTermination",
+    "SetManagedScaling",
     "StopInstance",
     "TerminateInstance",
+    "UpdateEcsService",
     "Verification",
     "default_plugins",
 ]

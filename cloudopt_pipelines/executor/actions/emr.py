@@ -1,0 +1,528 @@
+"""EMR cluster plug-ins: auto-termination, managed scaling, and core/task instance-group counts.
+
+The cluster optimiser's ``emr_auto_termination`` (PutAutoTerminationPolicy), ``emr_managed_scaling``
+(PutManagedScalingPolicy) and ``emr_resize`` (ModifyInstanceGroups) rows (optimizers/clusters.py). Each reads
+the cluster, its instance groups and the policy it sets live; the cluster's tags decide protection and
+production. A policy already set since the plan, groups resized since the plan, or managed scaling that
+already owns the counts leave the row as it is. Rollback restores the recorded policy (or removes it when there
+was none) and the recorded group counts. Instance fleets are not resized (the optimiser proposes no fleet
+resize, and a change of market needs new groups): those rows are reported as not applicable with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cloudopt_pipelines.executor.actions.base import (
+    ActionContext,
+    ActionPlugin,
+    LiveState,
+    Proposal,
+    RollbackRefused,
+    Verification,
+    tags_of,
+)
+from cloudopt_pipelines.executor.aws import ExecutorError
+from cloudopt_pipelines.executor.model import ApiCall, PlannedAction
+
+GONE_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
+#: EMR changes instance groups and policies of a cluster in these states only
+CHANGEABLE_STATES = ("WAITING", "RUNNING")
+FLEETS = "INSTANCE_FLEET"
+
+
+def cluster_id_of(action_or_record: PlannedAction | Mapping[str, Any]) -> str:
+    """The ``j-...`` id: the row's ``proposed_config.cluster_id``, else the tail of the cluster ARN."""
+    if isinstance(action_or_record, PlannedAction):
+        proposed, resource_id = action_or_record.proposed_config, action_or_record.resource_id
+    else:
+        proposed = (action_or_record.get("plan_config") or {}).get("proposed") or {}
+        resource_id = str(action_or_record["resource_id"])
+    found = proposed.get("cluster_id") or resource_id.rsplit("/", 1)[-1]
+    if not str(found).startswith("j-"):
+        raise ExecutorError(f"no EMR cluster id (j-...) in plan row of {resource_id}: re-run the cluster optimiser")
+    return str(found)
+
+
+def read_cluster(ctx: ActionContext, cluster_id: str, policies: Sequence[str] = ()) -> LiveState:
+    """The cluster, its instance groups, and the policies named (``auto_termination``, ``managed_scaling``)."""
+    emr = ctx.client("emr")
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    state = str((cluster.get("Status") or {}).get("State") or "")
+    collection = cluster.get("InstanceCollectionType") or "INSTANCE_GROUP"
+    live: dict[str, Any] = {"state": state, "collection_type": collection}
+    if state in GONE_STATES:
+        return LiveState(exists=False, tags=tags_of(cluster.get("Tags")), state=live)
+    if collection != FLEETS:
+        groups = emr.list_instance_groups(ClusterId=cluster_id).get("InstanceGroups", [])
+        live["instance_groups"] = sorted(
+            (
+                {
+                    "id": g["Id"],
+                    "name": g.get("Name"),
+                    "role": g.get("InstanceGroupType"),
+                    "instance_type": g.get("InstanceType"),
+                    "market": g.get("Market") or "ON_DEMAND",
+                    "count": int(g.get("RequestedInstanceCount") or 0),
+                    "running": int(g.get("RunningInstanceCount") or 0),
+                    "group_state": (g.get("Status") or {}).get("State"),
+                }
+                for g in groups
+            ),
+            key=lambda g: (str(g["role"]), str(g["id"])),
+        )
+    if "auto_termination" in policies:
+        found = emr.get_auto_termination_policy(ClusterId=cluster_id).get("AutoTerminationPolicy") or {}
+        live["auto_termination_idle_timeout"] = found.get("IdleTimeout")
+    if "managed_scaling" in policies:
+        found = emr.get_managed_scaling_policy(ClusterId=cluster_id).get("ManagedScalingPolicy") or {}
+        live["managed_scaling"] = limits_of(found.get("ComputeLimits"))
+    return LiveState(exists=True, tags=tags_of(cluster.get("Tags")), state=live)
+
+
+def limits_of(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Managed-scaling compute limits in one comparable form (None: no policy)."""
+    if not raw:
+        return None
+    return {k: (v if k == "UnitType" else int(v)) for k, v in sorted(raw.items()) if v is not None}
+
+
+def _group_key(g: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(g.get("role")), str(g.get("instance_type")), str(g.get("market") or "ON_DEMAND").upper())
+
+
+def groups_changed(current: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    """Instance groups (role, type, market, count) of the plan's current_config that differ from the live ones."""
+    planned = current.get("instance_groups")
+    if not planned or live.get("collection_type") == FLEETS or "instance_groups" not in live:
+        return []
+    was = sorted((*_group_key(g), int(g.get("count") or 0)) for g in planned)
+    now = sorted((*_group_key(g), int(g.get("count") or 0)) for g in live["instance_groups"])
+    if was == now:
+        return []
+    return [f"instance_groups were {_text(was)} in the plan, are {_text(now)} now"]
+
+
+def _text(groups: Sequence[tuple[Any, ...]]) -> str:
+    return ", ".join(f"{role} {n} x {itype} {market}" for role, itype, market, n in groups) or "none"
+
+
+def _not_changeable(cluster_id: str, live: LiveState) -> Proposal | None:
+    if not live.exists:
+        return Proposal("not_applicable", f"EMR cluster {cluster_id} is {live.state.get('state') or 'gone'}")
+    if live.state.get("state") not in CHANGEABLE_STATES:
+        return Proposal(
+            "not_applicable",
+            f"EMR cluster {cluster_id} is {live.state.get('state')}; EMR changes a cluster that is "
+            f"{' or '.join(CHANGEABLE_STATES)} only: retry at the next run",
+        )
+    return None
+
+
+class _EmrPlugin(ActionPlugin):
+    resource_kinds = ("emr_cluster",)
+    #: the policies ``read`` gets
+    policies: tuple[str, ...] = ()
+
+    def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
+        return read_cluster(ctx, cluster_id_of(action), self.policies)
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        return groups_changed(action.current_config, observed)
+
+
+class SetAutoTermination(_EmrPlugin):
+    """PutAutoTerminationPolicy with the row's idle timeout; rollback restores the policy before (or removes it)."""
+
+    actions = ("emr_auto_termination",)
+    policies = ("auto_termination",)
+
+    def plan(
+        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        cid = cluster_id_of(action)
+        stop = _not_changeable(cid, live)
+        if stop:
+            return stop
+        wanted = action.proposed_config.get("idle_timeout_seconds")
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted <= 0:
+            raise ExecutorError(f"plan row {action.action_id} has no idle_timeout_seconds (a positive integer)")
+        now = live.state.get("auto_termination_idle_timeout")
+        before, target = {"auto_termination_idle_timeout": now}, {"auto_termination_idle_timeout": wanted}
+        if now == wanted:
+            return Proposal("done", f"already applied: idle timeout of {cid} is {now} s", before=before, target=target)
+        call = ApiCall(
+            "elasticmapreduce:PutAutoTerminationPolicy",
+            {"ClusterId": cid, "AutoTerminationPolicy": {"IdleTimeout": wanted}},
+        )
+        return Proposal(
+            "ready", f"end {cid} after {wanted} idle seconds (was {now or 'never'})", [call], before, target
+        )
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        planned, now = (
+            action.current_config.get("auto_termination_idle_timeout"),
+            observed.get("auto_termination_idle_timeout"),
+        )
+        if now is not None and planned != now:
+            # None in the plan is no policy (or an unreadable one): a policy found now was set by someone else.
+            return [f"auto_termination_idle_timeout was {planned} in the plan, is {now} now"]
+        return []
+
+    def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
+        emr = ctx.client("emr")
+        emr.put_auto_termination_policy(**proposal.calls[0].params)
+        return {}
+
+    def verify(
+        self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
+    ) -> Verification:
+        live = read_cluster(ctx, cluster_id_of(action), self.policies)
+        observed = {"auto_termination_idle_timeout": live.state.get("auto_termination_idle_timeout")}
+        ok = observed == proposal.target
+        return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
+
+    def _restore(self, record: Mapping[str, Any]) -> ApiCall:
+        cid, was = cluster_id_of(record), (record.get("state_before") or {}).get("auto_termination_idle_timeout")
+        if was is None:
+            return ApiCall("elasticmapreduce:RemoveAutoTerminationPolicy", {"ClusterId": cid})
+        return ApiCall(
+            "elasticmapreduce:PutAutoTerminationPolicy",
+            {"ClusterId": cid, "AutoTerminationPolicy": {"IdleTimeout": was}},
+        )
+
+    def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
+        cid, call = cluster_id_of(record), self._restore(record)
+        live = read_cluster(ctx, cid, self.policies)
+        if not live.exists:
+            raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to restore")
+        emr = ctx.client("emr")
+        if call.api.endswith("RemoveAutoTerminationPolicy"):
+            emr.remove_auto_termination_policy(**call.params)
+        else:
+            emr.put_auto_termination_policy(**call.params)
+        after = read_cluster(ctx, cid, self.policies).state
+        return {"auto_termination_idle_timeout": after.get("auto_termination_idle_timeout")}
+
+    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
+        return [self._restore(record)]
+
+
+class SetManagedScaling(_EmrPlugin):
+    """PutManagedScalingPolicy with the row's compute limits, on a cluster with no policy at plan time; rollback
+    removes it (or restores the recorded one)."""
+
+    actions = ("emr_managed_scaling",)
+    policies = ("managed_scaling",)
+
+    def target(self, action: PlannedAction) -> dict[str, Any]:
+        cfg = action.proposed_config
+        if cfg.get("min_units") is None or cfg.get("max_units") is None:
+            raise ExecutorError(f"plan row {action.action_id} has no min_units/max_units for managed scaling")
+        limits = {
+            "UnitType": str(cfg.get("unit_type") or "Instances"),
+            "MinimumCapacityUnits": cfg["min_units"],
+            "MaximumCapacityUnits": cfg["max_units"],
+            "MaximumCoreCapacityUnits": cfg.get("max_core_units"),
+            "MaximumOnDemandCapacityUnits": cfg.get("max_on_demand_units"),
+        }
+        return limits_of(limits) or {}
+
+    def plan(
+        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        cid = cluster_id_of(action)
+        stop = _not_changeable(cid, live)
+        if stop:
+            return stop
+        limits, now = self.target(action), live.state.get("managed_scaling")
+        before, target = {"managed_scaling": now}, {"managed_scaling": limits}
+        if now == limits:
+            return Proposal("done", f"already applied: managed scaling of {cid} is {now}", before=before, target=target)
+        if live.state.get("collection_type") == FLEETS and limits["UnitType"] != "InstanceFleetUnits":
+            return Proposal(
+                "not_applicable",
+                f"EMR cluster {cid} uses instance fleets: managed scaling in {limits['UnitType']} units does not apply "
+                "to it (InstanceFleetUnits only); re-plan",
+                before=before,
+            )
+        call = ApiCall(
+            "elasticmapreduce:PutManagedScalingPolicy",
+            {"ClusterId": cid, "ManagedScalingPolicy": {"ComputeLimits": limits}},
+        )
+        return Proposal(
+            "ready",
+            f"managed scaling of {cid} between {limits['MinimumCapacityUnits']} and "
+            f"{limits['MaximumCapacityUnits']} {limits['UnitType'].lower()}",
+            [call],
+            before,
+            target,
+        )
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        changes = super().changes_since_plan(action, observed)
+        planned = limits_of(action.current_config.get("managed_scaling"))
+        if observed.get("managed_scaling") is not None and observed.get("managed_scaling") != planned:
+            # The optimiser proposes bounds only where no policy was set: one now means someone else set it.
+            changes.append(f"managed_scaling was {planned} in the plan, is {observed['managed_scaling']} now")
+        return changes
+
+    def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
+        emr = ctx.client("emr")
+        emr.put_managed_scaling_policy(**proposal.calls[0].params)
+        return {}
+
+    def verify(
+        self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
+    ) -> Verification:
+        live = read_cluster(ctx, cluster_id_of(action), self.policies)
+        observed = {"managed_scaling": live.state.get("managed_scaling")}
+        ok = observed == proposal.target
+        return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
+
+    def _restore(self, record: Mapping[str, Any]) -> ApiCall:
+        cid, was = cluster_id_of(record), (record.get("state_before") or {}).get("managed_scaling")
+        if not was:
+            return ApiCall("elasticmapreduce:RemoveManagedScalingPolicy", {"ClusterId": cid})
+        return ApiCall(
+            "elasticmapreduce:PutManagedScalingPolicy",
+            {"ClusterId": cid, "ManagedScalingPolicy": {"ComputeLimits": was}},
+        )
+
+    def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
+        cid, call = cluster_id_of(record), self._restore(record)
+        live = read_cluster(ctx, cid, self.policies)
+        if not live.exists:
+            raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to restore")
+        emr = ctx.client("emr")
+        if call.api.endswith("RemoveManagedScalingPolicy"):
+            emr.remove_managed_scaling_policy(**call.params)
+        else:
+            emr.put_managed_scaling_policy(**call.params)
+        return {"managed_scaling": read_cluster(ctx, cid, self.policies).state.get("managed_scaling")}
+
+    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
+        return [self._restore(record)]
+
+
+class ResizeInstanceGroups(_EmrPlugin):
+    """ModifyInstanceGroups to the row's core and task counts (groups matched live by role, type and market);
+    rollback sets the recorded counts again. Fleets, and rows that need new groups (a change of market), are
+    not applicable."""
+
+    actions = ("emr_resize",)
+    policies = ("managed_scaling",)
+    rollback_on_failure = True
+
+    def plan(
+        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        cid = cluster_id_of(action)
+        if live.exists and live.state.get("collection_type") == FLEETS:
+            return Proposal(
+                "not_applicable",
+                f"EMR cluster {cid} uses instance fleets: the executor does not resize fleets (ModifyInstanceFleet); "
+                "change the fleet's target capacities by hand from the row",
+            )
+        stop = _not_changeable(cid, live)
+        if stop:
+            return stop
+        groups = live.state.get("instance_groups") or []
+        before = {
+            "instance_groups": [{k: g[k] for k in ("id", "role", "instance_type", "market", "count")} for g in groups]
+        }
+        if live.state.get("managed_scaling"):
+            return Proposal(
+                "not_applicable",
+                f"managed scaling owns the counts of {cid} ({live.state['managed_scaling']}): a resize would be "
+                "undone; re-plan",
+                before=before,
+            )
+        adds = _calls(action, "AddInstanceGroups")
+        if adds:
+            return self._plan_new_groups(cid, action, groups, adds)
+        changes, target = [], {}
+        for wanted in action.proposed_config.get("instance_groups") or []:
+            if wanted.get("role") not in ("CORE", "TASK"):
+                continue
+            matches = [g for g in groups if _group_key(g) == _group_key(wanted)]
+            if len(matches) != 1:
+                return Proposal(
+                    "not_applicable",
+                    f"the {wanted.get('role')} group {wanted.get('instance_type')} {wanted.get('market')} of the plan "
+                    f"matches {len(matches)} live group(s) of {cid}, and the row adds no group (no AddInstanceGroups "
+                    "in its api_calls): not applied; re-plan",
+                    before=before,
+                )
+            group, count = matches[0], int(wanted.get("count") or 0)
+            target[group["id"]] = count
+            if group["count"] != count:
+                changes.append({"InstanceGroupId": group["id"], "InstanceCount": count})
+        if not target:
+            return Proposal("not_applicable", f"plan row {action.action_id} names no core or task group", before=before)
+        goal = {"instance_group_counts": target}
+        if not changes:
+            return Proposal("done", f"already applied: groups of {cid} have {target}", before=before, target=goal)
+        call = ApiCall("elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cid, "InstanceGroups": changes})
+        what = ", ".join(f"{c['InstanceGroupId']} -> {c['InstanceCount']}" for c in changes)
+        return Proposal("ready", f"resize instance groups of {cid}: {what}", [call], before, goal)
+
+    def _plan_new_groups(
+        self, cid: str, action: PlannedAction, groups: Sequence[Mapping[str, Any]], adds: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        """Task (or core) nodes to Spot: the row's new Spot groups added first (``AddInstanceGroups``, those not
+        there yet, found by name), then the on-demand group it replaces set to 0 (``ModifyInstanceGroups``)."""
+        named = {g.get("name"): g for g in groups if g.get("name")}
+        new = [dict(g) for c in adds for g in (c.get("parameters") or {}).get("InstanceGroups") or []]
+        bad = [g for g in new if g.get("Market") != "SPOT" or g.get("InstanceRole") not in ("CORE", "TASK")]
+        if bad or any((c.get("parameters") or {}).get("JobFlowId") != cid for c in adds):
+            raise ExecutorError(
+                f"plan row {action.action_id}: AddInstanceGroups must add Spot core or task groups to {cid}; re-plan"
+            )
+        names = {str(g.get("Name")) for g in new}
+        old = [g for g in groups if g.get("name") not in names]
+        before = {
+            "instance_groups": [{k: g[k] for k in ("id", "role", "instance_type", "market", "count")} for g in old]
+        }
+        missing = [g for g in new if g.get("Name") not in named]
+        drained = [
+            {"InstanceGroupId": str(i["InstanceGroupId"]), "InstanceCount": int(i["InstanceCount"])}
+            for c in _calls(action, "ModifyInstanceGroups")
+            for i in (c.get("parameters") or {}).get("InstanceGroups") or []
+        ]
+        live_ids = {g["id"]: g for g in old}
+        if any(d["InstanceGroupId"] not in live_ids for d in drained):
+            return Proposal(
+                "not_applicable",
+                f"the on-demand group the row replaces is not a live group of {cid} any more: re-plan",
+                before=before,
+            )
+        target = {
+            "new_groups": {str(g["Name"]): int(g["InstanceCount"]) for g in new},
+            "instance_group_counts": {d["InstanceGroupId"]: d["InstanceCount"] for d in drained},
+        }
+        calls = []
+        if missing:
+            calls.append(ApiCall("elasticmapreduce:AddInstanceGroups", {"JobFlowId": cid, "InstanceGroups": missing}))
+        todo = [d for d in drained if live_ids[d["InstanceGroupId"]]["count"] != d["InstanceCount"]]
+        if todo:
+            calls.append(ApiCall("elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cid, "InstanceGroups": todo}))
+        if not calls:
+            return Proposal(
+                "done", f"already applied: Spot groups {sorted(names)} on {cid}", before=before, target=target
+            )
+        return Proposal(
+            "ready",
+            f"add Spot group(s) {', '.join(sorted(str(g['Name']) for g in missing)) or '(already there)'} to {cid}, "
+            f"then {', '.join(d['InstanceGroupId'] for d in todo) or 'nothing'} to 0",
+            calls,
+            before,
+            target,
+        )
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        # Spot groups an interrupted earlier attempt added are the action's own, not a change since the plan.
+        names = {
+            str(g.get("Name")) for c in _calls(action, "AddInstanceGroups") for g in c["parameters"]["InstanceGroups"]
+        }
+        groups = [g for g in observed.get("instance_groups") or [] if g.get("name") not in names]
+        return groups_changed(action.current_config, {**observed, "instance_groups": groups})
+
+    def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
+        emr = ctx.client("emr")
+        for call in proposal.calls:
+            if call.api.endswith("AddInstanceGroups"):
+                emr.add_instance_groups(**call.params)
+            else:
+                emr.modify_instance_groups(**call.params)
+        wanted = proposal.target.get("new_groups") or {}
+        if not wanted:
+            return {}
+        live = read_cluster(ctx, cluster_id_of(action)).state.get("instance_groups") or []
+        return {"added_groups": {g["name"]: g["id"] for g in live if g.get("name") in wanted}}
+
+    def verify(
+        self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
+    ) -> Verification:
+        live = read_cluster(ctx, cluster_id_of(action))
+        groups = {g["id"]: g for g in live.state.get("instance_groups") or []}
+        if proposal.target.get("new_groups"):
+            by_name = {g.get("name"): g for g in groups.values()}
+            new = {n: by_name[n]["count"] for n in proposal.target["new_groups"] if n in by_name}
+            if new != proposal.target["new_groups"]:
+                return Verification(False, {"new_groups": new}, f"expected Spot groups {proposal.target['new_groups']}")
+        counts = {gid: groups[gid]["count"] for gid in proposal.target["instance_group_counts"] if gid in groups}
+        observed = {
+            "instance_group_counts": counts,
+            "group_states": {gid: groups[gid]["group_state"] for gid in counts},
+        }
+        if proposal.target.get("new_groups"):
+            observed["new_groups"] = dict(proposal.target["new_groups"])
+        bad = [gid for gid, s in observed["group_states"].items() if s in ("ARRESTED", "SUSPENDED", "TERMINATED")]
+        ok = counts == proposal.target["instance_group_counts"] and not bad
+        return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
+
+    def restore_refusal(
+        self, record: Mapping[str, Any], current: Mapping[str, Any], proposed: Mapping[str, Any]
+    ) -> str | None:
+        before = (record.get("state_before") or {}).get("instance_groups") or []
+        planned = current.get("instance_groups") or []
+        held = sorted((*_group_key(g), int(g.get("count") or 0)) for g in planned)
+        wanted = sorted((*_group_key(g), int(g.get("count") or 0)) for g in before)
+        if not planned or held == wanted:
+            return None
+        return (
+            f"the audit record of {record.get('action_id')} would restore {record.get('resource_id')} to groups "
+            f"{_text(wanted)}, which the plan never held ({_text(held)}): refusing; check the audit file and the "
+            "cluster by hand"
+        )
+
+    def _restore(self, record: Mapping[str, Any], live: Mapping[str, Any] | None) -> ApiCall | None:
+        before = (record.get("state_before") or {}).get("instance_groups") or []
+        touched = ((record.get("state_after") or {}).get("instance_group_counts") or {}).keys()
+        now = {g["id"]: g["count"] for g in (live or {}).get("instance_groups") or []}
+        changes = [
+            {"InstanceGroupId": g["id"], "InstanceCount": g["count"]}
+            for g in before
+            if g.get("role") in ("CORE", "TASK")
+            and (not touched or g["id"] in touched)
+            and (live is None or now.get(g["id"]) != g["count"])
+        ]
+        added = list(((record.get("state_after") or {}).get("added_groups") or {}).values())
+        if not added and live is not None:  # an automatic rollback: the groups the row adds, found by name
+            proposed = (record.get("plan_config") or {}).get("proposed") or {}
+            names = {
+                g.get("Name")
+                for c in proposed.get("api_calls") or []
+                if c.get("operation") == "AddInstanceGroups"
+                for g in (c.get("parameters") or {}).get("InstanceGroups") or []
+            }
+            added = [g["id"] for g in live.get("instance_groups") or [] if g.get("name") in names]
+        # EMR keeps a task group once added: emptied, not removed.
+        changes += [{"InstanceGroupId": gid, "InstanceCount": 0} for gid in added if live is None or now.get(gid) != 0]
+        if not changes:
+            return None
+        return ApiCall(
+            "elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cluster_id_of(record), "InstanceGroups": changes}
+        )
+
+    def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
+        cid = cluster_id_of(record)
+        live = read_cluster(ctx, cid)
+        if not live.exists:
+            raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to resize back")
+        call = self._restore(record, live.state)
+        if call is not None:
+            emr = ctx.client("emr")
+            emr.modify_instance_groups(**call.params)
+        after = read_cluster(ctx, cid).state.get("instance_groups") or []
+        return {"instance_group_counts": {g["id"]: g["count"] for g in after if g.get("role") in ("CORE", "TASK")}}
+
+
+def _calls(action: PlannedAction, operation: str) -> list[Mapping[str, Any]]:
+    return [c for c in action.proposed_config.get("api_calls") or [] if c.get("operation") == operation]
+
+    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
+        call = self._restore(record, None)
+        return [call] if call else []
