@@ -105,15 +105,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"CLOUDOPT_START_DATE is no longer read: daily partitions start on {START_DATE} in every "
             "deployment (cloudopt_pipelines/settings.py START_DATE); unset CLOUDOPT_START_DATE"
         )
+    aws = _aws_source(env)
+    executor = ExecutorSettings(
+        role=_role(env, "CLOUDOPT_EXECUTOR_ROLE", "CloudoptExecutor"),
+        external_id_set=_external_id_set(env, EXECUTOR_EXTERNAL_ID_VAR),
+    )
+    if executor.role is not None and executor.role == aws.assume_role:
+        raise SettingsError(
+            f"CLOUDOPT_EXECUTOR_ROLE and CLOUDOPT_ASSUME_ROLE name the same role ({executor.role}): the collector "
+            "would collect with write permissions; give the executor its own role (docs/iam/executor-policy.json) "
+            "and the collector the read-only one (docs/iam/collector-readonly-policy.json)"
+        )
     return Settings(
         home=_home(env),
         env=_environment(env),
         sources=_sources(env),
-        aws=_aws_source(env),
-        executor=ExecutorSettings(
-            role=_role(env, "CLOUDOPT_EXECUTOR_ROLE", "CloudoptExecutor"),
-            external_id_set=_external_id_set(env, EXECUTOR_EXTERNAL_ID_VAR),
-        ),
+        aws=aws,
+        executor=executor,
         plan_constraints=plan_constraints(env),
         utilization_window_days=utilization_window_days(env),
         batch_max_rows=batch_max_rows(env),

@@ -45,6 +45,8 @@ PRODUCTION_ALLOWED_ACTIONS = ("delete_volume", "release_address", "reserve", "sa
 # `--all` never covers these: each needs its own action id in the approval.
 EXPLICIT_APPROVAL_ACTIONS = ("terminate",)
 SCHEDULE_METHODS = ("custodian_tag", "instance_scheduler_tag", "stop_start")
+#: The largest blast-radius limit a configuration may set: above it a limit no longer limits anything.
+MAX_BLAST_RADIUS = 1000
 
 
 class PolicyError(ValueError):
@@ -222,6 +224,13 @@ class ExecutorPolicy:
             raise PolicyError(f"schedule_method {self.schedule_method!r} is not one of {', '.join(SCHEDULE_METHODS)}")
         if min(self.max_actions_per_run, self.max_actions_per_day, self.max_actions_per_account) < 0:
             raise PolicyError("max_actions_per_run, max_actions_per_day and max_actions_per_account must be >= 0")
+        for name in ("max_actions_per_run", "max_actions_per_day", "max_actions_per_account"):
+            if getattr(self, name) > MAX_BLAST_RADIUS:
+                raise PolicyError(
+                    f"{name}: {getattr(self, name)} would lower a safety floor: above {MAX_BLAST_RADIUS} there is "
+                    "no blast-radius limit; keep it at most that and let the rest go in later runs and days "
+                    "(docs/executor.md#safety-floors)"
+                )
 
     def protection(self, tags: Mapping[str, str], namespace: str | None = None) -> tuple[bool, str]:
         """(protected, why) from the live tags: the built-in ``cloudopt:protect`` tag (``cloudopt.io/protect``
