@@ -66,15 +66,14 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     source = source or source_for(settings)
     partitions = partitions_for(settings)
     assets = with_partitions([*lake_assets, warehouse_asset, build_savings_report_asset(optimizers)], partitions)
+    # without a clusters file the Kubernetes tables stay in the graph as external assets (read as empty)
+    placeholders = (
+        []
+        if k8s
+        else [p.replace_attributes(partitions_def=partitions.account_daily) for p in kubernetes_placeholders()]
+    )
     return dg.Definitions(
-        assets=[
-            *describe_assets(assets, freshness=settings.env != "demo"),
-            *(
-                []
-                if k8s
-                else [p.replace_attributes(partitions_def=partitions.account_daily) for p in kubernetes_placeholders()]
-            ),
-        ],
+        assets=describe_assets([*assets, *placeholders], freshness=settings.env != "demo"),
         asset_checks=build_recommendation_checks(optimizers, partitions.account_daily),
         jobs=[daily_job, catalog_job, warehouse_job, portfolio_plan_job],
         schedules=[daily_pipeline_schedule],

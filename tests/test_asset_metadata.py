@@ -47,12 +47,13 @@ def _table(**columns) -> pa.Table:
 
 def test_violations_find_each_broken_rule_and_nothing_else() -> None:
     table = _table(
-        resource_id=["ok", "negative", "dearer", "risky", "risky-not-best"],
-        is_best=[True, True, True, True, False],
-        monthly_cost_current_usd=[100.0, 100.0, 100.0, 100.0, 100.0],
-        monthly_cost_proposed_usd=[60.0, 100.0, 120.0, 50.0, 40.0],
-        monthly_savings_usd=[40.0, -5.0, 0.0, 50.0, 60.0],
-        performance_risk=[1.0, 0.0, 0.0, 2.5, 3.0],
+        resource_id=["ok", "negative", "dearer", "risky", "risky-not-best", "dearer-not-best", "upsize"],
+        is_best=[True, True, True, True, False, False, True],
+        finding=["over-provisioned", "idle", "over-provisioned", "over-provisioned", None, None, "under-provisioned"],
+        monthly_cost_current_usd=[100.0] * 7,
+        monthly_cost_proposed_usd=[60.0, 100.0, 120.0, 50.0, 40.0, 130.0, 150.0],
+        monthly_savings_usd=[40.0, -5.0, 0.0, 50.0, 60.0, -30.0, -50.0],
+        performance_risk=[1.0, 0.0, 0.0, 2.5, 3.0, 0.0, 0.0],
     )
     found = {name: t.column("resource_id").to_pylist() for name, t in recommendation_violations(table, 2.0).items()}
     assert found == {

@@ -61,7 +61,9 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
 
 
-def describe_assets(assets: Sequence[dg.AssetsDefinition], freshness: bool) -> list[dg.AssetsDefinition]:
+def describe_assets(
+    assets: Sequence[dg.AssetsDefinition | dg.AssetSpec], freshness: bool
+) -> list[dg.AssetsDefinition | dg.AssetSpec]:
     """The assets with owners, ``dagster/column_schema`` for each lake table with a declared schema, and
     (``freshness``: with real accounts) a freshness policy on every partitioned daily asset."""
 
@@ -77,7 +79,7 @@ def describe_assets(assets: Sequence[dg.AssetsDefinition], freshness: bool) -> l
             attributes["freshness_policy"] = ACCOUNT_DAILY_FRESHNESS if multi else DAILY_FRESHNESS
         return spec.replace_attributes(**attributes) if attributes else spec
 
-    return [a.map_asset_specs(describe) for a in assets]
+    return list(dg.map_asset_specs(describe, assets))
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -89,20 +91,26 @@ def recommendation_violations(table: pa.Table, max_best_risk: float | None) -> d
     savings = pc.fill_null(table["monthly_savings_usd"], 0.0)
     current = pc.fill_null(table["monthly_cost_current_usd"], 0.0)
     proposed = pc.fill_null(table["monthly_cost_proposed_usd"], 0.0)
+    best = pc.fill_null(table["is_best"], False)
+    # what is recommended is each resource's best option; other options (dearer up-sizes and alternatives) are
+    # listed for comparison, and an up-size that buys missing headroom may cost more on purpose
+    upsize = pc.fill_null(pc.equal(table["finding"], "under-provisioned"), False)
+    judged = pc.and_(best, pc.invert(upsize))
     out = {
-        "no_negative_savings": table.filter(pc.less(savings, -1e-9)),
-        "no_proposal_above_current_cost": table.filter(pc.greater(proposed, pc.add(current, 1e-9))),
+        "no_negative_savings": table.filter(pc.and_(judged, pc.less(savings, -1e-9))),
+        "no_proposal_above_current_cost": table.filter(pc.and_(judged, pc.greater(proposed, pc.add(current, 1e-9)))),
     }
     if max_best_risk is not None:
-        best = pc.fill_null(table["is_best"], False)
         risky = pc.greater(pc.fill_null(table["performance_risk"], 0.0), max_best_risk)
         out["best_option_within_risk_limit"] = table.filter(pc.and_(best, risky))
     return out
 
 
 CHECK_DESCRIPTIONS = {
-    "no_negative_savings": "No option of the partition has negative monthly savings.",
-    "no_proposal_above_current_cost": "No option proposes a monthly cost above the resource's current cost.",
+    "no_negative_savings": "No best option has negative monthly savings (an under-provisioned resource's up-size "
+    "may: it buys headroom).",
+    "no_proposal_above_current_cost": "No best option proposes a monthly cost above the resource's current cost "
+    "(up-sizes of under-provisioned resources excepted).",
     "best_option_within_risk_limit": "Every best option's performance risk is at most the optimiser's "
     "max_best_risk (its run config, else its default).",
 }
