@@ -12,6 +12,16 @@ DEMO_ACCOUNTS = ["123456789012", "210987654321"]
 DEMO_DAYS = [date(2026, 11, 16), date(2026, 11, 17)]
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_defs_state_storage() -> None:
+    """Dagster keeps the entered instance's defs-state storage in a context variable; an instance entered and
+    disposed in another context (a thread, a generator) can leave it pointing at a disposed instance, and every
+    later definitions load then fails on its dead weakref. Each test starts without one, as a process does."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+
+
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """CLOUDOPT_HOME after `cloudopt run` over 2 accounts x 2 demo days (shared, treat as read-only)."""
