@@ -218,8 +218,51 @@ def test_settings_outside_the_allowed_ones_are_refused():
     with pytest.raises(SizingError, match="cpu_percentile"):
         SizingPolicy(cpu_percentile=50.0)
     with pytest.raises(SizingError, match="cpu_headroom_pct"):
-        SizingPolicy(cpu_headroom_pct=10.0)
+        SizingPolicy(cpu_headroom_pct=12.0)
+    with pytest.raises(SizingError, match="peak_share"):
+        SizingPolicy(peak_share=1.5)
+    with pytest.raises(SizingError, match="recent_share"):
+        SizingPolicy(recent_share=0.0)
+    with pytest.raises(SizingError, match="memory_percentile"):
+        SizingPolicy(memory_percentile=50.0)
     assert set(RISK_SETTINGS) >= {"balanced", "cautious", "aggressive"}
+
+
+def test_recent_share_reads_the_percentile_of_the_newest_samples(azure, catalog):
+    vm = azure["azure-1061254"]
+    prof = profile_of(vm, catalog, "m5.xlarge")
+    peaks = vm.cpu_pct[~np.isnan(vm.cpu_pct)] / 100 * 4
+    for share in (0.25, 0.5):
+        demand = required_capacity(prof, SizingPolicy(cpu_percentile=95.0, cpu_headroom_pct=0.0, recent_share=share))
+        newest = peaks[-round(share * peaks.size) :]
+        assert demand.cpu_percentile_vcpu == pytest.approx(np.percentile(newest, 95))
+        assert demand.recent_share == share
+    whole = required_capacity(prof, SizingPolicy(cpu_percentile=95.0, cpu_headroom_pct=0.0))
+    assert whole.cpu_percentile_vcpu == pytest.approx(np.percentile(peaks, 95))
+
+
+def test_peak_share_keeps_a_share_of_the_maximum(azure, catalog):
+    vm = azure["azure-1061254"]  # spiky: P90 11 %, maximum 77 %
+    prof = profile_of(vm, catalog, "m5.xlarge")
+    plain = required_capacity(prof, SizingPolicy(cpu_percentile=90.0, cpu_headroom_pct=0.0))
+    aware = required_capacity(prof, SizingPolicy(cpu_percentile=90.0, cpu_headroom_pct=0.0, peak_share=0.9))
+    assert plain.vcpu < 0.9 * prof.cpu_max_vcpu
+    assert aware.vcpu == pytest.approx(0.9 * np.nanmax(vm.cpu_pct) / 100 * 4)
+
+
+def test_memory_percentile_only_where_memory_covers_the_window(gcd, catalog):
+    vm = gcd["vm_6127640366_9"]
+    full = profile_of(vm, catalog, "m5.2xlarge")
+    assert full.memory_over_full_window
+    policy = SizingPolicy(memory_percentile=99.0, memory_headroom_pct=5.0)
+    mem = vm.mem_pct[~np.isnan(vm.mem_pct)] / 100 * 32
+    assert required_capacity(full, policy).memory_gib == pytest.approx(np.percentile(mem, 99) * 1.05)
+    gaps = vm.mem_pct.copy()
+    gaps[: gaps.size // 2] = np.nan  # half the window without memory data: the peak, not the percentile
+    t = catalog.get(REGION, "m5.2xlarge")
+    partial = analyze_utilization(vm.cpu_avg_pct, cpu_max_pct=vm.cpu_pct, mem_pct=gaps, vcpu=t.vcpu, memory_gib=32)
+    assert not partial.memory_over_full_window
+    assert required_capacity(partial, policy).memory_gib == pytest.approx(np.nanmax(gaps) / 100 * 32 * 1.05)
 
 
 def test_graviton_candidates_carry_a_migration_effort_and_unknown_types_are_named(azure, catalog):

@@ -36,9 +36,6 @@ import numpy as np
 from cloudopt_pipelines.backtest.features import TraceFeatures, trace_features
 from cloudopt_pipelines.backtest.traces import VmTrace
 from cloudopt_pipelines.optimizers.sizing import (
-    CPU_HEADROOMS_PCT,
-    CPU_PERCENTILES,
-    MEMORY_HEADROOMS_PCT,
     SAMPLES_PER_DAY,
     Catalog,
     Demand,
@@ -110,14 +107,17 @@ def _ours(policy: SizingPolicy, name: str | None = None) -> Strategy:
         return required_capacity(profile, policy)
 
     gate = f"best option at risk <= {policy.max_best_risk:g}" if policy.max_best_risk < 4 else "no risk limit"
+    recent = f" of the newest {100 * policy.recent_share:g} % of the window" if policy.recent_share < 1 else ""
+    peak = f"at least {policy.peak_share:g} x the window maximum " if policy.peak_share else ""
+    memory = "peak" if policy.memory_percentile == 100 else f"P{policy.memory_percentile:g} (peak without full data)"
     return Strategy(
         name or f"ours {policy.name} risk<={policy.max_best_risk:g}",
         "ours",
         demand,
         policy,
-        f"CPU P{policy.cpu_percentile:g} of 5-min maxima + {policy.cpu_headroom_pct:g} % "
+        f"CPU P{policy.cpu_percentile:g} of 5-min maxima{recent} + {policy.cpu_headroom_pct:g} % "
         f"{'adaptive ' if policy.adaptive else ''}headroom "
-        f"{'and at least the window maximum ' if policy.floor_at_max else ''}(never capped), memory peak + "
+        f"{'and at least the window maximum ' if policy.floor_at_max else ''}{peak}(never capped), memory {memory} + "
         f"{policy.memory_headroom_pct:g} %, {gate}, architecture {policy.architecture}",
     )
 
@@ -131,11 +131,52 @@ BASELINES: tuple[Strategy, ...] = (
 )
 
 
+#: The first grid of risk settings (CPU percentile x headroom x memory headroom).
+GRID_CPU_PERCENTILES = (90.0, 95.0, 99.5)
+GRID_CPU_HEADROOMS_PCT = (0.0, 20.0, 30.0)
+GRID_MEMORY_HEADROOMS_PCT = (10.0, 20.0, 30.0)
+
+
+def _families(with_memory: bool) -> list[SizingPolicy]:
+    """The rule families added to the grid, each chosen on validation splits inside the training
+    windows (docs/backtests.md, "Choices made without the test windows"), never on a test window:
+
+    - recency: the CPU percentile of the newest quarter or half of the window;
+    - peak-aware: P90/P95 but at least 0.85/0.9 x the window maximum;
+    - finer headroom: 5, 10 and 15 % on P90/P95/P99, and P99.5 + 5 % with the risk limit;
+    - maximum + headroom: the window maximum + 20 % or + 50 % (the cautious end of the curve);
+    - memory at peak + 0/5 % or P99 + 5 % / P95 + 10 % where memory data covers the window.
+    """
+    memory = ((100.0, 0.0), (100.0, 5.0), (99.0, 5.0), (95.0, 10.0)) if with_memory else ((100.0, 20.0),)
+    cpu: list[dict[str, Any]] = []
+    for share in (0.25, 0.5):
+        for q in (95.0, 99.0):
+            for h in (0.0, 5.0, 10.0):
+                cpu.append({"cpu_percentile": q, "cpu_headroom_pct": h, "recent_share": share, "max_best_risk": 4.0})
+    for q in (90.0, 95.0):
+        for f in (0.85, 0.9):
+            for risk in (2.0, 4.0):
+                cpu.append({"cpu_percentile": q, "cpu_headroom_pct": 0.0, "peak_share": f, "max_best_risk": risk})
+    for q in (90.0, 95.0, 99.0):
+        for h in (5.0, 10.0, 15.0):
+            cpu.append({"cpu_percentile": q, "cpu_headroom_pct": h, "max_best_risk": 4.0})
+    cpu.append({"cpu_percentile": 99.0, "cpu_headroom_pct": 0.0, "max_best_risk": 4.0})
+    cpu.append({"cpu_percentile": 99.5, "cpu_headroom_pct": 5.0, "max_best_risk": 1.0})
+    for h in (20.0, 50.0):
+        cpu.append({"cpu_percentile": 100.0, "cpu_headroom_pct": h, "max_best_risk": 1.0})
+    return [
+        SizingPolicy(**c, memory_percentile=mq, memory_headroom_pct=mh)  # type: ignore[arg-type]
+        for c in cpu
+        for mq, mh in memory
+    ]
+
+
 def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[Strategy, ...]:
     """The shipped default (``SizingPolicy()``: P99.5 + 20 %, best option at risk <= 1), then every
-    risk setting of ours: CPU percentile x CPU headroom (x memory headroom when there is memory data),
-    each without and with the default's risk limit, plus floor-max (the cautious setting)."""
-    memory = MEMORY_HEADROOMS_PCT if with_memory else (20.0,)
+    risk setting of ours: the first grid (CPU percentile x CPU headroom x memory headroom when there is
+    memory data, each without and with the default's risk limit), floor-max (the cautious setting) and
+    the rule families of ``_families``."""
+    memory = GRID_MEMORY_HEADROOMS_PCT if with_memory else (20.0,)
     grid = tuple(
         _ours(
             SizingPolicy(
@@ -147,8 +188,8 @@ def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[St
             )
         )
         for risk in (4.0, 1.0)
-        for q in CPU_PERCENTILES
-        for h in CPU_HEADROOMS_PCT
+        for q in GRID_CPU_PERCENTILES
+        for h in GRID_CPU_HEADROOMS_PCT
         for m in memory
     )
     floor = SizingPolicy(
@@ -157,7 +198,8 @@ def our_strategies(with_memory: bool = True, adaptive: bool = False) -> tuple[St
     default = _ours(SizingPolicy(adaptive=adaptive), DEFAULT_SETTING)
     # The rule the default replaced (an up-size on headroom alone is best), kept to show the difference.
     on_headroom = _ours(SizingPolicy(adaptive=adaptive, upsize_on_headroom=True), "ours default, up-size on headroom")
-    return (default, on_headroom, *grid, _ours(replace(floor, max_best_risk=4.0)))
+    families = tuple(_ours(replace(p, adaptive=adaptive)) for p in _families(with_memory))
+    return (default, on_headroom, *grid, _ours(replace(floor, max_best_risk=4.0)), *families)
 
 
 def default_strategies(with_memory: bool = True) -> tuple[Strategy, ...]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -51,9 +51,11 @@ from cloudopt_pipelines.storage.schemas import MAX_PRICE_USD_PER_HOUR
 HOURS_PER_MONTH = 730.0
 SAMPLES_PER_DAY = 288
 
-CPU_PERCENTILES = (90.0, 95.0, 99.5)
-CPU_HEADROOMS_PCT = (0.0, 20.0, 30.0)
-MEMORY_HEADROOMS_PCT = (10.0, 20.0, 30.0)
+CPU_PERCENTILES = (90.0, 95.0, 99.0, 99.5, 100.0)
+CPU_HEADROOMS_PCT = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0)
+MEMORY_HEADROOMS_PCT = (0.0, 5.0, 10.0, 20.0, 30.0)
+# The memory percentile a policy may read instead of the peak, only where memory data covers the window.
+MEMORY_PERCENTILES = (95.0, 99.0, 99.5, 100.0)
 
 # Baseline CPU per vCPU of the burstable types (AWS EC2 User Guide, "Key concepts and definitions for
 # burstable performance instances", baseline utilisation per vCPU). t3a has the same table as t3.
@@ -125,8 +127,17 @@ class SizingPolicy:
     max_best_risk: float = 1.0  # the highest performance risk the best option may have (DEFAULT_MAX_BEST_RISK)
     min_hours_of_data: float = 30.0  # under this, only "gathering-data" (MIN_HOURS_OF_DATA)
     upsize_on_headroom: bool = False  # True: an up-size resting on headroom alone may be the best option
+    peak_share: float = 0.0  # CPU demand at least this share of the window's 5-minute maximum (0: off)
+    memory_percentile: float = 100.0  # memory percentile read when memory data covers the full window
+    recent_share: float = 1.0  # the CPU percentile is read over this newest share of the window (1: all of it)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.peak_share <= 1.0:
+            raise SizingError(f"peak_share must be between 0 and 1 (a share of the maximum), not {self.peak_share}")
+        if not 0.0 < self.recent_share <= 1.0:
+            raise SizingError(f"recent_share must be over 0 and at most 1 (of the window), not {self.recent_share}")
+        if self.memory_percentile not in MEMORY_PERCENTILES:
+            raise SizingError(f"memory_percentile must be one of {MEMORY_PERCENTILES}, not {self.memory_percentile}")
         if self.cpu_percentile not in CPU_PERCENTILES:
             raise SizingError(f"cpu_percentile must be one of {CPU_PERCENTILES}, not {self.cpu_percentile}")
         if self.cpu_headroom_pct not in CPU_HEADROOMS_PCT:
@@ -141,6 +152,12 @@ class SizingPolicy:
     @property
     def name(self) -> str:
         name = f"p{self.cpu_percentile:g}+{self.cpu_headroom_pct:g}% mem+{self.memory_headroom_pct:g}%"
+        if self.peak_share:
+            name = name.replace("%", f"% max*{self.peak_share:g}", 1)
+        if self.recent_share < 1.0:
+            name = f"recent{100 * self.recent_share:g}% " + name
+        if self.memory_percentile != 100.0:
+            name = name.replace("mem+", f"mem P{self.memory_percentile:g}+", 1)
         return name + (" floor-max" if self.floor_at_max else "") + (" adaptive" if self.adaptive else "")
 
 
@@ -171,6 +188,8 @@ class CpuSeries:
 
     mean_vcpu: np.ndarray  # 5-minute averages (the peak where a slot has no average)
     peak_vcpu: np.ndarray  # 5-minute maxima where the source gives them, else the averages
+    # peak / credit-limited capacity per burstable type, replayed once (the series never changes)
+    _credit_ratios: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -529,23 +548,41 @@ class Demand:
     memory_floor_gib: float | None = None
     cpu_percentile: float = 100.0  # the percentile of the 5-minute maxima the rule reads (100 = maximum)
     floor_at_max: bool = False  # never less than the window's maximum, whatever the percentile
+    peak_share: float = 0.0  # never less than this share of the window's maximum (0: off)
+    recent_share: float = 1.0  # the percentile is of this newest share of the window's samples
 
     @property
     def min_memory_gib(self) -> float:
         return self.memory_gib if self.memory_gib is not None else (self.memory_floor_gib or 0.0)
 
 
+def recent_samples(values: np.ndarray, share: float) -> np.ndarray:
+    """The newest ``share`` of an ordered series (at least one sample)."""
+    return values[-max(1, round(share * values.size)) :]
+
+
 def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Demand:
     """The vCPU, memory and network a candidate must provide under ``policy``."""
     p_cpu = profile.cpu_vcpu(policy.cpu_percentile)
+    recent = policy.recent_share < 1.0 and profile.series is not None and profile.series.peak_vcpu.size > 0
+    if recent:
+        # Recency: the percentile of the newest part of the window, which predicts the next days better
+        # than old load (backtested, docs/backtests.md); without the ordered series, the whole window's.
+        newest = recent_samples(profile.series.peak_vcpu, policy.recent_share)
+        p_cpu = float(np.percentile(newest, policy.cpu_percentile))
     factor = adaptive_factor(profile) if policy.adaptive else 1.0
     headroom = (1 + policy.cpu_headroom_pct / 100) * factor
     vcpu = p_cpu * headroom
     if policy.floor_at_max and profile.samples:
         vcpu = max(vcpu, profile.cpu_max_vcpu)
+    if policy.peak_share and profile.samples:
+        # Peak-aware: a spiky window (maximum far above the percentile) keeps a share of its maximum.
+        vcpu = max(vcpu, policy.peak_share * profile.cpu_max_vcpu)
     mem = None
     if profile.has_memory:
-        mem = profile.mem_max_gib * (1 + policy.memory_headroom_pct / 100)
+        # A percentile below the peak only where memory data covers the window: a partial one may miss the peak.
+        mem_q = policy.memory_percentile if profile.memory_over_full_window else 100.0
+        mem = profile.mem_gib(mem_q) * (1 + policy.memory_headroom_pct / 100)
     net = profile.net_peak_bps * (1 + policy.cpu_headroom_pct / 100) if profile.net_peak_bps is not None else None
     for name, value in (
         (f"CPU P{policy.cpu_percentile:g} of the 5-minute maxima", p_cpu),
@@ -567,6 +604,8 @@ def required_capacity(profile: UtilizationProfile, policy: SizingPolicy) -> Dema
         memory_floor_gib=None if mem is not None else profile.memory_gib,
         cpu_percentile=policy.cpu_percentile,
         floor_at_max=policy.floor_at_max,
+        peak_share=policy.peak_share,
+        recent_share=policy.recent_share if recent else 1.0,
     )
 
 
@@ -832,9 +871,11 @@ def burstable_fits(profile: UtilizationProfile, instance: InstanceType, demand: 
         )
     if profile.series is None:
         return False, f"no 5-minute series to replay the CPU credits of {instance.instance_type}"
-    need = credit_limited_need(profile.series, instance, demand.cpu_percentile) * factor
+    need = credit_limited_need(profile.series, instance, demand.cpu_percentile, demand.recent_share) * factor
     if demand.floor_at_max:
         need = max(need, credit_limited_need(profile.series, instance, 100.0))
+    if demand.peak_share:
+        need = max(need, demand.peak_share * credit_limited_need(profile.series, instance, 100.0))
     if need > 1.0 + 1e-9:
         return False, (
             f"from zero launch credits, P{demand.cpu_percentile:g} of the 5-minute maxima with headroom is "
@@ -856,13 +897,19 @@ def zero_credit_fit(demand: Demand, instance: InstanceType) -> bool:
     return demand.vcpu <= instance.burstable_baseline_pct / 100 * instance.vcpu + 1e-9
 
 
-def credit_limited_need(series: CpuSeries, instance: InstanceType, percentile: float) -> float:
+def credit_limited_need(
+    series: CpuSeries, instance: InstanceType, percentile: float, recent_share: float = 1.0
+) -> float:
     """Percentile ``percentile`` of 5-minute maxima / credit-limited capacity on a burstable type
-    replayed from zero credits (credits spent by the 5-minute averages)."""
+    replayed from zero credits (credits spent by the 5-minute averages), over the newest
+    ``recent_share`` of the series (the replay itself always runs from the start)."""
     if series.peak_vcpu.size == 0:
         return 0.0
-    capacity, _ = simulate_credits(series.mean_vcpu, instance)
-    return float(np.percentile(series.peak_vcpu / capacity, percentile))
+    ratio = series._credit_ratios.get(instance.instance_type)
+    if ratio is None:
+        capacity, _ = simulate_credits(series.mean_vcpu, instance)
+        ratio = series._credit_ratios[instance.instance_type] = series.peak_vcpu / capacity
+    return float(np.percentile(recent_samples(ratio, recent_share), percentile))
 
 
 def _risk_from_quantiles(quantiles: dict[float, float], capacity: float) -> float:
