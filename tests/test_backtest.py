@@ -14,6 +14,7 @@ from cloudopt_pipelines.backtest import (
     CandidateSet,
     backtest_command,
     backtest_report,
+    default_strategies,
     dominance,
     read_trace,
     run_backtest,
@@ -208,3 +209,36 @@ def test_research_only_traces_are_read_from_the_shared_folder(name, catalog_tabl
     report = backtest_report(path, 14, 7, max_vms=3, catalog_table=catalog_table)
     assert report["vms_backtested"] == 3
     assert all(s["vms"] == 3 for s in report["strategies"])
+
+
+def test_rule_families_are_scored_under_their_own_names():
+    from cloudopt_pipelines.backtest import our_strategies
+
+    cpu_only, with_memory = our_strategies(with_memory=False), our_strategies(with_memory=True)
+    for strategies in (cpu_only, with_memory):
+        names = [s.name for s in strategies]
+        assert len(names) == len(set(names))  # no two settings under one name
+        policies = [s.policy for s in strategies]
+        assert any(p.recent_share < 1 for p in policies) and any(p.peak_share > 0 for p in policies)
+        assert any(p.cpu_percentile == 100 and p.cpu_headroom_pct == 50 for p in policies)
+    assert any(s.policy.memory_percentile < 100 for s in with_memory)
+    assert all(s.policy.memory_percentile == 100 for s in cpu_only)  # no memory data: the peak rule only
+    assert cpu_only[0].name == DEFAULT_SETTING and cpu_only[0].policy == SizingPolicy()
+
+
+def test_a_setting_with_the_baselines_choices_ties_and_does_not_dominate(catalog):
+    from cloudopt_pipelines.backtest import Choice, StrategyResult
+
+    base = next(b for b in BASELINES if b.name == "cost-explorer-like")
+    ours = next(s for s in default_strategies(False) if s.kind == "ours")
+
+    def result(strategy, rec_price, violations):
+        r = StrategyResult(strategy)
+        r.choices.append(Choice("vm", strategy.name, "m5.xlarge", "x", 0.192, rec_price, 100, violations, 0.0))
+        return r
+
+    tie = dominance([result(ours, 0.096, 2), result(base, 0.096, 2)])
+    assert not tie["baselines"]["cost-explorer-like"]["dominated"]
+    assert tie["baselines"]["cost-explorer-like"]["nearest"]["savings_short_by_pct"] == 0
+    better = dominance([result(ours, 0.096, 1), result(base, 0.096, 2)])
+    assert better["baselines"]["cost-explorer-like"]["by"] == [ours.name]
