@@ -242,3 +242,24 @@ def test_a_setting_with_the_baselines_choices_ties_and_does_not_dominate(catalog
     assert tie["baselines"]["cost-explorer-like"]["nearest"]["savings_short_by_pct"] == 0
     better = dominance([result(ours, 0.096, 1), result(base, 0.096, 2)])
     assert better["baselines"]["cost-explorer-like"]["by"] == [ours.name]
+
+
+def test_doc_tables_come_from_the_report(tmp_path, catalog_table):
+    from cloudopt_pipelines.backtest.tables import front, main, section
+
+    report = backtest_report(GCD, 14, 7, catalog_table=catalog_table)
+    text = section(report)
+    for name in (b.name for b in BASELINES):
+        assert f"- {name} (" in text
+    assert "- default:" in text and DEFAULT_SETTING in text
+    ours = [s for s in report["strategies"] if s["kind"] == "ours"]
+    on_front = front(report["strategies"])
+    # Nothing of ours beats a front point on both figures.
+    for f in on_front:
+        better = [o for o in ours if o["savings_pct"] > f["savings_pct"]]
+        assert not any(o["violation_rate_pct"] < f["violation_rate_pct"] for o in better)
+    path = tmp_path / "google.json"
+    path.write_text(json.dumps(report))
+    svg = tmp_path / "chart.svg"
+    assert main([str(path), "--svg", str(svg)]) == 0
+    assert svg.read_text().startswith("<svg") and "kubecost-like" in svg.read_text()
