@@ -21,6 +21,8 @@ TITLES = {
     "google": "Google cluster-data 2011",
     "planetlab": "PlanetLab 2011-03-03",
 }
+#: How each trace may be shared (the data folder's README): in the doc's headings.
+LICENCE = {"azure": "ship-ok", "bitbrains": "research-only", "google": "ship-ok", "planetlab": "research-only"}
 
 
 def front(strategies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = json.loads(Path(path).read_text())
         name = next((k for k in TITLES if k in Path(path).stem), Path(path).stem)
         reports.append((TITLES.get(name, name), report))
-        print(f"### {TITLES.get(name, name)}\n\n{section(report)}\n")
+        heading = TITLES.get(name, name) + (f" ({LICENCE[name]})" if name in LICENCE else "")
+        print(f"### {heading}\n\n{section(report)}\n")
     svg.write_text(curves_svg(reports))
     return 0
 
