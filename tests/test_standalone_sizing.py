@@ -313,3 +313,15 @@ def test_confidence_combines_coverage_recency_and_stability(azure, catalog):
     stale = recommend_resize(replace(prof, last_sample_age_hours=24 + 3.5 * 24), "m5.xlarge", REGION, catalog)
     assert stale.confidence_detail.recency == pytest.approx(0.5)
     assert stale.confidence == pytest.approx(fresh.value * 0.5, abs=2e-3)
+
+
+def test_recent_share_reads_the_newest_credit_limited_ratios(azure, catalog):
+    from cloudopt_pipelines.optimizers.sizing import credit_limited_need
+
+    prof = profile_of(azure["azure-1061254"], catalog, "m5.xlarge")
+    t3 = catalog.get(REGION, "t3.xlarge")
+    capacity, _ = simulate_credits(prof.series.mean_vcpu, t3)  # replayed from zero over the whole window
+    ratio = prof.series.peak_vcpu / capacity
+    newest = ratio[-round(0.25 * ratio.size) :]
+    assert credit_limited_need(prof.series, t3, 95.0, 0.25) == pytest.approx(np.percentile(newest, 95))
+    assert credit_limited_need(prof.series, t3, 95.0) == pytest.approx(np.percentile(ratio, 95))
