@@ -95,6 +95,8 @@ def test_the_demo_summary_says_the_same_in_words(materialised) -> None:
     assert "resources to change" in text
     assert "why: over-provisioned: needs" in text and "confidence" in text and "of 14 days of data" in text
     assert "Graviton:" in text and "migration effort Medium" in text
+    # An orphan has no sizing reason: its finding and the rationale's first sentence stand for it.
+    assert "why: idle: Unattached gp2 volume of 500 GiB" in text
 
 
 def test_the_summary_of_a_first_day_says_it_is_gathering_data(tmp_path: Path, materialised) -> None:
