@@ -106,7 +106,7 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
     windows = ", ".join(f"{f.table} ({f.window_days} d)" for f in optimizer.inputs)
     previous_note = (
         " Reads its own partition of the day before (the same account), to keep yesterday's best option "
-        "unless today's differs by more than the optimiser's margin; a backfill runs the days in order."
+        "unless today's differs by more than the optimiser's margin; an asset backfill runs the days in order."
         if optimizer.reads_previous_day
         else ""
     )
