@@ -341,6 +341,37 @@ def sql(
 
 
 ACCOUNTS_PARTITIONS_NAME = "accounts"  # cloudopt_pipelines.partitions, without importing Dagster's definitions
+# Keys of dagster.yaml that move the instance's storage off the default SQLite files under DAGSTER_HOME.
+_STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
+
+
+def _registered_accounts(settings) -> list[str]:
+    """The account partitions registered in the instance. The default SQLite instance is read straight from
+    its index database, read-only and without importing Dagster (a read-only command starts in a fraction of
+    a second); an instance configured with other storage (Postgres) is opened through Dagster."""
+    import sqlite3
+
+    import yaml
+
+    home = settings.dagster_home
+    config_file = home / "dagster.yaml"
+    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
+    if not any(key in config for key in _STORAGE_KEYS):
+        index = home / "history" / "runs" / "index.db"
+        if not index.exists():
+            return []  # no run has registered anything yet
+        with sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True) as conn:
+            try:
+                rows = conn.execute(
+                    "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = ? ORDER BY id",
+                    (ACCOUNTS_PARTITIONS_NAME,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # an index from before any partition was added
+                return []
+        return sorted(r[0] for r in rows)
+    from cloudopt_pipelines.instance import ensure_instance
+
+    return sorted(ensure_instance(settings).get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))
 
 
 def _collector(settings):
@@ -361,18 +392,16 @@ def accounts(
 ) -> None:
     """List the account partitions registered in the Dagster instance, each with its status at the source
     (ACTIVE or CONFIGURED ones are scheduled; UNREACHABLE ones are ids the source does not list)."""
-    from cloudopt_pipelines.instance import ensure_instance
     from cloudopt_pipelines.sources.base import UNREACHABLE
 
     fmt = _output_format(as_json, as_csv)
     settings = load_settings()
-    instance = ensure_instance(settings)
+    registered = _registered_accounts(settings)
     try:
         statuses = _collector(settings).list_account_statuses()
     except Exception as exc:  # the list still helps when the source is down
         typer.echo(f"warning: statuses unavailable ({str(exc).splitlines()[0]})", err=True)
         statuses = None
-    registered = sorted(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))  # partitions.py's name
     if fmt != "table":
         from cloudopt_pipelines.output import render
 

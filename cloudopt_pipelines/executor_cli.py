@@ -2,8 +2,10 @@
 
 `execute` materialises ``actions/executed_actions`` for one date partition through Dagster, on the
 persistent instance under ``$CLOUDOPT_HOME/dagster`` (the UI shows the run). `approve` and `rollback`
-work on the records under ``$CLOUDOPT_HOME`` directly. Heavy imports stay inside the functions so that
-``cloudopt --help`` stays fast.
+work on the records under ``$CLOUDOPT_HOME`` directly. With ``--demo-target`` (the demo only), `execute`
+and `rollback` act on the demo's local AWS (``demo/aws_target.py``: a moto server seeded with the demo
+fleet, started once per home and left running; `cloudopt demo-target --stop` stops it). Heavy imports
+stay inside the functions so that ``cloudopt --help`` stays fast.
 """
 
 import json
@@ -149,6 +151,29 @@ def _materialise(day: date, mode: str, settings: Settings, run_config: Any, reso
     )
 
 
+@contextmanager
+def demo_target_aws(settings: Settings, echo: Echo) -> Iterator[Any]:
+    """The ``AwsExecutorResource`` of the demo target (started if needed), with its dummy credentials set for
+    the command."""
+    from cloudopt_pipelines.demo.aws_target import demo_credentials, demo_executor_resource, ensure_demo_target
+
+    url = ensure_demo_target(settings.home, lambda line: echo(line, err=True))
+    echo(f"demo AWS target: {url} (the demo fleet; nothing reaches AWS)", err=True)
+    with demo_credentials():
+        yield demo_executor_resource(settings.home, url)
+
+
+def _demo_target_refused(settings: Settings, echo: Echo) -> bool:
+    if settings.env == "demo":
+        return False
+    echo(
+        f"error: --demo-target acts on the demo fleet's local AWS, not on CLOUDOPT_ENV={settings.env}: "
+        "leave it out to act on AWS, or set CLOUDOPT_ENV=demo",
+        err=True,
+    )
+    return True
+
+
 def execute_command(
     day: date,
     mode: str,
@@ -156,8 +181,10 @@ def execute_command(
     settings: Settings | None = None,
     resources: Mapping[str, Any] | None = None,
     echo: Echo = typer.echo,
+    demo_target: bool = False,
 ) -> int:
-    """Run the executor on ``day`` and print its decisions; 1 if an action failed or the run failed."""
+    """Run the executor on ``day`` and print its decisions; 1 if an action failed or the run failed.
+    ``demo_target``: against the demo's local AWS instead of AWS."""
     import yaml
     from tabulate import tabulate
 
@@ -180,7 +207,15 @@ def execute_command(
         echo(f"error: --config {config_file} must hold a mapping of executor settings", err=True)
         return 2
     settings = settings or load_settings()
-    result = materialise_executed_actions(day, mode, settings, config, resources)
+    if demo_target:
+        if _demo_target_refused(settings, echo):
+            return 2
+        with demo_target_aws(settings, echo) as aws_executor:
+            result = materialise_executed_actions(
+                day, mode, settings, config, {"aws_executor": aws_executor, **(resources or {})}
+            )
+    else:
+        result = materialise_executed_actions(day, mode, settings, config, resources)
     if not result.success:
         echo(f"error: {_first_error(result)}", err=True)
         return 1
@@ -216,8 +251,10 @@ def rollback_command(
     settings: Settings | None = None,
     aws: Any = None,
     echo: Echo = typer.echo,
+    demo_target: bool = False,
 ) -> int:
-    """Undo one applied action from its recorded state; exit 2 on a clear refusal, 1 on an AWS failure."""
+    """Undo one applied action from its recorded state; exit 2 on a clear refusal, 1 on an AWS failure.
+    ``demo_target``: on the demo's local AWS instead of AWS."""
     from cloudopt_pipelines.executor import ExecutorError, ExecutorPaths, rollback
     from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
@@ -228,6 +265,11 @@ def rollback_command(
         return 2
     settings = settings or load_settings()
     paths = ExecutorPaths(settings.home)
+    if demo_target and aws is None:
+        if _demo_target_refused(settings, echo):
+            return 2
+        with demo_target_aws(settings, echo) as resource:
+            return rollback_command(action_id, mode, by, settings, resource.get_aws(), echo)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
     try:
         with kubernetes_executor(settings) as k8s_executor:
@@ -272,6 +314,12 @@ def exit_process(code: int) -> None:
     os._exit(code)
 
 
+DEMO_TARGET_OPTION = typer.Option(
+    "--demo-target",
+    help="Act on the demo's local AWS (a moto server seeded with the demo fleet, started if needed), not on AWS.",
+)
+
+
 def register_executor_commands(app: typer.Typer) -> None:
     """Add `approve`, `execute` and `rollback` to the `cloudopt` app."""
 
@@ -303,17 +351,39 @@ def register_executor_commands(app: typer.Typer) -> None:
         config: Annotated[
             Path | None, typer.Option("--config", help="YAML run config of executed_actions (limits, windows, ...).")
         ] = None,
+        demo_target: Annotated[bool, DEMO_TARGET_OPTION] = False,
     ) -> None:
         """Materialise actions/executed_actions for a day through Dagster: apply the approved actions (dry run
         unless --mode apply) and print every decision. Exits 1 if an action failed."""
-        exit_process(execute_command(_parse_day(date_), mode, config))
+        exit_process(execute_command(_parse_day(date_), mode, config, demo_target=demo_target))
 
     @app.command()
     def rollback(
         action_id: Annotated[str, typer.Argument(help="The action id to undo (act-...).")],
         by: Annotated[str, typer.Option("--by", help="Who rolls back; recorded in the audit.")],
         mode: Annotated[str, typer.Option("--mode", help="dry_run (report the calls) or apply.")] = "dry_run",
+        demo_target: Annotated[bool, DEMO_TARGET_OPTION] = False,
     ) -> None:
         """Undo an applied action from its recorded state (resize back, restart, re-tag, restore a deleted
         volume from its snapshot). Refuses clearly what cannot be undone (released Elastic IPs, terminations)."""
-        exit_process(rollback_command(action_id, mode, by))
+        exit_process(rollback_command(action_id, mode, by, demo_target=demo_target))
+
+    @app.command("demo-target")
+    def demo_target_command(
+        stop: Annotated[bool, typer.Option("--stop", help="Stop it (what was applied there is lost).")] = False,
+    ) -> None:
+        """Start (or show) the demo's local AWS: a moto server on the loopback seeded with the demo fleet, that
+        `cloudopt execute --demo-target` and `cloudopt rollback --demo-target` act on. No AWS credentials."""
+        from cloudopt_pipelines.demo.aws_target import DemoTargetError, ensure_demo_target, stop_demo_target
+
+        settings = load_settings()
+        if stop:
+            typer.echo("stopped" if stop_demo_target(settings.home) else "no demo AWS target was running")
+            return
+        if _demo_target_refused(settings, typer.echo):
+            raise typer.Exit(2)
+        try:
+            typer.echo(ensure_demo_target(settings.home, lambda line: typer.echo(line, err=True)))
+        except DemoTargetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None

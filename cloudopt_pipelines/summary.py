@@ -87,7 +87,7 @@ def recommendation_lines(lake: Lake, con: duckdb.DuckDBPyConnection, top_n: int 
     top = con.execute(
         f"""
         SELECT account_id, resource_id, action, current_config, proposed_config, monthly_savings_usd,
-               savings_pct, confidence, details
+               savings_pct, confidence, details, finding, rationale
         FROM {recs}
         WHERE is_best AND action <> 'keep' AND date = (SELECT max(date) FROM {recs})
         ORDER BY monthly_savings_usd DESC
@@ -100,13 +100,14 @@ def recommendation_lines(lake: Lake, con: duckdb.DuckDBPyConnection, top_n: int 
             f"Recommendations (latest day, each resource's best option on its own): {len(top)} resources to change, "
             f"saving ${total:,.2f} per month; top {min(top_n, len(top))}:"
         ]
-        for account, resource, action, current, proposed, savings, pct, confidence, details in top[:top_n]:
+        for row in top[:top_n]:
+            account, resource, action, current, proposed, savings, pct, confidence, details, finding, why = row
             change = f"{_config(current)} -> {_config(proposed)}"
             lines.append(
                 f"  {account} {resource:<24} {action:<16} {change:<36} saves ${savings:>9,.2f}/month"
                 f" ({pct or 0:.0f} %, confidence {confidence:.0%})"
             )
-            lines.extend(f"      {text}" for text in _in_words(details, proposed))
+            lines.extend(f"      {text}" for text in _in_words(details, proposed, finding, why))
     waiting = con.execute(
         f"""
         SELECT resource_id, details FROM {recs}
@@ -204,6 +205,8 @@ def next_step_lines(settings: Settings, try_sql: str) -> list[str]:
         f"      or   python -c \"import duckdb; print(duckdb.connect('{settings.warehouse_path}', "
         f"read_only=True).sql('FROM fleet_daily LIMIT 5'))\"",
         "UI:        make dev   (then open http://127.0.0.1:3000)",
+        f"Act:       {_cloudopt()} approve --date D --list, then {_cloudopt()} execute --date D --demo-target "
+        "(a local AWS seeded with the demo fleet; README, 'Trying the act stage')",
     ]
 
 
@@ -215,12 +218,18 @@ def _details(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _in_words(details_text: str | None, proposed: str | None) -> list[str]:
-    """The reason and confidence of a best row, and the alternative of the other architecture."""
+def _in_words(
+    details_text: str | None, proposed: str | None, finding: str | None = None, rationale: str | None = None
+) -> list[str]:
+    """The reason and confidence of a best row, and the alternative of the other architecture (or, when the
+    best option is of the other architecture, the same-architecture one). A row without a reason in its
+    details (an idle volume or address) gives its finding and the first sentence of its rationale."""
     details = _details(details_text)
     out = []
     if details.get("reason"):
         out.append(f"why: {details['reason']}; {details.get('confidence_words') or ''}".rstrip("; "))
+    elif finding and rationale:
+        out.append(f"why: {finding}: {rationale.split('. ', 1)[0].rstrip('.')}")
     chosen = _details(proposed).get("instance_type")
     for key, label in (("same_architecture_option", "same architecture"), ("other_architecture_option", "Graviton")):
         alt = details.get(key)

@@ -135,7 +135,41 @@ def test_top_candidates_carry_the_plans_capacities(demo_home: Settings) -> None:
             assert r["proposed_vcpu"] == recommendations[(*key, r["option_name"])] > 0
     page = (folder(demo_home, DAY) / HTML_NAME).read_text()
     top_section = page.split('<section id="top-candidates">', 1)[1].split("</section>", 1)[0]
-    assert top_section.count("<img ") == len([r for r in top if r["resource_kind"] == "ec2_instance"])
+    instances = [r for r in top if r["resource_kind"] == "ec2_instance"]
+    assert top_section.count("<img ") == 2 * len(instances)  # hour by hour, and by hour of week
+
+
+def test_each_top_candidates_history_is_its_5_minute_series_with_the_proposed_capacity(demo_home: Settings) -> None:
+    """The report's hour-by-hour history of each top change is computed from the lake's 5-minute samples of
+    the window (recomputed here with DuckDB), and drawn with today's and the proposed capacity."""
+    doc = document(demo_home, DAY)
+    top = [r for r in doc["tables"]["top_changes"] if r["resource_kind"] == "ec2_instance"]
+    history = doc["tables"]["utilisation_history"]
+    assert top and history
+    lake = Lake(demo_home.lake_dir)
+    con = duckdb.connect()
+    for row in top:
+        mine = [h for h in history if (h["account_id"], h["resource_id"]) == (row["account_id"], row["resource_id"])]
+        want = con.execute(
+            f"""
+            SELECT strftime(date_trunc('hour', ts AT TIME ZONE 'UTC'), '%Y-%m-%dT%H:00:00') AS hour,
+                   avg(cpu_pct), max(coalesce(cpu_peak_pct, cpu_pct)), count(*)
+            FROM read_parquet('{lake.glob("stg_utilization_5m")}', hive_partitioning = false)
+            WHERE account_id = ? AND resource_id = ? AND date <= ?
+            GROUP BY 1 ORDER BY 1
+            """,
+            [row["account_id"], row["resource_id"], DAY],
+        ).fetchall()
+        assert len(want) == 24 * len(DEMO_DAYS)  # every hour of the demo's days has samples
+        assert [h["hour"][:19] for h in mine] == [w[0] for w in want]
+        for got, (_, mean, peak, samples) in zip(mine, want, strict=True):
+            assert got["cpu_mean_pct"] == pytest.approx(mean)
+            assert got["cpu_peak_max_pct"] == pytest.approx(peak)
+            assert got["samples"] == samples
+            assert (got["current_vcpu"], got["proposed_vcpu"]) == (row["current_vcpu"], row["proposed_vcpu"])
+    page = (folder(demo_home, DAY) / HTML_NAME).read_text()
+    for row in top:
+        assert f'alt="utilisation history of {row["resource_id"]}"' in page
 
 
 def test_the_pareto_curve_starts_at_the_plan(demo_home: Settings) -> None:

@@ -5,6 +5,7 @@ Applied once to the assembled assets by ``build_definitions`` (``describe_assets
 keeps only what it computes.
 """
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -30,14 +31,6 @@ DEFAULT_OWNERS = ["team:finops"]
 ACCOUNT_DAILY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 8 * * *", lower_bound_delta=timedelta(hours=5))
 DAILY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 14 * * *", lower_bound_delta=timedelta(hours=11))
 CHECK_ROWS_SHOWN = 10
-SHOWN_COLUMNS = [
-    "resource_id",
-    "option_name",
-    "monthly_cost_current_usd",
-    "monthly_cost_proposed_usd",
-    "monthly_savings_usd",
-    "performance_risk",
-]
 SHOWN_COLUMNS = [
     "resource_id",
     "option_name",
@@ -210,3 +203,86 @@ def _records_markdown(records: Sequence[dict], rows: int = 20) -> str:
     columns = list(dict.fromkeys(k for r in records for k in r))
     table = tabulate([[r.get(c) for c in columns] for r in records[:rows]], headers=columns, tablefmt="github")
     return table + (f"\n\n_{len(records) - rows} more rows_" if len(records) > rows else "")
+
+
+# ------------------------------------------------------------------------------- recommendations preview
+
+PREVIEW_ROWS = 10
+PREVIEW_COLUMNS = (
+    "resource",
+    "finding",
+    "best option",
+    "saves $/month",
+    "risk",
+    "confidence",
+    "why",
+    "same architecture",
+    "other architecture",
+)
+_REASON_CHARS = 200
+
+
+def recommendations_preview(table: pa.Table, rows: int = PREVIEW_ROWS) -> str:
+    """The top ``rows`` best options by monthly saving as a markdown table, in a FinOps engineer's words:
+    the finding, the confidence ("gathering data: 1 of 14 days (24 of the 30 hours needed)"), the reason,
+    and the alternatives of the same and of the other CPU architecture (from ``details``, when the
+    optimiser gives them; else the confidence as a number and the rationale's first sentence)."""
+    best = table.filter(pc.fill_null(pc.equal(table["is_best"], True), False)) if table.num_rows else table
+    if best.num_rows == 0:
+        return "_no rows_"
+    top = best.sort_by([("monthly_savings_usd", "descending"), ("resource_id", "ascending")]).slice(0, rows)
+    lines = ["| " + " | ".join(PREVIEW_COLUMNS) + " |", "|" + "---|" * len(PREVIEW_COLUMNS)]
+    for row in top.to_pylist():
+        details = _json_object(row.get("details"))
+        chosen = _json_object(row.get("proposed_config")).get("instance_type")
+        cells = [
+            row["resource_id"],
+            row.get("finding") or "",
+            row.get("option_name") or "",
+            f"{row.get('monthly_savings_usd') or 0:,.2f}",
+            f"{row.get('performance_risk') or 0:g}",
+            details.get("confidence_words") or _confidence_number(row.get("confidence")),
+            details.get("reason") or _first_sentence(row.get("rationale") or ""),
+            _alternative(details.get("same_architecture_option"), chosen),
+            _alternative(details.get("other_architecture_option"), chosen),
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    more = best.num_rows - top.num_rows
+    waiting = pc.sum(pc.equal(best["finding"], "gathering-data")).as_py() or 0
+    notes = [f"_{more} more resources in the lake table_" if more else ""]
+    notes.append(f"_{waiting} resources gathering data: no change until the window has enough_" if waiting else "")
+    return "\n".join(lines) + "".join(f"\n\n{n}" for n in notes if n)
+
+
+def _json_object(text: str | None) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _confidence_number(value: float | None) -> str:
+    return "" if value is None else f"confidence {value:.2f}"
+
+
+def _first_sentence(text: str) -> str:
+    head = text.split(". ", 1)[0]
+    return head if len(head) <= _REASON_CHARS else head[: _REASON_CHARS - 1] + "…"
+
+
+def _alternative(option: dict | None, chosen: str | None) -> str:
+    if not option or not option.get("instance_type"):
+        return "-"
+    if option["instance_type"] == chosen:
+        return "this option"
+    savings = option.get("monthly_savings_usd") or 0.0
+    money = f"saves ${savings:,.2f}" if savings >= 0 else f"costs ${-savings:,.2f} more"
+    return (
+        f"{option['instance_type']} ({option.get('architecture', '?')}): {money}/month, "
+        f"risk {option.get('performance_risk', 0):g}, migration effort {option.get('migration_effort', '?')}"
+    )
+
+
+def _cell(value: str) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -3,7 +3,9 @@
 Every asset is made by :func:`build_recommendation_asset` from the optimiser's declaration: its feature
 inputs become dependencies (a trailing window through a ``TimeWindowPartitionMapping``), its pydantic
 settings model becomes the run configuration, and its lake table is ``recommendations_<name>``. The
-warehouse's ``recommendations`` view is the union of all of them.
+warehouse's ``recommendations`` view is the union of all of them. An optimiser that declares
+``reads_previous_day`` also depends on its own asset's partition of the same account the day before
+(:func:`previous_day_mapping`; the first day has none) and gets those rows as ``inputs.previous``.
 """
 
 from collections.abc import Sequence
@@ -12,10 +14,10 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import create_model
 
 from cloudopt_pipelines.assets.features import window_mapping
+from cloudopt_pipelines.assets.metadata import flat_metadata, recommendations_preview
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs
 from cloudopt_pipelines.optimizers.commitments import ReservedRates
 from cloudopt_pipelines.optimizers.sizing import Catalog
@@ -47,6 +49,29 @@ def settings_config_class(optimizer: DeploymentOptimizer) -> type[dg.Config]:
     )
 
 
+def previous_day_mapping() -> dg.MultiPartitionMapping:
+    """account x date -> the same account's partition of the day before (none for the first day)."""
+    return dg.MultiPartitionMapping(
+        {
+            "account": dg.DimensionPartitionMapping("account", dg.IdentityPartitionMapping()),
+            "date": dg.DimensionPartitionMapping(
+                "date",
+                dg.TimeWindowPartitionMapping(
+                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                ),
+            ),
+        }
+    )
+
+
+def read_previous_day(lake: Lake, table: str, account_id: str, day: date) -> pa.Table | None:
+    """This optimiser's rows of the day before, or None when that partition was never written."""
+    previous = day - timedelta(days=1)
+    if lake.partition_file(table, account_id, previous) is None:
+        return None
+    return lake.read(table, account_id, previous)
+
+
 def read_inputs(lake: Lake, feature_inputs: Sequence[FeatureInput], account_id: str, day: date):
     """Each declared input's rows over its window (the days that exist), and which days those were."""
     tables: dict[str, pa.Table] = {}
@@ -76,7 +101,15 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
         key = dg.AssetKey(list(feature.asset_key_path))
         mapping = window_mapping(feature.window_days) if feature.window_days > 1 else None
         deps.append(dg.AssetDep(key, partition_mapping=mapping))
+    if optimizer.reads_previous_day:
+        deps.append(dg.AssetDep(recommendation_key(optimizer), partition_mapping=previous_day_mapping()))
     windows = ", ".join(f"{f.table} ({f.window_days} d)" for f in optimizer.inputs)
+    previous_note = (
+        " Reads its own partition of the day before (the same account), to keep yesterday's best option "
+        "unless today's differs by more than the optimiser's margin; an asset backfill runs the days in order."
+        if optimizer.reads_previous_day
+        else ""
+    )
 
     @dg.asset(
         name=optimizer.name,
@@ -89,12 +122,16 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
         description=(
             f"{optimizer.description} One row per (resource, option), ranked by monthly cost; lake table "
             f"{optimizer.table_name}. Reads raw/resources and {windows} (missing days lower the confidence)."
+            f"{previous_note}"
         ),
     )
     def _asset(context: dg.AssetExecutionContext, config: config_class, lake: LakeResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
         account_id, day = split_account_day(context)
         store = lake.get_lake()
         tables, days_found = read_inputs(store, optimizer.inputs, account_id, day)
+        previous = (
+            read_previous_day(store, optimizer.table_name, account_id, day) if optimizer.reads_previous_day else None
+        )
         inputs = OptimizerInputs(
             account_id=account_id,
             day=day,
@@ -103,6 +140,7 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
             days_found=days_found,
             catalog=Catalog(store.read("price_catalog")),
             reserved=ReservedRates(store.read("reserved_prices")),
+            previous=previous,
         )
         settings = optimizer.settings_type.model_validate(config.model_dump())
         result = optimizer.recommend(inputs, settings)
@@ -113,14 +151,10 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
                 "path": dg.MetadataValue.path(str(path)),
                 "selected_resources": inputs.inventory.num_rows,
                 **{f"window_days_found/{t}": len(d) for t, d in days_found.items()},
+                **({"previous_day_found": previous is not None} if optimizer.reads_previous_day else {}),
                 **{k: float(v) for k, v in result.summary.items()},
-                **{k: dg.MetadataValue.json(v) for k, v in result.metadata.items()},
-                "preview": dg.MetadataValue.md(
-                    _preview(
-                        result.table,
-                        ["resource_id", "finding", "option_name", "monthly_savings_usd", "performance_risk"],
-                    )
-                ),
+                **flat_metadata(dict(result.metadata)),
+                "preview": dg.MetadataValue.md(recommendations_preview(result.table)),
             }
         )
 
@@ -129,11 +163,3 @@ def build_recommendation_asset(optimizer: DeploymentOptimizer) -> dg.AssetsDefin
 
 def build_recommendation_assets(optimizers: Sequence[DeploymentOptimizer]) -> list[dg.AssetsDefinition]:
     return [build_recommendation_asset(o) for o in optimizers]
-
-
-def _preview(table: pa.Table, columns: list[str], rows: int = 10) -> str:
-    best = table.filter(pc.equal(table["is_best"], True)) if table.num_rows else table
-    if best.num_rows == 0:
-        return "_no rows_"
-    top = best.sort_by([("monthly_savings_usd", "descending")]).select(columns).slice(0, rows)
-    return top.to_pandas().to_markdown(index=False)

@@ -5,6 +5,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from cloudopt_pipelines.assets.plan import ACROSS_ACCOUNTS, PLAN_KEY, SAVINGS_REPORT_KEY, plan_problem
@@ -14,6 +15,7 @@ from cloudopt_pipelines.optimizers.linear import pareto_sweep
 from cloudopt_pipelines.optimizers.portfolio import NoAccountsError, config_path
 from cloudopt_pipelines.partitions import daily_partitions
 from cloudopt_pipelines.report import CapacityView, ReportInputs, write_report
+from cloudopt_pipelines.report.tables import HISTORY_WINDOW_DAYS, top_changes
 from cloudopt_pipelines.resources.reports import ReportsResource
 from cloudopt_pipelines.resources.storage import LakeResource
 from cloudopt_pipelines.storage.lake import Lake
@@ -21,6 +23,7 @@ from cloudopt_pipelines.storage.lake import Lake
 REPORTS_PREFIX = "reports"
 REPORT_KEY = SAVINGS_REPORT_KEY
 ACTIVITY_KEY = dg.AssetKey(["features", "activity_profile"])
+SAMPLES_KEY = dg.AssetKey(["features", "stg_utilization_5m"])
 EXECUTED_ACTIONS_KEY = dg.AssetKey(["actions", "executed_actions"])
 #: Days of executed actions the realised-savings chart covers, up to the report's day.
 EXECUTED_WINDOW_DAYS = 90
@@ -76,6 +79,7 @@ def read_report_inputs(
             problem.instances, problem.constraints, sweep="budget", steps=pareto_steps, time_limit_s=time_limit_s
         )
     portfolio = problem.config.portfolio if problem is not None else {}
+    top = top_changes(plan.to_pylist(), capacities) if plan is not None else []
     return ReportInputs(
         day=day,
         plan=plan,
@@ -98,8 +102,27 @@ def read_report_inputs(
             ]
         ),
         executed_window_days=EXECUTED_WINDOW_DAYS,
+        history=read_history(lake, day, [(r["account_id"], r["resource_id"]) for r in top]),
+        history_window_days=HISTORY_WINDOW_DAYS,
         notes=notes,
     )
+
+
+def read_history(lake: Lake, day: date, resources: Sequence[tuple[str, str]]) -> pa.Table | None:
+    """The 5-minute samples (``stg_utilization_5m``) of ``resources`` (account, resource) over the trailing
+    ``HISTORY_WINDOW_DAYS`` days ending with ``day``, the days that exist."""
+    wanted: dict[str, set[str]] = {}
+    for account, resource in resources:
+        wanted.setdefault(account, set()).add(resource)
+    parts = []
+    columns = ["account_id", "resource_id", "ts", "cpu_pct", "cpu_peak_pct"]
+    for account, ids in sorted(wanted.items()):
+        for n in range(HISTORY_WINDOW_DAYS - 1, -1, -1):
+            d = day - timedelta(days=n)
+            if _has(lake, "stg_utilization_5m", account, d):
+                rows = lake.read("stg_utilization_5m", account, d).select(columns)
+                parts.append(rows.filter(pc.is_in(rows["resource_id"], pa.array(sorted(ids)))))
+    return _concat(parts)
 
 
 def _has(lake: Lake, table: str, account: str, day: date) -> bool:
@@ -117,6 +140,9 @@ def build_savings_report_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
         *(dg.AssetDep(recommendation_key(o), partition_mapping=ACROSS_ACCOUNTS) for o in optimizers),
         dg.AssetDep(RESOURCES_KEY, partition_mapping=ACROSS_ACCOUNTS),
         dg.AssetDep(ACTIVITY_KEY, partition_mapping=ACROSS_ACCOUNTS),
+        # The day's samples of every account; the report also reads the trailing days that exist (a
+        # window across accounts is no partition mapping Dagster has).
+        dg.AssetDep(SAMPLES_KEY, partition_mapping=ACROSS_ACCOUNTS),
         dg.AssetDep(
             EXECUTED_ACTIONS_KEY,
             partition_mapping=dg.TimeWindowPartitionMapping(
@@ -136,8 +162,9 @@ def build_savings_report_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
         context: dg.AssetExecutionContext, config: SavingsReportConfig, lake: LakeResource, reports: ReportsResource
     ) -> dg.MaterializeResult:
         """The day's savings report, a static HTML page with its charts embedded ($CLOUDOPT_HOME/reports/DAY/):
-        the plan's savings by account, deployment type, team and action; the top changes' CPU by hour of week
-        with today's and the proposed capacity; hour-of-week activity of the schedule candidates; plan cost
+        the plan's savings by account, deployment type, team and action; the top changes' CPU over the trailing
+        14 days, hour by hour from the 5-minute samples, and by hour of week, with today's and the proposed
+        capacity; hour-of-week activity of the schedule candidates; plan cost
         against the budget; the plan's cost/risk Pareto curve; realised savings of the applied actions over
         the last 90 days. Beside it: a PNG summary, and every table as CSV and in one JSON file."""
         day = date.fromisoformat(context.partition_key)

@@ -61,7 +61,9 @@ class OptimizerInputs:
     """Everything one optimiser run sees: the scope, the selected inventory, its feature tables and prices.
 
     ``tables`` holds one table per declared input (rows of every day of its window that exists,
-    concatenated); ``days_found`` says which days those were.
+    concatenated); ``days_found`` says which days those were. ``previous`` is this optimiser's own rows
+    of the day before, for an optimiser that declares ``reads_previous_day`` (None on the first day, or
+    when that day was never materialised).
     """
 
     account_id: str
@@ -71,6 +73,7 @@ class OptimizerInputs:
     days_found: Mapping[str, tuple[date, ...]]
     catalog: Catalog
     reserved: ReservedRates | None = None
+    previous: pa.Table | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class DeploymentOptimizer(ABC):
     inputs: ClassVar[tuple[FeatureInput, ...]]
     settings_type: ClassVar[type[BaseModel]]
     description: ClassVar[str] = ""
+    #: True: the asset depends on its own partition of the day before (same account) and passes its rows
+    #: as ``OptimizerInputs.previous``, so the optimiser can keep yesterday's answer (hysteresis).
+    reads_previous_day: ClassVar[bool] = False
 
     @property
     def table_name(self) -> str:

@@ -748,10 +748,13 @@ def recommend_account(
 
 
 def previous_best_options(previous: pa.Table | None) -> dict[str, str]:
-    """resource_id -> option_name of the best rows of a previous day's recommendations."""
+    """resource_id -> option_name of the best rows of a previous day's recommendations. A ``keep`` of a day
+    that was still gathering data is no answer to hold on to, so it is left out."""
     if previous is None or previous.num_rows == 0 or "is_best" not in previous.column_names:
         return {}
     best = previous.filter(pc.fill_null(previous["is_best"], False))
+    if "finding" in best.column_names:
+        best = best.filter(pc.fill_null(pc.not_equal(best["finding"], "gathering-data"), True))
     return dict(zip(best["resource_id"].to_pylist(), best["option_name"].to_pylist(), strict=True))
 
 

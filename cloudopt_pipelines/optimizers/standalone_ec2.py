@@ -18,6 +18,8 @@ from cloudopt_pipelines.optimizers.sizing import (
     RISK_SETTINGS,
 )
 from cloudopt_pipelines.optimizers.standalone import (
+    HYSTERESIS_RISK,
+    HYSTERESIS_SAVINGS_PCT,
     STANDALONE_FEATURE_INPUTS,
     StandaloneConfig,
     recommend_account,
@@ -58,6 +60,21 @@ class StandaloneSettings(BaseModel):
         ),
     )
     commitment_terms: list[int] = Field(default=[1, 3], description="Commitment terms (years) to quote.")
+    hysteresis_savings_pct: float = Field(
+        default=HYSTERESIS_SAVINGS_PCT,
+        ge=0,
+        le=100,
+        description=(
+            "Yesterday's best option stays best unless today's changes the saving by more than this % of the "
+            "current monthly cost (0 with hysteresis_risk 0: no hysteresis)."
+        ),
+    )
+    hysteresis_risk: float = Field(
+        default=HYSTERESIS_RISK,
+        ge=0,
+        le=4,
+        description="Yesterday's best option also gives way when today's risk differs by at least this much.",
+    )
 
 
 class StandaloneEc2Optimizer(DeploymentOptimizer):
@@ -71,6 +88,7 @@ class StandaloneEc2Optimizer(DeploymentOptimizer):
         FeatureInput(table, window_days=days) for table, days in STANDALONE_FEATURE_INPUTS.items()
     )
     settings_type: ClassVar[type[BaseModel]] = StandaloneSettings
+    reads_previous_day: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Right-sizing, schedules, Spot, idle and commitment options for every standalone EC2 instance of one "
         "account (never group or cluster members), plus unattached EBS volumes and idle Elastic IPs."
@@ -103,6 +121,8 @@ class StandaloneEc2Optimizer(DeploymentOptimizer):
             max_best_risk=s.max_best_risk,
             architecture=s.architecture,
             commitment_terms=tuple(s.commitment_terms),
+            hysteresis_savings_pct=s.hysteresis_savings_pct,
+            hysteresis_risk=s.hysteresis_risk,
         )
 
     def recommend(self, inputs: OptimizerInputs, settings: BaseModel) -> Recommendations:
@@ -116,6 +136,7 @@ class StandaloneEc2Optimizer(DeploymentOptimizer):
             inputs.catalog,
             inputs.reserved,
             self.config(settings),
+            previous=inputs.previous,
         )
         return Recommendations(
             table=result.table,

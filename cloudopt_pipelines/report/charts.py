@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -100,6 +101,37 @@ def utilisation_chart(trace: Mapping[str, Any]) -> bytes:
     ax.set_ylim(0, max(current, proposed or 0.0) * 1.15 or 1.0)
     ax.legend(fontsize=7, loc="upper right", ncols=3)
     ax.grid(color="#eee")
+    fig.tight_layout()
+    return png(fig)
+
+
+def history_chart(trace: Mapping[str, Any]) -> bytes:
+    """One top candidate's CPU hour by hour over the trailing window (mean and highest 5-minute peak of each
+    hour, from the 5-minute samples), in vCPUs used, with today's capacity and the proposed one drawn across
+    it, as Compute Optimizer shows a recommendation's utilisation graph."""
+    row, points = trace["row"], trace["history"]
+    current = row["current_vcpu"] or 0.0
+    proposed = row["proposed_vcpu"]
+    fig = Figure(figsize=(7.5, 2.8))
+    ax = fig.add_subplot(1, 1, 1)
+    hours = [datetime.fromisoformat(p["hour"]) for p in points]
+
+    def used(name: str) -> list[float]:
+        return [float("nan") if p[name] is None else p[name] / 100.0 * current for p in points]
+
+    ax.fill_between(hours, used("cpu_mean_pct"), step="post", color=BLUE, alpha=0.25, label="hourly mean")
+    ax.step(hours, used("cpu_peak_max_pct"), where="post", color=BLUE, lw=0.9, label="highest 5-min peak")
+    ax.axhline(current, color=GREY, lw=1.5, ls="--", label=f"today: {current:g} vCPU")
+    if proposed is not None:
+        ax.axhline(proposed, color=ORANGE, lw=2, label=f"proposed: {proposed:g} vCPU")
+    ax.set_title(f"{row['resource_id']} ({row['account_id']}): CPU hour by hour, {row['option_name']}", fontsize=10)
+    ax.set_ylabel("vCPU used")
+    days = len({h.date() for h in hours})
+    ax.set_xlabel(f"UTC, {days} days of 5-minute samples")
+    ax.set_ylim(0, max(current, proposed or 0.0) * 1.15 or 1.0)
+    ax.legend(fontsize=7, loc="upper right", ncols=4)
+    ax.grid(color="#eee")
+    fig.autofmt_xdate()
     fig.tight_layout()
     return png(fig)
 

@@ -189,11 +189,16 @@ def _top(report: ReportTables) -> str:
     if not rows:
         return _empty(report, "no change in the plan")
     out = [
-        "<p>CPU of each of the biggest changes by hour of week over the trailing window (mean, p95 of the "
-        "5-minute peaks, max), in vCPUs used at today's size, with today's capacity (dashed) and the "
-        "capacity the plan proposes (orange).</p>"
+        "<p>CPU of each of the biggest changes, in vCPUs used at today's size, with today's capacity (dashed) "
+        "and the capacity the plan proposes (orange): first hour by hour over the trailing days of 5-minute "
+        "samples (the hour's mean and its highest 5-minute peak; table <code>utilisation_history</code> in the "
+        "exports), then by hour of week over the trailing window (mean, p95 of the 5-minute peaks, max).</p>"
     ]
-    out += [_img(charts.utilisation_chart(t), f"utilisation of {t['row']['resource_id']}") for t in report.traces]
+    for t in report.traces:
+        rid = t["row"]["resource_id"]
+        if t["history"]:
+            out.append(_img(charts.history_chart(t), f"utilisation history of {rid}"))
+        out.append(_img(charts.utilisation_chart(t), f"utilisation of {rid} by hour of week"))
     return "\n".join(out) + _table(rows)
 
 

@@ -19,6 +19,9 @@ KEEP = "keep"
 SCHEDULE_ACTIONS = ("schedule", "resize+schedule")
 TOP_CANDIDATES = 6
 TOP_SCHEDULES = 4
+#: Trailing days of 5-minute samples the utilisation history of a top candidate covers (the window of
+#: utilization_window and activity_profile), ending with the report's day.
+HISTORY_WINDOW_DAYS = 14
 
 #: The breakdowns of the plan's savings: report table name -> (plan column, heading).
 BREAKDOWNS = {
@@ -58,6 +61,8 @@ class ReportInputs:
     pareto: Sequence[Mapping[str, Any]] = ()  # budget sweep points (linear.pareto_sweep)
     executed: pa.Table | None = None  # executed_actions over the trailing window
     executed_window_days: int = 90
+    history: pa.Table | None = None  # stg_utilization_5m rows (account_id, resource_id, ts, cpu_pct, cpu_peak_pct)
+    history_window_days: int = HISTORY_WINDOW_DAYS
     notes: Sequence[str] = ()
 
 
@@ -68,7 +73,7 @@ class ReportTables:
     day: date
     headline: dict[str, Any]
     tables: dict[str, list[dict[str, Any]]]
-    traces: list[dict[str, Any]]  # per top candidate: its row and 168 hour-of-week points
+    traces: list[dict[str, Any]]  # per top candidate: its row, 168 hour-of-week points and its hourly history
     heatmaps: list[dict[str, Any]]  # per schedule candidate: its row and a 7 x 24 grid (None: no samples)
     notes: list[str]
 
@@ -104,11 +109,25 @@ def build_tables(inputs: ReportInputs) -> ReportTables:
     tables["pareto"] = pareto_rows(inputs.pareto)
     tables["realised_savings"] = realised_savings(inputs.executed)
     profiles = _profiles(inputs.activity)
+    histories = hourly_history(inputs.history)
     traces = [
-        {"row": row, "points": profiles[key]}
+        {"row": row, "points": profiles[key], "history": histories.get(key, [])}
         for row in top
         if row["resource_kind"] == "ec2_instance" and (key := f"{row['account_id']}/{row['resource_id']}") in profiles
     ]
+    tables["utilisation_history"] = [
+        {
+            "account_id": t["row"]["account_id"],
+            "resource_id": t["row"]["resource_id"],
+            **point,
+            "current_vcpu": t["row"]["current_vcpu"],
+            "proposed_vcpu": t["row"]["proposed_vcpu"],
+        }
+        for t in traces
+        for point in t["history"]
+    ]
+    if traces and not tables["utilisation_history"]:
+        notes.append("no 5-minute samples for the top changes: their utilisation history is not drawn")
     if top and not traces:
         notes.append("no activity profile for the top changes: their utilisation is not drawn")
     heatmaps = [
@@ -268,6 +287,37 @@ def realised_savings(executed: pa.Table | None) -> list[dict[str, Any]]:
         row = days[day]
         total += row["applied_monthly_savings_usd"]
         out.append({**row, "date": day.isoformat(), "cumulative_monthly_savings_usd": total})
+    return out
+
+
+def hourly_history(samples: pa.Table | None) -> dict[str, list[dict[str, Any]]]:
+    """Each resource's ("account/resource") 5-minute samples by UTC hour, in time order: the mean CPU and
+    the highest 5-minute peak of the hour, and how many samples it had (a gap in the data is a missing hour,
+    never a zero)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if samples is None or samples.num_rows == 0:
+        return out
+    hours: dict[tuple[str, Any], dict[str, Any]] = {}
+    for r in samples.select(["account_id", "resource_id", "ts", "cpu_pct", "cpu_peak_pct"]).to_pylist():
+        hour = r["ts"].replace(minute=0, second=0, microsecond=0)
+        key = f"{r['account_id']}/{r['resource_id']}"
+        acc = hours.setdefault((key, hour), {"sum": 0.0, "n": 0, "peak": None, "samples": 0})
+        acc["samples"] += 1
+        if _finite(r["cpu_pct"]):
+            acc["sum"] += r["cpu_pct"]
+            acc["n"] += 1
+        peak = r["cpu_peak_pct"] if _finite(r["cpu_peak_pct"]) else r["cpu_pct"] if _finite(r["cpu_pct"]) else None
+        if peak is not None and (acc["peak"] is None or peak > acc["peak"]):
+            acc["peak"] = peak
+    for (key, hour), acc in sorted(hours.items(), key=lambda item: (item[0][0], item[0][1])):
+        out.setdefault(key, []).append(
+            {
+                "hour": hour.isoformat(),
+                "cpu_mean_pct": acc["sum"] / acc["n"] if acc["n"] else None,
+                "cpu_peak_max_pct": acc["peak"],
+                "samples": acc["samples"],
+            }
+        )
     return out
 
 
