@@ -132,13 +132,18 @@ def _materialise(day: date, mode: str, settings: Settings, run_config: Any, reso
     import dagster as dg
 
     from cloudopt_pipelines.assets.actions import executed_actions
-    from cloudopt_pipelines.orchestration import ensure_instance, process_tags
+    from cloudopt_pipelines.orchestration import ensure_instance, process_tags, recover_dead_runs
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
     from cloudopt_pipelines.resources.storage import LakeResource
+    from cloudopt_pipelines.storage.lake import sweep_leftovers
 
+    instance = ensure_instance(settings)
+    # A killed execute or rollback leaves its run STARTED and its staged partition: settle both first.
+    recover_dead_runs(instance)
+    sweep_leftovers(settings.lake_dir)
     return dg.materialize(
         [executed_actions],
-        instance=ensure_instance(settings),
+        instance=instance,
         partition_key=day.isoformat(),
         run_config=run_config,
         resources={

@@ -2,8 +2,8 @@
 --   and EMR nodes included: they are EC2 instances), with gaps marked. One sample per resource and
 --   5-minute slot: when a source reports the same slot twice, the later-listed row of the raw
 --   partition wins and dup_count says how many there were. Samples whose slot falls outside the
---   partition's UTC day are dropped (another day's partition owns them). Values outside 0-100 % are
---   kept and flagged, never clipped; a missing value stays NULL (never 0). A NaN or infinite value
+--   partition's UTC day are dropped (another day's partition owns them). Values outside 0-100 % (and
+--   negative byte counts) are kept and flagged, never clipped; a missing value stays NULL (never 0). A NaN or infinite value
 --   (a broken source: no real utilisation is either) is excluded: NULL here, and nonfinite says
 --   the sample had one, so that no statistic downstream is NaN or infinite. missing_slots_before
 --   counts the empty 5-minute slots between this sample and the previous one of the resource (or
@@ -115,7 +115,7 @@ SELECT
     source,
     CAST(dup_count AS INTEGER) AS dup_count,
     coalesce((cpu_pct NOT BETWEEN 0 AND 100) OR (cpu_max_pct NOT BETWEEN 0 AND 100)
-        OR (mem_pct NOT BETWEEN 0 AND 100), false) AS out_of_range,
+        OR (mem_pct NOT BETWEEN 0 AND 100) OR net_in_bytes < 0 OR net_out_bytes < 0, false) AS out_of_range,
     nonfinite,
     CAST(slot - 1 - CASE  -- slot - previous present slot - 1
         WHEN below = 0 THEN prev_word_slot

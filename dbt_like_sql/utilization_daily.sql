@@ -10,9 +10,9 @@
 --   over the samples present (NULL when there are none), and coverage_pct says how many of the day's
 --   288 five-minute slots had one. NaN and infinite values are excluded in the staging models
 --   (nonfinite_samples counts the samples that had one), so no statistic is NaN or infinite;
---   out_of_range_samples counts samples outside 0-100 %. Quantiles are exact (DuckDB
---   quantile_cont: linear interpolation between order statistics, numpy's default 'linear',
---   Hyndman and Fan type 7). cpu_peak_samples counts the samples with a CPU peak,
+--   out_of_range_samples counts samples outside 0-100 % or with a negative byte count. Quantiles
+--   are exact (DuckDB quantile_cont: linear interpolation between order statistics, numpy's
+--   default 'linear', Hyndman and Fan type 7). cpu_peak_samples counts the samples with a CPU peak,
 --   cpu_saturated_samples those whose 5-minute average (the peak where there is no average) is at
 --   least 90 %: the saturation rule of right-sizing.
 -- grain: one row per (account_id, date, resource_id)

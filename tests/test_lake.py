@@ -98,7 +98,9 @@ def test_failed_write_leaves_previous_partition_and_no_temp_file(tmp_path: Path,
     monkeypatch.undo()
     table = lake.read("utilization_5m", ACCOUNT, DAY)
     assert table.num_rows == 4 and set(table.column("cpu_pct").to_pylist()) == {1.0}
-    assert len(list(lake.partition_dir("utilization_5m", ACCOUNT, DAY).iterdir())) == 1
+    # The one part file and its SHA-256: nothing of the failed write.
+    left = sorted(p.suffix for p in lake.partition_dir("utilization_5m", ACCOUNT, DAY).iterdir())
+    assert left == [".parquet", ".sha256"]
     assert not list((tmp_path / ".staging").iterdir())
 
 

@@ -71,7 +71,8 @@ class AwsSettings:
 def client_config(settings: AwsSettings, user_agent: str) -> Config:
     """Retries (adaptive by default), timeouts and pool size of every client."""
     return Config(
-        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        # total_max_attempts: botocore reads "max_attempts" as retries after the first try (one call more).
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         max_pool_connections=settings.max_pool_connections,

@@ -8,6 +8,7 @@ metadata shows the load a run put on Prometheus. No Dagster here.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import ssl
 import urllib.error
@@ -111,6 +112,13 @@ class PrometheusClient:
             raise PrometheusError(
                 f"cannot reach Prometheus at {self.url} ({exc.reason}). "
                 "Fix: check prometheus_url in the clusters file and that the server is up and reachable from here"
+            ) from exc
+        except (http.client.HTTPException, OSError) as exc:
+            # Reached, then gone mid-answer (a restart, a crash, a proxy cutting the connection).
+            raise PrometheusError(
+                f"Prometheus at {self.url} dropped the connection during {endpoint} "
+                f"({type(exc).__name__}: {exc}) (query: {query}). "
+                "Fix: check the Prometheus server's health and logs (did it restart?), then run the partition again"
             ) from exc
         self.stats.largest_response_bytes = max(self.stats.largest_response_bytes, len(raw))
         try:

@@ -325,7 +325,7 @@ def execute_model(
         found: list[tuple[str, Path]] = []
         missing: list[str] = []
         for d in days:
-            path = lake.partition_file(dep, dep_account, d)
+            path = lake.verified_file(dep, dep_account, d)
             label = _partition_label(dep_account, d)
             if path is None:
                 missing.append(label)
@@ -439,7 +439,7 @@ def _partition_inputs(
         partitioning = known_tables[dep]
         dep_account = account_id if partitioning == "account_date" else None
         dep_day = day if partitioning in ("account_date", "date") else None
-        path = lake.partition_file(dep, dep_account, dep_day)
+        path = lake.verified_file(dep, dep_account, dep_day)
         if path is None:
             if dep not in model.optional_sources:
                 lake.read(dep, dep_account, dep_day)  # raises the error that names the missing partition

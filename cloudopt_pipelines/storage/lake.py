@@ -12,14 +12,19 @@ under the same name in between would mix two versions. With a new name per versi
 overlaps a rewrite of the very same partition fails with "file not found" and can simply be rerun.
 Writers of different partitions never share a path, so they run in parallel freely.
 
-Every file is written with Parquet page checksums (CRC32) and read back with their verification,
-so a flipped bit fails the read with an error instead of returning wrong numbers. A staging
+Every file is written with Parquet page checksums (CRC32), which pyarrow verifies, and with the
+SHA-256 of the whole file beside it (``part-<uuid>.parquet.sha256``, swapped in with it): DuckDB,
+which runs the feature models, verifies no page checksum and reads a flipped bit in a data page as
+wrong numbers. ``Lake.read`` and ``Lake.verified_file`` (the file the SQL models read) check the
+digest first, so a damaged file fails the read naming the file and its repair (a file written
+before digests existed has none and is read unchecked). A staging
 directory is named after the writer's process: ``sweep_leftovers`` removes those of processes that
 are gone (a killed run) and any older than a write could take.
 """
 
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -62,6 +67,12 @@ def _exchange(a: Path, b: Path) -> bool:
 # of one account-day (288 rows an instance) in one group would keep a per-partition step on one core.
 # 131,072 rows (455 instances) gives an account of 1,000 instances five groups.
 ROW_GROUP_ROWS = 131_072
+DIGEST_SUFFIX = ".sha256"
+_HASH_CHUNK = 1 << 20
+
+
+class CorruptFileError(OSError):
+    """A lake file whose bytes no longer match the SHA-256 recorded when it was written."""
 
 
 class Lake:
@@ -151,6 +162,7 @@ class Lake:
             )
             with open(stage / name, "rb") as handle:
                 os.fsync(handle.fileno())
+            write_digest(stage / name)
             if live.is_dir() and not _only_parts(live):
                 raise FileExistsError(f"{live} holds files the lake did not write; move them away first")
             self._swap_in(stage, live)
@@ -184,13 +196,23 @@ class Lake:
                 f"{self.partition_dir(table, account_id, day)}; materialise '{table}' for it first "
                 "(cloudopt run --start ... --end ...)"
             )
-        with open(path, "rb") as handle:
-            try:
-                return pq.read_table(handle, page_checksum_verification=True)
-            except (OSError, pa.ArrowException) as exc:
-                raise OSError(
-                    f"lake file {path} cannot be read ({str(exc).splitlines()[0]}): {repair_hint(self, table, path)}"
-                ) from exc
+        data = path.read_bytes()
+        verify_digest(path, table, self, data)
+        try:
+            return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise OSError(
+                f"lake file {path} cannot be read ({str(exc).splitlines()[0]}): {repair_hint(self, table, path)}"
+            ) from exc
+
+    def verified_file(self, table: str, account_id: str | None = None, day: date | str | None = None) -> Path | None:
+        """The live file of one partition after checking its SHA-256 (``CorruptFileError`` if it does not
+        match), or None when the partition was never written: what readers that open the file
+        themselves (DuckDB) go through."""
+        path = self.partition_file(table, account_id, day)
+        if path is not None:
+            verify_digest(path, table, self)
+        return path
 
     def partitions(self, table: str) -> list[tuple[str | None, str | None]]:
         """(account_id, date) of every partition written, sorted."""
@@ -200,6 +222,44 @@ class Lake:
             parts = dict(p.split("=", 1) for p in path.relative_to(base).parts[:-1] if "=" in p)
             found.append((parts.get("account_id"), parts.get("date")))
         return sorted(found, key=lambda key: (key[0] or "", key[1] or ""))
+
+
+def file_sha256(path: Path, data: bytes | None = None) -> str:
+    """SHA-256 of the bytes of ``path`` (of ``data`` when the caller has them already)."""
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of the part file ``path`` is kept: beside it, in the same partition folder."""
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def write_digest(path: Path) -> Path:
+    """Record the SHA-256 of the part file ``path`` beside it (before the partition is swapped in)."""
+    target = digest_path(path)
+    target.write_text(file_sha256(path) + "\n")
+    return target
+
+
+def verify_digest(path: Path, table: str, lake: Lake, data: bytes | None = None) -> None:
+    """Raise ``CorruptFileError`` naming ``path`` and its repair when its bytes do not match the SHA-256
+    recorded at write time; a file without a recorded digest (written before digests) passes."""
+    try:
+        recorded = digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        return
+    actual = file_sha256(path, data)
+    if actual != recorded:
+        raise CorruptFileError(
+            f"lake file {path} is damaged (its SHA-256 is {actual[:12]}..., {recorded[:12]}... when written): "
+            f"{repair_hint(lake, table, path)}"
+        )
 
 
 def is_table_name(name: str) -> bool:

@@ -525,6 +525,17 @@ def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
 
+def _misfit(table: pa.Table, schema: pa.Schema, error: Exception) -> str:
+    """The first column that does not cast to its type, with Arrow's reason (which names the value)."""
+    for target in schema:
+        column = table.column(target.name)
+        try:
+            column.cast(target.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            return f"column '{target.name}' ({column.type}, should be {target.type}): {exc}"
+    return str(error)
+
+
 def conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
     """Cast ``table`` to ``schema`` (column order and types), naming what is missing or wrong."""
     missing = [f.name for f in schema if f.name not in table.column_names]
@@ -542,9 +553,16 @@ def conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
     try:
         out = table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"table '{table_name}' does not fit its schema: {exc}") from exc
+        raise ValueError(f"table '{table_name}' does not fit its schema: {_misfit(table, schema, exc)}") from exc
     if schema.equals(RESOURCES):
         validate_resources(out)
+    if schema.equals(UTILIZATION_5M):
+        for key in ("account_id", "date", "resource_id", "ts"):
+            if nulls := out.column(key).null_count:
+                raise ValueError(
+                    f"table '{table_name}' has {nulls} row(s) without {key} (a page cut off by the source?); "
+                    f"every sample needs its account_id, date, resource_id and ts: collect that partition again"
+                )
     check_amounts(out, table_name)
     return out
 
