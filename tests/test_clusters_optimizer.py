@@ -15,7 +15,7 @@ from cloudopt_pipelines.catalog.clusters import is_valid_fargate_size
 from cloudopt_pipelines.catalog.prices import build_price_catalog
 from cloudopt_pipelines.optimizers.base import OptimizerInputs, optimizer_named
 from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersOptimizer, ClustersSettings
-from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.sizing import HOURS_PER_MONTH, Catalog
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
 
 ACCOUNT = "123456789012"
@@ -107,7 +107,12 @@ def daily(cluster_id: str, days: int, cpu_p95: float, mem_max: float | None) -> 
 
 
 def recommend(
-    catalog: Catalog, inventory: list[dict], prof: list[dict], days: list[dict] | None = None, **settings: Any
+    catalog: Catalog,
+    inventory: list[dict],
+    prof: list[dict],
+    days: list[dict] | None = None,
+    runs: list[dict] | None = None,
+    **settings: Any,
 ) -> list[dict]:
     optimizer = ClustersOptimizer()
     inputs = OptimizerInputs(
@@ -117,6 +122,7 @@ def recommend(
         tables={
             "cluster_activity_profile": pa.Table.from_pylist(prof) if prof else pa.table({"resource_id": []}),
             "cluster_utilization_daily": pa.Table.from_pylist(days) if days else pa.table({"resource_id": []}),
+            "emr_idle_runs": pa.Table.from_pylist(runs) if runs else pa.table({"resource_id": []}),
         },
         days_found={},
         catalog=catalog,
@@ -436,6 +442,23 @@ def test_emr_fleets_and_terminated_clusters(catalog: Catalog) -> None:
     assert "auto_terminate" in options(idle, "j-ETL")
     gone = recommend(catalog, [emr(GROUPS, state="TERMINATING")], emr_profile(set(), yarn=0.0))
     assert [r["option_name"] for r in gone] == ["keep"] and "TERMINATING" in gone[0]["rationale"]
+
+
+def test_emr_idle_time_that_moves_between_weeks_comes_from_its_idle_runs(catalog: Catalog) -> None:
+    # Idle all of one week, busy all of the next: every hour of the week is idle half the time, so the
+    # hour-of-week profile finds no idle hour; the cluster's own idle runs do.
+    half = [{**r, "idle_share_pct": 50.0, "days_seen": 14} for r in emr_profile(set(range(24)), yarn=30.0)]
+    assert "auto_terminate" not in options(recommend(catalog, [emr(GROUPS)], half), "j-ETL")
+    week = [{"resource_id": EMR_ARN, "idle_minutes": 7 * 24 * 60, "days_seen": 14}]
+    rows = recommend(catalog, [emr(GROUPS)], half, runs=week)
+    auto = options(rows, "j-ETL")["auto_terminate"]
+    assert "1 idle run(s), the longest 168.0 h" in auto["rationale"]
+    # 168 h idle over 14 days, 1 h of it before the timeout ends the cluster: 83.5 cluster-hours a week saved.
+    hourly = auto["monthly_cost_current_usd"] / HOURS_PER_MONTH
+    assert auto["monthly_savings_usd"] == pytest.approx(hourly * 83.5 / 7 * HOURS_PER_MONTH / 24, abs=0.02)
+    # Many short runs (each shorter than the timeout) save nothing: no option.
+    flicker = [{"resource_id": EMR_ARN, "idle_minutes": 30, "days_seen": 14} for _ in range(300)]
+    assert "auto_terminate" not in options(recommend(catalog, [emr(GROUPS)], half, runs=flicker), "j-ETL")
 
 
 def test_protected_emr_cluster_keeps_as_best(catalog: Catalog) -> None:

@@ -134,7 +134,10 @@ class ClusterAnalysis:
     containers_pending_max: float | None = None
     by_hour_of_week: dict[int, dict[str, Any]] = field(default_factory=dict)
     idle_hours_per_day: float | None = None
-    idle_stretches_hours: list[int] = field(default_factory=list)
+    idle_stretches_hours: list[float] = field(default_factory=list)
+    #: True when the idle hours come from the cluster's own idle runs (``emr_idle_runs``), False when from
+    #: the hours of the week that are idle in every week of the window
+    idle_from_runs: bool = False
     days_seen: int = 0
     hours_covered: int = 0
     notes: list[str] = field(default_factory=list)
@@ -178,13 +181,18 @@ def analyze_cluster_utilization(
     activity_profile: Sequence[Mapping[str, Any]],
     cluster_daily: Sequence[Mapping[str, Any]],
     catalog: Catalog,
+    idle_runs: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, ClusterAnalysis]:
     """Every ECS cluster and service, EMR cluster and custom cluster of the inventory, analysed.
 
     ``activity_profile`` is the ``cluster_activity_profile`` feature (hour of week, from the clusters' own
     CloudWatch series); ``cluster_daily`` the ``cluster_utilization_daily`` rows of the window (nodes'
-    capacity and use, custom clusters included). Keys: the resource ids of the rows to write.
+    capacity and use, custom clusters included); ``idle_runs`` the ``emr_idle_runs`` rows (each run of idle
+    5-minute samples of an EMR cluster over the window). Keys: the resource ids of the rows to write.
     """
+    runs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in idle_runs:
+        runs[str(row["resource_id"])].append(row)
     profile: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in activity_profile:
         profile[str(row["resource_id"])].append(row)
@@ -261,6 +269,8 @@ def analyze_cluster_utilization(
             )
         _reserved(analysis)
         _profile(analysis, profile.get(key, []))
+        if analysis.resource_kind == EMR_CLUSTER and runs.get(key):
+            _idle_runs(analysis, runs[key])
         if analysis.resource_kind == CUSTOM_CLUSTER_KIND or (
             analysis.resource_kind == ECS_CLUSTER and not analysis.days_seen
         ):
@@ -321,6 +331,18 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         if known:
             a.idle_hours_per_day = round(sum(1 for v in known.values() if v) * HOURS_OF_WEEK / len(known) / 7, 2)
             a.idle_stretches_hours = _stretches(known)
+
+
+def _idle_runs(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Idle hours a day and idle stretches from the cluster's own runs of idle samples: idle time that moves
+    from week to week (idle all of one week, busy the next) leaves no hour of the week idle in every week."""
+    days = max(int(r.get("days_seen") or 0) for r in rows)
+    if days <= 0:
+        return
+    hours = sorted((float(r["idle_minutes"]) / 60 for r in rows), reverse=True)
+    a.idle_hours_per_day = round(sum(hours) / days, 2)
+    a.idle_stretches_hours = [round(h, 2) for h in hours]
+    a.idle_from_runs = True
 
 
 def _stretches(idle: Mapping[int, bool]) -> list[int]:
@@ -1091,45 +1113,65 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         and not attrs.get("auto_termination_idle_timeout")
     ):
         timeout_h = config.emr_idle_timeout_seconds / 3600
-        saved_per_week = sum(max(0.0, s - timeout_h) for s in a.idle_stretches_hours)
+        saved_hours = sum(max(0.0, s - timeout_h) for s in a.idle_stretches_hours)
+        # Runs are over the days seen; hour-of-week stretches are already a week's.
+        saved_per_week = saved_hours * 7 / max(a.days_seen, 1) if a.idle_from_runs else saved_hours
         saved = round(hourly * saved_per_week / 7 * (HOURS_PER_MONTH / 24), 2)
-        always_idle = a.idle_stretches_hours == [HOURS_OF_WEEK]
-        busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
-        window = _window_text(busy)
-        plan.options.append(
-            Option(
-                "auto_terminate",
-                "emr_auto_termination",
-                round(cost - saved, 2),
-                {
-                    **current,
-                    "idle_timeout_seconds": config.emr_idle_timeout_seconds,
-                    "api_calls": [
-                        {
-                            "service": "emr",
-                            "operation": "PutAutoTerminationPolicy",
-                            "parameters": {
-                                "ClusterId": cluster_id,
-                                "AutoTerminationPolicy": {"IdleTimeout": config.emr_idle_timeout_seconds},
-                            },
-                        }
-                    ],
-                },
-                (
-                    f"idle (no step or application) {a.idle_hours_per_day:.1f} h a day on average over {a.days_seen} d"
-                    + (", the whole window: nothing ran" if always_idle else f"; busy only {window}")
-                    + f"; ending it after {config.emr_idle_timeout_seconds // 60} idle minutes saves "
-                    f"{saved_per_week:.0f} cluster-hours a week"
-                    + ("" if always_idle else "; its batch work then runs as a transient cluster in that window")
-                    + (f" (current policy unknown: {', '.join(unknown)})" if unknown else "")
-                ),
-                risk=1.5 if not always_idle else 0.5,
-                finding="idle" if always_idle else "over-provisioned",
-                is_estimate=True,
-                effort="Medium",
+        if saved > 0.01:  # idle runs all shorter than the timeout save nothing
+            always_idle = (
+                a.idle_hours_per_day >= 24 * 0.99 if a.idle_from_runs else a.idle_stretches_hours == [HOURS_OF_WEEK]
             )
-        )
-        plan.finding = "idle" if always_idle else "over-provisioned"
+            busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
+            window = _window_text(busy)
+            plan.options.append(
+                Option(
+                    "auto_terminate",
+                    "emr_auto_termination",
+                    round(cost - saved, 2),
+                    {
+                        **current,
+                        "idle_timeout_seconds": config.emr_idle_timeout_seconds,
+                        "api_calls": [
+                            {
+                                "service": "emr",
+                                "operation": "PutAutoTerminationPolicy",
+                                "parameters": {
+                                    "ClusterId": cluster_id,
+                                    "AutoTerminationPolicy": {"IdleTimeout": config.emr_idle_timeout_seconds},
+                                },
+                            }
+                        ],
+                    },
+                    (
+                        f"idle (no step or application) {a.idle_hours_per_day:.1f} h a day on average over "
+                        f"{a.days_seen} d"
+                        + (
+                            ", the whole window: nothing ran"
+                            if always_idle
+                            else (
+                                f"; {len(a.idle_stretches_hours)} idle run(s), the longest "
+                                f"{a.idle_stretches_hours[0]:.1f} h"
+                                if a.idle_from_runs
+                                else f"; busy only {window}"
+                            )
+                        )
+                        + f"; ending it after {config.emr_idle_timeout_seconds // 60} idle minutes saves "
+                        f"{saved_per_week:.0f} cluster-hours a week"
+                        + (
+                            ""
+                            if always_idle
+                            else "; its batch work then runs as a transient cluster "
+                            + ("when it comes" if a.idle_from_runs else "in that window")
+                        )
+                        + (f" (current policy unknown: {', '.join(unknown)})" if unknown else "")
+                    ),
+                    risk=1.5 if not always_idle else 0.5,
+                    finding="idle" if always_idle else "over-provisioned",
+                    is_estimate=True,
+                    effort="Medium",
+                )
+            )
+            plan.finding = "idle" if always_idle else "over-provisioned"
     if fleets:
         keep.rationale = "instance fleets: sizing of fleets is not proposed (groups only); auto-termination still is"
         return plan

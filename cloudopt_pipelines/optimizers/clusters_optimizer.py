@@ -93,6 +93,7 @@ class ClustersOptimizer(DeploymentOptimizer):
     inputs: ClassVar[tuple[FeatureInput, ...]] = (
         FeatureInput("cluster_activity_profile", window_days=1),
         FeatureInput("cluster_utilization_daily", window_days=WINDOW_DAYS),
+        FeatureInput("emr_idle_runs", window_days=1),
     )
     settings_type: ClassVar[type[BaseModel]] = ClustersSettings
     description: ClassVar[str] = (
@@ -143,6 +144,7 @@ class ClustersOptimizer(DeploymentOptimizer):
             _rows(inputs.tables.get("cluster_activity_profile")),
             _rows(inputs.tables.get("cluster_utilization_daily")),
             inputs.catalog,
+            idle_runs=_rows(inputs.tables.get("emr_idle_runs")),
         )
         plans = optimize_node_distribution(
             optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config
