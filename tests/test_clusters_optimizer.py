@@ -323,6 +323,7 @@ def emr(groups: list[tuple[str, str, int, str]], fleets: bool = False, **kw: Any
         ],
         "instance_fleets": [
             {
+                "id": f"if-{role}",
                 "type": role,
                 "target_on_demand": n if m == "ON_DEMAND" else 0,
                 "target_spot": n if m == "SPOT" else 0,
@@ -435,9 +436,36 @@ def test_emr_task_nodes_on_diversified_spot_primary_and_core_never(catalog: Cata
 
 def test_emr_fleets_and_terminated_clusters(catalog: Catalog) -> None:
     rows = recommend(catalog, [emr(GROUPS, fleets=True)], emr_profile(set(range(24)), yarn=30.0))
-    keep = options(rows, "j-ETL")["keep"]
-    assert "instance fleets" in keep["rationale"] and "resize" not in options(rows, "j-ETL")
-    assert keep["monthly_cost_current_usd"] > 0
+    groups = recommend(catalog, [emr(GROUPS)], emr_profile(set(range(24)), yarn=30.0))
+    resize = options(rows, "j-ETL")["resize"]
+    assert options(rows, "j-ETL")["keep"]["monthly_cost_current_usd"] > 0
+    # The same cut as for groups, applied with ModifyInstanceFleet target capacities (on-demand units first).
+    as_groups = json.loads(options(groups, "j-ETL")["resize"]["proposed_config"])["instance_groups"]
+    proposed = json.loads(resize["proposed_config"])
+    counts = {
+        g["role"]: sum(x["count"] for x in proposed["instance_groups"] if x["role"] == g["role"]) for g in as_groups
+    }
+    assert counts == {g["role"]: g["count"] for g in as_groups}
+    assert resize["monthly_savings_usd"] == pytest.approx(options(groups, "j-ETL")["resize"]["monthly_savings_usd"])
+    calls = proposed["api_calls"]
+    assert calls and {c["operation"] for c in calls} == {"ModifyInstanceFleet"}
+    by_fleet = {c["parameters"]["InstanceFleet"]["InstanceFleetId"]: c["parameters"]["InstanceFleet"] for c in calls}
+    assert "if-MASTER" not in by_fleet
+    assert {fid: (f["TargetOnDemandCapacity"], f["TargetSpotCapacity"]) for fid, f in by_fleet.items()} == {
+        f"if-{g['role']}": (g["count"], 0)
+        for g in as_groups
+        if g["role"] != "MASTER" and (g["role"], g["count"]) != ("CORE", 2)
+    }
+    scaling = json.loads(options(rows, "j-ETL")["managed_scaling"]["proposed_config"])
+    assert scaling["unit_type"] == "InstanceFleetUnits"
+    weighted = emr(GROUPS, fleets=True)
+    attrs = json.loads(weighted["attributes"])
+    attrs["instance_fleets"][1]["instance_types"][0]["weight"] = 4
+    weighted["attributes"] = json.dumps(attrs)
+    rows = recommend(catalog, [weighted], emr_profile(set(range(24)), yarn=30.0))
+    assert "weighted capacities" in options(rows, "j-ETL")["keep"]["rationale"] and "resize" not in options(
+        rows, "j-ETL"
+    )
     idle = recommend(catalog, [emr(GROUPS, fleets=True)], emr_profile(set(range(20, 24)), yarn=30.0))
     assert "auto_terminate" in options(idle, "j-ETL")
     gone = recommend(catalog, [emr(GROUPS, state="TERMINATING")], emr_profile(set(), yarn=0.0))

@@ -1026,8 +1026,8 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         for g in groups
     ]
     if fleets:
-        # Fleet capacity as groups of its first instance type, one unit an instance (weights ignored):
-        # enough to price it and to propose auto-termination; fleets are not resized.
+        # Fleet capacity as groups of its first instance type and market, one unit an instance: priced so, and
+        # resized so only when every type weighs one unit (ModifyInstanceFleet target capacities).
         for f in attrs.get("instance_fleets") or []:
             types = [t.get("instance_type") for t in f.get("instance_types") or [] if t.get("instance_type")]
             for market, key in (("ON_DEMAND", "on_demand"), ("SPOT", "spot")):
@@ -1040,6 +1040,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                             "instance_type": types[0] if types else None,
                             "count": int(units),
                             "market": market,
+                            "fleet_id": f.get("id"),
                         }
                     )
     current: dict[str, Any] = {
@@ -1173,11 +1174,19 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
             )
             plan.finding = "idle" if always_idle else "over-provisioned"
     if fleets:
-        keep.rationale = "instance fleets: sizing of fleets is not proposed (groups only); auto-termination still is"
-        return plan
-
-    core = next((g for g in current_groups if g["role"] == "CORE"), None)
-    task = next((g for g in current_groups if g["role"] == "TASK"), None)
+        weights = {
+            t.get("weight") for f in attrs.get("instance_fleets") or [] for t in f.get("instance_types") or []
+        } - {None, 1}
+        if weights:
+            keep.rationale = (
+                f"instance fleets with weighted capacities ({sorted(weights)}): units are not instances, no resize "
+                "is proposed; auto-termination still is"
+            )
+            return plan
+        core, task = _fleet_role(current_groups, "CORE"), _fleet_role(current_groups, "TASK")
+    else:
+        core = next((g for g in current_groups if g["role"] == "CORE"), None)
+        task = next((g for g in current_groups if g["role"] == "TASK"), None)
     workers = (core["count"] if core else 0) + (task["count"] if task else 0)
     if core is None or workers == 0:
         return plan
@@ -1203,7 +1212,9 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
             if task or new_task:
                 proposed.append({**(task or {**core, "role": "TASK"}), "role": "TASK", "count": new_task})
             calls = []
-            for g in proposed:
+            if fleets:
+                proposed, calls = _fleet_targets(current_groups, cluster_id, {"CORE": new_core, "TASK": new_task})
+            for g in [] if fleets else proposed:
                 if g["role"] in ("CORE", "TASK") and group_ids.get(g["role"]):
                     calls.append(
                         {
@@ -1226,7 +1237,8 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                     f"YARN memory used p95 {use:.0f} % of {workers} worker node(s) over {a.days_seen} d: "
                     f"{need} keep it under "
                     f"{config.target_mem_pct:.0f} %; task nodes go first, core nodes (HDFS) stay at least "
-                    f"{config.emr_min_core_nodes}",
+                    f"{config.emr_min_core_nodes}"
+                    + ("; fleets' on-demand units are cut before their Spot units" if fleets else ""),
                     risk=1.0,
                     finding="over-provisioned",
                     is_estimate=True,
@@ -1249,6 +1261,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
             if saving > 0.01 and not pending:
                 # Units count core and task instances; the primary node is outside managed scaling.
                 min_units, max_units = core["count"], workers
+                unit_type = "InstanceFleetUnits" if fleets else "Instances"
                 plan.options.append(
                     Option(
                         "managed_scaling",
@@ -1259,7 +1272,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                             "min_units": min_units,
                             "max_units": max_units,
                             "max_core_units": core["count"],
-                            "unit_type": "Instances",
+                            "unit_type": unit_type,
                             "api_calls": [
                                 {
                                     "service": "emr",
@@ -1268,7 +1281,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                                         "ClusterId": cluster_id,
                                         "ManagedScalingPolicy": {
                                             "ComputeLimits": {
-                                                "UnitType": "Instances",
+                                                "UnitType": unit_type,
                                                 "MinimumCapacityUnits": min_units,
                                                 "MaximumCapacityUnits": max_units,
                                                 "MaximumCoreCapacityUnits": core["count"],
@@ -1287,6 +1300,51 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                     )
                 )
     return plan
+
+
+def _fleet_role(groups: Sequence[Mapping[str, Any]], role: str) -> dict[str, Any] | None:
+    """A fleet role's on-demand and Spot parts as one group (their units summed)."""
+    parts = [g for g in groups if g["role"] == role]
+    if not parts:
+        return None
+    return {**parts[0], "count": sum(int(g["count"]) for g in parts)}
+
+
+def _fleet_targets(
+    groups: Sequence[Mapping[str, Any]], cluster_id: str, totals: Mapping[str, int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each core and task fleet cut to its role's new total, on-demand units first (they cost more), and the
+    ``ModifyInstanceFleet`` calls for the fleets that change."""
+    proposed = [dict(g) for g in groups if g["role"] == "MASTER"]
+    calls = []
+    for role, total in totals.items():
+        parts = [g for g in groups if g["role"] == role]
+        if not parts:
+            continue
+        spot = sum(int(g["count"]) for g in parts if g["market"] == "SPOT")
+        new_spot = min(spot, total)
+        new = {"SPOT": new_spot, "ON_DEMAND": total - new_spot}
+        proposed.extend({**g, "count": new[g["market"]]} for g in parts if new[g["market"]] or len(parts) == 1)
+        fleet_id = parts[0].get("fleet_id")
+        if fleet_id and (new["SPOT"], new["ON_DEMAND"]) != (
+            spot,
+            sum(int(g["count"]) for g in parts if g["market"] == "ON_DEMAND"),
+        ):
+            calls.append(
+                {
+                    "service": "emr",
+                    "operation": "ModifyInstanceFleet",
+                    "parameters": {
+                        "ClusterId": cluster_id,
+                        "InstanceFleet": {
+                            "InstanceFleetId": fleet_id,
+                            "TargetOnDemandCapacity": new["ON_DEMAND"],
+                            "TargetSpotCapacity": new["SPOT"],
+                        },
+                    },
+                }
+            )
+    return proposed, calls
 
 
 def _window_text(hours: Sequence[int]) -> str:

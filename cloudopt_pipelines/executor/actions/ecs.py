@@ -115,6 +115,26 @@ def service_of(action: PlannedAction) -> tuple[str, str]:
     return str(cluster), str(service)
 
 
+def deployment_settled(ctx: ActionContext, cluster: str, service: str) -> bool:
+    """Whether the service's rollout is over: its primary deployment ``COMPLETED`` (the older ones drained) or
+    ``FAILED``; without a rollout state (an external deployment controller), one deployment running the desired
+    count. A service gone is settled (verification then says so)."""
+    found = ctx.client("ecs").describe_services(cluster=cluster, services=[service]).get("services") or []
+    svc = next((s for s in found if s.get("status") != "INACTIVE"), None)
+    if svc is None:
+        return True
+    deployments = svc.get("deployments") or []
+    primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
+    if primary is None:
+        return True
+    state = primary.get("rolloutState")
+    if state == "FAILED":
+        return True
+    if state is not None:
+        return state == "COMPLETED" and len(deployments) == 1
+    return len(deployments) == 1 and primary.get("runningCount") == primary.get("desiredCount")
+
+
 def read_service(ctx: ActionContext, cluster: str, service: str) -> LiveState:
     ecs = ctx.client("ecs")
     try:
@@ -305,6 +325,14 @@ class UpdateEcsService(ActionPlugin):
     def verify(
         self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
     ) -> Verification:
+        cluster, service = service_of(action)
+        try:
+            ctx.wait_for(
+                f"the deployment of ECS service {service} on {cluster} to settle (rolloutState COMPLETED or FAILED)",
+                lambda: deployment_settled(ctx, cluster, service),
+            )
+        except ExecutorError as exc:
+            return Verification(False, {"rollout_state": "IN_PROGRESS"}, str(exc))
         live = self.read(ctx, action)
         keys = (*SERVICE_KEYS, "task_definition", "task_definition_arn", "launch_type", "primary_task_definition")
         observed = {k: live.state.get(k) for k in (*keys, "rollout_state")}
