@@ -102,6 +102,13 @@ def serve(handle: Any) -> Iterator[str]:
         thread.join()
 
 
+def region_of(handler: BaseHTTPRequestHandler) -> str:
+    """The region a SigV4-signed request is for (its credential scope)."""
+    auth = handler.headers.get("Authorization", "")
+    scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/") if "Credential=" in auth else []
+    return scope[2] if len(scope) > 2 else "us-east-1"
+
+
 def _invalid(message: str) -> tuple[int, dict[str, Any]]:
     return 400, {"__type": "InvalidRequestException", "Message": message}
 
@@ -131,9 +138,9 @@ class AwsApi:
             f["ProvisionedSpotCapacity"] = f.get("TargetSpotCapacity", 0)
         self.fleets[cluster_id] = fleets
 
-    def _known(self, cluster_id: str) -> bool:
+    def _known(self, cluster_id: str, region: str) -> bool:
         emr = boto3.client(
-            "emr", region_name="us-east-1", endpoint_url=self.upstream, aws_access_key_id="x", aws_secret_access_key="y"
+            "emr", region_name=region, endpoint_url=self.upstream, aws_access_key_id="x", aws_secret_access_key="y"
         )
         try:
             emr.describe_cluster(ClusterId=cluster_id)
@@ -141,12 +148,12 @@ class AwsApi:
             return False
         return True
 
-    def answer(self, operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """EMR's answer to a policy or fleet call: (HTTP status, JSON body)."""
+    def answer(self, operation: str, body: dict[str, Any], region: str = "us-east-1") -> tuple[int, dict[str, Any]]:
+        """EMR's answer to a policy or fleet call in ``region``: (HTTP status, JSON body)."""
         with self.lock:
             self.calls.append(operation)
         cid = str(body.get("ClusterId") or "")
-        if not cid or not self._known(cid):
+        if not cid or not self._known(cid, region):
             return _invalid(f"Cluster id '{cid}' is not valid.")
         if operation in FLEET_CALLS:
             return self._fleet(operation, cid, body)
@@ -225,7 +232,7 @@ class AwsApi:
         request = json.loads(body or b"{}") if target else {}
         upstream = urllib.parse.urlsplit(self.upstream)
         if service == "ElasticMapReduce" and operation in (*POLICY_CALLS, *FLEET_CALLS):
-            status, answer = self.answer(operation, request)
+            status, answer = self.answer(operation, request, region_of(handler))
             send(handler, status, json.dumps(answer).encode())
             return
         if target == "ElasticMapReduce.DescribeCluster" and request.get("ClusterId") in self.fleets:
