@@ -138,6 +138,8 @@ class ClusterAnalysis:
     #: True when the idle hours come from the cluster's own idle runs (``emr_idle_runs``), False when from
     #: the hours of the week that are idle in every week of the window
     idle_from_runs: bool = False
+    #: where the ECS use comes from: ``ECS/ContainerInsights`` (preferred where present) or ``AWS/ECS``
+    usage_source: str | None = None
     days_seen: int = 0
     hours_covered: int = 0
     notes: list[str] = field(default_factory=list)
@@ -170,6 +172,7 @@ class ClusterAnalysis:
         )
         out = {k: _round(getattr(self, k)) for k in keys}
         out["nodes"] = len(self.nodes)
+        out["usage_source"] = self.usage_source
         out["idle_stretches_hours"] = self.idle_stretches_hours
         busy = sorted(h for h, b in self.by_hour_of_week.items() if not b.get("idle"))
         out["busy_hours_of_week"] = len(busy)
@@ -305,6 +308,9 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         values = [float(r[column]) for r in rows if r.get(column) is not None and math.isfinite(float(r[column]))]
         return max(values) if values else None
 
+    if a.resource_kind in (ECS_CLUSTER, ECS_SERVICE):
+        insights = any(float(r.get("insights_share_pct") or 0) > 0 for r in rows)
+        a.usage_source = "ECS/ContainerInsights" if insights else "AWS/ECS"
     a.used_cpu_p95_pct = peak("cpu_p95_pct")
     a.used_mem_max_pct = peak("mem_max_pct")
     a.yarn_mem_used_p95_pct = peak("yarn_mem_used_p95_pct")

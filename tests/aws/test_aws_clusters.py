@@ -42,6 +42,7 @@ class ClusterWorld:
     grid_member: str = ""
     emr_cluster_id: str = ""
     ecs_trace: list[float] = field(default_factory=list)
+    insights_cpu: list[float] = field(default_factory=list)
     emr_trace: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -123,6 +124,29 @@ def clusters_world(world: AwsWorld) -> ClusterWorld:
                 "Unit": "Percent",
             }
             for r in rows.itertuples()
+        ],
+    )
+
+    # Container Insights on for the api service (3 tasks of 1024 units / 2048 MiB): the tasks use half of what
+    # AWS/ECS CPUUtilization says, so which one the analysis reads shows.
+    w.insights_cpu = [v / 2 for v in w.ecs_trace]
+    put_metric_data(
+        client(endpoint, "cloudwatch", REGION),
+        "ECS/ContainerInsights",
+        [
+            {
+                "MetricName": metric,
+                "Dimensions": [{"Name": "ClusterName", "Value": "shop"}, {"Name": "ServiceName", "Value": "api"}],
+                "Timestamp": step_time(r.step_5min),
+                "Value": value,
+            }
+            for r in rows.itertuples()
+            for metric, value in (
+                ("CpuUtilized", 3072 * float(r.cpu_util_pct) / 2 / 100),
+                ("CpuReserved", 3072.0),
+                ("MemoryUtilized", 6144 * float(r.mem_util_pct) / 100),
+                ("MemoryReserved", 6144.0),
+            )
         ],
     )
 
@@ -277,6 +301,11 @@ def test_ecs_service_series_found_whatever_the_dimension_order(world, clusters_w
         if r["resource_id"].endswith(":service/shop/api") and r["metric"] == "CPUUtilization"
     )
     assert [v for _, v in api] == pytest.approx(clusters_world.ecs_trace)
+    # Container Insights asked for where ListMetrics lists it (the api service), not elsewhere.
+    insights = {
+        (r["resource_id"].rsplit("/", 1)[-1], r["metric"]) for r in rows if r["namespace"] == "ECS/ContainerInsights"
+    }
+    assert insights == {("api", m) for m in ("CpuUtilized", "CpuReserved", "MemoryUtilized", "MemoryReserved")}
     emr = {r["metric"] for r in rows if r["namespace"] == "AWS/ElasticMapReduce"}
     assert emr <= {
         "YARNMemoryAvailablePercentage",
@@ -360,6 +389,13 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     ):
         execute_model(models[name], lake, partitioning, MANAGEMENT_ACCOUNT, FIRST_DAY, source_schemas=source_schemas())
 
+    # Container Insights preferred where present: the api service's use is its tasks' CpuUtilized / CpuReserved.
+    stg = lake.read("stg_cluster_metrics_5m", MANAGEMENT_ACCOUNT, FIRST_DAY).to_pylist()
+    api_cpu = sorted((r["ts"], r) for r in stg if r["resource_id"].endswith(":service/shop/api"))
+    assert [r["cpu_pct"] for _, r in api_cpu] == pytest.approx(clusters_world.insights_cpu)
+    assert all(r["from_insights"] for _, r in api_cpu)
+    assert not any(r["from_insights"] for r in stg if r["resource_kind"] == "ecs_cluster")
+
     optimizer = optimizer_named("clusters")
     tables, days_found = read_inputs(lake, optimizer.inputs, MANAGEMENT_ACCOUNT, FIRST_DAY)
     inputs = OptimizerInputs(
@@ -382,6 +418,7 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     assert by[shop]["keep"]["vcpu"] == 16.0
     api = next(k for k in by if k.endswith(":service/shop/api"))
     assert by[api]["keep"]["protected"] and by[api]["keep"]["is_best"]
+    assert json.loads(by[api]["keep"]["details"])["analysis"]["usage_source"] == "ECS/ContainerInsights"
     resize = json.loads(by[api]["resize_tasks"]["proposed_config"])
     assert resize["api_calls"][1]["parameters"]["cluster"] == shop
     emr_arn = next(
