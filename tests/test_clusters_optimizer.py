@@ -489,6 +489,44 @@ def test_emr_idle_time_that_moves_between_weeks_comes_from_its_idle_runs(catalog
     assert "auto_terminate" not in options(recommend(catalog, [emr(GROUPS)], half, runs=flicker), "j-ETL")
 
 
+def test_batch_emr_cluster_consolidated_onto_an_always_on_one_with_room_in_its_window(catalog: Catalog) -> None:
+    host_arn = EMR_ARN.replace("j-ETL", "j-HOST")
+
+    def host(yarn: float) -> tuple[dict, list[dict]]:
+        cluster = emr(GROUPS, attributes={"cluster_id": "j-HOST", "applications": ["Spark", "Hive"]})
+        cluster["resource_id"], cluster["name"] = host_arn, "warehouse"
+        return cluster, profile(host_arn, "emr_cluster", idle_share_pct=0.0, yarn_mem_used_p95_pct=yarn)
+
+    batch = emr(GROUPS, attributes={"applications": ["Spark"]})
+    # The batch cluster is busy 20:00-24:00 UTC every day at 30 % of its YARN memory, idle otherwise.
+    batch_profile = emr_profile(set(range(20, 24)), yarn=30.0)
+    cluster, host_profile = host(yarn=20.0)
+    rows = recommend(catalog, [batch, cluster], batch_profile + host_profile)
+    moved = options(rows, "j-ETL")["consolidate_batch"]
+    proposed = json.loads(moved["proposed_config"])
+    assert moved["action"] == "schedule_batch" and proposed["advisory"] is True
+    assert proposed["host_cluster_id"] == "j-HOST" and proposed["window"] == "20:00-24:00 UTC every day"
+    # Same groups on both: 20 % + 30 % of the same YARN memory in the window.
+    assert proposed["host_yarn_memory_peak_pct"] == pytest.approx(50.0)
+    assert [c["operation"] for c in proposed["api_calls"]] == ["AddJobFlowSteps", "TerminateJobFlows"]
+    # Priced as the host's extra workers in the window: 6 workers sized for 80 % hold 20 % of their YARN memory
+    # on 2 of them, 20 % + 30 % on 4: 2 more nodes x 4 h x 7 days a week, at the host's mean node price.
+    assert proposed["host_extra_node_hours_week"] == 2 * 4 * 7
+    node_hour = moved["monthly_cost_current_usd"] / HOURS_PER_MONTH / 7
+    assert moved["monthly_cost_proposed_usd"] == pytest.approx(56 * node_hour * HOURS_PER_MONTH / 168, abs=0.01)
+    assert 0 < moved["monthly_savings_usd"] < moved["monthly_cost_current_usd"]
+    assert "consolidate_batch" not in options(rows, "j-HOST")
+
+    # A host without room in the window (60 % + 30 % over the 80 % target), or without the batch's
+    # applications, takes nothing.
+    full, full_profile = host(yarn=60.0)
+    assert "consolidate_batch" not in options(recommend(catalog, [batch, full], batch_profile + full_profile), "j-ETL")
+    other = emr(GROUPS, attributes={"applications": ["Presto"]})
+    lacking = {**cluster, "attributes": json.dumps({**json.loads(cluster["attributes"]), "applications": ["Hive"]})}
+    rows = recommend(catalog, [{**other, "resource_id": EMR_ARN}, lacking], batch_profile + host_profile)
+    assert "consolidate_batch" not in options(rows, "j-ETL")
+
+
 def test_protected_emr_cluster_keeps_as_best(catalog: Catalog) -> None:
     rows = recommend(catalog, [emr(GROUPS, tags={"cloudopt:protect": "true"})], emr_profile(set(range(2)), yarn=30.0))
     best = [r for r in rows if r["is_best"]]

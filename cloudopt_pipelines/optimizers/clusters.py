@@ -1486,6 +1486,118 @@ def optimize_node_distribution(plans: Mapping[str, Plan], catalog: Catalog, conf
     return plans
 
 
+def schedule_batch_work(plans: Mapping[str, Plan], config: ClusterConfig) -> dict[str, Plan]:
+    """Cost-aware scheduling of batch work with a flexible start: an EMR cluster busy only in a window of the
+    week (steps that could start later or earlier) whose YARN memory fits, hour by hour, in the headroom another
+    always-on EMR cluster of the region leaves in those hours, runs its steps there and ends; the saving is the
+    batch cluster less the host's extra workers in the window (what managed scaling on it would add, so the
+    host's own sizing options are not counted twice). Advisory (``schedule_batch``): the executor moves no steps and
+    ends no cluster; the row's api_calls say how."""
+    emr = {k: p for k, p in plans.items() if p.analysis.resource_kind == EMR_CLUSTER and p.current_cost_usd}
+    for key, plan in sorted(emr.items()):
+        a = plan.analysis
+        busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
+        need_gib = plan.details.get("yarn_memory_gib")
+        if (
+            _gate(a, config) is not None
+            or not busy
+            or a.idle_hours_per_day is None
+            or a.idle_hours_per_day < config.emr_min_idle_hours_per_day
+            or not need_gib
+        ):
+            continue
+        apps = set(a.attributes.get("applications") or [])
+        best: tuple[float, Plan, float] | None = None
+        for host_key, host in sorted(emr.items()):
+            h_a = host.analysis
+            host_gib = host.details.get("yarn_memory_gib")
+            if (
+                host_key == key
+                or h_a.region != a.region
+                or _gate(h_a, config) is not None
+                or not host_gib
+                or h_a.protected
+                or not apps <= set(h_a.attributes.get("applications") or [])
+                or (h_a.idle_hours_per_day or 0) >= config.emr_min_idle_hours_per_day  # a host that stays up
+            ):
+                continue
+            worst = 0.0
+            for h in busy:
+                mine = a.by_hour_of_week[h].get("yarn_mem_used_p95_pct")
+                theirs = (h_a.by_hour_of_week.get(h) or {}).get("yarn_mem_used_p95_pct")
+                if mine is None or theirs is None:
+                    worst = math.inf
+                    break
+                worst = max(worst, (theirs / 100 * host_gib + mine / 100 * need_gib) / host_gib * 100)
+            if worst <= config.target_mem_pct and (best is None or worst < best[0]):
+                best = (worst, host, host_gib)
+        if best is None:
+            continue
+        worst, host, host_gib = best
+        # The host's extra workers in the window, as managed scaling would add them (so the host's own sizing
+        # options, priced on its use without the batch, are not double counted): its mean node price.
+        host_groups = [g for g in host.current.get("instance_groups") or [] if g.get("role") in ("CORE", "TASK")]
+        workers = sum(int(g["count"]) for g in host_groups)
+        nodes = sum(int(g["count"]) for g in host.current.get("instance_groups") or [])
+        if not workers or not nodes or not host.current_cost_usd:
+            continue
+        node_hour = host.current_cost_usd / HOURS_PER_MONTH / nodes
+
+        def need(used_gib: float, gib: float = host_gib, n: int = workers) -> int:
+            return math.ceil(n * used_gib / (gib * config.target_mem_pct / 100) - 1e-9)
+
+        extra_week = 0
+        for h in busy:
+            theirs = host.analysis.by_hour_of_week[h]["yarn_mem_used_p95_pct"] / 100 * host_gib
+            mine = a.by_hour_of_week[h]["yarn_mem_used_p95_pct"] / 100 * need_gib
+            extra_week += max(0, need(theirs + mine) - need(theirs))
+        extra_month = round(extra_week * node_hour * HOURS_PER_MONTH / HOURS_OF_WEEK, 2)
+        if extra_month >= (plan.current_cost_usd or 0) - 0.01:
+            continue
+        host_id = host.analysis.attributes.get("cluster_id") or host.analysis.resource_id
+        own_id = a.attributes.get("cluster_id") or a.resource_id
+        window = _window_text(busy)
+        plan.options.append(
+            Option(
+                "consolidate_batch",
+                "schedule_batch",
+                extra_month,
+                {
+                    **plan.current,
+                    "host_cluster_id": host_id,
+                    "window": window,
+                    "busy_hours_of_week": busy,
+                    "host_yarn_memory_peak_pct": round(worst, 1),
+                    "host_extra_node_hours_week": extra_week,
+                    "advisory": True,
+                    "api_calls": [
+                        {
+                            "service": "emr",
+                            "operation": "AddJobFlowSteps",
+                            "parameters": {"JobFlowId": host_id, "Steps": "<the steps of " + own_id + ">"},
+                            "note": f"submit the batch cluster's steps to {host_id} in {window}",
+                        },
+                        {
+                            "service": "emr",
+                            "operation": "TerminateJobFlows",
+                            "parameters": {"JobFlowIds": [own_id]},
+                            "note": "once its steps run on the host",
+                        },
+                    ],
+                },
+                f"busy only {window} ({len(busy)} h a week); in those hours its YARN memory (p95) and "
+                f"{host.analysis.name or host_id}'s together peak at {worst:.0f} % of {host_id}'s YARN memory "
+                f"(target {config.target_mem_pct:.0f} %): its steps run there and it ends; the host's extra "
+                f"{extra_week} node-hour(s) a week in the window are its cost; advisory, the executor moves no steps",
+                risk=1.5,
+                finding="over-provisioned",
+                is_estimate=True,
+                effort="High",
+            )
+        )
+    return dict(plans)
+
+
 def _similar_spot_types(catalog: Catalog, region: str, base: InstanceType, n: int) -> list[InstanceType]:
     """Up to ``n`` types with ``base``'s vCPUs, memory within 25 % and architecture, cheapest Spot first,
     ``base`` included when it has a Spot price."""

@@ -20,6 +20,7 @@ from cloudopt_pipelines.optimizers.clusters import (
     optimize_cluster_size,
     optimize_node_distribution,
     plan_rows,
+    schedule_batch_work,
 )
 from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_recommendations
 from cloudopt_pipelines.vocabulary import (
@@ -146,8 +147,9 @@ class ClustersOptimizer(DeploymentOptimizer):
             inputs.catalog,
             idle_runs=_rows(inputs.tables.get("emr_idle_runs")),
         )
-        plans = optimize_node_distribution(
-            optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config
+        plans = schedule_batch_work(
+            optimize_node_distribution(optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config),
+            config,
         )
         table = plan_rows(inputs.account_id, inputs.day, plans, config)
         notes = []

@@ -335,6 +335,27 @@ def test_cluster_node_rows_are_advice_never_applied(home, ecs_url) -> None:
     assert decision.outcome == "skipped" and decision.reason.startswith("not applicable: advisory")
     assert "2 x m6i.xlarge" in decision.reason and "UpdateAutoScalingGroup" in decision.reason
     assert decision.api_calls == []
+    batch = plan_row(
+        "arn:aws:elasticmapreduce:us-east-1:123456789012:cluster/j-BATCH",
+        "schedule_batch",
+        {
+            "host_cluster_id": "j-HOST",
+            "window": "20:00-24:00 UTC every day",
+            "api_calls": [
+                {"service": "emr", "operation": "AddJobFlowSteps", "parameters": {}},
+                {"service": "emr", "operation": "TerminateJobFlows", "parameters": {}},
+            ],
+        },
+        resource_kind="emr_cluster",
+        deployment_type="emr",
+        option_name="consolidate_batch",
+    )
+    home.write_plan([batch])
+    home.approve_all()
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
+    assert decision.outcome == "skipped" and decision.reason.startswith("not applicable: advisory")
+    assert "j-HOST 20:00-24:00 UTC every day" in decision.reason and "TerminateJobFlows" in decision.reason
+    assert decision.api_calls == []
 
 
 # ------------------------------------------------------------------------------------------------ EMR

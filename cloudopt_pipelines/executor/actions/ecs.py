@@ -464,3 +464,19 @@ class ClusterNodesAdvice(ActionPlugin):
 
     def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
         raise RollbackRefused("cluster node rows are advisory: nothing was applied")
+
+
+class BatchScheduleAdvice(ClusterNodesAdvice):
+    """Batch work moved to another cluster's spare hours (``schedule_batch``) is advice: steps submitted elsewhere
+    and a cluster ended are a change of workflows (schedulers, step definitions) that a person makes."""
+
+    actions = ("schedule_batch",)
+    resource_kinds = ("emr_cluster", "ecs_cluster", "custom_cluster")
+
+    def advice(self, action: PlannedAction) -> str:
+        p = action.proposed_config
+        calls = ", ".join(str(c.get("operation")) for c in p.get("api_calls") or []) or "none"
+        return (
+            f"batch work of {action.resource_id}: run it on {p.get('host_cluster_id')} {p.get('window')} by hand or "
+            f"in its scheduler, from the row's api_calls ({calls})"
+        )
