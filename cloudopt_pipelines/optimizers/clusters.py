@@ -882,6 +882,40 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
     best, same = search(items)
     reserved = sum(c for c, _ in items) / 1024
     plan.details["reserved_vcpu_packed"] = round(reserved, 3)
+    _resize_options(
+        plan,
+        same,
+        best,
+        zones,
+        lambda n, t: (
+            f"the tasks ({len(items)}, {reserved:.2f} vCPU reserved after the services' recommended sizes) pack on "
+            f"{n} x {t.instance_type} filled to {config.node_fill_pct:.0f} % "
+            f"(was {len(nodes)} x {current['instance_type']}); "
+            f"spread over {len(zones)} zone(s){', at least 2 nodes for production' if production else ''}"
+        ),
+        ecs=True,
+        requires=[x for x in assumed if x["option"] != KEEP],
+    )
+    if batch:
+        today = sum((s.current["cpu"] or 0) * (s.current["desired_count"] or 0) for s in ec2_services) / 1024
+        _batch_to_fargate_spot(plan, items[: len(items) - len(batch)], batch, today, search, catalog, config)
+    return plan
+
+
+def _resize_options(
+    plan: Plan,
+    same: tuple[float, InstanceType, int] | None,
+    best: tuple[float, InstanceType, int] | None,
+    zones: Sequence[str],
+    rationale: Any,
+    ecs: bool,
+    requires: list[dict[str, Any]] | None = None,
+) -> None:
+    """The ``resize_cluster`` options of an ECS or custom cluster's nodes: the cheapest count of today's type
+    (``resize_cluster_same_type``) and the cheapest type and count (``resize_cluster``), each cheaper than today,
+    spread evenly over the zones. ``rationale(n, type)`` says why."""
+    a, nodes, current, cost = plan.analysis, plan.analysis.nodes, plan.current, plan.current_cost_usd or 0.0
+    types = Counter(n.instance_type for n in nodes)
     for label, choice in (("resize_cluster_same_type", same), ("resize_cluster", best)):
         if choice is None or choice[0] >= cost - 0.01:
             continue
@@ -895,23 +929,22 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
             z: max(0, k - (0 if not same_type else sum(1 for x in nodes if (x.zone or "") == z)))
             for z, k in target.items()
         }
+        proposed: dict[str, Any] = {
+            "cluster": a.resource_id,
+            "instance_type": t.instance_type,
+            "count": n,
+            "zones": target,
+        }
+        if requires is not None:
+            proposed["requires"] = requires
+        proposed["api_calls"] = _node_calls(a, removed, added, t.instance_type, ecs=ecs)
         plan.options.append(
             Option(
                 label,
                 "resize_cluster",
                 monthly,
-                {
-                    "cluster": a.resource_id,
-                    "instance_type": t.instance_type,
-                    "count": n,
-                    "zones": target,
-                    "requires": [x for x in assumed if x["option"] != KEEP],
-                    "api_calls": _node_calls(a, removed, added, t.instance_type, ecs=True),
-                },
-                f"the tasks ({len(items)}, {reserved:.2f} vCPU reserved after the services' recommended sizes) pack on "
-                f"{n} x {t.instance_type} filled to {config.node_fill_pct:.0f} % "
-                f"(was {len(nodes)} x {current['instance_type']}); "
-                f"spread over {len(zones)} zone(s){', at least 2 nodes for production' if production else ''}",
+                proposed,
+                rationale(n, t),
                 risk=0.5 if same_type else 1.0,
                 finding="over-provisioned",
                 is_estimate=t.is_estimate,
@@ -921,10 +954,6 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
             )
         )
         plan.finding = "over-provisioned"
-    if batch:
-        today = sum((s.current["cpu"] or 0) * (s.current["desired_count"] or 0) for s in ec2_services) / 1024
-        _batch_to_fargate_spot(plan, items[: len(items) - len(batch)], batch, today, search, catalog, config)
-    return plan
 
 
 def _batch_to_fargate_spot(
@@ -1416,43 +1445,17 @@ def _custom_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig)
         + (f" and memory peak {a.used_mem_max_pct:.0f} %" if mem_known else " (memory not reported: not reduced)")
         + f" of {len(nodes)} x {current['instance_type']} over {a.days_seen} d"
     )
-    for label, choice in (("resize_cluster_same_type", same), ("resize_cluster", best)):
-        if choice is None or choice[0] >= cost - 0.01:
-            continue
-        if label == "resize_cluster" and same is not None and choice[1].instance_type == same[1].instance_type:
-            continue
-        monthly, t, n = choice
-        target = _spread(n, zones)
-        same_type = t.instance_type == current["instance_type"] and len(types) == 1
-        removed = _removed(nodes, target, same_type)
-        added = {
-            z: max(0, k - (0 if not same_type else sum(1 for x in nodes if (x.zone or "") == z)))
-            for z, k in target.items()
-        }
-        plan.options.append(
-            Option(
-                label,
-                "resize_cluster",
-                monthly,
-                {
-                    "cluster": a.resource_id,
-                    "instance_type": t.instance_type,
-                    "count": n,
-                    "zones": target,
-                    "api_calls": _node_calls(a, removed, added, t.instance_type, ecs=False),
-                },
-                f"{used}: the group needs {need_vcpu:.1f} vCPU at {config.target_cpu_pct:.0f} %; "
-                f"{n} x {t.instance_type} "
-                f"spread over {len(zones)} zone(s), sized as one cluster",
-                risk=0.5 if same_type else 1.0,
-                finding="over-provisioned",
-                is_estimate=t.is_estimate,
-                vcpu=float(n * t.vcpu),
-                memory_gib=float(n * t.memory_gib),
-                effort="Medium" if same_type else "High",
-            )
-        )
-        plan.finding = "over-provisioned"
+    _resize_options(
+        plan,
+        same,
+        best,
+        zones,
+        lambda n, t: (
+            f"{used}: the group needs {need_vcpu:.1f} vCPU at {config.target_cpu_pct:.0f} %; "
+            f"{n} x {t.instance_type} spread over {len(zones)} zone(s), sized as one cluster"
+        ),
+        ecs=False,
+    )
     return plan
 
 

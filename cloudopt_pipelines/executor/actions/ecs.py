@@ -438,13 +438,16 @@ class ClusterNodesAdvice(ActionPlugin):
     resource_kinds = ("ecs_cluster", "custom_cluster")
     advisory = True
 
-    def advice(self, action: PlannedAction) -> str:
+    def what(self, action: PlannedAction) -> str:
         p = action.proposed_config
-        calls = ", ".join(str(c.get("operation")) for c in p.get("api_calls") or []) or "none"
         return (
             f"cluster {action.resource_id}: move to {p.get('count')} x {p.get('instance_type')} by hand or in its "
-            f"Auto Scaling group / capacity provider, from the row's api_calls ({calls})"
+            "Auto Scaling group / capacity provider"
         )
+
+    def advice(self, action: PlannedAction) -> str:
+        calls = ", ".join(str(c.get("operation")) for c in action.proposed_config.get("api_calls") or []) or "none"
+        return f"{self.what(action)}, from the row's api_calls ({calls})"
 
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
         return LiveState(exists=False)
@@ -473,10 +476,9 @@ class BatchScheduleAdvice(ClusterNodesAdvice):
     actions = ("schedule_batch",)
     resource_kinds = ("emr_cluster", "ecs_cluster", "custom_cluster")
 
-    def advice(self, action: PlannedAction) -> str:
+    def what(self, action: PlannedAction) -> str:
         p = action.proposed_config
-        calls = ", ".join(str(c.get("operation")) for c in p.get("api_calls") or []) or "none"
         return (
             f"batch work of {action.resource_id}: run it on {p.get('host_cluster_id')} {p.get('window')} by hand or "
-            f"in its scheduler, from the row's api_calls ({calls})"
+            "in its scheduler"
         )
