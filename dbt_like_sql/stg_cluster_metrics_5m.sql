@@ -3,10 +3,11 @@
 --   (one row per resource, slot, namespace, metric and statistic) to one row per resource and slot.
 --   resource_kind is ecs_cluster, ecs_service, emr_cluster or container. Percentages are as
 --   CloudWatch reports them (ECS CPUUtilization can exceed 100 %: kept, flagged out_of_range);
---   For ECS, Container Insights (ECS/ContainerInsights) is preferred where present: cpu_pct is
+--   For ECS services, Container Insights (ECS/ContainerInsights) is preferred where present: cpu_pct is
 --   100 x CpuUtilized / CpuReserved and mem_pct 100 x MemoryUtilized / MemoryReserved (the same "use over
 --   what the tasks reserve" as AWS/ECS CPUUtilization, measured per task), from_insights says so; AWS/ECS
---   CPUUtilization / MemoryUtilization otherwise. yarn_mem_used_pct is 100 - YARNMemoryAvailablePercentage; cpu_cores and mem_bytes are a pod's
+--   CPUUtilization / MemoryUtilization otherwise (and always for clusters, whose AWS/ECS use is over
+--   the registered capacity, not the reservation). yarn_mem_used_pct is 100 - YARNMemoryAvailablePercentage; cpu_cores and mem_bytes are a pod's
 --   absolute use (pod_cpu_usage_total / 1000, pod_memory_working_set). Duplicates: the later-listed
 --   raw row of a (resource, slot, metric, statistic) wins. Missing metrics are NULL, never 0; NaN and
 --   infinite values are excluded (NULL) and flagged nonfinite. When
@@ -59,12 +60,14 @@ pivoted AS (
             ELSE 'other'
         END AS resource_kind,
         max(value) FILTER (WHERE metric IN ('CPUUtilization', 'pod_cpu_utilization') AND stat = 'Average') AS cpu_pct,
-        100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'CpuUtilized')
+        CASE WHEN resource_id LIKE '%:service/%' THEN
+            100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'CpuUtilized')
             / nullif(max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'CpuReserved'), 0)
-            AS insights_cpu_pct,
-        100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'MemoryUtilized')
+        END AS insights_cpu_pct,
+        CASE WHEN resource_id LIKE '%:service/%' THEN
+            100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'MemoryUtilized')
             / nullif(max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'MemoryReserved'), 0)
-            AS insights_mem_pct,
+        END AS insights_mem_pct,
         max(value) FILTER (WHERE metric IN ('CPUUtilization', 'pod_cpu_utilization') AND stat = 'Maximum') AS cpu_max_pct,
         max(value) FILTER (WHERE metric IN ('MemoryUtilization', 'pod_memory_utilization') AND stat = 'Average') AS mem_pct,
         max(value) FILTER (WHERE metric IN ('CPUReservation', 'node_cpu_reserved_capacity') AND stat = 'Average') AS cpu_reserved_pct,

@@ -53,7 +53,7 @@ EMR_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINA
 EMR_STEPS_KEPT = 50  # newest steps kept in the cluster's attributes
 ECS_CLUSTER_METRICS = ("CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation")
 ECS_SERVICE_METRICS = ("CPUUtilization", "MemoryUtilization")
-#: Container Insights for ECS: used and reserved CPU units and MiB of the tasks, per cluster and per service
+#: Container Insights for ECS services: used and reserved CPU units and MiB of the service's tasks
 ECS_INSIGHTS_NAMESPACE = "ECS/ContainerInsights"
 ECS_INSIGHTS_METRICS = ("CpuUtilized", "CpuReserved", "MemoryUtilized", "MemoryReserved")
 EMR_METRICS = (
@@ -1076,7 +1076,8 @@ class AwsCollector:
             for metric in ("CPUUtilization", "MemoryUtilization")
             for m in self._listed_series(account_id, region, "AWS/ECS", metric)
         }
-        # Container Insights only where it is on (a cluster setting): its series are listed, or not asked for.
+        # Container Insights only where it is on (a cluster setting): its service series are listed, or not
+        # asked for.
         insights = {
             frozenset(_dims(m.get("Dimensions")).items()): m.get("Dimensions") or []
             for m in self._listed_series(account_id, region, ECS_INSIGHTS_NAMESPACE, "CpuUtilized")
@@ -1093,7 +1094,6 @@ class AwsCollector:
             cluster_name = arn.rsplit("/", 1)[-1]
             dims = [{"Name": "ClusterName", "Value": cluster_name}]
             series.extend((arn, "AWS/ECS", m, "Average", dims) for m in ECS_CLUSTER_METRICS)
-            with_insights(arn, dims)
             for page in ecs.get_paginator("list_services").paginate(cluster=arn, PaginationConfig=self._pages()):
                 for service_arn in page.get("serviceArns", []):
                     services += 1
