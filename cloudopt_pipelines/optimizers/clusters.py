@@ -429,6 +429,13 @@ def _keep(
     )
 
 
+def _hold(plan: Plan, keep: Option, why: str, finding: str = "insufficient_data") -> Plan:
+    """``plan`` with no cut: its keep option says why."""
+    keep.rationale = why
+    plan.finding = finding
+    return plan
+
+
 def _gate(a: ClusterAnalysis, config: ClusterConfig) -> str | None:
     """Why no cut may be proposed for ``a`` (None: cuts allowed)."""
     if a.state and str(a.state).upper() in TERMINATED_STATES:
@@ -804,23 +811,19 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
         keep.monthly_cost_usd = 0.0
         return plan
     if cost is None:
-        keep.rationale = a.notes[0] if a.notes else "a node's instance type is not priced"
-        plan.finding = "unpriced"
-        return plan
+        return _hold(plan, keep, a.notes[0] if a.notes else "a node's instance type is not priced", "unpriced")
     ec2_services = [s for s in services if s.current.get("launch_type") != "FARGATE"]
     unknown = [
         s.analysis.resource_id for s in ec2_services if s.current.get("cpu") is None or s.current.get("memory") is None
     ]
     if unknown:
-        keep.rationale = f"task size unknown for {', '.join(unknown)}: the nodes cannot be packed"
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(
+            plan, keep, f"task size unknown for {', '.join(unknown)}: the nodes cannot be packed", "insufficient_data"
+        )
     # The cluster's own data gates the packing; a service without enough data is packed at its current size.
     gate = _gate(a, config)
     if gate is not None:
-        keep.rationale = gate
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate)
 
     items: list[tuple[float, float]] = []
     daemon: tuple[float, float] = (0.0, 0.0)
@@ -1120,9 +1123,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
     plan = Plan(a, current, cost, [keep], a.confidence(config.window_days), "optimized", details=details)
     if a.state and str(a.state).upper() in TERMINATED_STATES:
         keep.monthly_cost_usd = 0.0
-        keep.rationale = _gate(a, config) or "terminated"
-        plan.finding = "terminated"
-        return plan
+        return _hold(plan, keep, _gate(a, config) or "terminated", "terminated")
     if cost is None:
         missing = sorted({str(g.get("instance_type")) for g in current_groups if price(g) is None})
         keep.rationale = (
@@ -1135,9 +1136,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         return plan
     gate = _gate(a, config)
     if gate is not None:
-        keep.rationale = gate
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate)
 
     hourly = cost / HOURS_PER_MONTH
     cluster_id = attrs.get("cluster_id") or a.resource_id
@@ -1414,14 +1413,10 @@ def _custom_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig)
         a, current, cost, [keep], a.confidence(config.window_days), "optimized", details={"analysis": a.summary()}
     )
     if cost is None:
-        keep.rationale = a.notes[0] if a.notes else "a member's instance type is not priced"
-        plan.finding = "unpriced"
-        return plan
+        return _hold(plan, keep, a.notes[0] if a.notes else "a member's instance type is not priced", "unpriced")
     gate = _gate(a, config)
     if gate is not None or a.used_cpu_p95_pct is None or a.capacity_vcpu is None:
-        keep.rationale = gate or f"no CPU data for the members of {a.resource_id}"
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate or f"no CPU data for the members of {a.resource_id}", "insufficient_data")
     need_vcpu = a.capacity_vcpu * a.used_cpu_p95_pct / config.target_cpu_pct
     mem_known = a.used_mem_max_pct is not None and a.capacity_mem_gib is not None
     need_mem = a.capacity_mem_gib * a.used_mem_max_pct / config.target_mem_pct if mem_known else 0.0

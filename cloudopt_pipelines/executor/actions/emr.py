@@ -181,6 +181,34 @@ class _PolicyPlugin(_EmrPlugin):
     def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def wanted(self, action: PlannedAction) -> Any:
+        """The policy the row sets, in the live state's form."""
+        raise NotImplementedError
+
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        raise NotImplementedError
+
+    def refusal(self, cluster_id: str, live: LiveState, wanted: Any) -> str | None:
+        """Why the policy does not apply to this cluster as it is now (None: it does)."""
+        return None
+
+    def plan(
+        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
+    ) -> Proposal:
+        cid = cluster_id_of(action)
+        stop = _not_changeable(cid, live)
+        if stop:
+            return stop
+        wanted, now = self.wanted(action), live.state.get(self.state_key)
+        before, target = {self.state_key: now}, {self.state_key: wanted}
+        if now == wanted:
+            return Proposal("done", f"already applied: {self.describe(cid, now, now)}", before=before, target=target)
+        refused = self.refusal(cid, live, wanted)
+        if refused:
+            return Proposal("not_applicable", refused, before=before)
+        call = ApiCall(f"elasticmapreduce:{self.put_api}", self.put_params(cid, wanted))
+        return Proposal("ready", self.describe(cid, wanted, now), [call], before, target)
+
     def _call(self, ctx: ActionContext, call: ApiCall) -> None:
         emr = ctx.client("emr")
         operation = call.api.split(":", 1)[1]
@@ -236,24 +264,16 @@ class SetAutoTermination(_PolicyPlugin):
     def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
         return {"ClusterId": cluster_id, "AutoTerminationPolicy": {"IdleTimeout": policy}}
 
-    def plan(
-        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
-    ) -> Proposal:
-        cid = cluster_id_of(action)
-        stop = _not_changeable(cid, live)
-        if stop:
-            return stop
+    def wanted(self, action: PlannedAction) -> Any:
         wanted = action.proposed_config.get("idle_timeout_seconds")
         if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted <= 0:
             raise ExecutorError(f"plan row {action.action_id} has no idle_timeout_seconds (a positive integer)")
-        now = live.state.get(self.state_key)
-        before, target = {self.state_key: now}, {self.state_key: wanted}
-        if now == wanted:
-            return Proposal("done", f"already applied: idle timeout of {cid} is {now} s", before=before, target=target)
-        call = ApiCall(f"elasticmapreduce:{self.put_api}", self.put_params(cid, wanted))
-        return Proposal(
-            "ready", f"end {cid} after {wanted} idle seconds (was {now or 'never'})", [call], before, target
-        )
+        return wanted
+
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        if wanted == now:
+            return f"idle timeout of {cluster_id} is {now} s"
+        return f"end {cluster_id} after {wanted} idle seconds (was {now or 'never'})"
 
     def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
         planned, now = action.current_config.get(self.state_key), observed.get(self.state_key)
@@ -275,7 +295,7 @@ class SetManagedScaling(_PolicyPlugin):
     def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
         return {"ClusterId": cluster_id, "ManagedScalingPolicy": {"ComputeLimits": policy}}
 
-    def target(self, action: PlannedAction) -> dict[str, Any]:
+    def wanted(self, action: PlannedAction) -> Any:
         cfg = action.proposed_config
         if cfg.get("min_units") is None or cfg.get("max_units") is None:
             raise ExecutorError(f"plan row {action.action_id} has no min_units/max_units for managed scaling")
@@ -288,33 +308,21 @@ class SetManagedScaling(_PolicyPlugin):
         }
         return limits_of(limits) or {}
 
-    def plan(
-        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
-    ) -> Proposal:
-        cid = cluster_id_of(action)
-        stop = _not_changeable(cid, live)
-        if stop:
-            return stop
-        limits, now = self.target(action), live.state.get(self.state_key)
-        before, target = {self.state_key: now}, {self.state_key: limits}
-        if now == limits:
-            return Proposal("done", f"already applied: managed scaling of {cid} is {now}", before=before, target=target)
-        if live.state.get("collection_type") == FLEETS and limits["UnitType"] != "InstanceFleetUnits":
-            return Proposal(
-                "not_applicable",
-                f"EMR cluster {cid} uses instance fleets: managed scaling in {limits['UnitType']} units does not apply "
-                "to it (InstanceFleetUnits only); re-plan",
-                before=before,
-            )
-        call = ApiCall(f"elasticmapreduce:{self.put_api}", self.put_params(cid, limits))
-        return Proposal(
-            "ready",
-            f"managed scaling of {cid} between {limits['MinimumCapacityUnits']} and "
-            f"{limits['MaximumCapacityUnits']} {limits['UnitType'].lower()}",
-            [call],
-            before,
-            target,
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        if wanted == now:
+            return f"managed scaling of {cluster_id} is {now}"
+        return (
+            f"managed scaling of {cluster_id} between {wanted['MinimumCapacityUnits']} and "
+            f"{wanted['MaximumCapacityUnits']} {wanted['UnitType'].lower()}"
         )
+
+    def refusal(self, cluster_id: str, live: LiveState, wanted: Any) -> str | None:
+        if live.state.get("collection_type") == FLEETS and wanted["UnitType"] != "InstanceFleetUnits":
+            return (
+                f"EMR cluster {cluster_id} uses instance fleets: managed scaling in {wanted['UnitType']} units does "
+                "not apply to it (InstanceFleetUnits only); re-plan"
+            )
+        return None
 
     def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
         changes = super().changes_since_plan(action, observed)
