@@ -5,9 +5,11 @@
 --   CPUUtilization / MemoryUtilization averages (percent of what is reserved: ECS reports use over
 --   the tasks' reservation); yarn_mem_used_* is 100 - YARNMemoryAvailablePercentage; idle_share_pct is
 --   the share of the bucket's samples with IsIdle = 1; apps_running_max and containers_pending_max
---   are EMR's AppsRunning and ContainerPending peaks. Percentiles are exact (quantile_cont) over the
---   bucket's 5-minute values; buckets without samples are absent (never zero-filled). days_seen is
---   the number of distinct days of the window with samples of the resource.
+--   are EMR's AppsRunning and ContainerPending peaks; insights_share_pct is the share of the bucket's
+--   samples whose CPU and memory come from Container Insights (stg_cluster_metrics_5m.from_insights).
+--   Percentiles are exact (quantile_cont) over the bucket's 5-minute values; buckets without samples
+--   are absent (never zero-filled). days_seen is the number of distinct days of the window with
+--   samples of the resource.
 -- grain: one row per (account_id, date, resource_id, hour_of_week)
 -- partitioned_by: account_date
 -- window_days: 14
@@ -23,6 +25,7 @@ WITH samples AS (
         (isodow(timezone('UTC', ts)) - 1) * 24 + hour(timezone('UTC', ts)) AS hour_of_week,
         cpu_pct,
         mem_pct,
+        from_insights,
         cpu_reserved_pct,
         mem_reserved_pct,
         yarn_mem_used_pct,
@@ -55,7 +58,8 @@ buckets AS (
         100.0 * avg(CASE WHEN emr_is_idle IS NULL THEN NULL WHEN emr_is_idle >= 0.5 THEN 1.0 ELSE 0.0 END)
             AS idle_share_pct,
         max(emr_apps_running) AS apps_running_max,
-        max(emr_containers_pending) AS containers_pending_max
+        max(emr_containers_pending) AS containers_pending_max,
+        100.0 * avg(CASE WHEN from_insights THEN 1.0 ELSE 0.0 END) AS insights_share_pct
     FROM samples
     GROUP BY resource_id, hour_of_week
 )
@@ -82,7 +86,8 @@ SELECT
     b.yarn_mem_used_max_pct,
     b.idle_share_pct,
     b.apps_running_max,
-    b.containers_pending_max
+    b.containers_pending_max,
+    b.insights_share_pct
 FROM buckets AS b
 JOIN days AS d USING (resource_id)
 ORDER BY b.resource_id, b.hour_of_week

@@ -3,7 +3,11 @@
 --   (one row per resource, slot, namespace, metric and statistic) to one row per resource and slot.
 --   resource_kind is ecs_cluster, ecs_service, emr_cluster or container. Percentages are as
 --   CloudWatch reports them (ECS CPUUtilization can exceed 100 %: kept, flagged out_of_range);
---   yarn_mem_used_pct is 100 - YARNMemoryAvailablePercentage; cpu_cores and mem_bytes are a pod's
+--   For ECS services, Container Insights (ECS/ContainerInsights) is preferred where present: cpu_pct is
+--   100 x CpuUtilized / CpuReserved and mem_pct 100 x MemoryUtilized / MemoryReserved (the same "use over
+--   what the tasks reserve" as AWS/ECS CPUUtilization, measured per task), from_insights says so; AWS/ECS
+--   CPUUtilization / MemoryUtilization otherwise (and always for clusters, whose AWS/ECS use is over
+--   the registered capacity, not the reservation). yarn_mem_used_pct is 100 - YARNMemoryAvailablePercentage; cpu_cores and mem_bytes are a pod's
 --   absolute use (pod_cpu_usage_total / 1000, pod_memory_working_set). Duplicates: the later-listed
 --   raw row of a (resource, slot, metric, statistic) wins. Missing metrics are NULL, never 0; NaN and
 --   infinite values are excluded (NULL) and flagged nonfinite. When
@@ -50,11 +54,20 @@ pivoted AS (
         CASE
             WHEN bool_or(namespace = 'ContainerInsights') THEN 'container'
             WHEN bool_or(namespace = 'AWS/ElasticMapReduce') THEN 'emr_cluster'
-            WHEN bool_or(namespace = 'AWS/ECS') AND resource_id LIKE '%:service/%' THEN 'ecs_service'
-            WHEN bool_or(namespace = 'AWS/ECS') THEN 'ecs_cluster'
+            WHEN bool_or(namespace IN ('AWS/ECS', 'ECS/ContainerInsights')) AND resource_id LIKE '%:service/%'
+                THEN 'ecs_service'
+            WHEN bool_or(namespace IN ('AWS/ECS', 'ECS/ContainerInsights')) THEN 'ecs_cluster'
             ELSE 'other'
         END AS resource_kind,
         max(value) FILTER (WHERE metric IN ('CPUUtilization', 'pod_cpu_utilization') AND stat = 'Average') AS cpu_pct,
+        CASE WHEN resource_id LIKE '%:service/%' THEN
+            100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'CpuUtilized')
+            / nullif(max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'CpuReserved'), 0)
+        END AS insights_cpu_pct,
+        CASE WHEN resource_id LIKE '%:service/%' THEN
+            100 * max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'MemoryUtilized')
+            / nullif(max(value) FILTER (WHERE namespace = 'ECS/ContainerInsights' AND metric = 'MemoryReserved'), 0)
+        END AS insights_mem_pct,
         max(value) FILTER (WHERE metric IN ('CPUUtilization', 'pod_cpu_utilization') AND stat = 'Maximum') AS cpu_max_pct,
         max(value) FILTER (WHERE metric IN ('MemoryUtilization', 'pod_memory_utilization') AND stat = 'Average') AS mem_pct,
         max(value) FILTER (WHERE metric IN ('CPUReservation', 'node_cpu_reserved_capacity') AND stat = 'Average') AS cpu_reserved_pct,
@@ -81,9 +94,10 @@ SELECT
     resource_id,
     resource_kind,
     ts,
-    cpu_pct,
-    coalesce(cpu_max_pct, cpu_pct) AS cpu_peak_pct,
-    mem_pct,
+    coalesce(insights_cpu_pct, cpu_pct) AS cpu_pct,
+    coalesce(cpu_max_pct, insights_cpu_pct, cpu_pct) AS cpu_peak_pct,
+    coalesce(insights_mem_pct, mem_pct) AS mem_pct,
+    insights_cpu_pct IS NOT NULL OR insights_mem_pct IS NOT NULL AS from_insights,
     cpu_reserved_pct,
     mem_reserved_pct,
     yarn_mem_used_pct,
@@ -97,7 +111,11 @@ SELECT
     mem_request_bytes,
     CAST(oom_kills AS INTEGER) AS oom_kills,
     dup_count + 1 AS dup_count,
-    coalesce((cpu_pct NOT BETWEEN 0 AND 100) OR (mem_pct NOT BETWEEN 0 AND 100), false) AS out_of_range,
+    coalesce(
+        (coalesce(insights_cpu_pct, cpu_pct) NOT BETWEEN 0 AND 100)
+        OR (coalesce(insights_mem_pct, mem_pct) NOT BETWEEN 0 AND 100),
+        false
+    ) AS out_of_range,
     nonfinite,
     CAST(
         epoch(ts - lag(ts, 1, CAST(date AS TIMESTAMPTZ) - INTERVAL 5 MINUTE)

@@ -15,7 +15,7 @@ from cloudopt_pipelines.catalog.clusters import is_valid_fargate_size
 from cloudopt_pipelines.catalog.prices import build_price_catalog
 from cloudopt_pipelines.optimizers.base import OptimizerInputs, optimizer_named
 from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersOptimizer, ClustersSettings
-from cloudopt_pipelines.optimizers.sizing import Catalog
+from cloudopt_pipelines.optimizers.sizing import HOURS_PER_MONTH, Catalog
 from cloudopt_pipelines.storage.schemas import RECOMMENDATIONS
 
 ACCOUNT = "123456789012"
@@ -107,7 +107,12 @@ def daily(cluster_id: str, days: int, cpu_p95: float, mem_max: float | None) -> 
 
 
 def recommend(
-    catalog: Catalog, inventory: list[dict], prof: list[dict], days: list[dict] | None = None, **settings: Any
+    catalog: Catalog,
+    inventory: list[dict],
+    prof: list[dict],
+    days: list[dict] | None = None,
+    runs: list[dict] | None = None,
+    **settings: Any,
 ) -> list[dict]:
     optimizer = ClustersOptimizer()
     inputs = OptimizerInputs(
@@ -117,6 +122,7 @@ def recommend(
         tables={
             "cluster_activity_profile": pa.Table.from_pylist(prof) if prof else pa.table({"resource_id": []}),
             "cluster_utilization_daily": pa.Table.from_pylist(days) if days else pa.table({"resource_id": []}),
+            "emr_idle_runs": pa.Table.from_pylist(runs) if runs else pa.table({"resource_id": []}),
         },
         days_found={},
         catalog=catalog,
@@ -317,6 +323,7 @@ def emr(groups: list[tuple[str, str, int, str]], fleets: bool = False, **kw: Any
         ],
         "instance_fleets": [
             {
+                "id": f"if-{role}",
                 "type": role,
                 "target_on_demand": n if m == "ON_DEMAND" else 0,
                 "target_spot": n if m == "SPOT" else 0,
@@ -429,13 +436,95 @@ def test_emr_task_nodes_on_diversified_spot_primary_and_core_never(catalog: Cata
 
 def test_emr_fleets_and_terminated_clusters(catalog: Catalog) -> None:
     rows = recommend(catalog, [emr(GROUPS, fleets=True)], emr_profile(set(range(24)), yarn=30.0))
-    keep = options(rows, "j-ETL")["keep"]
-    assert "instance fleets" in keep["rationale"] and "resize" not in options(rows, "j-ETL")
-    assert keep["monthly_cost_current_usd"] > 0
+    groups = recommend(catalog, [emr(GROUPS)], emr_profile(set(range(24)), yarn=30.0))
+    resize = options(rows, "j-ETL")["resize"]
+    assert options(rows, "j-ETL")["keep"]["monthly_cost_current_usd"] > 0
+    # The same cut as for groups, applied with ModifyInstanceFleet target capacities (on-demand units first).
+    as_groups = json.loads(options(groups, "j-ETL")["resize"]["proposed_config"])["instance_groups"]
+    proposed = json.loads(resize["proposed_config"])
+    counts = {
+        g["role"]: sum(x["count"] for x in proposed["instance_groups"] if x["role"] == g["role"]) for g in as_groups
+    }
+    assert counts == {g["role"]: g["count"] for g in as_groups}
+    assert resize["monthly_savings_usd"] == pytest.approx(options(groups, "j-ETL")["resize"]["monthly_savings_usd"])
+    calls = proposed["api_calls"]
+    assert calls and {c["operation"] for c in calls} == {"ModifyInstanceFleet"}
+    by_fleet = {c["parameters"]["InstanceFleet"]["InstanceFleetId"]: c["parameters"]["InstanceFleet"] for c in calls}
+    assert "if-MASTER" not in by_fleet
+    assert {fid: (f["TargetOnDemandCapacity"], f["TargetSpotCapacity"]) for fid, f in by_fleet.items()} == {
+        f"if-{g['role']}": (g["count"], 0)
+        for g in as_groups
+        if g["role"] != "MASTER" and (g["role"], g["count"]) != ("CORE", 2)
+    }
+    scaling = json.loads(options(rows, "j-ETL")["managed_scaling"]["proposed_config"])
+    assert scaling["unit_type"] == "InstanceFleetUnits"
+    weighted = emr(GROUPS, fleets=True)
+    attrs = json.loads(weighted["attributes"])
+    attrs["instance_fleets"][1]["instance_types"][0]["weight"] = 4
+    weighted["attributes"] = json.dumps(attrs)
+    rows = recommend(catalog, [weighted], emr_profile(set(range(24)), yarn=30.0))
+    assert "weighted capacities" in options(rows, "j-ETL")["keep"]["rationale"] and "resize" not in options(
+        rows, "j-ETL"
+    )
     idle = recommend(catalog, [emr(GROUPS, fleets=True)], emr_profile(set(range(20, 24)), yarn=30.0))
     assert "auto_terminate" in options(idle, "j-ETL")
     gone = recommend(catalog, [emr(GROUPS, state="TERMINATING")], emr_profile(set(), yarn=0.0))
     assert [r["option_name"] for r in gone] == ["keep"] and "TERMINATING" in gone[0]["rationale"]
+
+
+def test_emr_idle_time_that_moves_between_weeks_comes_from_its_idle_runs(catalog: Catalog) -> None:
+    # Idle all of one week, busy all of the next: every hour of the week is idle half the time, so the
+    # hour-of-week profile finds no idle hour; the cluster's own idle runs do.
+    half = [{**r, "idle_share_pct": 50.0, "days_seen": 14} for r in emr_profile(set(range(24)), yarn=30.0)]
+    assert "auto_terminate" not in options(recommend(catalog, [emr(GROUPS)], half), "j-ETL")
+    week = [{"resource_id": EMR_ARN, "idle_minutes": 7 * 24 * 60, "days_seen": 14}]
+    rows = recommend(catalog, [emr(GROUPS)], half, runs=week)
+    auto = options(rows, "j-ETL")["auto_terminate"]
+    assert "1 idle run(s), the longest 168.0 h" in auto["rationale"]
+    # 168 h idle over 14 days, 1 h of it before the timeout ends the cluster: 83.5 cluster-hours a week saved.
+    hourly = auto["monthly_cost_current_usd"] / HOURS_PER_MONTH
+    assert auto["monthly_savings_usd"] == pytest.approx(hourly * 83.5 / 7 * HOURS_PER_MONTH / 24, abs=0.02)
+    # Many short runs (each shorter than the timeout) save nothing: no option.
+    flicker = [{"resource_id": EMR_ARN, "idle_minutes": 30, "days_seen": 14} for _ in range(300)]
+    assert "auto_terminate" not in options(recommend(catalog, [emr(GROUPS)], half, runs=flicker), "j-ETL")
+
+
+def test_batch_emr_cluster_consolidated_onto_an_always_on_one_with_room_in_its_window(catalog: Catalog) -> None:
+    host_arn = EMR_ARN.replace("j-ETL", "j-HOST")
+
+    def host(yarn: float) -> tuple[dict, list[dict]]:
+        cluster = emr(GROUPS, attributes={"cluster_id": "j-HOST", "applications": ["Spark", "Hive"]})
+        cluster["resource_id"], cluster["name"] = host_arn, "warehouse"
+        return cluster, profile(host_arn, "emr_cluster", idle_share_pct=0.0, yarn_mem_used_p95_pct=yarn)
+
+    batch = emr(GROUPS, attributes={"applications": ["Spark"]})
+    # The batch cluster is busy 20:00-24:00 UTC every day at 30 % of its YARN memory, idle otherwise.
+    batch_profile = emr_profile(set(range(20, 24)), yarn=30.0)
+    cluster, host_profile = host(yarn=20.0)
+    rows = recommend(catalog, [batch, cluster], batch_profile + host_profile)
+    moved = options(rows, "j-ETL")["consolidate_batch"]
+    proposed = json.loads(moved["proposed_config"])
+    assert moved["action"] == "schedule_batch" and proposed["advisory"] is True
+    assert proposed["host_cluster_id"] == "j-HOST" and proposed["window"] == "20:00-24:00 UTC every day"
+    # Same groups on both: 20 % + 30 % of the same YARN memory in the window.
+    assert proposed["host_yarn_memory_peak_pct"] == pytest.approx(50.0)
+    assert [c["operation"] for c in proposed["api_calls"]] == ["AddJobFlowSteps", "TerminateJobFlows"]
+    # Priced as the host's extra workers in the window: 6 workers sized for 80 % hold 20 % of their YARN memory
+    # on 2 of them, 20 % + 30 % on 4: 2 more nodes x 4 h x 7 days a week, at the host's mean node price.
+    assert proposed["host_extra_node_hours_week"] == 2 * 4 * 7
+    node_hour = moved["monthly_cost_current_usd"] / HOURS_PER_MONTH / 7
+    assert moved["monthly_cost_proposed_usd"] == pytest.approx(56 * node_hour * HOURS_PER_MONTH / 168, abs=0.01)
+    assert 0 < moved["monthly_savings_usd"] < moved["monthly_cost_current_usd"]
+    assert "consolidate_batch" not in options(rows, "j-HOST")
+
+    # A host without room in the window (60 % + 30 % over the 80 % target), or without the batch's
+    # applications, takes nothing.
+    full, full_profile = host(yarn=60.0)
+    assert "consolidate_batch" not in options(recommend(catalog, [batch, full], batch_profile + full_profile), "j-ETL")
+    other = emr(GROUPS, attributes={"applications": ["Presto"]})
+    lacking = {**cluster, "attributes": json.dumps({**json.loads(cluster["attributes"]), "applications": ["Hive"]})}
+    rows = recommend(catalog, [{**other, "resource_id": EMR_ARN}, lacking], batch_profile + host_profile)
+    assert "consolidate_batch" not in options(rows, "j-ETL")
 
 
 def test_protected_emr_cluster_keeps_as_best(catalog: Catalog) -> None:

@@ -97,14 +97,8 @@ def week_lake(collector: DemoCollector, tmp_path_factory: pytest.TempPathFactory
         lake.write("cluster_metrics_5m", collector.collect_cluster_metrics(ACCOUNT, day).table, ACCOUNT, day)
         for name in ("stg_utilization_5m", "stg_cluster_metrics_5m", "cluster_utilization_daily"):
             execute_model(MODELS[name], lake, PARTITIONING, ACCOUNT, day, source_schemas=source_schemas())
-    execute_model(
-        MODELS["cluster_activity_profile"],
-        lake,
-        PARTITIONING,
-        ACCOUNT,
-        collector.days[-1],
-        source_schemas=source_schemas(),
-    )
+    for name in ("cluster_activity_profile", "emr_idle_runs"):
+        execute_model(MODELS[name], lake, PARTITIONING, ACCOUNT, collector.days[-1], source_schemas=source_schemas())
     return lake
 
 
@@ -126,10 +120,12 @@ def test_a_week_of_demo_data_gives_cluster_recommendations(collector: DemoCollec
     assert set(best) == {"retail-prod-ecs", "retail-prod-ecs/nightly-jobs", "j-1DEMO789012"}
     assert best["retail-prod-ecs/nightly-jobs"]["option_name"] == "resize_tasks"
     assert best["retail-prod-ecs"]["action"] == "resize_cluster" and best["retail-prod-ecs"]["monthly_savings_usd"] > 0
-    # the EMR cluster is analysed over the whole 14-day window (its CloudWatch data is read, full confidence);
-    # on the second week of the demo traces it is not idle enough for auto-termination
-    assert best["j-1DEMO789012"]["confidence"] == 1.0
-    assert "no CloudWatch data" not in best["j-1DEMO789012"]["rationale"]
+    # The EMR cluster idles most of one week and little of the next: no hour of the week is idle in both, but
+    # its own idle runs (emr_idle_runs) are, and auto-termination saves the hours past the timeout.
+    emr = best["j-1DEMO789012"]
+    assert emr["confidence"] == 1.0
+    assert emr["action"] == "emr_auto_termination" and emr["monthly_savings_usd"] > 0
+    assert "idle run(s), the longest" in emr["rationale"]
     assert all(r["confidence"] > 0 for r in best.values())
     candidates = optimizer.candidates(optimizer.recommend(inputs, optimizer.default_settings()).table)
     assert {c.resource_id for c in candidates} == set(best)

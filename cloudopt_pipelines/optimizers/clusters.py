@@ -134,7 +134,12 @@ class ClusterAnalysis:
     containers_pending_max: float | None = None
     by_hour_of_week: dict[int, dict[str, Any]] = field(default_factory=dict)
     idle_hours_per_day: float | None = None
-    idle_stretches_hours: list[int] = field(default_factory=list)
+    idle_stretches_hours: list[float] = field(default_factory=list)
+    #: True when the idle hours come from the cluster's own idle runs (``emr_idle_runs``), False when from
+    #: the hours of the week that are idle in every week of the window
+    idle_from_runs: bool = False
+    #: where the ECS use comes from: ``ECS/ContainerInsights`` (preferred where present) or ``AWS/ECS``
+    usage_source: str | None = None
     days_seen: int = 0
     hours_covered: int = 0
     notes: list[str] = field(default_factory=list)
@@ -167,6 +172,7 @@ class ClusterAnalysis:
         )
         out = {k: _round(getattr(self, k)) for k in keys}
         out["nodes"] = len(self.nodes)
+        out["usage_source"] = self.usage_source
         out["idle_stretches_hours"] = self.idle_stretches_hours
         busy = sorted(h for h, b in self.by_hour_of_week.items() if not b.get("idle"))
         out["busy_hours_of_week"] = len(busy)
@@ -178,13 +184,18 @@ def analyze_cluster_utilization(
     activity_profile: Sequence[Mapping[str, Any]],
     cluster_daily: Sequence[Mapping[str, Any]],
     catalog: Catalog,
+    idle_runs: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, ClusterAnalysis]:
     """Every ECS cluster and service, EMR cluster and custom cluster of the inventory, analysed.
 
     ``activity_profile`` is the ``cluster_activity_profile`` feature (hour of week, from the clusters' own
     CloudWatch series); ``cluster_daily`` the ``cluster_utilization_daily`` rows of the window (nodes'
-    capacity and use, custom clusters included). Keys: the resource ids of the rows to write.
+    capacity and use, custom clusters included); ``idle_runs`` the ``emr_idle_runs`` rows (each run of idle
+    5-minute samples of an EMR cluster over the window). Keys: the resource ids of the rows to write.
     """
+    runs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in idle_runs:
+        runs[str(row["resource_id"])].append(row)
     profile: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in activity_profile:
         profile[str(row["resource_id"])].append(row)
@@ -261,6 +272,8 @@ def analyze_cluster_utilization(
             )
         _reserved(analysis)
         _profile(analysis, profile.get(key, []))
+        if analysis.resource_kind == EMR_CLUSTER and runs.get(key):
+            _idle_runs(analysis, runs[key])
         if analysis.resource_kind == CUSTOM_CLUSTER_KIND or (
             analysis.resource_kind == ECS_CLUSTER and not analysis.days_seen
         ):
@@ -295,6 +308,9 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         values = [float(r[column]) for r in rows if r.get(column) is not None and math.isfinite(float(r[column]))]
         return max(values) if values else None
 
+    if a.resource_kind in (ECS_CLUSTER, ECS_SERVICE):
+        insights = any(float(r.get("insights_share_pct") or 0) > 0 for r in rows)
+        a.usage_source = "ECS/ContainerInsights" if insights else "AWS/ECS"
     a.used_cpu_p95_pct = peak("cpu_p95_pct")
     a.used_mem_max_pct = peak("mem_max_pct")
     a.yarn_mem_used_p95_pct = peak("yarn_mem_used_p95_pct")
@@ -321,6 +337,18 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         if known:
             a.idle_hours_per_day = round(sum(1 for v in known.values() if v) * HOURS_OF_WEEK / len(known) / 7, 2)
             a.idle_stretches_hours = _stretches(known)
+
+
+def _idle_runs(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Idle hours a day and idle stretches from the cluster's own runs of idle samples: idle time that moves
+    from week to week (idle all of one week, busy the next) leaves no hour of the week idle in every week."""
+    days = max(int(r.get("days_seen") or 0) for r in rows)
+    if days <= 0:
+        return
+    hours = sorted((float(r["idle_minutes"]) / 60 for r in rows), reverse=True)
+    a.idle_hours_per_day = round(sum(hours) / days, 2)
+    a.idle_stretches_hours = [round(h, 2) for h in hours]
+    a.idle_from_runs = True
 
 
 def _stretches(idle: Mapping[int, bool]) -> list[int]:
@@ -399,6 +427,13 @@ def _keep(
         vcpu=vcpu,
         memory_gib=mem,
     )
+
+
+def _hold(plan: Plan, keep: Option, why: str, finding: str = "insufficient_data") -> Plan:
+    """``plan`` with no cut: its keep option says why."""
+    keep.rationale = why
+    plan.finding = finding
+    return plan
 
 
 def _gate(a: ClusterAnalysis, config: ClusterConfig) -> str | None:
@@ -776,23 +811,19 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
         keep.monthly_cost_usd = 0.0
         return plan
     if cost is None:
-        keep.rationale = a.notes[0] if a.notes else "a node's instance type is not priced"
-        plan.finding = "unpriced"
-        return plan
+        return _hold(plan, keep, a.notes[0] if a.notes else "a node's instance type is not priced", "unpriced")
     ec2_services = [s for s in services if s.current.get("launch_type") != "FARGATE"]
     unknown = [
         s.analysis.resource_id for s in ec2_services if s.current.get("cpu") is None or s.current.get("memory") is None
     ]
     if unknown:
-        keep.rationale = f"task size unknown for {', '.join(unknown)}: the nodes cannot be packed"
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(
+            plan, keep, f"task size unknown for {', '.join(unknown)}: the nodes cannot be packed", "insufficient_data"
+        )
     # The cluster's own data gates the packing; a service without enough data is packed at its current size.
     gate = _gate(a, config)
     if gate is not None:
-        keep.rationale = gate
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate)
 
     items: list[tuple[float, float]] = []
     daemon: tuple[float, float] = (0.0, 0.0)
@@ -854,6 +885,40 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
     best, same = search(items)
     reserved = sum(c for c, _ in items) / 1024
     plan.details["reserved_vcpu_packed"] = round(reserved, 3)
+    _resize_options(
+        plan,
+        same,
+        best,
+        zones,
+        lambda n, t: (
+            f"the tasks ({len(items)}, {reserved:.2f} vCPU reserved after the services' recommended sizes) pack on "
+            f"{n} x {t.instance_type} filled to {config.node_fill_pct:.0f} % "
+            f"(was {len(nodes)} x {current['instance_type']}); "
+            f"spread over {len(zones)} zone(s){', at least 2 nodes for production' if production else ''}"
+        ),
+        ecs=True,
+        requires=[x for x in assumed if x["option"] != KEEP],
+    )
+    if batch:
+        today = sum((s.current["cpu"] or 0) * (s.current["desired_count"] or 0) for s in ec2_services) / 1024
+        _batch_to_fargate_spot(plan, items[: len(items) - len(batch)], batch, today, search, catalog, config)
+    return plan
+
+
+def _resize_options(
+    plan: Plan,
+    same: tuple[float, InstanceType, int] | None,
+    best: tuple[float, InstanceType, int] | None,
+    zones: Sequence[str],
+    rationale: Any,
+    ecs: bool,
+    requires: list[dict[str, Any]] | None = None,
+) -> None:
+    """The ``resize_cluster`` options of an ECS or custom cluster's nodes: the cheapest count of today's type
+    (``resize_cluster_same_type``) and the cheapest type and count (``resize_cluster``), each cheaper than today,
+    spread evenly over the zones. ``rationale(n, type)`` says why."""
+    a, nodes, current, cost = plan.analysis, plan.analysis.nodes, plan.current, plan.current_cost_usd or 0.0
+    types = Counter(n.instance_type for n in nodes)
     for label, choice in (("resize_cluster_same_type", same), ("resize_cluster", best)):
         if choice is None or choice[0] >= cost - 0.01:
             continue
@@ -867,23 +932,22 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
             z: max(0, k - (0 if not same_type else sum(1 for x in nodes if (x.zone or "") == z)))
             for z, k in target.items()
         }
+        proposed: dict[str, Any] = {
+            "cluster": a.resource_id,
+            "instance_type": t.instance_type,
+            "count": n,
+            "zones": target,
+        }
+        if requires is not None:
+            proposed["requires"] = requires
+        proposed["api_calls"] = _node_calls(a, removed, added, t.instance_type, ecs=ecs)
         plan.options.append(
             Option(
                 label,
                 "resize_cluster",
                 monthly,
-                {
-                    "cluster": a.resource_id,
-                    "instance_type": t.instance_type,
-                    "count": n,
-                    "zones": target,
-                    "requires": [x for x in assumed if x["option"] != KEEP],
-                    "api_calls": _node_calls(a, removed, added, t.instance_type, ecs=True),
-                },
-                f"the tasks ({len(items)}, {reserved:.2f} vCPU reserved after the services' recommended sizes) pack on "
-                f"{n} x {t.instance_type} filled to {config.node_fill_pct:.0f} % "
-                f"(was {len(nodes)} x {current['instance_type']}); "
-                f"spread over {len(zones)} zone(s){', at least 2 nodes for production' if production else ''}",
+                proposed,
+                rationale(n, t),
                 risk=0.5 if same_type else 1.0,
                 finding="over-provisioned",
                 is_estimate=t.is_estimate,
@@ -893,10 +957,6 @@ def _ecs_cluster(a: ClusterAnalysis, services: Sequence[Plan], catalog: Catalog,
             )
         )
         plan.finding = "over-provisioned"
-    if batch:
-        today = sum((s.current["cpu"] or 0) * (s.current["desired_count"] or 0) for s in ec2_services) / 1024
-        _batch_to_fargate_spot(plan, items[: len(items) - len(batch)], batch, today, search, catalog, config)
-    return plan
 
 
 def _batch_to_fargate_spot(
@@ -1004,8 +1064,8 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         for g in groups
     ]
     if fleets:
-        # Fleet capacity as groups of its first instance type, one unit an instance (weights ignored):
-        # enough to price it and to propose auto-termination; fleets are not resized.
+        # Fleet capacity as groups of its first instance type and market, one unit an instance: priced so, and
+        # resized so only when every type weighs one unit (ModifyInstanceFleet target capacities).
         for f in attrs.get("instance_fleets") or []:
             types = [t.get("instance_type") for t in f.get("instance_types") or [] if t.get("instance_type")]
             for market, key in (("ON_DEMAND", "on_demand"), ("SPOT", "spot")):
@@ -1018,6 +1078,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                             "instance_type": types[0] if types else None,
                             "count": int(units),
                             "market": market,
+                            "fleet_id": f.get("id"),
                         }
                     )
     current: dict[str, Any] = {
@@ -1062,9 +1123,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
     plan = Plan(a, current, cost, [keep], a.confidence(config.window_days), "optimized", details=details)
     if a.state and str(a.state).upper() in TERMINATED_STATES:
         keep.monthly_cost_usd = 0.0
-        keep.rationale = _gate(a, config) or "terminated"
-        plan.finding = "terminated"
-        return plan
+        return _hold(plan, keep, _gate(a, config) or "terminated", "terminated")
     if cost is None:
         missing = sorted({str(g.get("instance_type")) for g in current_groups if price(g) is None})
         keep.rationale = (
@@ -1077,9 +1136,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         return plan
     gate = _gate(a, config)
     if gate is not None:
-        keep.rationale = gate
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate)
 
     hourly = cost / HOURS_PER_MONTH
     cluster_id = attrs.get("cluster_id") or a.resource_id
@@ -1091,51 +1148,79 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
         and not attrs.get("auto_termination_idle_timeout")
     ):
         timeout_h = config.emr_idle_timeout_seconds / 3600
-        saved_per_week = sum(max(0.0, s - timeout_h) for s in a.idle_stretches_hours)
+        saved_hours = sum(max(0.0, s - timeout_h) for s in a.idle_stretches_hours)
+        # Runs are over the days seen; hour-of-week stretches are already a week's.
+        saved_per_week = saved_hours * 7 / max(a.days_seen, 1) if a.idle_from_runs else saved_hours
         saved = round(hourly * saved_per_week / 7 * (HOURS_PER_MONTH / 24), 2)
-        always_idle = a.idle_stretches_hours == [HOURS_OF_WEEK]
-        busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
-        window = _window_text(busy)
-        plan.options.append(
-            Option(
-                "auto_terminate",
-                "emr_auto_termination",
-                round(cost - saved, 2),
-                {
-                    **current,
-                    "idle_timeout_seconds": config.emr_idle_timeout_seconds,
-                    "api_calls": [
-                        {
-                            "service": "emr",
-                            "operation": "PutAutoTerminationPolicy",
-                            "parameters": {
-                                "ClusterId": cluster_id,
-                                "AutoTerminationPolicy": {"IdleTimeout": config.emr_idle_timeout_seconds},
-                            },
-                        }
-                    ],
-                },
-                (
-                    f"idle (no step or application) {a.idle_hours_per_day:.1f} h a day on average over {a.days_seen} d"
-                    + (", the whole window: nothing ran" if always_idle else f"; busy only {window}")
-                    + f"; ending it after {config.emr_idle_timeout_seconds // 60} idle minutes saves "
-                    f"{saved_per_week:.0f} cluster-hours a week"
-                    + ("" if always_idle else "; its batch work then runs as a transient cluster in that window")
-                    + (f" (current policy unknown: {', '.join(unknown)})" if unknown else "")
-                ),
-                risk=1.5 if not always_idle else 0.5,
-                finding="idle" if always_idle else "over-provisioned",
-                is_estimate=True,
-                effort="Medium",
+        if saved > 0.01:  # idle runs all shorter than the timeout save nothing
+            always_idle = (
+                a.idle_hours_per_day >= 24 * 0.99 if a.idle_from_runs else a.idle_stretches_hours == [HOURS_OF_WEEK]
             )
-        )
-        plan.finding = "idle" if always_idle else "over-provisioned"
+            busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
+            window = _window_text(busy)
+            plan.options.append(
+                Option(
+                    "auto_terminate",
+                    "emr_auto_termination",
+                    round(cost - saved, 2),
+                    {
+                        **current,
+                        "idle_timeout_seconds": config.emr_idle_timeout_seconds,
+                        "api_calls": [
+                            {
+                                "service": "emr",
+                                "operation": "PutAutoTerminationPolicy",
+                                "parameters": {
+                                    "ClusterId": cluster_id,
+                                    "AutoTerminationPolicy": {"IdleTimeout": config.emr_idle_timeout_seconds},
+                                },
+                            }
+                        ],
+                    },
+                    (
+                        f"idle (no step or application) {a.idle_hours_per_day:.1f} h a day on average over "
+                        f"{a.days_seen} d"
+                        + (
+                            ", the whole window: nothing ran"
+                            if always_idle
+                            else (
+                                f"; {len(a.idle_stretches_hours)} idle run(s), the longest "
+                                f"{a.idle_stretches_hours[0]:.1f} h"
+                                if a.idle_from_runs
+                                else f"; busy only {window}"
+                            )
+                        )
+                        + f"; ending it after {config.emr_idle_timeout_seconds // 60} idle minutes saves "
+                        f"{saved_per_week:.0f} cluster-hours a week"
+                        + (
+                            ""
+                            if always_idle
+                            else "; its batch work then runs as a transient cluster "
+                            + ("when it comes" if a.idle_from_runs else "in that window")
+                        )
+                        + (f" (current policy unknown: {', '.join(unknown)})" if unknown else "")
+                    ),
+                    risk=1.5 if not always_idle else 0.5,
+                    finding="idle" if always_idle else "over-provisioned",
+                    is_estimate=True,
+                    effort="Medium",
+                )
+            )
+            plan.finding = "idle" if always_idle else "over-provisioned"
     if fleets:
-        keep.rationale = "instance fleets: sizing of fleets is not proposed (groups only); auto-termination still is"
-        return plan
-
-    core = next((g for g in current_groups if g["role"] == "CORE"), None)
-    task = next((g for g in current_groups if g["role"] == "TASK"), None)
+        weights = {
+            t.get("weight") for f in attrs.get("instance_fleets") or [] for t in f.get("instance_types") or []
+        } - {None, 1}
+        if weights:
+            keep.rationale = (
+                f"instance fleets with weighted capacities ({sorted(weights)}): units are not instances, no resize "
+                "is proposed; auto-termination still is"
+            )
+            return plan
+        core, task = _fleet_role(current_groups, "CORE"), _fleet_role(current_groups, "TASK")
+    else:
+        core = next((g for g in current_groups if g["role"] == "CORE"), None)
+        task = next((g for g in current_groups if g["role"] == "TASK"), None)
     workers = (core["count"] if core else 0) + (task["count"] if task else 0)
     if core is None or workers == 0:
         return plan
@@ -1161,7 +1246,9 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
             if task or new_task:
                 proposed.append({**(task or {**core, "role": "TASK"}), "role": "TASK", "count": new_task})
             calls = []
-            for g in proposed:
+            if fleets:
+                proposed, calls = _fleet_targets(current_groups, cluster_id, {"CORE": new_core, "TASK": new_task})
+            for g in [] if fleets else proposed:
                 if g["role"] in ("CORE", "TASK") and group_ids.get(g["role"]):
                     calls.append(
                         {
@@ -1184,7 +1271,8 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                     f"YARN memory used p95 {use:.0f} % of {workers} worker node(s) over {a.days_seen} d: "
                     f"{need} keep it under "
                     f"{config.target_mem_pct:.0f} %; task nodes go first, core nodes (HDFS) stay at least "
-                    f"{config.emr_min_core_nodes}",
+                    f"{config.emr_min_core_nodes}"
+                    + ("; fleets' on-demand units are cut before their Spot units" if fleets else ""),
                     risk=1.0,
                     finding="over-provisioned",
                     is_estimate=True,
@@ -1207,6 +1295,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
             if saving > 0.01 and not pending:
                 # Units count core and task instances; the primary node is outside managed scaling.
                 min_units, max_units = core["count"], workers
+                unit_type = "InstanceFleetUnits" if fleets else "Instances"
                 plan.options.append(
                     Option(
                         "managed_scaling",
@@ -1217,7 +1306,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                             "min_units": min_units,
                             "max_units": max_units,
                             "max_core_units": core["count"],
-                            "unit_type": "Instances",
+                            "unit_type": unit_type,
                             "api_calls": [
                                 {
                                     "service": "emr",
@@ -1226,7 +1315,7 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                                         "ClusterId": cluster_id,
                                         "ManagedScalingPolicy": {
                                             "ComputeLimits": {
-                                                "UnitType": "Instances",
+                                                "UnitType": unit_type,
                                                 "MinimumCapacityUnits": min_units,
                                                 "MaximumCapacityUnits": max_units,
                                                 "MaximumCoreCapacityUnits": core["count"],
@@ -1245,6 +1334,51 @@ def _emr_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig) ->
                     )
                 )
     return plan
+
+
+def _fleet_role(groups: Sequence[Mapping[str, Any]], role: str) -> dict[str, Any] | None:
+    """A fleet role's on-demand and Spot parts as one group (their units summed)."""
+    parts = [g for g in groups if g["role"] == role]
+    if not parts:
+        return None
+    return {**parts[0], "count": sum(int(g["count"]) for g in parts)}
+
+
+def _fleet_targets(
+    groups: Sequence[Mapping[str, Any]], cluster_id: str, totals: Mapping[str, int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each core and task fleet cut to its role's new total, on-demand units first (they cost more), and the
+    ``ModifyInstanceFleet`` calls for the fleets that change."""
+    proposed = [dict(g) for g in groups if g["role"] == "MASTER"]
+    calls = []
+    for role, total in totals.items():
+        parts = [g for g in groups if g["role"] == role]
+        if not parts:
+            continue
+        spot = sum(int(g["count"]) for g in parts if g["market"] == "SPOT")
+        new_spot = min(spot, total)
+        new = {"SPOT": new_spot, "ON_DEMAND": total - new_spot}
+        proposed.extend({**g, "count": new[g["market"]]} for g in parts if new[g["market"]] or len(parts) == 1)
+        fleet_id = parts[0].get("fleet_id")
+        if fleet_id and (new["SPOT"], new["ON_DEMAND"]) != (
+            spot,
+            sum(int(g["count"]) for g in parts if g["market"] == "ON_DEMAND"),
+        ):
+            calls.append(
+                {
+                    "service": "emr",
+                    "operation": "ModifyInstanceFleet",
+                    "parameters": {
+                        "ClusterId": cluster_id,
+                        "InstanceFleet": {
+                            "InstanceFleetId": fleet_id,
+                            "TargetOnDemandCapacity": new["ON_DEMAND"],
+                            "TargetSpotCapacity": new["SPOT"],
+                        },
+                    },
+                }
+            )
+    return proposed, calls
 
 
 def _window_text(hours: Sequence[int]) -> str:
@@ -1279,14 +1413,10 @@ def _custom_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig)
         a, current, cost, [keep], a.confidence(config.window_days), "optimized", details={"analysis": a.summary()}
     )
     if cost is None:
-        keep.rationale = a.notes[0] if a.notes else "a member's instance type is not priced"
-        plan.finding = "unpriced"
-        return plan
+        return _hold(plan, keep, a.notes[0] if a.notes else "a member's instance type is not priced", "unpriced")
     gate = _gate(a, config)
     if gate is not None or a.used_cpu_p95_pct is None or a.capacity_vcpu is None:
-        keep.rationale = gate or f"no CPU data for the members of {a.resource_id}"
-        plan.finding = "insufficient_data"
-        return plan
+        return _hold(plan, keep, gate or f"no CPU data for the members of {a.resource_id}", "insufficient_data")
     need_vcpu = a.capacity_vcpu * a.used_cpu_p95_pct / config.target_cpu_pct
     mem_known = a.used_mem_max_pct is not None and a.capacity_mem_gib is not None
     need_mem = a.capacity_mem_gib * a.used_mem_max_pct / config.target_mem_pct if mem_known else 0.0
@@ -1310,43 +1440,17 @@ def _custom_cluster(a: ClusterAnalysis, catalog: Catalog, config: ClusterConfig)
         + (f" and memory peak {a.used_mem_max_pct:.0f} %" if mem_known else " (memory not reported: not reduced)")
         + f" of {len(nodes)} x {current['instance_type']} over {a.days_seen} d"
     )
-    for label, choice in (("resize_cluster_same_type", same), ("resize_cluster", best)):
-        if choice is None or choice[0] >= cost - 0.01:
-            continue
-        if label == "resize_cluster" and same is not None and choice[1].instance_type == same[1].instance_type:
-            continue
-        monthly, t, n = choice
-        target = _spread(n, zones)
-        same_type = t.instance_type == current["instance_type"] and len(types) == 1
-        removed = _removed(nodes, target, same_type)
-        added = {
-            z: max(0, k - (0 if not same_type else sum(1 for x in nodes if (x.zone or "") == z)))
-            for z, k in target.items()
-        }
-        plan.options.append(
-            Option(
-                label,
-                "resize_cluster",
-                monthly,
-                {
-                    "cluster": a.resource_id,
-                    "instance_type": t.instance_type,
-                    "count": n,
-                    "zones": target,
-                    "api_calls": _node_calls(a, removed, added, t.instance_type, ecs=False),
-                },
-                f"{used}: the group needs {need_vcpu:.1f} vCPU at {config.target_cpu_pct:.0f} %; "
-                f"{n} x {t.instance_type} "
-                f"spread over {len(zones)} zone(s), sized as one cluster",
-                risk=0.5 if same_type else 1.0,
-                finding="over-provisioned",
-                is_estimate=t.is_estimate,
-                vcpu=float(n * t.vcpu),
-                memory_gib=float(n * t.memory_gib),
-                effort="Medium" if same_type else "High",
-            )
-        )
-        plan.finding = "over-provisioned"
+    _resize_options(
+        plan,
+        same,
+        best,
+        zones,
+        lambda n, t: (
+            f"{used}: the group needs {need_vcpu:.1f} vCPU at {config.target_cpu_pct:.0f} %; "
+            f"{n} x {t.instance_type} spread over {len(zones)} zone(s), sized as one cluster"
+        ),
+        ecs=False,
+    )
     return plan
 
 
@@ -1378,6 +1482,118 @@ def optimize_node_distribution(plans: Mapping[str, Plan], catalog: Catalog, conf
                 plan.details["zone_imbalance"] = zones
                 plan.details["zone_balanced"] = _spread(len(a.nodes), sorted(zones))
     return plans
+
+
+def schedule_batch_work(plans: Mapping[str, Plan], config: ClusterConfig) -> dict[str, Plan]:
+    """Cost-aware scheduling of batch work with a flexible start: an EMR cluster busy only in a window of the
+    week (steps that could start later or earlier) whose YARN memory fits, hour by hour, in the headroom another
+    always-on EMR cluster of the region leaves in those hours, runs its steps there and ends; the saving is the
+    batch cluster less the host's extra workers in the window (what managed scaling on it would add, so the
+    host's own sizing options are not counted twice). Advisory (``schedule_batch``): the executor moves no steps and
+    ends no cluster; the row's api_calls say how."""
+    emr = {k: p for k, p in plans.items() if p.analysis.resource_kind == EMR_CLUSTER and p.current_cost_usd}
+    for key, plan in sorted(emr.items()):
+        a = plan.analysis
+        busy = sorted(h for h, b in a.by_hour_of_week.items() if b.get("idle") is False)
+        need_gib = plan.details.get("yarn_memory_gib")
+        if (
+            _gate(a, config) is not None
+            or not busy
+            or a.idle_hours_per_day is None
+            or a.idle_hours_per_day < config.emr_min_idle_hours_per_day
+            or not need_gib
+        ):
+            continue
+        apps = set(a.attributes.get("applications") or [])
+        best: tuple[float, Plan, float] | None = None
+        for host_key, host in sorted(emr.items()):
+            h_a = host.analysis
+            host_gib = host.details.get("yarn_memory_gib")
+            if (
+                host_key == key
+                or h_a.region != a.region
+                or _gate(h_a, config) is not None
+                or not host_gib
+                or h_a.protected
+                or not apps <= set(h_a.attributes.get("applications") or [])
+                or (h_a.idle_hours_per_day or 0) >= config.emr_min_idle_hours_per_day  # a host that stays up
+            ):
+                continue
+            worst = 0.0
+            for h in busy:
+                mine = a.by_hour_of_week[h].get("yarn_mem_used_p95_pct")
+                theirs = (h_a.by_hour_of_week.get(h) or {}).get("yarn_mem_used_p95_pct")
+                if mine is None or theirs is None:
+                    worst = math.inf
+                    break
+                worst = max(worst, (theirs / 100 * host_gib + mine / 100 * need_gib) / host_gib * 100)
+            if worst <= config.target_mem_pct and (best is None or worst < best[0]):
+                best = (worst, host, host_gib)
+        if best is None:
+            continue
+        worst, host, host_gib = best
+        # The host's extra workers in the window, as managed scaling would add them (so the host's own sizing
+        # options, priced on its use without the batch, are not double counted): its mean node price.
+        host_groups = [g for g in host.current.get("instance_groups") or [] if g.get("role") in ("CORE", "TASK")]
+        workers = sum(int(g["count"]) for g in host_groups)
+        nodes = sum(int(g["count"]) for g in host.current.get("instance_groups") or [])
+        if not workers or not nodes or not host.current_cost_usd:
+            continue
+        node_hour = host.current_cost_usd / HOURS_PER_MONTH / nodes
+
+        def need(used_gib: float, gib: float = host_gib, n: int = workers) -> int:
+            return math.ceil(n * used_gib / (gib * config.target_mem_pct / 100) - 1e-9)
+
+        extra_week = 0
+        for h in busy:
+            theirs = host.analysis.by_hour_of_week[h]["yarn_mem_used_p95_pct"] / 100 * host_gib
+            mine = a.by_hour_of_week[h]["yarn_mem_used_p95_pct"] / 100 * need_gib
+            extra_week += max(0, need(theirs + mine) - need(theirs))
+        extra_month = round(extra_week * node_hour * HOURS_PER_MONTH / HOURS_OF_WEEK, 2)
+        if extra_month >= (plan.current_cost_usd or 0) - 0.01:
+            continue
+        host_id = host.analysis.attributes.get("cluster_id") or host.analysis.resource_id
+        own_id = a.attributes.get("cluster_id") or a.resource_id
+        window = _window_text(busy)
+        plan.options.append(
+            Option(
+                "consolidate_batch",
+                "schedule_batch",
+                extra_month,
+                {
+                    **plan.current,
+                    "host_cluster_id": host_id,
+                    "window": window,
+                    "busy_hours_of_week": busy,
+                    "host_yarn_memory_peak_pct": round(worst, 1),
+                    "host_extra_node_hours_week": extra_week,
+                    "advisory": True,
+                    "api_calls": [
+                        {
+                            "service": "emr",
+                            "operation": "AddJobFlowSteps",
+                            "parameters": {"JobFlowId": host_id, "Steps": "<the steps of " + own_id + ">"},
+                            "note": f"submit the batch cluster's steps to {host_id} in {window}",
+                        },
+                        {
+                            "service": "emr",
+                            "operation": "TerminateJobFlows",
+                            "parameters": {"JobFlowIds": [own_id]},
+                            "note": "once its steps run on the host",
+                        },
+                    ],
+                },
+                f"busy only {window} ({len(busy)} h a week); in those hours its YARN memory (p95) and "
+                f"{host.analysis.name or host_id}'s together peak at {worst:.0f} % of {host_id}'s YARN memory "
+                f"(target {config.target_mem_pct:.0f} %): its steps run there and it ends; the host's extra "
+                f"{extra_week} node-hour(s) a week in the window are its cost; advisory, the executor moves no steps",
+                risk=1.5,
+                finding="over-provisioned",
+                is_estimate=True,
+                effort="High",
+            )
+        )
+    return dict(plans)
 
 
 def _similar_spot_types(catalog: Catalog, region: str, base: InstanceType, n: int) -> list[InstanceType]:

@@ -20,6 +20,7 @@ from cloudopt_pipelines.optimizers.clusters import (
     optimize_cluster_size,
     optimize_node_distribution,
     plan_rows,
+    schedule_batch_work,
 )
 from cloudopt_pipelines.optimizers.portfolio import Candidate, candidates_from_recommendations
 from cloudopt_pipelines.vocabulary import (
@@ -93,6 +94,7 @@ class ClustersOptimizer(DeploymentOptimizer):
     inputs: ClassVar[tuple[FeatureInput, ...]] = (
         FeatureInput("cluster_activity_profile", window_days=1),
         FeatureInput("cluster_utilization_daily", window_days=WINDOW_DAYS),
+        FeatureInput("emr_idle_runs", window_days=1),
     )
     settings_type: ClassVar[type[BaseModel]] = ClustersSettings
     description: ClassVar[str] = (
@@ -143,9 +145,11 @@ class ClustersOptimizer(DeploymentOptimizer):
             _rows(inputs.tables.get("cluster_activity_profile")),
             _rows(inputs.tables.get("cluster_utilization_daily")),
             inputs.catalog,
+            idle_runs=_rows(inputs.tables.get("emr_idle_runs")),
         )
-        plans = optimize_node_distribution(
-            optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config
+        plans = schedule_batch_work(
+            optimize_node_distribution(optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config),
+            config,
         )
         table = plan_rows(inputs.account_id, inputs.day, plans, config)
         notes = []

@@ -53,6 +53,9 @@ EMR_ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINA
 EMR_STEPS_KEPT = 50  # newest steps kept in the cluster's attributes
 ECS_CLUSTER_METRICS = ("CPUUtilization", "MemoryUtilization", "CPUReservation", "MemoryReservation")
 ECS_SERVICE_METRICS = ("CPUUtilization", "MemoryUtilization")
+#: Container Insights for ECS services: used and reserved CPU units and MiB of the service's tasks
+ECS_INSIGHTS_NAMESPACE = "ECS/ContainerInsights"
+ECS_INSIGHTS_METRICS = ("CpuUtilized", "CpuReserved", "MemoryUtilized", "MemoryReserved")
 EMR_METRICS = (
     "YARNMemoryAvailablePercentage",
     "ContainerPending",
@@ -1073,8 +1076,20 @@ class AwsCollector:
             for metric in ("CPUUtilization", "MemoryUtilization")
             for m in self._listed_series(account_id, region, "AWS/ECS", metric)
         }
+        # Container Insights only where it is on (a cluster setting): its service series are listed, or not
+        # asked for.
+        insights = {
+            frozenset(_dims(m.get("Dimensions")).items()): m.get("Dimensions") or []
+            for m in self._listed_series(account_id, region, ECS_INSIGHTS_NAMESPACE, "CpuUtilized")
+        }
         series: list[tuple[str, str, str, str, list[dict[str, str]]]] = []
         services = 0
+
+        def with_insights(resource_id: str, dims: list[dict[str, str]]) -> None:
+            listed = insights.get(frozenset(_dims(dims).items()))
+            if listed is not None:
+                series.extend((resource_id, ECS_INSIGHTS_NAMESPACE, m, "Average", listed) for m in ECS_INSIGHTS_METRICS)
+
         for arn in cluster_arns:
             cluster_name = arn.rsplit("/", 1)[-1]
             dims = [{"Name": "ClusterName", "Value": cluster_name}]
@@ -1085,6 +1100,7 @@ class AwsCollector:
                     service_dims = [*dims, {"Name": "ServiceName", "Value": service_arn.rsplit("/", 1)[-1]}]
                     service_dims = listed.get(frozenset(_dims(service_dims).items()), service_dims)
                     series.extend((service_arn, "AWS/ECS", m, "Average", service_dims) for m in ECS_SERVICE_METRICS)
+                    with_insights(service_arn, service_dims)
         emr = self.client(account_id, "emr", region)
         emr_clusters = [
             c

@@ -17,10 +17,8 @@ Layout of the seeded world (``AwsWorld``):
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,10 +26,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult
 
 import boto3
 import pandas as pd
@@ -39,6 +35,7 @@ import pytest
 
 from cloudopt_pipelines.sources.aws import AwsCollector, AwsSettings
 from cloudopt_pipelines.sources.base import Collected
+from cloudopt_pipelines.testing.aws_api import forward, free_port  # noqa: F401  (the tests' proxies import them here)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 AZURE_SAMPLE = DATA / "azure_v1_6vms_3days_cpu_5min.csv.gz"
@@ -79,12 +76,6 @@ class AwsWorld:
     cpu_trace_of: dict[str, str] = field(default_factory=dict)
     mem_trace_of: dict[str, str] = field(default_factory=dict)
     ecs_trace_vm: str = ""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until_up(url: str, timeout: float = 120.0) -> None:
@@ -453,20 +444,3 @@ def seed_metrics(w: AwsWorld, cloudwatch: Any) -> None:
             for r in ecs_rows.itertuples()
         ],
     )
-
-
-def forward(handler: BaseHTTPRequestHandler, upstream: SplitResult, body: bytes) -> None:
-    """Relay one request of a test proxy's ``handler`` to the server at ``upstream`` and send its answer back."""
-    conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
-    conn.request(handler.command, handler.path, body=body, headers=headers)
-    response = conn.getresponse()
-    data = response.read()
-    handler.send_response(response.status)
-    for key, value in response.getheaders():
-        if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-            handler.send_header(key, value)
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-    conn.close()

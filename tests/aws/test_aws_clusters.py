@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -23,14 +22,14 @@ from conftest import (
     AwsWorld,
     build_collector,
     client,
-    forward,
-    free_port,
     load_gcd,
     put_metric_data,
     run_instance,
     running_moto_server,
     step_time,
 )
+
+from cloudopt_pipelines.testing.aws_api import JSON_TYPE, AwsApi, forward, send, serve
 
 REGION = "ap-southeast-2"
 EMR_BUSY_CPU_PCT = 20.0
@@ -43,6 +42,7 @@ class ClusterWorld:
     grid_member: str = ""
     emr_cluster_id: str = ""
     ecs_trace: list[float] = field(default_factory=list)
+    insights_cpu: list[float] = field(default_factory=list)
     emr_trace: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -124,6 +124,29 @@ def clusters_world(world: AwsWorld) -> ClusterWorld:
                 "Unit": "Percent",
             }
             for r in rows.itertuples()
+        ],
+    )
+
+    # Container Insights on for the api service (3 tasks of 1024 units / 2048 MiB): the tasks use half of what
+    # AWS/ECS CPUUtilization says, so which one the analysis reads shows.
+    w.insights_cpu = [v / 2 for v in w.ecs_trace]
+    put_metric_data(
+        client(endpoint, "cloudwatch", REGION),
+        "ECS/ContainerInsights",
+        [
+            {
+                "MetricName": metric,
+                "Dimensions": [{"Name": "ClusterName", "Value": "shop"}, {"Name": "ServiceName", "Value": "api"}],
+                "Timestamp": step_time(r.step_5min),
+                "Value": value,
+            }
+            for r in rows.itertuples()
+            for metric, value in (
+                ("CpuUtilized", 3072 * float(r.cpu_util_pct) / 2 / 100),
+                ("CpuReserved", 3072.0),
+                ("MemoryUtilized", 6144 * float(r.mem_util_pct) / 100),
+                ("MemoryReserved", 6144.0),
+            )
         ],
     )
 
@@ -278,6 +301,11 @@ def test_ecs_service_series_found_whatever_the_dimension_order(world, clusters_w
         if r["resource_id"].endswith(":service/shop/api") and r["metric"] == "CPUUtilization"
     )
     assert [v for _, v in api] == pytest.approx(clusters_world.ecs_trace)
+    # Container Insights asked for where ListMetrics lists it (the api service), not elsewhere.
+    insights = {
+        (r["resource_id"].rsplit("/", 1)[-1], r["metric"]) for r in rows if r["namespace"] == "ECS/ContainerInsights"
+    }
+    assert insights == {("api", m) for m in ("CpuUtilized", "CpuReserved", "MemoryUtilized", "MemoryReserved")}
     emr = {r["metric"] for r in rows if r["namespace"] == "AWS/ElasticMapReduce"}
     assert emr <= {
         "YARNMemoryAvailablePercentage",
@@ -297,42 +325,17 @@ class DenyTaskDefinition:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.denied = 0
 
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        proxy = self
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        if handler.headers.get("X-Amz-Target", "").endswith(".DescribeTaskDefinition") and b"worker" in body:
+            self.denied += 1
+            error = {"__type": "AccessDeniedException", "message": "not authorized to DescribeTaskDefinition"}
+            headers = [("Content-Type", JSON_TYPE), ("x-amzn-errortype", "AccessDeniedException")]
+            send(handler, 400, json.dumps(error).encode(), headers)
+            return
+        forward(handler, self.upstream, body)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target = self.headers.get("X-Amz-Target", "")
-                if target.endswith(".DescribeTaskDefinition") and b"worker" in body:
-                    proxy.denied += 1
-                    payload = json.dumps(
-                        {"__type": "AccessDeniedException", "message": "not authorized to DescribeTaskDefinition"}
-                    ).encode()
-                    self.send_response(400)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("x-amzn-errortype", "AccessDeniedException")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                forward(self, proxy.upstream, body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
-
-        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+    def serve(self) -> contextlib.AbstractContextManager[str]:
+        return serve(self.handle)
 
 
 def test_unreadable_task_definition_is_a_reason_not_a_failed_partition(world, clusters_world: ClusterWorld) -> None:
@@ -386,6 +389,13 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     ):
         execute_model(models[name], lake, partitioning, MANAGEMENT_ACCOUNT, FIRST_DAY, source_schemas=source_schemas())
 
+    # Container Insights preferred where present: the api service's use is its tasks' CpuUtilized / CpuReserved.
+    stg = lake.read("stg_cluster_metrics_5m", MANAGEMENT_ACCOUNT, FIRST_DAY).to_pylist()
+    api_cpu = sorted((r["ts"], r) for r in stg if r["resource_id"].endswith(":service/shop/api"))
+    assert [r["cpu_pct"] for _, r in api_cpu] == pytest.approx(clusters_world.insights_cpu)
+    assert all(r["from_insights"] for _, r in api_cpu)
+    assert not any(r["from_insights"] for r in stg if r["resource_kind"] == "ecs_cluster")
+
     optimizer = optimizer_named("clusters")
     tables, days_found = read_inputs(lake, optimizer.inputs, MANAGEMENT_ACCOUNT, FIRST_DAY)
     inputs = OptimizerInputs(
@@ -408,6 +418,7 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     assert by[shop]["keep"]["vcpu"] == 16.0
     api = next(k for k in by if k.endswith(":service/shop/api"))
     assert by[api]["keep"]["protected"] and by[api]["keep"]["is_best"]
+    assert json.loads(by[api]["keep"]["details"])["analysis"]["usage_source"] == "ECS/ContainerInsights"
     resize = json.loads(by[api]["resize_tasks"]["proposed_config"])
     assert resize["api_calls"][1]["parameters"]["cluster"] == shop
     emr_arn = next(
@@ -424,62 +435,15 @@ def test_collector_to_recommendations_end_to_end(world, clusters_world: ClusterW
     assert {r["deployment_type"] for r in hpc.values()} == {"custom_cluster"}
 
 
-class EmrPolicies:
-    """Forwards to moto, but answers GetAutoTerminationPolicy and GetManagedScalingPolicy as the EMR API
-    reference documents them (moto answers HTTP 500): a 2-hour idle timeout, and no managed-scaling policy
-    (an empty object)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.answered: list[str] = []
-
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target = self.headers.get("X-Amz-Target", "")
-                answers = {
-                    "ElasticMapReduce.GetAutoTerminationPolicy": {"AutoTerminationPolicy": {"IdleTimeout": 7200}},
-                    "ElasticMapReduce.GetManagedScalingPolicy": {},
-                }
-                if target in answers:
-                    proxy.answered.append(target.split(".", 1)[1])
-                    payload = json.dumps(answers[target]).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                forward(self, proxy.upstream, body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
-
-        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
-
-
 def test_emr_policies_read_where_the_api_answers(world, clusters_world: ClusterWorld) -> None:
-    proxy = EmrPolicies(world.endpoint)
+    # The proxy answers as the EMR API reference documents: a 2-hour idle timeout, no managed-scaling policy.
+    proxy = AwsApi(world.endpoint, auto_termination={clusters_world.emr_cluster_id: {"IdleTimeout": 7200}})
     with proxy.serve() as url:
         rows = build_collector(world, regions=(REGION,), endpoint_url=url).collect_inventory(
             MANAGEMENT_ACCOUNT, FIRST_DAY
         )
     emr = json.loads(_by_name(rows.table.to_pylist(), "emr_cluster")["nightly-etl"]["attributes"])
-    assert sorted(set(proxy.answered)) == ["GetAutoTerminationPolicy", "GetManagedScalingPolicy"]
+    assert sorted(set(proxy.calls)) == ["GetAutoTerminationPolicy", "GetManagedScalingPolicy"]
     assert emr["auto_termination_idle_timeout"] == 7200
     assert emr["managed_scaling_policy"] is None and emr["policy_errors"] == []
 

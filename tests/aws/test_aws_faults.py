@@ -6,12 +6,13 @@ import contextlib
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import FIRST_DAY, MANAGEMENT_ACCOUNT, AwsWorld, forward, free_port
+from conftest import FIRST_DAY, MANAGEMENT_ACCOUNT, AwsWorld, free_port
 
 from cloudopt_pipelines.sources.aws import CollectorError
+from cloudopt_pipelines.testing.aws_api import AwsApi, forward, send, serve
 
 EC2_THROTTLE = (
     503,
@@ -25,7 +26,6 @@ QUERY_THROTTLE = (
     "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
     "<RequestId>throttle-proxy</RequestId></ErrorResponse>",
 )
-EMR_POLICY_TARGETS = ("ElasticMapReduce.GetAutoTerminationPolicy", "ElasticMapReduce.GetManagedScalingPolicy")
 JSON_THROTTLE = (400, "application/x-amz-json-1.1", '{"__type":"ThrottlingException","message":"Rate exceeded"}')
 
 
@@ -58,55 +58,28 @@ class FaultProxy:
                 return reply
             return None
 
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        decision = self.decide({k.lower(): v for k, v in handler.headers.items()}, body)
+        if decision == "drop":
+            handler.close_connection = True
+            handler.connection.close()
+            return
+        if decision is not None:
+            status, content_type, text = decision
+            headers = [("Content-Type", content_type)]
+            if content_type.startswith("application/x-amz-json"):
+                headers.append(("x-amzn-errortype", "ThrottlingException"))
+            send(handler, status, text.encode(), headers)
+            return
+        forward(handler, self.upstream, body)
+
     @contextlib.contextmanager
     def serve(self) -> Iterator[str]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                decision = proxy.decide(headers, body)
-                if decision == "drop":
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if decision is not None:
-                    status, content_type, text = decision
-                    payload = text.encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(payload)))
-                    if content_type.startswith("application/x-amz-json"):
-                        self.send_header("x-amzn-errortype", "ThrottlingException")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                if headers.get("x-amz-target") in EMR_POLICY_TARGETS:
-                    # moto answers these with HTTP 500 (retried): answer as AWS does for a cluster without one.
-                    payload = b"{}"
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                forward(self, proxy.upstream, body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
-
-        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+        """The proxy's URL, in front of ``AwsApi`` (moto answers EMR's policy reads with HTTP 500, retried:
+        the proxy answers as AWS does for a cluster without one)."""
+        with AwsApi(self.upstream.geturl()).serve() as api, serve(self.handle) as url:
+            self.upstream = urllib.parse.urlsplit(api)
+            yield url
 
 
 def test_throttled_calls_back_off_and_complete(make_collector, world: AwsWorld, inventory) -> None:

@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,12 @@ from cloudopt_pipelines.sources.aws import AwsSettings
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
 from cloudopt_pipelines.storage.schemas import PORTFOLIO_PLAN
+from cloudopt_pipelines.testing.aws_api import forward, send, serve
 from tests.aws.conftest import (
     LINUX_AMI,
     MANAGEMENT_ACCOUNT,
     aws_env,
     client,
-    forward,
-    free_port,
     run_instance,
     running_moto_server,
 )
@@ -97,43 +96,20 @@ class FaultProxy:
     def mutating(self) -> list[str]:
         return [a for a in self.actions if a and not a.startswith(("Describe", "List", "Get", "AssumeRole"))]
 
-    @contextlib.contextmanager
-    def serve(self) -> Iterator[str]:
-        proxy, upstream = self, urllib.parse.urlsplit(self.upstream)
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        decision = self.decide(body)
+        if decision == "drop":
+            handler.close_connection = True
+            handler.connection.close()
+            return
+        if decision is not None:
+            status, text = decision
+            send(handler, status, text.encode(), [("Content-Type", "text/xml")])
+            return
+        forward(handler, urllib.parse.urlsplit(self.upstream), body)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                return None
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                decision = proxy.decide(body)
-                if decision == "drop":
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if decision is not None:
-                    status, text = decision
-                    payload = text.encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                forward(self, upstream, body)
-
-            do_GET = do_POST = _forward
-
-        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+    def serve(self) -> contextlib.AbstractContextManager[str]:
+        return serve(self.handle)
 
 
 # --------------------------------------------------------------------------------------- helpers

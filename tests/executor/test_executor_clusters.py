@@ -1,8 +1,9 @@
 """ECS and EMR plug-ins end to end on the real moto server: the cluster optimiser's rows (their actions,
 proposed_config keys and api_calls as optimizers/clusters.py writes them) applied, verified, audited, re-run
 as no-ops and rolled back, with the rules: dry run, protected or production clusters and services, drift,
-blast radius. EMR's policy calls (moto answers HTTP 500) go through ``EmrPolicyApi``, a proxy that answers as
-the EMR API reference documents; everything else reaches moto."""
+blast radius. EMR's policy and fleet calls (moto answers HTTP 500 or lacks them) and ECS deployments (moto never
+settles them) go through ``AwsApi`` (cloudopt_pipelines/testing/aws_api.py), a proxy that answers as the API
+references document; everything else reaches moto."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 
 from cloudopt_pipelines.executor import ChangeWindow, ExecutorPolicy, rollback
 from cloudopt_pipelines.executor.policy import PolicyError
+from cloudopt_pipelines.testing.aws_api import AwsApi
 from tests.executor.conftest import MANAGEMENT_ACCOUNT, client, executor_aws, plan_row
-from tests.executor.emr_api import EmrPolicyApi
 
 _COUNTER = iter(range(10_000))
 
@@ -34,9 +35,22 @@ def emr(moto_url: str) -> Any:
     return client(moto_url, "emr")
 
 
+@pytest.fixture(scope="module")
+def ecs_api(moto_url: str) -> Iterator[tuple[AwsApi, str]]:
+    api = AwsApi(moto_url)
+    with api.serve() as url:
+        yield api, url
+
+
+@pytest.fixture(scope="module")
+def ecs_url(ecs_api: tuple[AwsApi, str]) -> str:
+    """The executor's endpoint for the ECS tests: moto behind the proxy that settles ECS deployments."""
+    return ecs_api[1]
+
+
 @pytest.fixture
-def emr_api(moto_url: str) -> Iterator[tuple[EmrPolicyApi, str]]:
-    api = EmrPolicyApi(moto_url)
+def emr_api(moto_url: str) -> Iterator[tuple[AwsApi, str]]:
+    api = AwsApi(moto_url)
     with api.serve() as url:
         yield api, url
 
@@ -116,11 +130,11 @@ def live_service(ecs: Any, cluster: str, name: str) -> dict[str, Any]:
     return ecs.describe_services(cluster=cluster, services=[name])["services"][0]
 
 
-def test_scale_in_applied_verified_idempotent_and_rolled_back(home, ecs, moto_url) -> None:
+def test_scale_in_applied_verified_idempotent_and_rolled_back(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
     home.approve_all()
-    aws = executor_aws(moto_url)
+    aws = executor_aws(ecs_url)
 
     dry = home.run(aws, mode="dry_run").decisions[0]
     assert dry.outcome == "would_apply" and live_service(ecs, cluster, name)["desiredCount"] == 4
@@ -143,11 +157,51 @@ def test_scale_in_applied_verified_idempotent_and_rolled_back(home, ecs, moto_ur
     assert undone.outcome == "rolled_back" and live_service(ecs, cluster, name)["desiredCount"] == 4
 
 
-def test_task_resize_registers_a_revision_with_only_cpu_and_memory_changed(home, ecs, moto_url) -> None:
+def test_verification_waits_for_the_deployment_to_settle(home, ecs, moto_url) -> None:
+    # The proxy answers IN_PROGRESS for the 3 DescribeServices after UpdateService, then COMPLETED; polls are
+    # counted, never timed (the bound is 120 s, the sleep between polls recorded).
+    api = AwsApi(moto_url, rollout_polls=3)
+    cluster, arn, name = fargate_service(ecs)
+    home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
+    home.approve_all()
+    with api.serve() as url:
+        aws = executor_aws(url, max_attempts=3)
+        slept: list[float] = []
+        aws.sleep = slept.append
+        applied = home.run(aws).decisions[0]
+    assert applied.outcome == "applied", applied.error
+    assert len(slept) == 3 and api.rollouts[name] == 0
+    assert applied.state_after["rollout_state"] == "COMPLETED"
+
+
+def test_a_failed_or_unsettled_deployment_fails_verification(home, ecs, moto_url) -> None:
+    cluster, arn, name = fargate_service(ecs)
+    failing = AwsApi(moto_url, rollout_polls=1, failing_rollouts={name})
+    home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
+    home.approve_all()
+    with failing.serve() as url:
+        aws = executor_aws(url, max_attempts=3)
+        aws.sleep = lambda seconds: None
+        failed = home.run(aws).decisions[0]
+    assert failed.outcome != "applied" and "verification failed" in failed.error and "FAILED" in failed.error
+
+    cluster, arn, name = fargate_service(ecs)
+    stuck = AwsApi(moto_url, rollout_polls=10**6)
+    home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
+    home.approve_all()
+    with stuck.serve() as url:
+        aws = executor_aws(url, max_attempts=3)
+        aws.wait_timeout_seconds = 0
+        timed_out = home.run(aws).decisions[0]
+    assert timed_out.outcome != "applied" and "timed out after 0 s waiting for the deployment" in timed_out.error
+    assert f"ECS service {name}" in timed_out.error
+
+
+def test_task_resize_registers_a_revision_with_only_cpu_and_memory_changed(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     home.write_plan([service_row(cluster, arn, name, "resize_tasks", cpu=256, memory=512)])
     home.approve_all()
-    aws = executor_aws(moto_url)
+    aws = executor_aws(ecs_url)
     decision = home.run(aws).decisions[0]
     assert decision.outcome == "applied", decision.error
     assert [c["api"] for c in decision.api_calls] == ["ecs:RegisterTaskDefinition", "ecs:UpdateService"]
@@ -164,7 +218,7 @@ def test_task_resize_registers_a_revision_with_only_cpu_and_memory_changed(home,
     assert live_service(ecs, cluster, name)["taskDefinition"].endswith(f"{name}:1")
 
 
-def test_an_interrupted_resize_reuses_the_revision_it_registered(home, ecs, moto_url) -> None:
+def test_an_interrupted_resize_reuses_the_revision_it_registered(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     actions = home.write_plan([service_row(cluster, arn, name, "resize_tasks", cpu=256, memory=512)])
     home.approve_all()
@@ -178,7 +232,7 @@ def test_an_interrupted_resize_reuses_the_revision_it_registered(home, ecs, moto
         containerDefinitions=[{"name": "front", "image": "nginx", "essential": True}],
         tags=[{"key": "cloudopt:action-id", "value": actions[0].action_id}],
     )
-    decision = home.run(executor_aws(moto_url)).decisions[0]
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
     assert decision.outcome == "applied", decision.error
     assert [c["api"] for c in decision.api_calls] == ["ecs:UpdateService"]
     assert live_service(ecs, cluster, name)["taskDefinition"].endswith(f"{name}:2")
@@ -186,7 +240,7 @@ def test_an_interrupted_resize_reuses_the_revision_it_registered(home, ecs, moto
     assert len(families) == 2
 
 
-def test_fargate_spot_strategy_and_its_rollback_to_fargate(home, ecs, moto_url) -> None:
+def test_fargate_spot_strategy_and_its_rollback_to_fargate(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     strategy = [
         {"capacityProvider": "FARGATE", "base": 1, "weight": 1},
@@ -194,7 +248,7 @@ def test_fargate_spot_strategy_and_its_rollback_to_fargate(home, ecs, moto_url) 
     ]
     home.write_plan([service_row(cluster, arn, name, "fargate_spot", capacity_provider_strategy=strategy)])
     home.approve_all()
-    aws = executor_aws(moto_url)
+    aws = executor_aws(ecs_url)
     decision = home.run(aws).decisions[0]
     assert decision.outcome == "applied", decision.error
     assert decision.api_calls[0]["params"]["forceNewDeployment"] is True
@@ -215,33 +269,33 @@ def test_fargate_spot_strategy_and_its_rollback_to_fargate(home, ecs, moto_url) 
     ],
 )
 def test_protected_or_production_clusters_and_services_are_never_touched(
-    home, ecs, moto_url, cluster_tags, service_tags, reason
+    home, ecs, ecs_url, cluster_tags, service_tags, reason
 ) -> None:
     cluster, arn, name = fargate_service(ecs, cluster_tags, **service_tags)
     home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
     home.approve_all()
-    decision = home.run(executor_aws(moto_url)).decisions[0]
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
     assert decision.outcome == "skipped" and decision.reason.startswith(reason)
     assert live_service(ecs, cluster, name)["desiredCount"] == 4
 
 
-def test_a_service_changed_since_the_plan_is_left_alone(home, ecs, moto_url) -> None:
+def test_a_service_changed_since_the_plan_is_left_alone(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
     home.approve_all()
     ecs.update_service(cluster=cluster, service=name, desiredCount=6)  # by hand, after the plan
-    decision = home.run(executor_aws(moto_url)).decisions[0]
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
     assert decision.outcome == "skipped" and "desired_count was 4 in the plan, is 6 now" in decision.reason
     assert live_service(ecs, cluster, name)["desiredCount"] == 6
 
 
-def test_unapproved_rows_and_the_blast_radius(home, ecs, moto_url) -> None:
+def test_unapproved_rows_and_the_blast_radius(home, ecs, ecs_url) -> None:
     rows = []
     for _ in range(2):
         cluster, arn, name = fargate_service(ecs)
         rows.append(service_row(cluster, arn, name, "scale_in", desired_count=2))
     actions = home.write_plan(rows)
-    aws = executor_aws(moto_url)
+    aws = executor_aws(ecs_url)
     assert {d.outcome for d in home.run(aws).decisions} == {"skipped"}  # nothing approved yet
     home.approve_all()
     decisions = home.run(aws, max_actions_per_run=1).decisions
@@ -250,36 +304,56 @@ def test_unapproved_rows_and_the_blast_radius(home, ecs, moto_url) -> None:
     assert "max_actions_per_run" in held.reason and len(actions) == 2
 
 
-def test_change_windows_hold_service_updates_outside_them(home, ecs, moto_url) -> None:
+def test_change_windows_hold_service_updates_outside_them(home, ecs, ecs_url) -> None:
     cluster, arn, name = fargate_service(ecs)
     home.write_plan([service_row(cluster, arn, name, "scale_in", desired_count=2)])
     home.approve_all()
     nightly = ChangeWindow(
         cron="0 22 * * 1-5", duration_minutes=120, timezone="UTC", action_types=("ecs_update_service",)
     )
-    decision = home.run(executor_aws(moto_url), change_windows=(nightly,)).decisions[0]  # NOW is Friday noon
+    decision = home.run(executor_aws(ecs_url), change_windows=(nightly,)).decisions[0]  # NOW is Friday noon
     assert decision.outcome == "skipped" and decision.reason.startswith("outside change window")
     assert live_service(ecs, cluster, name)["desiredCount"] == 4
 
 
-def test_cluster_node_rows_are_advice_never_applied(home, moto_url) -> None:
-    row = plan_row(
+ADVICE = [
+    (
         "arn:aws:ecs:us-east-1:123456789012:cluster/shop",
         "resize_cluster",
-        {
-            "instance_type": "m6i.xlarge",
-            "count": 2,
-            "api_calls": [{"service": "autoscaling", "operation": "UpdateAutoScalingGroup", "parameters": {}}],
-        },
-        resource_kind="ecs_cluster",
-        deployment_type="ecs",
-        option_name="resize_cluster",
+        "ecs_cluster",
+        {"instance_type": "m6i.xlarge", "count": 2},
+        ["UpdateAutoScalingGroup"],
+        "2 x m6i.xlarge",
+    ),
+    (
+        "arn:aws:elasticmapreduce:us-east-1:123456789012:cluster/j-BATCH",
+        "schedule_batch",
+        "emr_cluster",
+        {"host_cluster_id": "j-HOST", "window": "20:00-24:00 UTC every day"},
+        ["AddJobFlowSteps", "TerminateJobFlows"],
+        "run it on j-HOST 20:00-24:00 UTC every day",
+    ),
+]
+
+
+@pytest.mark.parametrize(("resource_id", "action", "kind", "proposed", "operations", "said"), ADVICE)
+def test_cluster_node_and_batch_rows_are_advice_never_applied(
+    home, ecs_url, resource_id, action, kind, proposed, operations, said
+) -> None:
+    calls = [{"service": "any", "operation": op, "parameters": {}} for op in operations]
+    row = plan_row(
+        resource_id,
+        action,
+        {**proposed, "api_calls": calls},
+        resource_kind=kind,
+        deployment_type=kind.split("_")[0],
+        option_name=action,
     )
     home.write_plan([row])
     home.approve_all()
-    decision = home.run(executor_aws(moto_url)).decisions[0]
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
     assert decision.outcome == "skipped" and decision.reason.startswith("not applicable: advisory")
-    assert "2 x m6i.xlarge" in decision.reason and "UpdateAutoScalingGroup" in decision.reason
+    assert said in decision.reason and all(op in decision.reason for op in operations)
     assert decision.api_calls == []
 
 
@@ -582,7 +656,7 @@ def test_an_interrupted_spot_move_adds_only_what_is_missing(home, emr, emr_api) 
     assert len(emr.list_instance_groups(ClusterId=cid)["InstanceGroups"]) == 5
 
 
-def test_containers_reserving_more_than_the_new_size_are_not_resized(home, ecs, moto_url) -> None:
+def test_containers_reserving_more_than_the_new_size_are_not_resized(home, ecs, ecs_url) -> None:
     cluster = ecs.create_cluster(clusterName=_name("shop"), tags=[{"key": "env", "value": "dev"}])["cluster"]
     family = _name("api")
     ecs.register_task_definition(
@@ -598,30 +672,35 @@ def test_containers_reserving_more_than_the_new_size_are_not_resized(home, ecs, 
     )["service"]["serviceArn"]
     home.write_plan([service_row(cluster["clusterArn"], arn, family, "resize_tasks", cpu=256, memory=512)])
     home.approve_all()
-    decision = home.run(executor_aws(moto_url)).decisions[0]
+    decision = home.run(executor_aws(ecs_url)).decisions[0]
     assert decision.outcome == "skipped" and "reserve 512 CPU units / 768 MiB" in decision.reason
     assert ecs.list_task_definitions(familyPrefix=family)["taskDefinitionArns"] == [
         ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]["taskDefinitionArn"]
     ]
 
 
-def test_instance_fleets_are_not_resized(home, emr, emr_api) -> None:
-    api, url = emr_api
+FLEET_GROUPS = [
+    {"role": "MASTER", "instance_type": "m5.xlarge", "count": 1, "market": "ON_DEMAND"},
+    {"role": "CORE", "instance_type": "r5.xlarge", "count": 3, "market": "ON_DEMAND"},
+    {"role": "TASK", "instance_type": "r5.xlarge", "count": 2, "market": "ON_DEMAND"},
+    {"role": "TASK", "instance_type": "r5.xlarge", "count": 2, "market": "SPOT"},
+]
+
+
+def fleet_cluster(emr: Any, api: AwsApi) -> tuple[str, str]:
+    """A cluster of instance fleets (primary 1, core 3 on-demand, task 2 on-demand + 2 Spot units): moto runs
+    the job flow, the proxy answers its fleets."""
     cid = emr.run_job_flow(
         Name=_name("fleet"),
         ReleaseLabel="emr-6.10.0",
         Instances={
             "InstanceFleets": [
                 {
-                    "InstanceFleetType": "MASTER",
-                    "TargetOnDemandCapacity": 1,
-                    "InstanceTypeConfigs": [{"InstanceType": "m5.xlarge"}],
-                },
-                {
-                    "InstanceFleetType": "CORE",
-                    "TargetOnDemandCapacity": 3,
-                    "InstanceTypeConfigs": [{"InstanceType": "r5.xlarge"}],
-                },
+                    "InstanceFleetType": role,
+                    "TargetOnDemandCapacity": n,
+                    "InstanceTypeConfigs": [{"InstanceType": t}],
+                }
+                for role, t, n in (("MASTER", "m5.xlarge", 1), ("CORE", "r5.xlarge", 3), ("TASK", "r5.xlarge", 2))
             ],
             "KeepJobFlowAliveWhenNoSteps": True,
         },
@@ -629,15 +708,114 @@ def test_instance_fleets_are_not_resized(home, emr, emr_api) -> None:
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
     )["JobFlowId"]
-    api.fleets.add(cid)  # moto's DescribeCluster omits InstanceCollectionType; AWS reports INSTANCE_FLEET
-    cluster = client(url, "emr").describe_cluster(ClusterId=cid)["Cluster"]
-    assert cluster["InstanceCollectionType"] == "INSTANCE_FLEET"
-    row = emr_row(cid, cluster["ClusterArn"], "emr_resize", "resize", {"instance_groups": GROUPS[:2]}, [])
-    home.write_plan([row])
+    spec = {"r5.xlarge": [{"InstanceType": "r5.xlarge", "WeightedCapacity": 1}]}
+    api.add_fleets(
+        cid,
+        [
+            {
+                "Id": f"if-{role.lower()}-{cid}",
+                "InstanceFleetType": role,
+                "TargetOnDemandCapacity": od,
+                "TargetSpotCapacity": spot,
+                "InstanceTypeSpecifications": spec.get(t, [{"InstanceType": t, "WeightedCapacity": 1}]),
+            }
+            for role, t, od, spot in (
+                ("MASTER", "m5.xlarge", 1, 0),
+                ("CORE", "r5.xlarge", 3, 0),
+                ("TASK", "r5.xlarge", 2, 2),
+            )
+        ],
+    )
+    return cid, emr.describe_cluster(ClusterId=cid)["Cluster"]["ClusterArn"]
+
+
+def fleet_row(cid: str, arn: str, targets: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """An ``emr_resize`` row for a cluster of fleets, as the optimiser writes it: ModifyInstanceFleet per fleet."""
+    current = {"cluster_id": cid, "instance_groups": FLEET_GROUPS, "auto_termination_idle_timeout": None}
+    calls = [
+        {
+            "service": "emr",
+            "operation": "ModifyInstanceFleet",
+            "parameters": {
+                "ClusterId": cid,
+                "InstanceFleet": {
+                    "InstanceFleetId": f"if-{role}-{cid}",
+                    "TargetOnDemandCapacity": od,
+                    "TargetSpotCapacity": spot,
+                },
+            },
+        }
+        for role, (od, spot) in targets.items()
+    ]
+    return plan_row(
+        arn,
+        "emr_resize",
+        {**current, "api_calls": calls},
+        resource_kind="emr_cluster",
+        deployment_type="emr",
+        option_name="resize",
+        current_config=json.dumps(current),
+    )
+
+
+def fleet_targets(api: AwsApi, cid: str) -> dict[str, tuple[int, int]]:
+    return {f["InstanceFleetType"]: (f["TargetOnDemandCapacity"], f["TargetSpotCapacity"]) for f in api.fleets[cid]}
+
+
+def test_instance_fleets_resized_by_target_capacity_and_rolled_back(home, emr, emr_api) -> None:
+    api, url = emr_api
+    cid, arn = fleet_cluster(emr, api)
+    assert client(url, "emr").describe_cluster(ClusterId=cid)["Cluster"]["InstanceCollectionType"] == "INSTANCE_FLEET"
+    home.write_plan([fleet_row(cid, arn, {"core": (3, 0), "task": (0, 2)})])
     home.approve_all()
-    decision = home.run(executor_aws(url)).decisions[0]
-    assert decision.outcome == "skipped" and "uses instance fleets" in decision.reason
-    assert "ModifyInstanceFleet" in decision.reason
+    aws = executor_aws(url)
+
+    dry = home.run(aws, mode="dry_run").decisions[0]
+    assert dry.outcome == "would_apply", dry.error
+    assert [c["api"] for c in dry.api_calls] == ["elasticmapreduce:ModifyInstanceFleet"]  # core is there already
+    assert dry.api_calls[0]["params"]["InstanceFleet"] == {
+        "InstanceFleetId": f"if-task-{cid}",
+        "TargetOnDemandCapacity": 0,
+        "TargetSpotCapacity": 2,
+    }
+    assert fleet_targets(api, cid)["TASK"] == (2, 2)
+
+    applied = home.run(aws).decisions[0]
+    assert applied.outcome == "applied", applied.error
+    assert fleet_targets(api, cid) == {"MASTER": (1, 0), "CORE": (3, 0), "TASK": (0, 2)}
+    assert applied.state_after["fleet_targets"][f"if-task-{cid}"] == [0, 2]
+    again = home.run(aws).decisions[0]
+    assert again.outcome == "skipped" and again.reason.startswith("already applied")
+
+    planned = rollback(home.lake, home.paths, applied.action_id, "dry_run", "carol", aws)
+    assert [c["params"]["InstanceFleet"]["TargetOnDemandCapacity"] for c in planned.api_calls] == [2]
+    undone = rollback(home.lake, home.paths, applied.action_id, "apply", "carol", aws)
+    assert undone.outcome == "rolled_back", undone.error
+    assert fleet_targets(api, cid)["TASK"] == (2, 2)
+
+
+def test_fleet_rows_that_do_not_fit_the_live_fleets_are_not_applied(home, emr, emr_api) -> None:
+    api, url = emr_api
+    cid, arn = fleet_cluster(emr, api)
+    groups_row = emr_row(cid, arn, "emr_resize", "resize", {"instance_groups": GROUPS[:2]}, [])
+    primary = fleet_row(cid, arn, {"master": (2, 0)})
+    by_row = []
+    for row in (groups_row, primary):
+        home.write_plan([row])
+        home.approve_all()
+        by_row.append(home.run(executor_aws(url)).decisions[0])
+    assert [d.outcome for d in by_row] == ["skipped", "skipped"]
+    assert "changed since the plan" in by_row[0].reason or "no ModifyInstanceFleet" in by_row[0].reason
+    assert "not a live core or task fleet" in by_row[1].reason
+    assert fleet_targets(api, cid)["MASTER"] == (1, 0)
+
+    # Fleets resized by someone else since the plan: left alone.
+    api.fleets[cid][2].update(TargetOnDemandCapacity=1, ProvisionedOnDemandCapacity=1)
+    home.write_plan([fleet_row(cid, arn, {"task": (0, 2)})])
+    home.approve_all()
+    drifted = home.run(executor_aws(url)).decisions[0]
+    assert drifted.outcome == "skipped" and "instance_groups were" in drifted.reason
+    assert fleet_targets(api, cid)["TASK"] == (1, 2)
 
 
 @pytest.mark.parametrize("action", ["ecs_update_service", "emr_resize", "emr_managed_scaling", "emr_auto_termination"])

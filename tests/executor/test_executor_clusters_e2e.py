@@ -1,7 +1,8 @@
 """The cluster optimiser's own rows, applied: resources seeded on moto, described in the inventory with their
 live ids, sized by ``ClustersOptimizer``, written to the plan as it wrote them, approved and executed. The
 plug-ins must understand the rows exactly as optimizers/clusters.py writes them (actions, proposed_config
-keys, api_calls). EMR's policy calls go through ``EmrPolicyApi`` (moto answers HTTP 500 to them)."""
+keys, api_calls). EMR's policy calls and ECS deployments go through ``AwsApi`` (cloudopt_pipelines/testing/aws_api.py:
+moto answers HTTP 500 to the first and never settles the second)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from cloudopt_pipelines.optimizers.base import OptimizerInputs
 from cloudopt_pipelines.optimizers.clusters_optimizer import ClustersOptimizer, ClustersSettings
 from cloudopt_pipelines.optimizers.sizing import Catalog
 from cloudopt_pipelines.storage.schemas import RESOURCES
+from cloudopt_pipelines.testing.aws_api import AwsApi
 from tests.executor.conftest import DAY, MANAGEMENT_ACCOUNT, client, executor_aws, plan_row
-from tests.executor.emr_api import EmrPolicyApi
 
 REGION = "us-east-1"
 
@@ -185,7 +186,7 @@ def test_the_optimisers_rows_applied_on_ecs_and_emr(home, moto_url) -> None:
     home.write_plan([as_plan_row(r) for r in chosen])
     home.approve_all()
 
-    api = EmrPolicyApi(moto_url)
+    api = AwsApi(moto_url)
     with api.serve() as url:
         aws = executor_aws(url)
         dry = home.run(aws, mode="dry_run").decisions

@@ -16,7 +16,7 @@ from cloudopt_pipelines.executor.actions.ec2 import (
     StopInstance,
     TerminateInstance,
 )
-from cloudopt_pipelines.executor.actions.ecs import ClusterNodesAdvice, UpdateEcsService
+from cloudopt_pipelines.executor.actions.ecs import BatchScheduleAdvice, ClusterNodesAdvice, UpdateEcsService
 from cloudopt_pipelines.executor.actions.eip import ReleaseAddress
 from cloudopt_pipelines.executor.actions.emr import ResizeInstanceGroups, SetAutoTermination, SetManagedScaling
 
@@ -36,6 +36,7 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
         ReleaseAddress(),
         UpdateEcsService(),
         ClusterNodesAdvice(),
+        BatchScheduleAdvice(),
         SetAutoTermination(),
         SetManagedScaling(),
         ResizeInstanceGroups(),
@@ -46,6 +47,7 @@ def default_plugins() -> dict[PluginKey, ActionPlugin]:
 __all__ = [
     "ActionContext",
     "ActionPlugin",
+    "BatchScheduleAdvice",
     "ClusterNodesAdvice",
     "DeleteVolume",
     "LiveState",

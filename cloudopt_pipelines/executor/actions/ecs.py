@@ -115,6 +115,26 @@ def service_of(action: PlannedAction) -> tuple[str, str]:
     return str(cluster), str(service)
 
 
+def deployment_settled(ctx: ActionContext, cluster: str, service: str) -> bool:
+    """Whether the service's rollout is over: its primary deployment ``COMPLETED`` (the older ones drained) or
+    ``FAILED``; without a rollout state (an external deployment controller), one deployment running the desired
+    count. A service gone is settled (verification then says so)."""
+    found = ctx.client("ecs").describe_services(cluster=cluster, services=[service]).get("services") or []
+    svc = next((s for s in found if s.get("status") != "INACTIVE"), None)
+    if svc is None:
+        return True
+    deployments = svc.get("deployments") or []
+    primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
+    if primary is None:
+        return True
+    state = primary.get("rolloutState")
+    if state == "FAILED":
+        return True
+    if state is not None:
+        return state == "COMPLETED" and len(deployments) == 1
+    return len(deployments) == 1 and primary.get("runningCount") == primary.get("desiredCount")
+
+
 def read_service(ctx: ActionContext, cluster: str, service: str) -> LiveState:
     ecs = ctx.client("ecs")
     try:
@@ -305,6 +325,14 @@ class UpdateEcsService(ActionPlugin):
     def verify(
         self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
     ) -> Verification:
+        cluster, service = service_of(action)
+        try:
+            ctx.wait_for(
+                f"the deployment of ECS service {service} on {cluster} to settle (rolloutState COMPLETED or FAILED)",
+                lambda: deployment_settled(ctx, cluster, service),
+            )
+        except ExecutorError as exc:
+            return Verification(False, {"rollout_state": "IN_PROGRESS"}, str(exc))
         live = self.read(ctx, action)
         keys = (*SERVICE_KEYS, "task_definition", "task_definition_arn", "launch_type", "primary_task_definition")
         observed = {k: live.state.get(k) for k in (*keys, "rollout_state")}
@@ -410,13 +438,16 @@ class ClusterNodesAdvice(ActionPlugin):
     resource_kinds = ("ecs_cluster", "custom_cluster")
     advisory = True
 
-    def advice(self, action: PlannedAction) -> str:
+    def what(self, action: PlannedAction) -> str:
         p = action.proposed_config
-        calls = ", ".join(str(c.get("operation")) for c in p.get("api_calls") or []) or "none"
         return (
             f"cluster {action.resource_id}: move to {p.get('count')} x {p.get('instance_type')} by hand or in its "
-            f"Auto Scaling group / capacity provider, from the row's api_calls ({calls})"
+            "Auto Scaling group / capacity provider"
         )
+
+    def advice(self, action: PlannedAction) -> str:
+        calls = ", ".join(str(c.get("operation")) for c in action.proposed_config.get("api_calls") or []) or "none"
+        return f"{self.what(action)}, from the row's api_calls ({calls})"
 
     def read(self, ctx: ActionContext, action: PlannedAction) -> LiveState:
         return LiveState(exists=False)
@@ -436,3 +467,18 @@ class ClusterNodesAdvice(ActionPlugin):
 
     def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
         raise RollbackRefused("cluster node rows are advisory: nothing was applied")
+
+
+class BatchScheduleAdvice(ClusterNodesAdvice):
+    """Batch work moved to another cluster's spare hours (``schedule_batch``) is advice: steps submitted elsewhere
+    and a cluster ended are a change of workflows (schedulers, step definitions) that a person makes."""
+
+    actions = ("schedule_batch",)
+    resource_kinds = ("emr_cluster", "ecs_cluster", "custom_cluster")
+
+    def what(self, action: PlannedAction) -> str:
+        p = action.proposed_config
+        return (
+            f"batch work of {action.resource_id}: run it on {p.get('host_cluster_id')} {p.get('window')} by hand or "
+            "in its scheduler"
+        )

@@ -1,12 +1,13 @@
-"""EMR cluster plug-ins: auto-termination, managed scaling, and core/task instance-group counts.
+"""EMR cluster plug-ins: auto-termination, managed scaling, and core/task instance-group counts or fleet capacities.
 
 The cluster optimiser's ``emr_auto_termination`` (PutAutoTerminationPolicy), ``emr_managed_scaling``
-(PutManagedScalingPolicy) and ``emr_resize`` (ModifyInstanceGroups) rows (optimizers/clusters.py). Each reads
+(PutManagedScalingPolicy) and ``emr_resize`` (ModifyInstanceGroups, or ModifyInstanceFleet target capacities for
+a cluster of instance fleets) rows (optimizers/clusters.py). Each reads
 the cluster, its instance groups and the policy it sets live; the cluster's tags decide protection and
 production. A policy already set since the plan, groups resized since the plan, or managed scaling that
 already owns the counts leave the row as it is. Rollback restores the recorded policy (or removes it when there
-was none) and the recorded group counts. Instance fleets are not resized (the optimiser proposes no fleet
-resize, and a change of market needs new groups): those rows are reported as not applicable with the reason.
+was none) and the recorded group counts or fleet target capacities. A row written for groups on a cluster now of
+fleets (or the reverse) is reported as not applicable with the reason.
 """
 
 from __future__ import annotations
@@ -54,7 +55,27 @@ def read_cluster(ctx: ActionContext, cluster_id: str, policies: Sequence[str] = 
     live: dict[str, Any] = {"state": state, "collection_type": collection}
     if state in GONE_STATES:
         return LiveState(exists=False, tags=tags_of(cluster.get("Tags")), state=live)
-    if collection != FLEETS:
+    if collection == FLEETS:
+        live["instance_fleets"] = sorted(
+            (
+                {
+                    "id": f["Id"],
+                    "role": f.get("InstanceFleetType"),
+                    "instance_type": next(
+                        (t.get("InstanceType") for t in f.get("InstanceTypeSpecifications") or []), None
+                    ),
+                    "target_on_demand": int(f.get("TargetOnDemandCapacity") or 0),
+                    "target_spot": int(f.get("TargetSpotCapacity") or 0),
+                    "provisioned_on_demand": int(f.get("ProvisionedOnDemandCapacity") or 0),
+                    "provisioned_spot": int(f.get("ProvisionedSpotCapacity") or 0),
+                    "fleet_state": (f.get("Status") or {}).get("State"),
+                }
+                for page in emr.get_paginator("list_instance_fleets").paginate(ClusterId=cluster_id)
+                for f in page.get("InstanceFleets", [])
+            ),
+            key=lambda f: (str(f["role"]), str(f["id"])),
+        )
+    else:
         groups = emr.list_instance_groups(ClusterId=cluster_id).get("InstanceGroups", [])
         live["instance_groups"] = sorted(
             (
@@ -95,13 +116,29 @@ def _group_key(g: Mapping[str, Any]) -> tuple[str, str, str]:
 def groups_changed(current: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
     """Instance groups (role, type, market, count) of the plan's current_config that differ from the live ones."""
     planned = current.get("instance_groups")
-    if not planned or live.get("collection_type") == FLEETS or "instance_groups" not in live:
+    if live.get("collection_type") == FLEETS:
+        now_groups = fleet_groups(live.get("instance_fleets") or [])
+    else:
+        now_groups = live.get("instance_groups")
+    if not planned or now_groups is None:
         return []
     was = sorted((*_group_key(g), int(g.get("count") or 0)) for g in planned)
-    now = sorted((*_group_key(g), int(g.get("count") or 0)) for g in live["instance_groups"])
+    now = sorted((*_group_key(g), int(g.get("count") or 0)) for g in now_groups)
     if was == now:
         return []
     return [f"instance_groups were {_text(was)} in the plan, are {_text(now)} now"]
+
+
+def fleet_groups(fleets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Live fleets as the optimiser writes them in ``instance_groups``: one group per fleet and market with
+    units, of the fleet's first instance type (provisioned units, else the target)."""
+    out = []
+    for f in fleets:
+        for market, key in (("ON_DEMAND", "on_demand"), ("SPOT", "spot")):
+            units = f.get(f"provisioned_{key}") or f.get(f"target_{key}") or 0
+            if units:
+                out.append({"role": f["role"], "instance_type": f["instance_type"], "market": market, "count": units})
+    return out
 
 
 def _text(groups: Sequence[tuple[Any, ...]]) -> str:
@@ -132,11 +169,28 @@ class _EmrPlugin(ActionPlugin):
         return groups_changed(action.current_config, observed)
 
 
-class SetAutoTermination(_EmrPlugin):
-    """PutAutoTerminationPolicy with the row's idle timeout; rollback restores the policy before (or removes it)."""
+class _PolicyPlugin(_EmrPlugin):
+    """A cluster policy set from the row: applied with its Put call, verified by reading it back; rollback puts
+    the recorded policy again, or removes it when there was none."""
 
-    actions = ("emr_auto_termination",)
-    policies = ("auto_termination",)
+    #: the live-state key of the policy, and the EMR calls that set and remove it
+    state_key: str = ""
+    put_api: str = ""
+    remove_api: str = ""
+
+    def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def wanted(self, action: PlannedAction) -> Any:
+        """The policy the row sets, in the live state's form."""
+        raise NotImplementedError
+
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        raise NotImplementedError
+
+    def refusal(self, cluster_id: str, live: LiveState, wanted: Any) -> str | None:
+        """Why the policy does not apply to this cluster as it is now (None: it does)."""
+        return None
 
     def plan(
         self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
@@ -145,78 +199,103 @@ class SetAutoTermination(_EmrPlugin):
         stop = _not_changeable(cid, live)
         if stop:
             return stop
-        wanted = action.proposed_config.get("idle_timeout_seconds")
-        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted <= 0:
-            raise ExecutorError(f"plan row {action.action_id} has no idle_timeout_seconds (a positive integer)")
-        now = live.state.get("auto_termination_idle_timeout")
-        before, target = {"auto_termination_idle_timeout": now}, {"auto_termination_idle_timeout": wanted}
+        wanted, now = self.wanted(action), live.state.get(self.state_key)
+        before, target = {self.state_key: now}, {self.state_key: wanted}
         if now == wanted:
-            return Proposal("done", f"already applied: idle timeout of {cid} is {now} s", before=before, target=target)
-        call = ApiCall(
-            "elasticmapreduce:PutAutoTerminationPolicy",
-            {"ClusterId": cid, "AutoTerminationPolicy": {"IdleTimeout": wanted}},
-        )
-        return Proposal(
-            "ready", f"end {cid} after {wanted} idle seconds (was {now or 'never'})", [call], before, target
-        )
+            return Proposal("done", f"already applied: {self.describe(cid, now, now)}", before=before, target=target)
+        refused = self.refusal(cid, live, wanted)
+        if refused:
+            return Proposal("not_applicable", refused, before=before)
+        call = ApiCall(f"elasticmapreduce:{self.put_api}", self.put_params(cid, wanted))
+        return Proposal("ready", self.describe(cid, wanted, now), [call], before, target)
 
-    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
-        planned, now = (
-            action.current_config.get("auto_termination_idle_timeout"),
-            observed.get("auto_termination_idle_timeout"),
-        )
-        if now is not None and planned != now:
-            # None in the plan is no policy (or an unreadable one): a policy found now was set by someone else.
-            return [f"auto_termination_idle_timeout was {planned} in the plan, is {now} now"]
-        return []
+    def _call(self, ctx: ActionContext, call: ApiCall) -> None:
+        emr = ctx.client("emr")
+        operation = call.api.split(":", 1)[1]
+        if operation == "PutAutoTerminationPolicy":
+            emr.put_auto_termination_policy(**call.params)
+        elif operation == "RemoveAutoTerminationPolicy":
+            emr.remove_auto_termination_policy(**call.params)
+        elif operation == "PutManagedScalingPolicy":
+            emr.put_managed_scaling_policy(**call.params)
+        elif operation == "RemoveManagedScalingPolicy":
+            emr.remove_managed_scaling_policy(**call.params)
+        else:
+            raise ExecutorError(f"{call.api} is not an EMR policy call")
 
     def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
-        emr = ctx.client("emr")
-        emr.put_auto_termination_policy(**proposal.calls[0].params)
+        self._call(ctx, proposal.calls[0])
         return {}
 
     def verify(
         self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
     ) -> Verification:
         live = read_cluster(ctx, cluster_id_of(action), self.policies)
-        observed = {"auto_termination_idle_timeout": live.state.get("auto_termination_idle_timeout")}
+        observed = {self.state_key: live.state.get(self.state_key)}
         ok = observed == proposal.target
         return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
 
     def _restore(self, record: Mapping[str, Any]) -> ApiCall:
-        cid, was = cluster_id_of(record), (record.get("state_before") or {}).get("auto_termination_idle_timeout")
-        if was is None:
-            return ApiCall("elasticmapreduce:RemoveAutoTerminationPolicy", {"ClusterId": cid})
-        return ApiCall(
-            "elasticmapreduce:PutAutoTerminationPolicy",
-            {"ClusterId": cid, "AutoTerminationPolicy": {"IdleTimeout": was}},
-        )
+        cid, was = cluster_id_of(record), (record.get("state_before") or {}).get(self.state_key)
+        if not was:
+            return ApiCall(f"elasticmapreduce:{self.remove_api}", {"ClusterId": cid})
+        return ApiCall(f"elasticmapreduce:{self.put_api}", self.put_params(cid, was))
 
     def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
         cid, call = cluster_id_of(record), self._restore(record)
         live = read_cluster(ctx, cid, self.policies)
         if not live.exists:
             raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to restore")
-        emr = ctx.client("emr")
-        if call.api.endswith("RemoveAutoTerminationPolicy"):
-            emr.remove_auto_termination_policy(**call.params)
-        else:
-            emr.put_auto_termination_policy(**call.params)
-        after = read_cluster(ctx, cid, self.policies).state
-        return {"auto_termination_idle_timeout": after.get("auto_termination_idle_timeout")}
+        self._call(ctx, call)
+        return {self.state_key: read_cluster(ctx, cid, self.policies).state.get(self.state_key)}
 
     def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
         return [self._restore(record)]
 
 
-class SetManagedScaling(_EmrPlugin):
+class SetAutoTermination(_PolicyPlugin):
+    """PutAutoTerminationPolicy with the row's idle timeout; rollback restores the policy before (or removes it)."""
+
+    actions = ("emr_auto_termination",)
+    policies = ("auto_termination",)
+    state_key = "auto_termination_idle_timeout"
+    put_api, remove_api = "PutAutoTerminationPolicy", "RemoveAutoTerminationPolicy"
+
+    def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
+        return {"ClusterId": cluster_id, "AutoTerminationPolicy": {"IdleTimeout": policy}}
+
+    def wanted(self, action: PlannedAction) -> Any:
+        wanted = action.proposed_config.get("idle_timeout_seconds")
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted <= 0:
+            raise ExecutorError(f"plan row {action.action_id} has no idle_timeout_seconds (a positive integer)")
+        return wanted
+
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        if wanted == now:
+            return f"idle timeout of {cluster_id} is {now} s"
+        return f"end {cluster_id} after {wanted} idle seconds (was {now or 'never'})"
+
+    def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
+        planned, now = action.current_config.get(self.state_key), observed.get(self.state_key)
+        if now is not None and planned != now:
+            # None in the plan is no policy (or an unreadable one): a policy found now was set by someone else.
+            return [f"{self.state_key} was {planned} in the plan, is {now} now"]
+        return []
+
+
+class SetManagedScaling(_PolicyPlugin):
     """PutManagedScalingPolicy with the row's compute limits, on a cluster with no policy at plan time; rollback
     removes it (or restores the recorded one)."""
 
     actions = ("emr_managed_scaling",)
     policies = ("managed_scaling",)
+    state_key = "managed_scaling"
+    put_api, remove_api = "PutManagedScalingPolicy", "RemoveManagedScalingPolicy"
 
-    def target(self, action: PlannedAction) -> dict[str, Any]:
+    def put_params(self, cluster_id: str, policy: Any) -> dict[str, Any]:
+        return {"ClusterId": cluster_id, "ManagedScalingPolicy": {"ComputeLimits": policy}}
+
+    def wanted(self, action: PlannedAction) -> Any:
         cfg = action.proposed_config
         if cfg.get("min_units") is None or cfg.get("max_units") is None:
             raise ExecutorError(f"plan row {action.action_id} has no min_units/max_units for managed scaling")
@@ -229,87 +308,35 @@ class SetManagedScaling(_EmrPlugin):
         }
         return limits_of(limits) or {}
 
-    def plan(
-        self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
-    ) -> Proposal:
-        cid = cluster_id_of(action)
-        stop = _not_changeable(cid, live)
-        if stop:
-            return stop
-        limits, now = self.target(action), live.state.get("managed_scaling")
-        before, target = {"managed_scaling": now}, {"managed_scaling": limits}
-        if now == limits:
-            return Proposal("done", f"already applied: managed scaling of {cid} is {now}", before=before, target=target)
-        if live.state.get("collection_type") == FLEETS and limits["UnitType"] != "InstanceFleetUnits":
-            return Proposal(
-                "not_applicable",
-                f"EMR cluster {cid} uses instance fleets: managed scaling in {limits['UnitType']} units does not apply "
-                "to it (InstanceFleetUnits only); re-plan",
-                before=before,
+    def describe(self, cluster_id: str, wanted: Any, now: Any) -> str:
+        if wanted == now:
+            return f"managed scaling of {cluster_id} is {now}"
+        return (
+            f"managed scaling of {cluster_id} between {wanted['MinimumCapacityUnits']} and "
+            f"{wanted['MaximumCapacityUnits']} {wanted['UnitType'].lower()}"
+        )
+
+    def refusal(self, cluster_id: str, live: LiveState, wanted: Any) -> str | None:
+        if live.state.get("collection_type") == FLEETS and wanted["UnitType"] != "InstanceFleetUnits":
+            return (
+                f"EMR cluster {cluster_id} uses instance fleets: managed scaling in {wanted['UnitType']} units does "
+                "not apply to it (InstanceFleetUnits only); re-plan"
             )
-        call = ApiCall(
-            "elasticmapreduce:PutManagedScalingPolicy",
-            {"ClusterId": cid, "ManagedScalingPolicy": {"ComputeLimits": limits}},
-        )
-        return Proposal(
-            "ready",
-            f"managed scaling of {cid} between {limits['MinimumCapacityUnits']} and "
-            f"{limits['MaximumCapacityUnits']} {limits['UnitType'].lower()}",
-            [call],
-            before,
-            target,
-        )
+        return None
 
     def changes_since_plan(self, action: PlannedAction, observed: Mapping[str, Any]) -> list[str]:
         changes = super().changes_since_plan(action, observed)
-        planned = limits_of(action.current_config.get("managed_scaling"))
-        if observed.get("managed_scaling") is not None and observed.get("managed_scaling") != planned:
+        planned = limits_of(action.current_config.get(self.state_key))
+        if observed.get(self.state_key) is not None and observed.get(self.state_key) != planned:
             # The optimiser proposes bounds only where no policy was set: one now means someone else set it.
-            changes.append(f"managed_scaling was {planned} in the plan, is {observed['managed_scaling']} now")
+            changes.append(f"managed_scaling was {planned} in the plan, is {observed[self.state_key]} now")
         return changes
-
-    def apply(self, ctx: ActionContext, action: PlannedAction, proposal: Proposal) -> dict[str, Any]:
-        emr = ctx.client("emr")
-        emr.put_managed_scaling_policy(**proposal.calls[0].params)
-        return {}
-
-    def verify(
-        self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
-    ) -> Verification:
-        live = read_cluster(ctx, cluster_id_of(action), self.policies)
-        observed = {"managed_scaling": live.state.get("managed_scaling")}
-        ok = observed == proposal.target
-        return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
-
-    def _restore(self, record: Mapping[str, Any]) -> ApiCall:
-        cid, was = cluster_id_of(record), (record.get("state_before") or {}).get("managed_scaling")
-        if not was:
-            return ApiCall("elasticmapreduce:RemoveManagedScalingPolicy", {"ClusterId": cid})
-        return ApiCall(
-            "elasticmapreduce:PutManagedScalingPolicy",
-            {"ClusterId": cid, "ManagedScalingPolicy": {"ComputeLimits": was}},
-        )
-
-    def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
-        cid, call = cluster_id_of(record), self._restore(record)
-        live = read_cluster(ctx, cid, self.policies)
-        if not live.exists:
-            raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to restore")
-        emr = ctx.client("emr")
-        if call.api.endswith("RemoveManagedScalingPolicy"):
-            emr.remove_managed_scaling_policy(**call.params)
-        else:
-            emr.put_managed_scaling_policy(**call.params)
-        return {"managed_scaling": read_cluster(ctx, cid, self.policies).state.get("managed_scaling")}
-
-    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
-        return [self._restore(record)]
 
 
 class ResizeInstanceGroups(_EmrPlugin):
-    """ModifyInstanceGroups to the row's core and task counts (groups matched live by role, type and market);
-    rollback sets the recorded counts again. Fleets, and rows that need new groups (a change of market), are
-    not applicable."""
+    """ModifyInstanceGroups to the row's core and task counts (groups matched live by role, type and market), or
+    ModifyInstanceFleet to its fleets' target capacities; rollback sets the recorded counts or capacities again.
+    Task or core nodes to Spot add the row's new Spot groups first."""
 
     actions = ("emr_resize",)
     policies = ("managed_scaling",)
@@ -319,15 +346,11 @@ class ResizeInstanceGroups(_EmrPlugin):
         self, ctx: ActionContext, action: PlannedAction, live: LiveState, history: Sequence[Mapping[str, Any]]
     ) -> Proposal:
         cid = cluster_id_of(action)
-        if live.exists and live.state.get("collection_type") == FLEETS:
-            return Proposal(
-                "not_applicable",
-                f"EMR cluster {cid} uses instance fleets: the executor does not resize fleets (ModifyInstanceFleet); "
-                "change the fleet's target capacities by hand from the row",
-            )
         stop = _not_changeable(cid, live)
         if stop:
             return stop
+        if live.state.get("collection_type") == FLEETS:
+            return self._plan_fleets(cid, action, live)
         groups = live.state.get("instance_groups") or []
         before = {
             "instance_groups": [{k: g[k] for k in ("id", "role", "instance_type", "market", "count")} for g in groups]
@@ -367,6 +390,72 @@ class ResizeInstanceGroups(_EmrPlugin):
         call = ApiCall("elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cid, "InstanceGroups": changes})
         what = ", ".join(f"{c['InstanceGroupId']} -> {c['InstanceCount']}" for c in changes)
         return Proposal("ready", f"resize instance groups of {cid}: {what}", [call], before, goal)
+
+    def _plan_fleets(self, cid: str, action: PlannedAction, live: LiveState) -> Proposal:
+        """ModifyInstanceFleet to the row's target capacities, for the core and task fleets not there yet."""
+        fleets = {f["id"]: f for f in live.state.get("instance_fleets") or []}
+        before = {
+            "instance_fleets": [
+                {k: f[k] for k in ("id", "role", "instance_type", "target_on_demand", "target_spot")}
+                for f in fleets.values()
+            ]
+        }
+        if live.state.get("managed_scaling"):
+            return Proposal(
+                "not_applicable",
+                f"managed scaling owns the capacities of {cid} ({live.state['managed_scaling']}): a resize would be "
+                "undone; re-plan",
+                before=before,
+            )
+        wanted = _calls(action, "ModifyInstanceFleet")
+        if not wanted:
+            return Proposal(
+                "not_applicable",
+                f"EMR cluster {cid} uses instance fleets and plan row {action.action_id} has no ModifyInstanceFleet "
+                "call (a row written for instance groups): re-plan",
+                before=before,
+            )
+        target: dict[str, list[int]] = {}
+        calls = []
+        for c in wanted:
+            params = c.get("parameters") or {}
+            change = params.get("InstanceFleet") or {}
+            fleet = fleets.get(str(change.get("InstanceFleetId")))
+            if params.get("ClusterId") != cid or fleet is None or fleet["role"] not in ("CORE", "TASK"):
+                return Proposal(
+                    "not_applicable",
+                    f"fleet {change.get('InstanceFleetId')} of the row is not a live core or task fleet of {cid}: "
+                    "re-plan",
+                    before=before,
+                )
+            goal = [int(change.get("TargetOnDemandCapacity") or 0), int(change.get("TargetSpotCapacity") or 0)]
+            target[fleet["id"]] = goal
+            if [fleet["target_on_demand"], fleet["target_spot"]] != goal:
+                calls.append(
+                    ApiCall(
+                        "elasticmapreduce:ModifyInstanceFleet",
+                        {
+                            "ClusterId": cid,
+                            "InstanceFleet": {
+                                "InstanceFleetId": fleet["id"],
+                                "TargetOnDemandCapacity": goal[0],
+                                "TargetSpotCapacity": goal[1],
+                            },
+                        },
+                    )
+                )
+        if not calls:
+            done = {"fleet_targets": target}
+            return Proposal("done", f"already applied: fleets of {cid} have {target}", before=before, target=done)
+        # Only the fleets changed are the action's (verified, and restored by a rollback).
+        changed = {str(c.params["InstanceFleet"]["InstanceFleetId"]) for c in calls}
+        goal_state = {"fleet_targets": {fid: goal for fid, goal in target.items() if fid in changed}}
+        what = ", ".join(
+            f"{c.params['InstanceFleet']['InstanceFleetId']} -> {c.params['InstanceFleet']['TargetOnDemandCapacity']} "
+            f"on-demand + {c.params['InstanceFleet']['TargetSpotCapacity']} Spot units"
+            for c in calls
+        )
+        return Proposal("ready", f"resize instance fleets of {cid}: {what}", calls, before, goal_state)
 
     def _plan_new_groups(
         self, cid: str, action: PlannedAction, groups: Sequence[Mapping[str, Any]], adds: Sequence[Mapping[str, Any]]
@@ -434,6 +523,8 @@ class ResizeInstanceGroups(_EmrPlugin):
         for call in proposal.calls:
             if call.api.endswith("AddInstanceGroups"):
                 emr.add_instance_groups(**call.params)
+            elif call.api.endswith("ModifyInstanceFleet"):
+                emr.modify_instance_fleet(**call.params)
             else:
                 emr.modify_instance_groups(**call.params)
         wanted = proposal.target.get("new_groups") or {}
@@ -446,6 +537,19 @@ class ResizeInstanceGroups(_EmrPlugin):
         self, ctx: ActionContext, action: PlannedAction, proposal: Proposal, applied: Mapping[str, Any]
     ) -> Verification:
         live = read_cluster(ctx, cluster_id_of(action))
+        if "fleet_targets" in proposal.target:
+            fleets = {f["id"]: f for f in live.state.get("instance_fleets") or []}
+            now = {
+                fid: [fleets[fid]["target_on_demand"], fleets[fid]["target_spot"]]
+                for fid in proposal.target["fleet_targets"]
+                if fid in fleets
+            }
+            states = {fid: fleets[fid]["fleet_state"] for fid in now}
+            ok = now == proposal.target["fleet_targets"] and not any(
+                v in ("SUSPENDED", "TERMINATED") for v in states.values()
+            )
+            observed = {"fleet_targets": now, "fleet_states": states}
+            return Verification(ok, observed, "" if ok else f"expected {proposal.target}, EMR shows {observed}")
         groups = {g["id"]: g for g in live.state.get("instance_groups") or []}
         if proposal.target.get("new_groups"):
             by_name = {g.get("name"): g for g in groups.values()}
@@ -466,7 +570,16 @@ class ResizeInstanceGroups(_EmrPlugin):
     def restore_refusal(
         self, record: Mapping[str, Any], current: Mapping[str, Any], proposed: Mapping[str, Any]
     ) -> str | None:
-        before = (record.get("state_before") or {}).get("instance_groups") or []
+        state_before = record.get("state_before") or {}
+        if "instance_fleets" in state_before:
+            before = fleet_groups(
+                [
+                    {**f, "provisioned_on_demand": f["target_on_demand"], "provisioned_spot": f["target_spot"]}
+                    for f in state_before["instance_fleets"]
+                ]
+            )
+        else:
+            before = state_before.get("instance_groups") or []
         planned = current.get("instance_groups") or []
         held = sorted((*_group_key(g), int(g.get("count") or 0)) for g in planned)
         wanted = sorted((*_group_key(g), int(g.get("count") or 0)) for g in before)
@@ -507,11 +620,38 @@ class ResizeInstanceGroups(_EmrPlugin):
             "elasticmapreduce:ModifyInstanceGroups", {"ClusterId": cluster_id_of(record), "InstanceGroups": changes}
         )
 
+    def _restore_fleets(self, record: Mapping[str, Any], live: Mapping[str, Any] | None) -> list[ApiCall]:
+        touched = ((record.get("state_after") or {}).get("fleet_targets") or {}).keys()
+        now = {f["id"]: [f["target_on_demand"], f["target_spot"]] for f in (live or {}).get("instance_fleets") or []}
+        return [
+            ApiCall(
+                "elasticmapreduce:ModifyInstanceFleet",
+                {
+                    "ClusterId": cluster_id_of(record),
+                    "InstanceFleet": {
+                        "InstanceFleetId": f["id"],
+                        "TargetOnDemandCapacity": f["target_on_demand"],
+                        "TargetSpotCapacity": f["target_spot"],
+                    },
+                },
+            )
+            for f in (record.get("state_before") or {}).get("instance_fleets") or []
+            if f.get("role") in ("CORE", "TASK")
+            and (not touched or f["id"] in touched)
+            and (live is None or now.get(f["id"]) != [f["target_on_demand"], f["target_spot"]])
+        ]
+
     def rollback(self, ctx: ActionContext, record: Mapping[str, Any]) -> dict[str, Any]:
         cid = cluster_id_of(record)
         live = read_cluster(ctx, cid)
         if not live.exists:
             raise RollbackRefused(f"EMR cluster {cid} is {live.state.get('state')}; nothing to resize back")
+        if "instance_fleets" in (record.get("state_before") or {}):
+            emr = ctx.client("emr")
+            for fleet_call in self._restore_fleets(record, live.state):
+                emr.modify_instance_fleet(**fleet_call.params)
+            after = read_cluster(ctx, cid).state.get("instance_fleets") or []
+            return {"fleet_targets": {f["id"]: [f["target_on_demand"], f["target_spot"]] for f in after}}
         call = self._restore(record, live.state)
         if call is not None:
             emr = ctx.client("emr")
@@ -519,10 +659,12 @@ class ResizeInstanceGroups(_EmrPlugin):
         after = read_cluster(ctx, cid).state.get("instance_groups") or []
         return {"instance_group_counts": {g["id"]: g["count"] for g in after if g.get("role") in ("CORE", "TASK")}}
 
+    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
+        if "instance_fleets" in (record.get("state_before") or {}):
+            return self._restore_fleets(record, None)
+        call = self._restore(record, None)
+        return [call] if call else []
+
 
 def _calls(action: PlannedAction, operation: str) -> list[Mapping[str, Any]]:
     return [c for c in action.proposed_config.get("api_calls") or [] if c.get("operation") == operation]
-
-    def rollback_plan(self, record: Mapping[str, Any]) -> list[ApiCall]:
-        call = self._restore(record, None)
-        return [call] if call else []
