@@ -95,6 +95,12 @@ class KubernetesSettings(BaseModel):
     )
     cpu_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the CPU percentile, %.")
     memory_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the memory peak, %.")
+    cpu_margin_millicores: float = Field(
+        default=0.0, ge=0, description="Margin added to the CPU percentile on top of the %, millicores per container."
+    )
+    memory_margin_mib: float = Field(
+        default=0.0, ge=0, description="Margin added to the memory peak on top of the %, MiB per container."
+    )
     history_days: int = Field(
         default=8, ge=1, le=14, description="Days of daily memory peaks (and replica history) the window covers."
     )
@@ -592,7 +598,8 @@ def size_container(
     if cpu_base is None:
         cpu_base = usage.cpu_p90_daily_max
         reasons.append(f"container {spec.name}: no histogram row, the highest daily P90 used")
-    cpu = None if cpu_base is None else cpu_base * (1 + s.cpu_margin_pct / 100)
+    # an absolute margin besides the relative one: small pods' spikes are large next to their usage
+    cpu = None if cpu_base is None else cpu_base * (1 + s.cpu_margin_pct / 100) + s.cpu_margin_millicores / 1000
     throttled = usage.throttled_p95_max is not None and usage.throttled_p95_max >= s.throttling_ratio
     if throttled and cpu is not None:
         floor = max(spec.cpu_request or 0.0, usage.cpu_p99_daily_max or 0.0)
@@ -602,7 +609,9 @@ def size_container(
             f"container {spec.name}: throttled (daily P95 {usage.throttled_p95_max:.0%} of CFS periods): CPU not cut, "
             "at least the window's P99"
         )
-    mem = None if usage.mem_peak is None else usage.mem_peak * (1 + s.memory_margin_pct / 100)
+    mem = None
+    if usage.mem_peak is not None:
+        mem = usage.mem_peak * (1 + s.memory_margin_pct / 100) + s.memory_margin_mib * MIB
     if usage.oom_kills and mem is not None:
         hit = max(usage.mem_peak or 0.0, spec.mem_limit or 0.0)
         bumped = max(hit * s.oom_bump_ratio, hit + s.oom_bump_mib * MIB)
