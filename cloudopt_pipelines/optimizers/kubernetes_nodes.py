@@ -1298,6 +1298,9 @@ def recommend_node_pools(
         for d in ds_here:
             if ds_nodes[d.resource_id]:
                 claims[d.resource_id] = round(len(pool.nodes) / ds_nodes[d.resource_id], 6)
+        # a workload no pool can take runs somewhere today: the cluster's largest pool reports and claims it
+        left_out = unplaceable.pop(pool.cluster, []) if pool is _largest(pools.values(), pool.cluster) else []
+        claims.update(dict.fromkeys(left_out, 1.0))
         out += _with_claims(
             claims,
             _pool_rows(
@@ -1311,7 +1314,7 @@ def recommend_node_pools(
                 settings,
                 saved,
                 node_usage,
-                unplaceable.pop(pool.cluster, []) if pool is _largest(pools.values(), pool.cluster) else [],
+                left_out,
                 account_id or pool.nodes[0]["account_id"],
                 day or pool.nodes[0]["date"],
                 budget,
