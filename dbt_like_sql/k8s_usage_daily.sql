@@ -4,7 +4,8 @@
 --   and the max are exact order statistics (quantile_cont) of the busiest pod's 5-minute CPU
 --   (cpu_cores_max: a request applies to every pod, so it must cover the busiest one);
 --   cpu_mean_cores is the mean per pod (sum over pods / pods). Memory: the day's peak working set of
---   the busiest pod (mem_peak_bytes) and its P95. Throttling (throttled periods / CFS periods, the
+--   the busiest pod (mem_peak_bytes) and its P95, and the mean per pod (mem_mean_bytes, for an HPA on
+--   memory utilisation). Throttling (throttled periods / CFS periods, the
 --   worst pod of the slot): mean, P95, max and the slots at or over 10 %. OOM kills and restarts
 --   are the day's sums; replicas are the pods with a working-set sample in a slot (min, mean, max).
 --   coverage_pct = 100 x slots with a sample / 288 (a container that ran half the day has 50 %);
@@ -54,6 +55,7 @@ stats AS (
         sum(cpu_cores) / nullif(sum(replicas) FILTER (WHERE cpu_cores IS NOT NULL), 0) AS cpu_mean_cores,
         max(mem_bytes_max) AS mem_peak_bytes,
         quantile_cont(mem_bytes_max, 0.95) AS mem_p95_bytes,
+        sum(mem_bytes) / nullif(sum(replicas), 0) AS mem_mean_bytes,
         avg(cpu_throttled_ratio) AS throttled_mean_ratio,
         quantile_cont(cpu_throttled_ratio, 0.95) AS throttled_p95_ratio,
         max(cpu_throttled_ratio) AS throttled_max_ratio,
@@ -89,6 +91,7 @@ SELECT
     s.cpu_mean_cores,
     s.mem_peak_bytes,
     s.mem_p95_bytes,
+    s.mem_mean_bytes,
     s.throttled_mean_ratio,
     s.throttled_p95_ratio,
     s.throttled_max_ratio,

@@ -3,6 +3,7 @@ and a registry another module can add to (speed itself is measured by `cloudopt 
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from cloudopt_pipelines.bench import harness
@@ -11,9 +12,21 @@ from cloudopt_pipelines.bench.recommend import run as run_recommend
 
 
 def test_recommend_benchmark_checks_its_rows_at_every_scale(tmp_path):
-    report = BENCHMARKS["recommend"].run(quick=True, progress=lambda _: None, scales=(1, 3))
+    report = BENCHMARKS["recommend"].run(quick=True, progress=lambda _: None, scales=(1, 3), k8s_sizes=(20, 40))
     names = [line.name for line in report.lines]
-    assert names == ["recommend 1x", "recommend 3x", "scaling 3x / 1x"]
+    assert names[:3] == ["recommend 1x", "recommend 3x", "scaling 3x / 1x"]
+    # the Kubernetes cluster, workloads and node pools, against its baseline of the same run
+    assert names[3:] == [
+        "kubernetes 20 pods, cost",
+        "kubernetes 20 pods, time",
+        "kubernetes 40 pods, cost",
+        "kubernetes 40 pods, time",
+        "kubernetes cost per pod 40 / 20",
+    ]
+    k8s = report.details["kubernetes"]["sizes"]
+    assert report.lines[3].ours_value == k8s[0]["ours_usd_per_pod"] and report.lines[3].same_answer
+    assert report.lines[-1].ours_value == pytest.approx(k8s[1]["ours_usd_per_pod"] / k8s[0]["ours_usd_per_pod"])
+    assert report.lines[-2].met is not None and report.lines[-2].target.startswith("<= 60 s")
     assert report.ok and all(line.same_answer for line in report.lines[:2])
     assert all(line.ours_value > 0 and line.baseline_value > 0 for line in report.lines)
     assert report.machine["cores"] >= 1 and len(report.machine["load"]) == 3

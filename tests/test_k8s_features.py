@@ -154,6 +154,7 @@ def test_daily_usage_matches_numpy(lake: Lake, usage: pd.DataFrame) -> None:
             assert row["cpu_max_cores"] == pytest.approx(g.cpu_cores_max.max(), rel=RTOL)
             assert row["cpu_mean_cores"] == pytest.approx(g.cpu_cores.sum() / g.replicas.sum(), rel=RTOL)
             assert row["mem_peak_bytes"] == pytest.approx(g.mem_bytes_max.max(), rel=RTOL)
+            assert row["mem_mean_bytes"] == pytest.approx(g.mem_bytes.sum() / g.replicas.sum(), rel=RTOL)
             assert row["throttled_slots"] == int((g.cpu_throttled_ratio >= 0.10).sum())
             assert row["throttled_max_ratio"] == pytest.approx(g.cpu_throttled_ratio.max(), rel=RTOL)
             assert row["oom_kills"] == int(g.oom_kills.sum())

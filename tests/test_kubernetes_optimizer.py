@@ -285,6 +285,60 @@ def test_hpa_only_row_when_requests_are_right(catalog) -> None:
     assert proposed(tune)["target"] == {"cpu": 72} and "kubectl" in proposed(tune)
 
 
+def mem_hpa(target: int) -> dict[str, Any]:
+    return {"type": "Resource", "resource": {"name": "memory", "target": {"type": "Utilization",
+            "averageUtilization": target}}}  # fmt: skip
+
+
+def test_hpa_on_memory_target_from_history_and_requests_together(catalog) -> None:
+    objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)]) + [hpa(WEB, [mem_hpa(50)], 2, 10)]
+    # mean working set per pod 210 MiB, busiest pod's peak 300 MiB: a 70 % target
+    usage = daily(WEB, "app", mem_mean_bytes=210 * MIB, replicas_min=2, replicas_max=6, replicas_mean=4.0)
+    row = options(run(catalog, objects, usage, [histogram(WEB, "app")]), WEB)["resize_requests"]
+    h = proposed(row)["hpa"]
+    assert h["target"] == {"memory": 70}
+    assert h["patch"]["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    # the memory request is not cut under a memory HPA (a cut only adds replicas); the target carries the
+    # saving: pods ~ request x old target / (request x new target)
+    assert proposed(row)["containers"]["app"]["requests"]["memory"] == "1024Mi"
+    assert json.loads(row["details"])["pods_mean"] == pytest.approx(4.0 * 50 / 70, abs=1e-3)
+    assert "memory target 50 % -> 70 %" in row["rationale"] and "scales on memory" in row["rationale"]
+    assert json.loads(row["current_config"])["hpa"]["target"] == {"cpu": None, "memory": 50}
+    # clamped to 30-75 %, both ways
+    for mean, want in ((15 * MIB, 30), (295 * MIB, 75)):
+        usage = daily(WEB, "app", mem_mean_bytes=mean)
+        result = run(catalog, objects, usage, [histogram(WEB, "app")])
+        assert proposed(options(result, WEB)["resize_requests"])["hpa"]["target"] == {"memory": want}
+
+
+def test_hpa_on_cpu_and_memory_follows_the_metric_asking_for_more_pods(catalog) -> None:
+    metrics = [*CPU_HPA, mem_hpa(50)]
+    objects = BASE + workload(WEB, [("app", 0.5, None, 512 * MIB, 512 * MIB)]) + [hpa(WEB, metrics, 2, 10)]
+    # CPU: 0.15 / 0.25 -> 60 %, fewer pods x 50/60; memory: 150 / 300 -> 50 %, unchanged: memory binds
+    usage = daily(WEB, "app", cpu_mean_cores=0.15, mem_mean_bytes=150 * MIB, replicas_mean=4.0)
+    result = run(catalog, objects, usage, [histogram(WEB, "app", p95=0.25)])
+    assert set(options(result, WEB)) == {"keep"}  # neither request is cut under its HPA
+    tune = options(result, f"{CLUSTER}/shop/hpa/web")["tune_hpa"]
+    assert proposed(tune)["target"] == {"cpu": 60, "memory": 50}
+    metrics = proposed(tune)["patch"]["spec"]["metrics"]
+    assert {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in metrics} == {
+        "cpu": 60,
+        "memory": 50,
+    }
+    # memory keeps the pods at 4, so the higher CPU target saves nothing
+    assert tune["monthly_savings_usd"] == pytest.approx(0.0, abs=1e-6)
+    only_cpu = run(catalog, [*objects[:-1], hpa(WEB, CPU_HPA, 2, 10)], usage, [histogram(WEB, "app", p95=0.25)])
+    cpu_row = options(only_cpu, WEB)["resize_requests"]  # CPU alone: the pods follow its target
+    assert json.loads(cpu_row["details"])["pods_mean"] == pytest.approx(4.0 * 50 / 60, abs=1e-3)
+
+
+def test_hpa_on_memory_without_a_mean_keeps_its_target(catalog) -> None:
+    objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)]) + [hpa(WEB, [mem_hpa(65)], 2, 10)]
+    row = options(run(catalog, objects, daily(WEB, "app"), [histogram(WEB, "app")]), WEB)["resize_requests"]
+    assert proposed(row)["hpa"] is None  # nothing to move: the target stays 65 %
+    assert "memory target 65 % -> 65 %" in row["rationale"]
+
+
 def test_hpa_on_a_custom_metric_leaves_the_hpa_with_a_reason(catalog) -> None:
     custom = [{"type": "External", "external": {"metric": {"name": "sqs_messages"}, "target": {"type": "Value"}}}]
     objects = BASE + workload(WEB, [("app", 1.0, None, 1 * GIB, 1 * GIB)]) + [hpa(WEB, custom)]
@@ -465,3 +519,39 @@ def test_candidates_for_the_plan(catalog) -> None:
     candidate = kinds[WEB]
     assert candidate.resource_id == WEB and {o.name for o in candidate.options} == {"keep", "resize_requests"}
     assert candidate.deployment_type == "kubernetes"
+
+
+def test_the_plan_counts_each_dollar_of_node_cost_once(catalog) -> None:
+    from cloudopt_pipelines.optimizers.portfolio import plan_table, problem_for_day, solve_problem
+
+    nodes = [node(f"n{i}") for i in range(4)]
+    objects = [*nodes, namespace("shop")]
+    objects += workload(WEB, [("app", 1.0, None, 2 * GIB, 2 * GIB)], replicas=3)
+    api = f"{CLUSTER}/shop/deployment/api"
+    objects += workload(api, [("app", 0.23, None, 345 * MIB, 345 * MIB)], replicas=2)
+    objects += [hpa(api, CPU_HPA, 2, 10)]  # requests right, the HPA target alone moves: a k8s_hpa row
+    usage = daily(WEB, "app", replicas_mean=3.0) + daily(api, "app", cpu_mean_cores=0.18, replicas_mean=2.0)
+    result = run(catalog, objects, usage, [histogram(WEB, "app"), histogram(api, "app", p95=0.25)])
+    rows = result.table.to_pylist()
+    pools = [r for r in rows if r["resource_kind"] == "k8s_nodepool"]
+    assert pools and {r["resource_kind"] for r in rows} >= {"k8s_workload", "k8s_hpa"}
+    node_cost = sum(r["monthly_cost_current_usd"] for r in pools if r["option_name"] == "keep")
+    # today's nodes: 4 x m5.xlarge on demand
+    assert node_cost == pytest.approx(4 * 0.192 * 730, rel=1e-3)
+    claims = json.loads(pools[0]["details"])["workload_claims"]
+    assert set(claims) == {WEB, api} and all(v == 1.0 for v in claims.values())
+    # the rows keep their own prices: keep costs of workloads, HPA and pool add up to more than the nodes
+    keeps = sum(r["monthly_cost_current_usd"] for r in rows if r["option_name"] == "keep")
+    assert keeps > node_cost * 1.1
+
+    problem = problem_for_day(DAY, [KubernetesOptimizer().candidates(result.table)], None)
+    plan = plan_table(problem, solve_problem(problem)).to_pylist()
+    assert {p["resource_id"] for p in plan} == {r["resource_id"] for r in rows}
+    assert sum(p["monthly_cost_current_usd"] for p in plan) == pytest.approx(node_cost, rel=1e-6)
+    # the savings are the chosen options' own: workload cuts, the HPA's, the pool's remainder
+    by = {(r["resource_id"], r["option_name"]): r for r in rows}
+    for p in plan:
+        assert p["monthly_savings_usd"] == pytest.approx(
+            max(0.0, by[(p["resource_id"], p["option_name"])]["monthly_savings_usd"]), abs=0.01
+        )
+    assert sum(p["monthly_cost_proposed_usd"] for p in plan) <= node_cost

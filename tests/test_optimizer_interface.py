@@ -125,7 +125,12 @@ def test_registry_lists_the_optimisers_with_their_declarations() -> None:
     standalone, kubernetes = registered["standalone_ec2"], registered["kubernetes"]
     assert kubernetes.name == "kubernetes" and kubernetes.table_name == "recommendations_kubernetes"
     assert kubernetes.deployment_types == ("kubernetes",) and "k8s_workload" in kubernetes.resource_kinds
-    assert {i.table for i in kubernetes.inputs} == {"container_usage_histogram", "k8s_usage_daily", "k8s_workloads"}
+    assert {i.table for i in kubernetes.inputs} == {
+        "container_usage_histogram",
+        "k8s_usage_daily",
+        "k8s_workloads",
+        "k8s_container_usage",  # node-scope rows, for the node pools
+    }
     assert standalone.name == "standalone_ec2" and standalone.table_name == "recommendations_standalone_ec2"
     assert standalone.deployment_types == ("standalone",)
     assert {"ec2_instance", "ebs_volume", "elastic_ip"} <= set(standalone.resource_kinds)

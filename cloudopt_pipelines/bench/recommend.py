@@ -13,6 +13,10 @@ already split (``optimize_standalone_instance`` on the seed's inputs, repeated `
 left above it is the account-level work (reading, splitting, writing rows), which must not grow with
 the fleet. Both give the same rows for the same instance (checked), and the first copy's rows are the
 same at every scale. Times are process CPU seconds (single-threaded code), the least of the rounds.
+
+Then the Kubernetes recommender (``bench/kubernetes.py``): seeded clusters of 200 and 2,000 pods (quick:
+40 and 200), workloads and node pools, cost per pod against KRR-like requests packed first-fit-decreasing
+in the same run, the seconds against the 60-second target, and cost per pod at 2,000 / at 200 pods.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import pyarrow.compute as pc
 
 from cloudopt_pipelines.backtest.features import MODELS, run_feature_models
 from cloudopt_pipelines.bench.harness import Line, Report
+from cloudopt_pipelines.bench.kubernetes import kubernetes_lines
 from cloudopt_pipelines.catalog.prices import build_price_catalog, build_reserved_prices
 from cloudopt_pipelines.optimizers.commitments import ReservedRates
 from cloudopt_pipelines.optimizers.schedules import HourOfWeek
@@ -151,7 +156,12 @@ def _ec2_rows(table: pa.Table) -> list[dict]:
     return sorted(rows, key=lambda r: (r["resource_id"], r["rank"]))
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = print, scales: tuple[int, ...] = SCALES) -> Report:
+def run(
+    quick: bool = False,
+    progress: Callable[[str], None] = print,
+    scales: tuple[int, ...] = SCALES,
+    k8s_sizes: tuple[int, ...] | None = None,
+) -> Report:
     """Recommend the seed account at every scale and the floor; see the module docstring.
 
     Every timed block covers at least ``top x seed`` instances (``top`` the largest scale; a smaller
@@ -228,4 +238,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = print, scales: tu
             "floor_cpu_ms_per_instance": round(1000 * floor_per, 3),
             "rounds": rounds,
         }
+    k8s, k8s_result = kubernetes_lines(quick, progress, k8s_sizes)
+    report.lines += k8s
+    report.details["kubernetes"] = k8s_result
     return report

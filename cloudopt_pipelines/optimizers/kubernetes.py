@@ -95,6 +95,12 @@ class KubernetesSettings(BaseModel):
     )
     cpu_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the CPU percentile, %.")
     memory_margin_pct: float = Field(default=15.0, ge=0, le=400, description="Margin added to the memory peak, %.")
+    cpu_margin_millicores: float = Field(
+        default=0.0, ge=0, description="Margin added to the CPU percentile on top of the %, millicores per container."
+    )
+    memory_margin_mib: float = Field(
+        default=0.0, ge=0, description="Margin added to the memory peak on top of the %, MiB per container."
+    )
     history_days: int = Field(
         default=8, ge=1, le=14, description="Days of daily memory peaks (and replica history) the window covers."
     )
@@ -240,22 +246,36 @@ class Hpa:
     max_replicas: int
     metrics: list[dict[str, Any]]
 
-    def cpu_utilization_target(self) -> float | None:
+    def utilization_target(self, resource: str) -> float | None:
+        """The ``averageUtilization`` of the HPA's ``Resource`` metric on ``resource`` (cpu, memory), if any."""
         for m in self.metrics:
             res = m.get("resource") or {}
             target = res.get("target") or {}
-            if m.get("type") == "Resource" and res.get("name") == "cpu" and target.get("type") == "Utilization":
+            if m.get("type") == "Resource" and res.get("name") == resource and target.get("type") == "Utilization":
                 return float(target.get("averageUtilization") or 0) or None
         return None
 
+    def cpu_utilization_target(self) -> float | None:
+        return self.utilization_target("cpu")
+
+    def memory_utilization_target(self) -> float | None:
+        return self.utilization_target("memory")
+
+    def targets(self) -> dict[str, float | None]:
+        """Today's utilisation targets by resource (``cpu`` always named, ``memory`` when the HPA has one)."""
+        out: dict[str, float | None] = {"cpu": self.cpu_utilization_target()}
+        if (mem := self.memory_utilization_target()) is not None:
+            out["memory"] = mem
+        return out
+
     def other_metrics(self) -> list[str]:
-        """Metrics whose replicas do not follow the CPU request: custom, external, memory, absolute values."""
+        """Metrics whose replicas do not follow the requests: custom, external, absolute values."""
         out = []
         for m in self.metrics:
             kind = m.get("type", "?")
             if kind == "Resource":
                 res = m.get("resource") or {}
-                if res.get("name") == "cpu" and (res.get("target") or {}).get("type") == "Utilization":
+                if res.get("name") in ("cpu", "memory") and (res.get("target") or {}).get("type") == "Utilization":
                     continue
                 out.append(f"{res.get('name', '?')} {(res.get('target') or {}).get('type', '?')}")
             else:
@@ -285,6 +305,7 @@ class ContainerUsage:
     cpu_max: float | None = None
     cpu_mean_per_pod: float | None = None
     mem_peak: float | None = None
+    mem_mean_per_pod: float | None = None
     oom_kills: int = 0
     last_oom_day: date | None = None
     throttled_p95_max: float | None = None
@@ -400,6 +421,8 @@ def read_usage(
     out: dict[tuple[str, str], ContainerUsage] = defaultdict(ContainerUsage)
     mean_num: dict[tuple[str, str], float] = defaultdict(float)
     mean_den: dict[tuple[str, str], float] = defaultdict(float)
+    mem_num: dict[tuple[str, str], float] = defaultdict(float)
+    mem_den: dict[tuple[str, str], float] = defaultdict(float)
 
     def top(a: float | None, b: float | None) -> float | None:
         return b if a is None else a if b is None else max(a, b)
@@ -429,6 +452,9 @@ def read_usage(
         if r["cpu_mean_cores"] is not None:
             mean_num[key] += r["cpu_mean_cores"] * pods
             mean_den[key] += pods
+        if r.get("mem_mean_bytes") is not None:
+            mem_num[key] += r["mem_mean_bytes"] * pods
+            mem_den[key] += pods
         for attr, value, pick in (("replicas_min", r["replicas_min"], min), ("replicas_max", r["replicas_max"], max)):
             if value is not None:
                 seen = getattr(u, attr)
@@ -437,6 +463,9 @@ def read_usage(
     for key, num in mean_num.items():
         if mean_den[key] > 0:
             out[key].cpu_mean_per_pod = num / mean_den[key]
+    for key, num in mem_num.items():
+        if mem_den[key] > 0:
+            out[key].mem_mean_per_pod = num / mem_den[key]
     for r in histogram:
         key = (r["resource_id"], r["container"])
         if key in out:
@@ -569,7 +598,8 @@ def size_container(
     if cpu_base is None:
         cpu_base = usage.cpu_p90_daily_max
         reasons.append(f"container {spec.name}: no histogram row, the highest daily P90 used")
-    cpu = None if cpu_base is None else cpu_base * (1 + s.cpu_margin_pct / 100)
+    # an absolute margin besides the relative one: small pods' spikes are large next to their usage
+    cpu = None if cpu_base is None else cpu_base * (1 + s.cpu_margin_pct / 100) + s.cpu_margin_millicores / 1000
     throttled = usage.throttled_p95_max is not None and usage.throttled_p95_max >= s.throttling_ratio
     if throttled and cpu is not None:
         floor = max(spec.cpu_request or 0.0, usage.cpu_p99_daily_max or 0.0)
@@ -579,7 +609,9 @@ def size_container(
             f"container {spec.name}: throttled (daily P95 {usage.throttled_p95_max:.0%} of CFS periods): CPU not cut, "
             "at least the window's P99"
         )
-    mem = None if usage.mem_peak is None else usage.mem_peak * (1 + s.memory_margin_pct / 100)
+    mem = None
+    if usage.mem_peak is not None:
+        mem = usage.mem_peak * (1 + s.memory_margin_pct / 100) + s.memory_margin_mib * MIB
     if usage.oom_kills and mem is not None:
         hit = max(usage.mem_peak or 0.0, spec.mem_limit or 0.0)
         bumped = max(hit * s.oom_bump_ratio, hit + s.oom_bump_mib * MIB)
@@ -594,7 +626,7 @@ def size_container(
             blocked.append("memory: OOM kill recent")
     if memory_hpa and spec.mem_request is not None and mem is not None and mem < spec.mem_request:
         mem = spec.mem_request
-        blocked.append("memory: the HPA scales on memory (a cut only adds replicas)")
+        blocked.append("memory: the HPA scales on memory (a cut only adds replicas; its target carries the saving)")
     if cpu_hpa and spec.cpu_request is not None and cpu is not None and cpu < spec.cpu_request:
         cpu = spec.cpu_request
         blocked.append(
@@ -812,18 +844,18 @@ class WorkloadSizer:
                 "resource_id": hpa.resource_id,
                 "min_replicas": hpa.min_replicas,
                 "max_replicas": hpa.max_replicas,
-                "target": {"cpu": hpa.cpu_utilization_target()},
+                "target": hpa.targets(),
                 "metrics": hpa.metrics,
             }
             others = hpa.other_metrics()
-            target = hpa.cpu_utilization_target()
+            tunable = hpa.cpu_utilization_target() or hpa.memory_utilization_target()
             if others:
                 reasons.append(
-                    f"HPA {hpa.name} scales on {', '.join(others)}: replicas do not follow the CPU request, its "
-                    "target is left as it is" + (" (the CPU target is still tuned)" if target else "")
+                    f"HPA {hpa.name} scales on {', '.join(others)}: replicas do not follow the requests, its "
+                    "target is left as it is" + (" (the utilisation targets are still tuned)" if tunable else "")
                 )
-            if target:
-                hpa_config, pods_new = self._hpa(wl, hpa, plans, seen, pods_now, target, reasons)
+            if tunable:
+                hpa_config, pods_new = self._hpa(wl, hpa, plans, seen, pods_now, reasons)
         # options
         cost_now = self.cost(current, pods_now)
         cost_new = self.cost(proposed, pods_new)
@@ -857,7 +889,10 @@ class WorkloadSizer:
         hpa_changed = hpa_config is not None and (
             hpa_config["min_replicas"] != hpa.min_replicas  # type: ignore[union-attr]
             or hpa_config["max_replicas"] != hpa.max_replicas  # type: ignore[union-attr]
-            or abs(hpa_config["target"]["cpu"] - (hpa.cpu_utilization_target() or 0)) >= s.hpa_min_target_change_pct  # type: ignore[union-attr]
+            or any(
+                abs(new - (hpa.utilization_target(name) or 0)) >= s.hpa_min_target_change_pct  # type: ignore[union-attr]
+                for name, new in hpa_config["target"].items()
+            )
         )
         if changed and worth:
             rows.append(
@@ -877,8 +912,9 @@ class WorkloadSizer:
             )
         elif hpa_changed and hpa is not None and hpa_config is not None:
             # requests as they are: only the target moves the replicas
-            old_target = hpa.cpu_utilization_target() or hpa_config["target"]["cpu"]
-            pods_hpa = pods_now * old_target / hpa_config["target"]["cpu"]
+            pods_hpa = pods_now * max(
+                (hpa.utilization_target(name) or new) / new for name, new in hpa_config["target"].items()
+            )
             pods_hpa = min(hpa_config["max_replicas"], max(hpa_config["min_replicas"], pods_hpa))
             hpa_row = self._hpa_rows(wl, hpa, hpa_config, cost_now, self.cost(current, pods_hpa), confidence, reasons)
         else:
@@ -927,21 +963,42 @@ class WorkloadSizer:
         plans: list[ContainerPlan],
         seen: list[ContainerUsage],
         pods_now: float,
-        target: float,
         reasons: list[str],
     ) -> tuple[dict[str, Any], float]:
-        """The HPA's recommended CPU target and min/max replicas, and the mean pods they give."""
+        """The HPA's recommended utilisation targets (CPU and memory, each it has) and min/max replicas, and the
+        mean pods they give with the recommended requests."""
         s = self.s
-        main = max(seen, key=lambda u: u.cpu_mean_per_pod or 0.0, default=None)
-        new_target = target
-        if main is not None and main.cpu_mean_per_pod and (main.cpu_histogram.get(95) or main.cpu_p95_daily_max):
-            p95 = main.cpu_histogram.get(95) or main.cpu_p95_daily_max or 0.0
-            new_target = 100.0 * main.cpu_mean_per_pod / p95 if p95 > 0 else target
-        new_target = round(min(s.hpa_target_max_pct, max(s.hpa_target_min_pct, new_target)))
-        # the HPA keeps mean per-pod CPU / request near the target: pods ~ total CPU / (target x request)
-        cpu_now = sum(c.cpu_request or 0.0 for c in wl.containers)
-        cpu_new = sum(p.cpu_request or 0.0 for p in plans)
-        scale = (cpu_now * target) / (cpu_new * new_target) if cpu_new > 0 and new_target > 0 else 1.0
+        scales: list[float] = []
+        new_targets: dict[str, int] = {}
+        texts = []
+        for name in ("cpu", "memory"):
+            target = hpa.utilization_target(name)
+            if not target:
+                continue
+            # the busiest container's mean per pod over its high mark: the utilisation the pods run at when
+            # the request covers the high mark (CPU: the P95; memory: the peak)
+            if name == "cpu":
+                main = max(seen, key=lambda u: u.cpu_mean_per_pod or 0.0, default=None)
+                mean = main.cpu_mean_per_pod if main else None
+                high = (main.cpu_histogram.get(95) or main.cpu_p95_daily_max) if main else None
+                now = sum(c.cpu_request or 0.0 for c in wl.containers)
+                new = sum(p.cpu_request or 0.0 for p in plans)
+                basis = "mean per pod / busiest pod's P95"
+            else:
+                main = max(seen, key=lambda u: u.mem_mean_per_pod or 0.0, default=None)
+                mean = main.mem_mean_per_pod if main else None
+                high = main.mem_peak if main else None
+                now = sum(c.mem_request or 0.0 for c in wl.containers)
+                new = sum(p.mem_request or 0.0 for p in plans)
+                basis = "mean per pod / busiest pod's peak"
+            proposed = 100.0 * mean / high if mean and high and high > 0 else target
+            proposed = round(min(s.hpa_target_max_pct, max(s.hpa_target_min_pct, proposed)))
+            new_targets[name] = proposed
+            # the HPA keeps mean usage per pod / request near the target: pods ~ total usage / (target x request)
+            scales.append((now * target) / (new * proposed) if new > 0 and proposed > 0 else 1.0)
+            texts.append(f"{'CPU' if name == 'cpu' else 'memory'} target {target:g} % -> {proposed} % ({basis})")
+        # with several metrics the HPA follows the one asking for the most replicas
+        scale = max(scales, default=1.0)
         floor = 2 if hpa.min_replicas >= 2 else 1
         seen_min = min((u.replicas_min for u in seen if u.replicas_min is not None), default=hpa.min_replicas)
         seen_max = max((u.replicas_max for u in seen if u.replicas_max is not None), default=hpa.max_replicas)
@@ -949,19 +1006,20 @@ class WorkloadSizer:
         new_max = max(hpa.max_replicas, math.ceil(seen_max * scale), new_min + 1)
         pods_new = min(new_max, max(new_min, pods_now * scale))
         reasons.append(
-            f"HPA {hpa.name}: CPU target {target:g} % -> {new_target} % (mean per pod / busiest pod's P95, clamped "
-            f"{s.hpa_target_min_pct:g}-{s.hpa_target_max_pct:g} %), replicas {hpa.min_replicas}-{hpa.max_replicas} -> "
-            f"{new_min}-{new_max}; requests and target change together"
+            f"HPA {hpa.name}: {', '.join(texts)}, clamped {s.hpa_target_min_pct:g}-{s.hpa_target_max_pct:g} %; "
+            f"replicas {hpa.min_replicas}-{hpa.max_replicas} -> {new_min}-{new_max}; requests and target change "
+            "together"
         )
         metrics = []
         for m in hpa.metrics:
             res = m.get("resource") or {}
             if (
                 m.get("type") == "Resource"
-                and res.get("name") == "cpu"
+                and res.get("name") in new_targets
                 and (res.get("target") or {}).get("type") == "Utilization"
             ):
-                m = {**m, "resource": {**res, "target": {**res["target"], "averageUtilization": int(new_target)}}}
+                value = int(new_targets[res["name"]])
+                m = {**m, "resource": {**res, "target": {**res["target"], "averageUtilization": value}}}
             metrics.append(m)
         patch = {"spec": {"minReplicas": new_min, "maxReplicas": new_max, "metrics": metrics}}
         config = {
@@ -969,7 +1027,7 @@ class WorkloadSizer:
             "resource_id": hpa.resource_id,
             "min_replicas": new_min,
             "max_replicas": new_max,
-            "target": {"cpu": new_target},
+            "target": new_targets,
             "patch": patch,
             "kubectl": kubectl_command(self._context(), wl.namespace, "hpa", hpa.name, patch, "merge"),
         }
@@ -1173,7 +1231,7 @@ class WorkloadSizer:
                     "name": hpa.name,
                     "min_replicas": hpa.min_replicas,
                     "max_replicas": hpa.max_replicas,
-                    "target": {"cpu": hpa.cpu_utilization_target()},
+                    "target": hpa.targets(),
                 },
                 sort_keys=True,
             ),
@@ -1216,7 +1274,9 @@ class WorkloadSizer:
             "monthly_cost_proposed_usd": cost_new,
             "monthly_savings_usd": saving,
             "savings_pct": round(100 * saving / cost_now, 3) if saving is not None and cost_now else 0.0,
-            "performance_risk": round(0.5 * (1 - confidence) + 0.5 * max(0, config["target"]["cpu"] - 60) / 15, 3),
+            "performance_risk": round(
+                0.5 * (1 - confidence) + 0.5 * max(0, max(config["target"].values(), default=0) - 60) / 15, 3
+            ),
             "migration_effort": "Low",
         }
         return [keep, tune]
@@ -1332,6 +1392,13 @@ def _empty() -> pa.Table:
     return RECOMMENDATIONS.empty_table()
 
 
+def node_scope(usage: pa.Table | None) -> pa.Table | None:
+    """The ``scope = 'node'`` rows of a ``k8s_container_usage`` table (all the node-pool packing reads)."""
+    if usage is None or usage.num_rows == 0 or "scope" not in usage.column_names:
+        return None
+    return usage.filter(pc.fill_null(pc.equal(usage["scope"], "node"), False))
+
+
 def cluster_names(*tables: pa.Table | None) -> list[str]:
     found: set[str] = set()
     for t in tables:
@@ -1352,6 +1419,8 @@ class KubernetesOptimizer(DeploymentOptimizer):
         FeatureInput("container_usage_histogram", window_days=1),
         FeatureInput("k8s_usage_daily", window_days=14),
         FeatureInput("k8s_workloads", window_days=1, stage="raw"),
+        # node-scope rows of the day: the node-pool packing finds under-used nodes with them
+        FeatureInput("k8s_container_usage", window_days=1, stage="raw"),
     )
     settings_type: ClassVar[type[BaseModel]] = KubernetesSettings
     description: ClassVar[str] = (
@@ -1413,7 +1482,7 @@ class KubernetesOptimizer(DeploymentOptimizer):
                 days_found=tuple(inputs.days_found.get("k8s_usage_daily", ())),
                 inventory=inputs.inventory,
                 settings=s,
-                node_usage=inputs.tables.get("k8s_container_usage"),
+                node_usage=node_scope(inputs.tables.get("k8s_container_usage")),
             )
             result = self.optimize_cluster(ci)
             tables.append(result.table)
@@ -1422,25 +1491,78 @@ class KubernetesOptimizer(DeploymentOptimizer):
         return Recommendations(table=table, summary=summary(table), metadata={"notes": notes})
 
     def candidates(self, recommendations: pa.Table) -> list[Candidate]:
-        """Every row as an option; a node-pool option is planned at today's node cost minus only its own
-        saving (beyond what the workload rows claim), so the plan counts the node money once."""
-        return candidates_from_recommendations(net_node_pool_costs(recommendations), source=self.name)
+        """Every row as an option, priced so the plan counts each dollar of node cost once
+        (:func:`net_plan_costs`, docs/portfolio_plan.md)."""
+        return candidates_from_recommendations(net_plan_costs(recommendations), source=self.name)
 
 
-def net_node_pool_costs(table: pa.Table) -> pa.Table:
-    """``table`` with each ``k8s_nodepool`` resize priced for the plan at ``monthly_cost_current_usd -
-    monthly_savings_usd``: the LP sums keep-minus-option costs, and a pool's packed cost would count the
-    workload rows' request cuts a second time (its rationale and details keep the packed cost). A spot mix
-    (market ``mixed``) is planned as ``spot``, so the plan's spot-share limits hold it to the stricter side."""
-    if table.num_rows == 0 or K8S_NODEPOOL not in set(table["resource_kind"].to_pylist()):
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def net_plan_costs(table: pa.Table) -> pa.Table:
+    """``table`` priced for the plan, which sums each resource's keep cost as today's cost and keep-minus-option
+    as its saving, so that the node money is counted once:
+
+    - a workload's keep cost is its requests' share of the nodes; a node pool's keep cost is what is left
+      of its node cost, today's cost minus the keep costs of the workloads running on it
+      (``details.workload_claims``: a DaemonSet's split by node count; floor 0), and its resize saves
+      only its own ``monthly_savings_usd`` (beyond the workload rows' best options);
+    - a workload whose HPA alone changes (a ``k8s_hpa`` row carries the workload's cost) plans at 0, the
+      HPA candidate holding its money;
+    - a spot mix (market ``mixed``) is planned as ``spot``, so the plan's spot-share limits hold it to the
+      stricter side.
+
+    The recommendation rows themselves keep the packed cost (rationale, details) for people to read."""
+    if table.num_rows == 0:
         return table
     rows = table.to_pylist()
+    keep_cost: dict[tuple[str, str], float] = {}
+    actions: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in rows:
-        if r["resource_kind"] == K8S_NODEPOOL and r["action"] != KEEP and r["monthly_cost_current_usd"] is not None:
-            r["monthly_cost_proposed_usd"] = r["monthly_cost_current_usd"] - max(0.0, r["monthly_savings_usd"] or 0.0)
-        if r["resource_kind"] == K8S_NODEPOOL and r["market"] == "mixed":
+        if r["resource_kind"] == K8S_WORKLOAD:
+            key = (r["account_id"], r["resource_id"])
+            actions[key].add(r["action"])
+            if r["action"] == KEEP and _finite(r["monthly_cost_current_usd"]):
+                keep_cost[key] = float(r["monthly_cost_current_usd"])
+    by_hpa = {
+        (r["account_id"], (_json_obj(r["details"]) or {}).get("workload"))
+        for r in rows
+        if r["resource_kind"] == K8S_HPA and _finite(r["monthly_cost_current_usd"])
+    }
+    moved = {k for k in by_hpa if k in keep_cost and actions[k] == {KEEP}}
+    # pools without claims (rows from before they were recorded): the cluster's workloads in proportion
+    pool_cost: dict[tuple[str, str], float] = defaultdict(float)
+    workload_cost: dict[tuple[str, str], float] = defaultdict(float)
+    for (account, rid), cost in keep_cost.items():
+        workload_cost[(account, rid.split("/", 1)[0])] += cost
+    for r in rows:
+        if r["resource_kind"] == K8S_NODEPOOL and r["action"] == KEEP and _finite(r["monthly_cost_current_usd"]):
+            pool_cost[(r["account_id"], r["resource_id"].split("/", 1)[0])] += r["monthly_cost_current_usd"]
+    for r in rows:
+        key = (r["account_id"], r["resource_id"])
+        if r["resource_kind"] == K8S_WORKLOAD and key in moved:
+            r["monthly_cost_current_usd"] = r["monthly_cost_proposed_usd"] = r["monthly_savings_usd"] = 0.0
+        if r["resource_kind"] != K8S_NODEPOOL or not _finite(r["monthly_cost_current_usd"]):
+            continue
+        claims = (_json_obj(r["details"]) or {}).get("workload_claims")
+        if claims is not None:
+            claimed = sum(share * keep_cost.get((r["account_id"], w), 0.0) for w, share in claims.items())
+        else:
+            cluster = (r["account_id"], r["resource_id"].split("/", 1)[0])
+            total = pool_cost.get(cluster, 0.0)
+            claimed = workload_cost.get(cluster, 0.0) * r["monthly_cost_current_usd"] / total if total else 0.0
+        left = max(0.0, r["monthly_cost_current_usd"] - claimed)
+        r["monthly_cost_current_usd"] = left
+        own = 0.0 if r["action"] == KEEP else max(0.0, r["monthly_savings_usd"] or 0.0)
+        r["monthly_cost_proposed_usd"] = max(0.0, left - own)
+        r["monthly_savings_usd"] = left - r["monthly_cost_proposed_usd"]
+        if r["market"] == "mixed":
             r["market"] = "spot"
     return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+net_node_pool_costs = net_plan_costs  # the earlier name
 
 
 def summary(table: pa.Table) -> dict[str, float]:
@@ -1461,8 +1583,10 @@ __all__ = [
     "KubernetesOptimizer",
     "KubernetesSettings",
     "net_node_pool_costs",
+    "net_plan_costs",
     "node_pool_rows",
     "node_rates",
+    "node_scope",
     "qos_class",
     "recommended_requests",
     "size_container",

@@ -1276,32 +1276,61 @@ def recommend_node_pools(
         assigned[(p.cluster, p.name)].append(w)
     out: list[dict[str, Any]] = []
     budget = Budget(settings.milp_time_budget_s)
-    for key, pool in pools.items():
-        ds_here = [
+    ds_by_pool = {
+        key: [
             d
             for d in dss
             if d.cluster == pool.cluster
             and all(pool.labels.get(k) == v for k, v in (d.attributes.get("node_selector") or {}).items())
         ]
+        for key, pool in pools.items()
+    }
+    ds_nodes: dict[str, int] = defaultdict(int)
+    for key, ds_here in ds_by_pool.items():
+        for d in ds_here:
+            ds_nodes[d.resource_id] += len(pools[key].nodes)
+    for key, pool in pools.items():
+        ds_here = ds_by_pool[key]
         ds = (sum(d.cpu for d in ds_here), sum(d.mem for d in ds_here), len(ds_here))
-        out += _pool_rows(
-            pool,
-            assigned.get(key, []),
-            ds,
-            ds_here,
-            pc,
-            by_region,
-            eni,
-            settings,
-            saved,
-            node_usage,
-            unplaceable.pop(pool.cluster, []) if pool is _largest(pools.values(), pool.cluster) else [],
-            account_id or pool.nodes[0]["account_id"],
-            day or pool.nodes[0]["date"],
-            budget,
+        # which workload rows' cost runs on this pool (a DaemonSet's split by node count): the plan's
+        # adapter counts the node money once with it (KubernetesOptimizer.candidates)
+        claims = {w.resource_id: 1.0 for w in assigned.get(key, [])}
+        for d in ds_here:
+            if ds_nodes[d.resource_id]:
+                claims[d.resource_id] = round(len(pool.nodes) / ds_nodes[d.resource_id], 6)
+        # a workload no pool can take runs somewhere today: the cluster's largest pool reports and claims it
+        left_out = unplaceable.pop(pool.cluster, []) if pool is _largest(pools.values(), pool.cluster) else []
+        claims.update(dict.fromkeys(left_out, 1.0))
+        out += _with_claims(
+            claims,
+            _pool_rows(
+                pool,
+                assigned.get(key, []),
+                ds,
+                ds_here,
+                pc,
+                by_region,
+                eni,
+                settings,
+                saved,
+                node_usage,
+                left_out,
+                account_id or pool.nodes[0]["account_id"],
+                day or pool.nodes[0]["date"],
+                budget,
+            ),
         )
     table = pa.Table.from_pylist(out, schema=RECOMMENDATIONS)
     return table
+
+
+def _with_claims(claims: Mapping[str, float], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``details.workload_claims``: workload resource_id -> share of its cost on this pool."""
+    for r in rows:
+        details = json.loads(r.get("details") or "{}")
+        details["workload_claims"] = dict(sorted(claims.items()))
+        r["details"] = json.dumps(details, sort_keys=True, default=str)
+    return rows
 
 
 def _largest(pools: Iterable[Pool], cluster: str) -> Pool | None:

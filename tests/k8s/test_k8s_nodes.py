@@ -816,3 +816,21 @@ def test_bounds_hold_after_another_solve_started_highs_with_other_threads() -> N
     h.run()
     types = [nt("a", 4.0, 16.0, 1.0)]
     assert kn.lp_lower_bound([kn.Item("w", 1.0, GIB, 10)], types, (0.0, 0.0, 0)) == pytest.approx(2.5)
+
+
+def test_each_pool_claims_its_workloads_and_its_share_of_a_daemonset(catalog: pa.Table) -> None:
+    """``details.workload_claims``: what the plan's adapter takes out of a pool's node cost (counted once)."""
+    rows = cluster_rows(nodes=6)
+    for r in rows[4:6]:  # two of the six nodes form a second pool, which the shop's pods do not select
+        r["nodepool"] = "batch"
+        r["taints"] = json.dumps([{"key": "batch", "value": "true", "effect": "NoSchedule"}])
+    out = kn.recommend_node_pools(_table(rows), REC, catalog).to_pylist()
+    claims = {}
+    for r in out:
+        c = json.loads(r["details"])["workload_claims"]
+        assert claims.setdefault(r["resource_id"], c) == c  # every option of a pool names the same claims
+    general, batch = claims["prod-eks/nodepool/general"], claims["prod-eks/nodepool/batch"]
+    ds = "prod-eks/kube-system/daemonset/aws-node"
+    assert general[ds] == pytest.approx(4 / 6, abs=1e-6) and batch[ds] == pytest.approx(2 / 6, abs=1e-6)
+    shop = {f"prod-eks/shop/{k}" for k in ("deployment/cart", "deployment/api", "statefulset/db")}
+    assert set(general) - {ds} == shop and set(batch) == {ds}

@@ -104,6 +104,15 @@ def test_recommendations_from_a_real_prometheus_and_api(pipeline, apiservers: Ap
         chosen = opts[planned[rid]["option_name"]]
         assert planned[rid]["monthly_savings_usd"] == pytest.approx(chosen["monthly_savings_usd"], abs=0.02)
 
+    # the plan's current cost counts the nodes once: workloads and HPAs at their requests' share, each pool
+    # at what is left of its node cost
+    node_cost = sum(opts["keep"]["monthly_cost_current_usd"] for opts in pools.values())
+    k8s_plan = [r for r in planned.values() if r["deployment_type"] == "kubernetes"]
+    assert sum(r["monthly_cost_current_usd"] for r in k8s_plan) == pytest.approx(node_cost, rel=1e-6)
+    # node-scope usage is a declared input of the optimiser's asset
+    parents = defs.resolve_asset_graph().get(dg.AssetKey(["recommendations", "kubernetes"])).parent_keys
+    assert dg.AssetKey(["raw", "k8s_container_usage"]) in parents
+
     # a resize's patch, applied through the official client, leaves the object with the proposed requests
     resized = [o for opts in options.values() for o in opts.values() if o["action"] == "resize_requests"]
     patchable = [o for o in resized if json.loads(o["proposed_config"])["patch"] is not None]
