@@ -167,7 +167,8 @@ def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def not_optimised_lines(lake: Lake, con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
-    """Resources measured on the latest day that no selected optimiser recommends for."""
+    """Resources measured on the latest day that no selected optimiser recommends for, apart from the members
+    of a group (a cluster's instances, a node pool's nodes) whose group has rows of its own."""
     from cloudopt_pipelines.optimizers.base import select_optimizers
 
     recs = _recommendations_source(lake)
@@ -178,24 +179,47 @@ def not_optimised_lines(lake: Lake, con: duckdb.DuckDBPyConnection, settings: Se
         WITH inventory AS (
             SELECT * FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false)
             WHERE date = (SELECT max(date) FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false))
-        ), recommended AS (SELECT DISTINCT resource_id FROM {recs} WHERE date = (SELECT max(date) FROM {recs}))
-        SELECT resource_kind, coalesce(deployment_type, '-'), count(DISTINCT resource_id)
+        ), recommended AS (SELECT DISTINCT resource_id FROM {recs} WHERE date = (SELECT max(date) FROM {recs})),
+        pooled_clusters AS (
+            SELECT DISTINCT split_part(resource_id, '/nodepool/', 1) AS cluster FROM recommended
+            WHERE resource_id LIKE '%/nodepool/%'
+        )
+        SELECT resource_kind, coalesce(deployment_type, '-'),
+               parent_id IN (SELECT resource_id FROM recommended)
+               OR (resource_kind = 'k8s_node'
+                   AND split_part(resource_id, '/node/', 1) IN (SELECT cluster FROM pooled_clusters)) AS in_group,
+               count(DISTINCT resource_id)
         FROM inventory WHERE resource_id NOT IN (SELECT resource_id FROM recommended)
-        GROUP BY ALL ORDER BY 3 DESC, 1, 2
+        GROUP BY ALL ORDER BY 4 DESC, 1, 2
         """
     ).fetchall()
-    if not rows:
-        return []
-    total = sum(n for *_, n in rows)
-    detail = ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in rows)
-    covered = "; ".join(
-        f"{o.name}: {', '.join(o.deployment_types)} {', '.join(o.resource_kinds)}"
-        for o in select_optimizers(settings.deployment_types)
-    )
-    return [
-        f"Measured, not optimised: {total} resources on the latest day ({detail}).",
-        f"  No selected optimiser covers them (optimisers: {covered}); their rows are in the warehouse.",
-    ]
+    grouped = [(kind, dt, n) for kind, dt, in_group, n in rows if in_group]
+    alone = [(kind, dt, n) for kind, dt, in_group, n in rows if not in_group]
+    lines = []
+    if grouped:
+        lines.append(
+            f"Optimised as members of their group: {sum(n for *_, n in grouped)} resources ({_kinds(grouped)}); "
+            "their cluster or node-pool rows carry the change and its saving."
+        )
+    if alone:
+        covered = "; ".join(
+            f"{o.name}: {', '.join(o.deployment_types)} {', '.join(o.resource_kinds)}"
+            for o in select_optimizers(settings.deployment_types)
+        )
+        lines += [
+            f"Measured, not optimised: {sum(n for *_, n in alone)} resources on the latest day ({_kinds(alone)}).",
+            f"  No selected optimiser has a row for them (optimisers: {covered}); their rows are in the warehouse.",
+        ]
+        if any(kind == "ec2_instance" and dt == "kubernetes" for kind, dt, _ in alone):
+            lines.append(
+                "  EKS nodes are sized through their cluster's node pools once the cluster is in "
+                "CLOUDOPT_K8S_CLUSTERS (README, Configuration, 'Kubernetes')."
+            )
+    return lines
+
+
+def _kinds(rows: list[tuple[str, str, int]]) -> str:
+    return ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in rows)
 
 
 def next_step_lines(settings: Settings, try_sql: str) -> list[str]:
