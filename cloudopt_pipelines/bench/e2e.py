@@ -10,8 +10,13 @@ job per account x day, the plan per day, the warehouse, on a fresh Dagster insta
 Reported per stage (raw, features, recommendations, plan, warehouse): the steps' own time from the
 Dagster event log, and the run's wall time against the sum of its steps (what orchestration adds);
 the peak RSS of this process and of its children. ``--quick``: 2 accounts x 60 instances x 2 days.
-Runs go through ``run_range`` (the code path of ``cloudopt run``), whose runs use the in-process
-executor; the multiprocess executor is not measured here yet.
+
+``executor="multiprocess"`` (the default, as the Dagster daemon runs a job): every run goes through
+``dagster.execute_job`` with the multiprocess executor (``max_concurrent`` step processes, 2 by
+default: the machine's cores), in the order of ``cloudopt run`` (the catalogue, every account x day,
+the plan of each day, the warehouse); each step process rebuilds the definitions over the scaled
+fleet (:func:`bench_job`). ``executor="in_process"``: ``run_range`` itself, the code path of
+``cloudopt run``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -123,6 +129,63 @@ def build_fleet(out: Path, accounts: int, instances: int, days: int) -> list[str
     return ids
 
 
+def bench_job(name: str, data_dir: str) -> dg.JobDefinition:
+    """The job ``name`` of the definitions over the scaled fleet in ``data_dir`` (what each step process of
+    the multiprocess executor rebuilds; CLOUDOPT_HOME and CLOUDOPT_ENV come from the environment)."""
+    from cloudopt_pipelines.definitions import build_definitions
+    from cloudopt_pipelines.settings import load_settings
+
+    # a step process prints nothing but the run's own log (the beta / preview notices are known)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    return build_definitions(load_settings(), ScaledDemoSource(data_dir=data_dir)).resolve_job_def(name)
+
+
+def run_multiprocess(
+    settings: Any,
+    data_dir: Path,
+    accounts: list[str],
+    days: list[date],
+    progress: Callable[[str], None] = print,
+    max_concurrent: int = 2,
+) -> list[tuple[str, date | None, bool, str]]:
+    """Every run of ``cloudopt run`` over ``days`` x ``accounts``, each with the multiprocess executor;
+    returns (what, day, success, run id) per run."""
+    from cloudopt_pipelines.assets.plan import PLAN_JOB
+    from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
+    from cloudopt_pipelines.orchestration import (
+        QUIET_RUN_CONFIG,
+        TAG_LAUNCHED_BY,
+        ensure_instance,
+        process_tags,
+        register_accounts,
+    )
+    from cloudopt_pipelines.partitions import account_daily_partitions, account_day_key, daily_partitions
+
+    instance = ensure_instance(settings)
+    register_accounts(instance, accounts)
+    run_config = {**QUIET_RUN_CONFIG, "execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}}}
+    runs: list[tuple[str, date | None, bool, str]] = []
+
+    def one(name: str, what: str, day: date | None, tags: dict[str, str]) -> None:
+        job = dg.build_reconstructable_job(__name__, "bench_job", (name, str(data_dir)))
+        result = dg.execute_job(
+            job, instance, run_config=run_config, tags={**process_tags(), TAG_LAUNCHED_BY: "cloudopt bench e2e", **tags}
+        )
+        runs.append((what, day, result.success, result.run_id))
+        progress(f"[{what}] {day or ''} {'ok' if result.success else 'FAILED'} ({result.run_id})")
+
+    one(CATALOG_JOB, "catalog", None, {})
+    for day in days:
+        for account in accounts:
+            key = str(account_day_key(account, day))
+            one(DAILY_JOB, account, day, dict(account_daily_partitions.get_tags_for_partition_key(key)))
+    for day in days:
+        one(PLAN_JOB, "plan", day, dict(daily_partitions.get_tags_for_partition_key(day.isoformat())))
+    one(WAREHOUSE_JOB, "warehouse", None, {})
+    return runs
+
+
 @contextmanager
 def _environment(home: Path) -> Any:
     saved = {k: os.environ.get(k) for k in ("CLOUDOPT_HOME", "CLOUDOPT_ENV", "DAGSTER_HOME")}
@@ -143,6 +206,15 @@ def _stage(step_key: str) -> str:
     return head if head in ("raw", "features", "recommendations", "plan", "actions", "warehouse") else "other"
 
 
+def _first_failure(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The first step failure's message of a run (empty when none was recorded)."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        data = record.dagster_event.event_specific_data
+        if data is not None and data.error is not None:
+            return data.error.message.strip()
+    return ""
+
+
 def _peak_rss_mb() -> tuple[float, float]:
     return (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -150,8 +222,16 @@ def _peak_rss_mb() -> tuple[float, float]:
     )
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = print, **sizes: int) -> Report:
+def run(
+    quick: bool = False,
+    progress: Callable[[str], None] = print,
+    executor: str = "multiprocess",
+    max_concurrent: int = 2,
+    **sizes: int,
+) -> Report:
     """Generate the fleet, run every account x day, the plans and the warehouse; see the module docstring."""
+    if executor not in ("multiprocess", "in_process"):
+        raise ValueError(f"unknown executor {executor!r}: use multiprocess or in_process")
     from cloudopt_pipelines.orchestration import ensure_instance, run_range
     from cloudopt_pipelines.settings import load_settings
 
@@ -167,28 +247,35 @@ def run(quick: bool = False, progress: Callable[[str], None] = print, **sizes: i
         with _environment(root / "home"):
             settings = load_settings()
             t1 = time.perf_counter()
-            result = run_range(
-                days[0], days[-1], accounts, settings, ScaledDemoSource(data_dir=str(root / "data")), progress
-            )
+            if executor == "multiprocess":
+                runs = run_multiprocess(settings, root / "data", accounts, days, progress, max_concurrent)
+            else:
+                result = run_range(
+                    days[0], days[-1], accounts, settings, ScaledDemoSource(data_dir=str(root / "data")), progress
+                )
+                runs = [(o.account_id, o.day, o.success, o.run_id) for o in result.outcomes]
             wall = time.perf_counter() - t1
             instance = ensure_instance(settings)
             steps: dict[str, float] = defaultdict(float)
-            for outcome in result.outcomes:
-                for record in instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS):
+            for *_, run_id in runs:
+                if not run_id:
+                    continue
+                for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS):
                     event = record.dagster_event
                     steps[_stage(event.step_key or "")] += event.event_specific_data.duration_ms / 1000
-        failed = [o for o in result.outcomes if not o.success]
+            errors = {run_id: _first_failure(instance, run_id) for what, day, ok, run_id in runs if not ok and run_id}
+        failed = [(what, day, errors.get(run_id, "")) for what, day, ok, run_id in runs if not ok]
         rss_self, rss_children = _peak_rss_mb()
         total_steps = sum(steps.values())
         report.lines.append(
             Line(
                 f"e2e {params['accounts']} x {params['instances']:,} x {params['days']} d",
-                "cloudopt run (every account x day, plans, warehouse), wall",
+                f"every account x day, plans, warehouse ({executor} executor), wall",
                 "the sum of its steps' own time",
                 wall,
                 total_steps,
                 not failed,
-                note=f"{len(result.outcomes)} runs, {len(failed)} failed; peak RSS {rss_self:,.0f} MB "
+                note=f"{len(runs)} runs, {len(failed)} failed; peak RSS {rss_self:,.0f} MB "
                 f"(children {rss_children:,.0f} MB)",
                 target="peak RSS < 4 GiB",
                 met=max(rss_self, rss_children) < 4096,
@@ -203,8 +290,10 @@ def run(quick: bool = False, progress: Callable[[str], None] = print, **sizes: i
             "stage_step_s": dict(steps),
             "peak_rss_mb": rss_self,
             "peak_rss_children_mb": rss_children,
-            "failed": [f"{o.account_id} {o.day}: {(o.error or '')[:300]}" for o in failed],
-            "executor": "in_process (run_range)",
+            "failed": [f"{what} {day}: {error[:300]}" for what, day, error in failed],
+            "executor": f"multiprocess (max_concurrent {max_concurrent})"
+            if executor == "multiprocess"
+            else "in_process (run_range)",
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
