@@ -551,11 +551,23 @@ def bench_e2e(
         "multiprocess"
     ),
     max_concurrent: Annotated[int, typer.Option(help="Step processes at once (multiprocess executor).")] = 2,
+    start_method: Annotated[
+        str, typer.Option(help="forkserver (step processes forked from one that imported the pipeline) or spawn.")
+    ] = "forkserver",
 ) -> None:
     """Collection to plan through Dagster (multiprocess executor) on a fleet derived from the demo's real
     traces: time per stage and peak RSS, against the sum of the steps' own time."""
     sizes = {k: v for k, v in {"accounts": accounts, "instances": instances, "days": days}.items() if v is not None}
-    _bench(["e2e"], quick, as_json, results_dir, executor=executor, max_concurrent=max_concurrent, **sizes)
+    _bench(
+        ["e2e"],
+        quick,
+        as_json,
+        results_dir,
+        executor=executor,
+        max_concurrent=max_concurrent,
+        start_method=start_method,
+        **sizes,
+    )
 
 
 def _register_other_benchmarks() -> None:

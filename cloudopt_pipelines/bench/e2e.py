@@ -13,7 +13,8 @@ the peak RSS of this process and of its children. ``--quick``: 2 accounts x 60 i
 
 ``executor="multiprocess"`` (the default, as the Dagster daemon runs a job): every run goes through
 ``dagster.execute_job`` with the multiprocess executor (``max_concurrent`` step processes, 2 by
-default: the machine's cores), in the order of ``cloudopt run`` (the catalogue, every account x day,
+default: the machine's cores; forked from a server that imported the pipeline once, ``start_method``),
+in the order of ``cloudopt run`` (the catalogue, every account x day,
 the plan of each day, the warehouse); each step process rebuilds the definitions over the scaled
 fleet (:func:`bench_job`). ``executor="in_process"``: ``run_range`` itself, the code path of
 ``cloudopt run``.
@@ -148,9 +149,12 @@ def run_multiprocess(
     days: list[date],
     progress: Callable[[str], None] = print,
     max_concurrent: int = 2,
+    start_method: str = "forkserver",
 ) -> list[tuple[str, date | None, bool, str]]:
     """Every run of ``cloudopt run`` over ``days`` x ``accounts``, each with the multiprocess executor;
-    returns (what, day, success, run id) per run."""
+    returns (what, day, success, run id) per run. ``start_method``: ``forkserver`` (step processes forked
+    from one server that has imported the pipeline once) or ``spawn`` (Dagster's default: a fresh
+    interpreter per step, which imports everything again)."""
     from cloudopt_pipelines.assets.plan import PLAN_JOB
     from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
     from cloudopt_pipelines.orchestration import (
@@ -164,7 +168,13 @@ def run_multiprocess(
 
     instance = ensure_instance(settings)
     register_accounts(instance, accounts)
-    run_config = {**QUIET_RUN_CONFIG, "execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}}}
+    start: dict[str, Any] = (
+        {"forkserver": {"preload_modules": [__name__, "cloudopt_pipelines.definitions"]}}
+        if start_method == "forkserver"
+        else {start_method: {}}
+    )
+    multiprocess = {"max_concurrent": max_concurrent, "start_method": start}
+    run_config = {**QUIET_RUN_CONFIG, "execution": {"config": {"multiprocess": multiprocess}}}
     runs: list[tuple[str, date | None, bool, str]] = []
 
     def one(name: str, what: str, day: date | None, tags: dict[str, str]) -> None:
@@ -227,6 +237,7 @@ def run(
     progress: Callable[[str], None] = print,
     executor: str = "multiprocess",
     max_concurrent: int = 2,
+    start_method: str = "forkserver",
     **sizes: int,
 ) -> Report:
     """Generate the fleet, run every account x day, the plans and the warehouse; see the module docstring."""
@@ -248,7 +259,7 @@ def run(
             settings = load_settings()
             t1 = time.perf_counter()
             if executor == "multiprocess":
-                runs = run_multiprocess(settings, root / "data", accounts, days, progress, max_concurrent)
+                runs = run_multiprocess(settings, root / "data", accounts, days, progress, max_concurrent, start_method)
             else:
                 result = run_range(
                     days[0], days[-1], accounts, settings, ScaledDemoSource(data_dir=str(root / "data")), progress
@@ -291,7 +302,7 @@ def run(
             "peak_rss_mb": rss_self,
             "peak_rss_children_mb": rss_children,
             "failed": [f"{what} {day}: {error[:300]}" for what, day, error in failed],
-            "executor": f"multiprocess (max_concurrent {max_concurrent})"
+            "executor": f"multiprocess (max_concurrent {max_concurrent}, start_method {start_method})"
             if executor == "multiprocess"
             else "in_process (run_range)",
         }
