@@ -45,3 +45,25 @@ def test_each_step_process_rebuilds_the_job_over_the_scaled_fleet(tmp_path, monk
         source = resources.source
         assert isinstance(source, ScaledDemoSource) and source.data_dir == str(tmp_path / "data")
         assert source.get_collector().list_accounts() == accounts
+
+
+def test_the_rss_sampler_sees_a_child_process_memory():
+    import subprocess
+    import sys
+    import time
+
+    from cloudopt_pipelines.bench.e2e import DescendantsRss
+
+    # a child that holds about 200 MB until told to stop
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; b = bytearray(200 * 2**20); sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        sampler = DescendantsRss()
+        deadline = time.monotonic() + 120
+        while sampler.peak_one_mb < 150 and time.monotonic() < deadline:
+            sampler.sample()
+            time.sleep(0.2)
+        assert sampler.peak_one_mb >= 150 and sampler.peak_total_mb >= sampler.peak_one_mb
+    finally:
+        child.communicate(b"")
