@@ -547,9 +547,10 @@ def bench_e2e(
     accounts: Annotated[int | None, typer.Option(help="Accounts (default 5; --quick 2).")] = None,
     instances: Annotated[int | None, typer.Option(help="Instances per account (default 2,000; --quick 60).")] = None,
     days: Annotated[int | None, typer.Option(help="Days (default 14; --quick 2).")] = None,
-    executor: Annotated[str, typer.Option(help="multiprocess (each run's steps in processes) or in_process.")] = (
-        "multiprocess"
-    ),
+    executor: Annotated[
+        str | None,
+        typer.Option(help="multiprocess (each step a process; the default) or in_process (the default with --quick)."),
+    ] = None,
     max_concurrent: Annotated[int, typer.Option(help="Step processes at once (multiprocess executor).")] = 2,
     start_method: Annotated[
         str, typer.Option(help="forkserver (step processes forked from one that imported the pipeline) or spawn.")

@@ -12,13 +12,13 @@ Dagster event log, and the run's wall time against the sum of its steps (what or
 the peak RSS of this process and, sampled from /proc (:class:`DescendantsRss`), of every process
 below it at one moment. ``--quick``: 2 accounts x 60 instances x 2 days.
 
-``executor="multiprocess"`` (the default, as the Dagster daemon runs a job): every run goes through
+``executor="multiprocess"`` (the default without ``--quick``, as the Dagster daemon runs a job): every run goes through
 ``dagster.execute_job`` with the multiprocess executor (``max_concurrent`` step processes, 2 by
 default: the machine's cores; forked from a server that imported the pipeline once, ``start_method``),
 in the order of ``cloudopt run`` (the catalogue, every account x day,
 the plan of each day, the warehouse); each step process rebuilds the definitions over the scaled
-fleet (:func:`bench_job`). ``executor="in_process"``: ``run_range`` itself, the code path of
-``cloudopt run``.
+fleet (:func:`bench_job`). ``executor="in_process"`` (the default with ``--quick``): ``run_range``
+itself, the code path of ``cloudopt run``.
 """
 
 from __future__ import annotations
@@ -296,12 +296,16 @@ def _peak_rss_mb() -> tuple[float, float]:
 def run(
     quick: bool = False,
     progress: Callable[[str], None] = print,
-    executor: str = "multiprocess",
+    executor: str | None = None,
     max_concurrent: int = 2,
     start_method: str = "forkserver",
     **sizes: int,
 ) -> Report:
-    """Generate the fleet, run every account x day, the plans and the warehouse; see the module docstring."""
+    """Generate the fleet, run every account x day, the plans and the warehouse; see the module docstring.
+
+    ``executor``: ``multiprocess`` by default, ``in_process`` with ``quick`` (``make bench`` stays
+    within its 5 minutes: a step process costs seconds of its own on a busy machine)."""
+    executor = executor or ("in_process" if quick else "multiprocess")
     if executor not in ("multiprocess", "in_process"):
         raise ValueError(f"unknown executor {executor!r}: use multiprocess or in_process")
     from cloudopt_pipelines.orchestration import ensure_instance, run_range
