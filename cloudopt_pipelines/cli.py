@@ -569,10 +569,35 @@ def bench_lp(
 
 
 @bench_app.command("e2e")
-def bench_e2e(quick: _Quick = False, as_json: _Json = False, results_dir: _Results = Path("bench-results")) -> None:
+def bench_e2e(
+    quick: _Quick = False,
+    as_json: _Json = False,
+    results_dir: _Results = Path("bench-results"),
+    accounts: Annotated[int | None, typer.Option(help="Accounts (default 5; --quick 2).")] = None,
+    instances: Annotated[int | None, typer.Option(help="Instances per account (default 2,000; --quick 60).")] = None,
+    days: Annotated[int | None, typer.Option(help="Days (default 14; --quick 2).")] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="multiprocess (each step a process; the default) or in_process (the default with --quick)."),
+    ] = None,
+    max_concurrent: Annotated[int, typer.Option(help="Step processes at once (multiprocess executor).")] = 2,
+    start_method: Annotated[
+        str, typer.Option(help="forkserver (step processes forked from one that imported the pipeline) or spawn.")
+    ] = "forkserver",
+) -> None:
     """Collection to plan through Dagster (multiprocess executor) on a fleet derived from the demo's real
-    traces: time per stage and peak RSS, against the same stages called in one process without Dagster."""
-    _bench(["e2e"], quick, as_json, results_dir)
+    traces: time per stage and peak RSS, against the sum of the steps' own time."""
+    sizes = {k: v for k, v in {"accounts": accounts, "instances": instances, "days": days}.items() if v is not None}
+    _bench(
+        ["e2e"],
+        quick,
+        as_json,
+        results_dir,
+        executor=executor,
+        max_concurrent=max_concurrent,
+        start_method=start_method,
+        **sizes,
+    )
 
 
 def _register_other_benchmarks() -> None:

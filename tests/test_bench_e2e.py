@@ -27,3 +27,43 @@ def test_scaled_fleet_is_served_by_the_demo_collector_with_real_values(tmp_path)
         per_instance = pc.value_counts(metrics["resource_id"]).field("counts").to_pylist()
         assert max(per_instance) <= 288
     assert len(ids) == 150  # new ids: no two accounts share one
+
+
+def test_each_step_process_rebuilds_the_job_over_the_scaled_fleet(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cloudopt_pipelines.automation import DAILY_JOB
+    from cloudopt_pipelines.bench.e2e import ScaledDemoSource
+
+    monkeypatch.setenv("CLOUDOPT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CLOUDOPT_ENV", "demo")
+    accounts = build_fleet(tmp_path / "data", accounts=1, instances=3, days=2)
+    job = dg.build_reconstructable_job("cloudopt_pipelines.bench.e2e", "bench_job", (DAILY_JOB, str(tmp_path / "data")))
+    rebuilt = job.get_definition()  # what the multiprocess executor does in each step process
+    assert rebuilt.name == DAILY_JOB
+    with dg.build_resources({"source": rebuilt.resource_defs["source"]}) as resources:
+        source = resources.source
+        assert isinstance(source, ScaledDemoSource) and source.data_dir == str(tmp_path / "data")
+        assert source.get_collector().list_accounts() == accounts
+
+
+def test_the_rss_sampler_sees_a_child_process_memory():
+    import subprocess
+    import sys
+    import time
+
+    from cloudopt_pipelines.bench.e2e import DescendantsRss
+
+    # a child that holds about 200 MB until told to stop
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; b = bytearray(200 * 2**20); sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        sampler = DescendantsRss()
+        deadline = time.monotonic() + 120
+        while sampler.peak_one_mb < 150 and time.monotonic() < deadline:
+            sampler.sample()
+            time.sleep(0.2)
+        assert sampler.peak_one_mb >= 150 and sampler.peak_total_mb >= sampler.peak_one_mb
+    finally:
+        child.communicate(b"")

@@ -101,3 +101,23 @@ def test_burstable_rows_state_the_credit_mode_and_use_against_the_baseline(azure
     for o in fixed:
         assert o.credit_mode is None and o.cpu_limit == "vcpu"
         assert o.projected_cpu_pct == pytest.approx(100 * rec.demand.cpu_percentile_vcpu / o.vcpu, abs=0.01)
+
+
+def test_the_remembered_replay_is_the_replay_of_each_size_and_baseline(azure, catalog):
+    from cloudopt_pipelines.optimizers.sizing import CpuSeries
+
+    vm = azure["azure-1739024"]
+    for itype in ("t3.large", "t3a.large", "t3.xlarge", "t4g.medium"):
+        t = catalog.get(REGION, itype)
+        mean = np.nan_to_num(vm.cpu_avg_pct) / 100 * t.vcpu
+        series = CpuSeries(mean, np.maximum(mean, np.nan_to_num(vm.cpu_pct) / 100 * t.vcpu))
+        capacity, _ = simulate_credits(series.mean_vcpu, t)
+        first = series.credit_ratio(t)
+        np.testing.assert_array_equal(first, series.peak_vcpu / capacity)
+        assert series.credit_ratio(t) is first  # replayed once
+    large, large_a = catalog.get(REGION, "t3.large"), catalog.get(REGION, "t3a.large")
+    series = CpuSeries(np.full(288, 1.0), np.full(288, 1.5))
+    assert (large.vcpu, large.burstable_baseline_pct) == (large_a.vcpu, large_a.burstable_baseline_pct) == (2, 30.0)
+    assert series.credit_ratio(large) is series.credit_ratio(large_a)  # same rule, same replay
+    xlarge = catalog.get(REGION, "t3.xlarge")
+    assert not np.array_equal(series.credit_ratio(xlarge), series.credit_ratio(large))

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -25,6 +25,8 @@ from cloudopt_pipelines.optimizers.portfolio import (
     problem_for_day,
     solve_problem,
     verify_plan,
+    warm_start_from_plan,
+    warm_start_offered,
 )
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, daily_partitions
 from cloudopt_pipelines.resources.storage import LakeResource
@@ -37,6 +39,8 @@ PLAN_CHECK = PLAN_CHECK_NAME
 PLAN_KEY = dg.AssetKey([PLAN_PREFIX, "portfolio_plan"])
 SAVINGS_REPORT_KEY = dg.AssetKey(["reports", "savings_report"])  # assets/report.py, run by the plan job
 ACROSS_ACCOUNTS = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="date")
+#: The plan of day D reads the plan of D - 1 (its warm start); the first day has none.
+YESTERDAY = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
 
 
 class PortfolioPlanConfig(dg.Config):
@@ -48,6 +52,10 @@ class PortfolioPlanConfig(dg.Config):
     )
     time_limit_s: float = Field(default=60.0, description="Wall-clock limit of the solve, seconds.")
     mip_gap: float = Field(default=1e-4, description="Relative optimality gap the solver may stop at.")
+    warm_start: bool = Field(
+        default=True,
+        description="Start the solve from the previous day's plan when it exists (same gap and check either way).",
+    )
 
 
 def read_plan_inputs(
@@ -96,6 +104,7 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
     """The plan asset, reading every selected optimiser's recommendations and the inventory of the day."""
     deps = [dg.AssetDep(recommendation_key(o), partition_mapping=ACROSS_ACCOUNTS) for o in optimizers]
     deps.append(dg.AssetDep(RESOURCES_KEY, partition_mapping=ACROSS_ACCOUNTS))
+    deps.append(dg.AssetDep(PLAN_KEY, partition_mapping=YESTERDAY))
 
     @dg.asset(
         key=[PLAN_PREFIX, "portfolio_plan"],
@@ -119,7 +128,8 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
         """One decision per resource across every account of the day: the LP (HiGHS) picks, among every
         selected optimiser's options, the cheapest plan under the constraints file (per group and environment,
         see docs/portfolio_plan.md). Keeps are rows too, each with its reason. Without a feasible plan every
-        row is a keep, the reason says what to relax, and the blocking check fails."""
+        row is a keep, the reason says what to relax, and the blocking check fails. The solve starts from
+        the previous day's plan (a declared input of this asset) when it exists."""
         day = date.fromisoformat(context.partition_key)
         store = lake.get_lake()
         path, chosen_by = config_path(config.constraints_path)
@@ -134,7 +144,13 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
                 f"no recommendations for {day} in account(s) {', '.join(missing)}: planned without them"
             )
 
-        solution = solve_problem(problem, time_limit_s=config.time_limit_s, mip_gap=config.mip_gap)
+        previous = day - timedelta(days=1)
+        warm_start = None
+        if config.warm_start and store.partition_file("portfolio_plan", day=previous) is not None:
+            warm_start = warm_start_from_plan(store.read("portfolio_plan", day=previous))
+        solution = solve_problem(
+            problem, time_limit_s=config.time_limit_s, mip_gap=config.mip_gap, warm_start=warm_start
+        )
         written = store.write("portfolio_plan", plan_table(problem, solution), day=day)
         plan = store.read("portfolio_plan", day=day)  # the check reads what was written, not what was meant
         violations = verify_plan(plan, problem)
@@ -155,6 +171,14 @@ def build_portfolio_plan_asset(optimizers: Sequence[DeploymentOptimizer]) -> dg.
                 "binding_constraints": dg.MetadataValue.json(summary["binding_constraints"]),
                 "solve_seconds": summary["solve_seconds"],
                 "build_seconds": summary["build_seconds"],
+                "solve_method": solution.method or solution.solver,
+                "warm_start": dg.MetadataValue.json(
+                    {
+                        "from": previous.isoformat() if warm_start is not None else None,
+                        "offered": warm_start_offered(problem, warm_start) if warm_start else 0,
+                        "resources": solution.warm_start_resources,
+                    }
+                ),
                 "accounts": dg.MetadataValue.json(accounts),
                 "missing_accounts": dg.MetadataValue.json(missing),
                 "constraints_file": f"{path} ({chosen_by})",

@@ -1146,6 +1146,8 @@ class Solution:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     method: str = ""
+    #: resources whose ``warm_start`` choice was offered and handed to the solver as the start
+    warm_start_resources: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(dataclasses.asdict(self))
@@ -1585,6 +1587,7 @@ class LinearOptimizer:
         model = _build_model(f, c, objective=self.objective)
         timings["build"] = time.perf_counter() - t0
         baseline = float(f.cost[f.keep_of].sum())
+        hinted = 0
         base = dict(
             baseline_monthly_cost_usd=baseline, objective=self.objective, notes=notes,
             timings=timings, shadow_prices={}, binding_constraints=[], explanation=None,
@@ -1597,9 +1600,9 @@ class LinearOptimizer:
             empty = np.zeros(model.ncol)
             raw, used, lp0 = _Raw("optimal", empty, None, 0.0, 0.0, 0.0), self._active_solver, None
         else:
-            raw, used, lp0 = self._run(
-                model, notes, integer=True, deadline=deadline, lp_fix=True, hint=self._hint(model)
-            )
+            hint = self._hint(model)
+            hinted = int(hint.sum()) if hint is not None else 0
+            raw, used, lp0 = self._run(model, notes, integer=True, deadline=deadline, lp_fix=True, hint=hint)
         timings["solver_build"] = raw.build_seconds
         timings["mip"] = raw.seconds
         build_seconds = timings["load"] + timings["build"] + raw.build_seconds
@@ -1616,7 +1619,7 @@ class LinearOptimizer:
                 total_one_time_cost_usd=None, monthly_savings_usd=None, changes=None,
                 average_performance_risk=None, mip_gap=None, solver=used,
                 solve_seconds=raw.seconds, build_seconds=build_seconds, method=raw.method,
-                **{**base, "explanation": explanation},
+                warm_start_resources=hinted, **{**base, "explanation": explanation},
             )  # fmt: skip
 
         t1 = time.perf_counter()
@@ -1679,6 +1682,7 @@ class LinearOptimizer:
             timings=timings,
             baseline_monthly_cost_usd=baseline,
             method=raw.method,
+            warm_start_resources=hinted,
         )
 
     def _explanation(self, notes: list[str]) -> list[dict[str, Any]]:

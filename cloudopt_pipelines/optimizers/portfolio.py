@@ -738,9 +738,37 @@ def problem_for_day(
 # -------------------------------------------------------------------------------------- solve
 
 
-def solve_problem(problem: PlanProblem, *, time_limit_s: float = 60.0, mip_gap: float = 1e-4) -> Solution:
-    """Solve with HiGHS (CBC fallback), shadow prices and, when infeasible, the explanation."""
-    return LinearOptimizer(problem.instances, problem.constraints, time_limit_s=time_limit_s, mip_gap=mip_gap).solve()
+def solve_problem(
+    problem: PlanProblem,
+    *,
+    time_limit_s: float = 60.0,
+    mip_gap: float = 1e-4,
+    warm_start: Mapping[str, str] | None = None,
+) -> Solution:
+    """Solve with HiGHS (CBC fallback), shadow prices and, when infeasible, the explanation.
+
+    ``warm_start`` ({LP id: option name}, e.g. :func:`warm_start_from_plan` of yesterday's plan) is where
+    the search starts; the plan is held to the same gap and check either way."""
+    return LinearOptimizer(
+        problem.instances, problem.constraints, time_limit_s=time_limit_s, mip_gap=mip_gap, warm_start=warm_start
+    ).solve()
+
+
+def warm_start_from_plan(plan: pa.Table) -> dict[str, str]:
+    """{LP id: option name} of a written plan (PORTFOLIO_PLAN rows), for :func:`solve_problem`.
+
+    Only rows of a day that had a plan count: the keeps written for an infeasible day are no choice."""
+    rows = plan.select(["account_id", "resource_id", "option_name", "solver_status"]).to_pylist()
+    return {
+        f"{r['account_id']}/{r['resource_id']}": r["option_name"]
+        for r in rows
+        if r["solver_status"] in PLAN_STATUSES and r["option_name"]
+    }
+
+
+def warm_start_offered(problem: PlanProblem, warm_start: Mapping[str, str]) -> int:
+    """How many of today's resources ``warm_start`` names with an option still offered today."""
+    return sum(1 for c in problem.candidates if c.option(warm_start.get(c.key, "")) is not None)
 
 
 def has_plan(solution: Solution) -> bool:

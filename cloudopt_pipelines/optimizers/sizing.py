@@ -188,8 +188,19 @@ class CpuSeries:
 
     mean_vcpu: np.ndarray  # 5-minute averages (the peak where a slot has no average)
     peak_vcpu: np.ndarray  # 5-minute maxima where the source gives them, else the averages
-    # peak / credit-limited capacity per burstable type, replayed once (the series never changes)
-    _credit_ratios: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # peak / credit-limited capacity per (vCPU, baseline %): the fit test and the risk of a burstable
+    # type read the same replay, and types of one size and baseline (t3 / t3a) share it
+    _replays: dict[tuple[float, float], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def credit_ratio(self, instance: InstanceType) -> np.ndarray:
+        """Each interval's 5-minute maximum over the capacity the CPU credits of ``instance`` allow,
+        replayed from zero launch credits (:func:`simulate_credits`)."""
+        key = (float(instance.vcpu), float(instance.burstable_baseline_pct or 100.0))
+        ratio = self._replays.get(key)
+        if ratio is None:
+            capacity, _ = simulate_credits(self.mean_vcpu, instance)
+            ratio = self._replays[key] = self.peak_vcpu / capacity
+        return ratio
 
 
 @dataclass(frozen=True)
@@ -824,7 +835,7 @@ def simulate_credits(
     vcpu = float(instance.vcpu)
     baseline = (instance.burstable_baseline_pct or 100.0) / 100 * vcpu
     cap = baseline * 60 * 24
-    shift = 5.0 * (baseline - np.minimum(np.clip(demand, 0.0, None), vcpu))
+    shift = 5.0 * (baseline - np.minimum(np.maximum(demand, 0.0), vcpu))
     # Each interval's map is b -> clip(b + shift, low, high); compose them by doubling (Hillis-Steele).
     low = np.zeros_like(shift)
     high = np.full_like(shift, cap)
@@ -834,8 +845,8 @@ def simulate_credits(
         # later ∘ earlier: (s1, l1, h1) then (s2, l2, h2) = (s1 + s2, clip(l1 + s2, l2, h2), clip(h1 + s2, l2, h2))
         s1, l1, h1 = shift[..., :-step], low[..., :-step], high[..., :-step]
         s2, l2, h2 = shift[..., step:], low[..., step:], high[..., step:]
-        new_low = np.clip(l1 + s2, l2, h2)
-        new_high = np.clip(h1 + s2, l2, h2)
+        new_low = np.minimum(np.maximum(l1 + s2, l2), h2)  # clip(l1 + s2, l2, h2); l2 <= h2
+        new_high = np.minimum(np.maximum(h1 + s2, l2), h2)
         shift = np.concatenate([shift[..., :step], s1 + s2], axis=-1)
         low = np.concatenate([low[..., :step], new_low], axis=-1)
         high = np.concatenate([high[..., :step], new_high], axis=-1)
@@ -905,11 +916,7 @@ def credit_limited_need(
     ``recent_share`` of the series (the replay itself always runs from the start)."""
     if series.peak_vcpu.size == 0:
         return 0.0
-    ratio = series._credit_ratios.get(instance.instance_type)
-    if ratio is None:
-        capacity, _ = simulate_credits(series.mean_vcpu, instance)
-        ratio = series._credit_ratios[instance.instance_type] = series.peak_vcpu / capacity
-    return float(np.percentile(recent_samples(ratio, recent_share), percentile))
+    return float(np.percentile(recent_samples(series.credit_ratio(instance), recent_share), percentile))
 
 
 def _risk_from_quantiles(quantiles: dict[float, float], capacity: float) -> float:
@@ -934,8 +941,7 @@ def performance_risk(profile: UtilizationProfile, instance: InstanceType, demand
     if not profile.samples:
         cpu_risk = 0.0
     elif instance.burstable_baseline_pct is not None and profile.series is not None:
-        cpu_capacity, _ = simulate_credits(profile.series.mean_vcpu, instance)  # zero launch credits
-        ratio = profile.series.peak_vcpu / cpu_capacity
+        ratio = profile.series.credit_ratio(instance)  # zero launch credits
         if ratio.size == 0 or ratio.max() <= 0.8:
             cpu_risk = 0.0
         elif ratio.max() <= 1.0:
