@@ -47,10 +47,10 @@ def approve_command(
     from cloudopt_pipelines.assets.plan import plan_check_reader
     from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
     from cloudopt_pipelines.orchestration import ensure_instance
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     settings = settings or load_settings()
-    lake, paths = Lake(settings.lake_dir), ExecutorPaths(settings.home)
+    lake, paths = open_lake(settings.lake_url), ExecutorPaths(settings.home)
     checks = plan_check_reader(ensure_instance(settings))
     try:
         plan_id, planned = read_plan(lake, day, checks)
@@ -140,7 +140,7 @@ def _materialise(day: date, mode: str, settings: Settings, run_config: Any, reso
         partition_key=day.isoformat(),
         run_config=run_config,
         resources={
-            "lake": LakeResource(root=str(settings.lake_dir)),
+            "lake": LakeResource(root=settings.lake_url),
             "aws_executor": AwsExecutorResource.from_env(home=settings.home),
             **resources,
         },
@@ -163,7 +163,7 @@ def execute_command(
 
     from cloudopt_pipelines.executor.model import MODES
     from cloudopt_pipelines.orchestration import _first_error
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     if mode not in MODES:
         echo(f"error: --mode must be one of {', '.join(MODES)} (got {mode!r})", err=True)
@@ -184,7 +184,7 @@ def execute_command(
     if not result.success:
         echo(f"error: {_first_error(result)}", err=True)
         return 1
-    table = Lake(settings.lake_dir).read("executed_actions", day=day)
+    table = open_lake(settings.lake_url).read("executed_actions", day=day)
     rows = [r for r in table.to_pylist() if r["run_id"] == result.run_id]
     echo(f"cloudopt execute {day} --mode {mode}: run {result.run_id}")
     echo(
@@ -221,7 +221,7 @@ def rollback_command(
     from cloudopt_pipelines.executor import ExecutorError, ExecutorPaths, rollback
     from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     if not by.strip():
         echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
@@ -233,7 +233,7 @@ def rollback_command(
         with kubernetes_executor(settings) as k8s_executor:
             k8s = k8s_executor.get_target()
             targets = [aws if isinstance(aws, ExecutionTarget) else AwsTarget(aws), *([k8s] if k8s else [])]
-            decision = rollback(Lake(settings.lake_dir), paths, action_id, mode, by, targets)
+            decision = rollback(open_lake(settings.lake_url), paths, action_id, mode, by, targets)
     except ValueError as exc:
         echo(f"error: {exc}", err=True)
         return 2

@@ -9,17 +9,19 @@ import duckdb
 from pydantic import Field
 
 from cloudopt_pipelines.project_files import marts_dir
-from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.lake import Lake, open_lake
 from cloudopt_pipelines.storage.warehouse import WarehouseBuild, build_warehouse, read_only
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The Parquet lake under ``$CLOUDOPT_HOME/lake``: one atomically replaced file per partition."""
+    """The Parquet lake at ``CLOUDOPT_LAKE_URL`` (default ``$CLOUDOPT_HOME/lake``): partitions replaced atomically."""
 
-    root: str = Field(description="Directory of the lake (default: $CLOUDOPT_HOME/lake).")
+    root: str = Field(
+        description="Directory of the lake or s3://bucket/prefix (default: CLOUDOPT_LAKE_URL or $CLOUDOPT_HOME/lake)."
+    )
 
     def get_lake(self) -> Lake:
-        return Lake(Path(self.root))
+        return open_lake(self.root)
 
 
 class WarehouseResource(dg.ConfigurableResource):
