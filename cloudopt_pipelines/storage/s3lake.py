@@ -50,7 +50,9 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 HOLD_BEFORE_COMMIT_VAR = "CLOUDOPT_LAKE_HOLD_BEFORE_COMMIT"
 """Test hook: a file path; a writer touches it once its part file is uploaded and then waits before the
-manifest PUT, so a test can kill the process exactly there."""
+manifest PUT, so a test can kill the process exactly there (only writes of the table named by
+``CLOUDOPT_LAKE_HOLD_TABLE``, when set)."""
+HOLD_TABLE_VAR = "CLOUDOPT_LAKE_HOLD_TABLE"
 
 
 class _DuckDBS3(ArrowFSWrapper):
@@ -198,7 +200,7 @@ class S3Lake(Lake):
         pq.write_table(
             data, key, filesystem=self.fs, compression="zstd", write_page_checksum=True, row_group_size=ROW_GROUP_ROWS
         )
-        _hold_before_commit()
+        _hold_before_commit(table)
         manifest = {
             "format": MANIFEST_FORMAT,
             "table": table,
@@ -274,9 +276,9 @@ def _partition_key(table: str, account_id: str | None, day: date | str | None) -
     return key
 
 
-def _hold_before_commit() -> None:
+def _hold_before_commit(table: str) -> None:
     marker = os.environ.get(HOLD_BEFORE_COMMIT_VAR)
-    if not marker:
+    if not marker or os.environ.get(HOLD_TABLE_VAR, table) != table:
         return
     Path(marker).touch()
     while True:  # until the test kills this process
