@@ -50,7 +50,7 @@ def approve_command(
     from cloudopt_pipelines.storage.lake import open_lake
 
     settings = settings or load_settings()
-    lake, paths = open_lake(settings.lake_url), ExecutorPaths(settings.home)
+    lake, paths = open_lake(settings.lake_url), ExecutorPaths(settings.home, store=settings.executor.store)
     checks = plan_check_reader(ensure_instance(settings))
     try:
         plan_id, planned = read_plan(lake, day, checks)
@@ -82,7 +82,7 @@ def approve_command(
     covered = [a for a in planned if approval.covers(a)]
     echo(
         f"approval {approval.approval_id} by {approval.approved_by} of plan {plan_id} ({day}): "
-        f"{len(covered)} action(s); recorded in {paths.approvals().path}"
+        f"{len(covered)} action(s); recorded in {paths.approvals().log.location}"
     )
     left_out = [a.action_id for a in planned if all_actions and not approval.covers(a) and not a.is_commitment]
     if left_out:
@@ -227,7 +227,7 @@ def rollback_command(
         echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
         return 2
     settings = settings or load_settings()
-    paths = ExecutorPaths(settings.home)
+    paths = ExecutorPaths(settings.home, store=settings.executor.store)
     aws = aws or AwsExecutorResource.from_env(home=settings.home).get_aws()
     try:
         with kubernetes_executor(settings) as k8s_executor:

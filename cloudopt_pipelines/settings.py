@@ -62,6 +62,8 @@ class ExecutorSettings:
 
     role: str | None = None
     external_id_set: bool = False
+    store: str | None = None
+    """``CLOUDOPT_EXECUTOR_STORE``: None for files under CLOUDOPT_HOME, else a postgresql:// or s3:// URL."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     executor = ExecutorSettings(
         role=_role(env, "CLOUDOPT_EXECUTOR_ROLE", "CloudoptExecutor"),
         external_id_set=_external_id_set(env, EXECUTOR_EXTERNAL_ID_VAR),
+        store=executor_store(env),
     )
     if executor.role is not None and executor.role == aws.assume_role:
         raise SettingsError(
@@ -136,6 +139,31 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         plan_deadline=parse_plan_deadline_hours(env.get("CLOUDOPT_PLAN_DEADLINE_HOURS", "")),
         k8s_clusters_file=k8s_clusters_file(env),
         lake_s3_url=lake_url(env),
+    )
+
+
+def executor_store(env: Mapping[str, str]) -> str | None:
+    """``CLOUDOPT_EXECUTOR_STORE``: where approvals, the audit and exports live when several pods run the
+    executor: ``postgresql://user@host:port/database`` (the password from ``PGPASSWORD`` or ``~/.pgpass``,
+    never in the URL) or ``s3://bucket/prefix``; unset or ``file``: files under ``$CLOUDOPT_HOME``."""
+    raw = _get(env, "CLOUDOPT_EXECUTOR_STORE")
+    if raw is None or raw.strip().lower() == "file":
+        return None
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if scheme in ("postgresql", "postgres") and sep:
+        if ":" in rest.rpartition("@")[0]:
+            # The value holds a secret: never repeat it.
+            raise SettingsError(
+                "CLOUDOPT_EXECUTOR_STORE has a password in its URL (value not shown): it would end up in logs; "
+                "give postgresql://user@host:port/database and the password in PGPASSWORD or ~/.pgpass"
+            )
+        return value
+    if scheme == "s3" and sep and _BUCKET.match(rest.split("/", 1)[0]):
+        return value.rstrip("/")
+    raise SettingsError(
+        f"CLOUDOPT_EXECUTOR_STORE={value!r} is none of: file (the default), postgresql://user@host:port/database, "
+        "s3://bucket/prefix"
     )
 
 
