@@ -37,7 +37,7 @@ class WarehouseResource(dg.ConfigurableResource):
         return build_warehouse(lake, Path(self.path), Path(self.marts_dir) if self.marts_dir else marts_dir())
 
     @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection, as analysts open it."""
-        with read_only(Path(self.path)) as con:
+    def get_connection(self, lake: Lake | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection, as analysts open it (``lake``: an S3 lake's, default the folder beside)."""
+        with read_only(Path(self.path), lake) as con:
             yield con
