@@ -3,11 +3,15 @@ server, against the files of one machine (the default)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import shutil
 import subprocess
 import tempfile
+import threading
+import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -20,6 +24,7 @@ from cloudopt_pipelines.executor.model import actions_from_plan
 from cloudopt_pipelines.executor.service import ExecutorPaths
 from cloudopt_pipelines.executor.store import JsonlLog, StoreConflict, open_store
 from cloudopt_pipelines.settings import SettingsError, load_settings
+from tests.aws.conftest import forward, free_port
 from tests.executor.conftest import DAY, Home, dev_instance, executor_aws, instance, plan_row
 from tests.test_concurrency_postgres import PG_BIN, _as_postgres, _free_port
 
@@ -60,6 +65,46 @@ def s3_store_url(moto_url: str) -> Iterator[str]:
         mp.setenv("AWS_ENDPOINT_URL_S3", moto_url)
         boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=BUCKET)
         yield f"s3://{BUCKET}/state"
+
+
+@contextlib.contextmanager
+def atomic_conditional_puts(upstream: str) -> Iterator[str]:
+    """A proxy to moto whose conditional PUTs (``If-None-Match``) are atomic, as S3 documents them: moto
+    checks the key and stores the object in two steps, so two racing PUTs of one new key could both win."""
+    target, lock = urllib.parse.urlsplit(upstream), threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.command == "PUT" and self.headers.get("If-None-Match"):
+                with lock:
+                    forward(self, target, body)
+            else:
+                forward(self, target, body)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def atomic_s3(moto_url: str) -> Iterator[str]:
+    """The URL of ``atomic_conditional_puts`` in front of the moto server."""
+    with atomic_conditional_puts(moto_url) as url:
+        yield url
 
 
 class StoreHome(Home):
@@ -128,6 +173,7 @@ def test_approvals_compare_and_set_in_every_store(store_url: str, tmp_path: Path
 
 
 def _append_audit(kind: str, where: str, key_file: str, writer: int, start, result) -> None:
+    """One writer process: ``APPENDS_PER_PROCESS`` intents, one append each."""
     log = JsonlLog(Path(where) / "actions.jsonl") if kind == "file" else open_store(where).log("audit")
     audit = AuditLog(Path(key_file).parent, key_file, log)
     start.wait()
@@ -136,11 +182,18 @@ def _append_audit(kind: str, where: str, key_file: str, writer: int, start, resu
     result.put(writer)
 
 
-@pytest.mark.parametrize("kind", ["file", "postgres"])
-def test_two_processes_appending_audit_at_once_lose_nothing(kind: str, tmp_path: Path, request) -> None:
-    where = str(tmp_path / "audit") if kind == "file" else request.getfixturevalue("postgres_dsn")
-    if kind == "postgres":
+@pytest.mark.parametrize("kind", ["file", "postgres", "s3"])
+def test_two_processes_appending_audit_at_once_lose_nothing(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kind == "file":
+        where = str(tmp_path / "audit")
+    elif kind == "postgres":
+        where = request.getfixturevalue("postgres_dsn")
         _truncate(where)
+    else:
+        where = f"{request.getfixturevalue('s3_store_url')}/{tmp_path.name}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", request.getfixturevalue("atomic_s3"))
     key_file = str(tmp_path / "keys" / "audit.key")
     AuditLog(tmp_path / "keys", key_file).sign({})  # the key exists before both start
     ctx = multiprocessing.get_context("spawn")
@@ -153,6 +206,7 @@ def test_two_processes_appending_audit_at_once_lose_nothing(kind: str, tmp_path:
         p.join(timeout=600)
         assert p.exitcode == 0
     log = JsonlLog(Path(where) / "actions.jsonl") if kind == "file" else open_store(where).log("audit")
+    assert kind != "s3" or log.location.startswith(f"s3://{BUCKET}/")
     records = AuditLog(tmp_path / "keys", key_file, log).records()
     ids = [r["action_id"] for r in records]
     assert len(ids) == 2 * APPENDS_PER_PROCESS and len(set(ids)) == len(ids)
