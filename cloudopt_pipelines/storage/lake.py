@@ -90,8 +90,12 @@ class Lake:
         return globs[0] if len(globs) == 1 else "[" + ", ".join(globs) + "]"
 
     def num_rows(self, file: Path | str) -> int:
-        """Rows of one live file, from its footer."""
-        return pq.read_metadata(file).num_rows
+        """Rows of one live file (from its footer, or what its partition's manifest recorded)."""
+        return self.read_footer(file).num_rows
+
+    def read_footer(self, file: Path | str) -> pq.FileMetaData:
+        """The Parquet footer of one file, read from the file itself (an error if it is not readable)."""
+        return pq.read_metadata(file)
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Remove what killed writers left (see ``sweep_leftovers``); returns what was removed."""

@@ -89,6 +89,7 @@ class S3Lake(Lake):
         self.base = url.removeprefix("s3://").rstrip("/")
         self.root = f"s3://{self.base}"  # type: ignore[assignment]
         self.fs = filesystem or s3_filesystem()
+        self._rows: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -136,7 +137,10 @@ class S3Lake(Lake):
 
     def partition_file(self, table: str, account_id: str | None = None, day: date | str | None = None) -> str | None:  # type: ignore[override]
         manifest = self._manifest(table, account_id, day)
-        return f"s3://{manifest['files'][0]['key']}" if manifest and manifest["files"] else None
+        if not manifest or not manifest["files"]:
+            return None
+        self._rows.update({f["key"]: int(f["rows"]) for f in manifest["files"]})
+        return f"s3://{manifest['files'][0]['key']}"
 
     def glob(self, table: str) -> str:
         raise NotImplementedError(
@@ -172,8 +176,14 @@ class S3Lake(Lake):
         return sorted(found, key=lambda key: (key[0] or "", key[1] or ""))
 
     def num_rows(self, file: Path | str) -> int:
+        key = str(file).removeprefix("s3://")
+        if key in self._rows:  # from its manifest: a part file is never rewritten under its name
+            return self._rows[key]
+        return self.read_footer(file).num_rows
+
+    def read_footer(self, file: Path | str) -> pq.FileMetaData:
         with self.fs.open_input_file(str(file).removeprefix("s3://")) as handle:
-            return pq.read_metadata(handle).num_rows
+            return pq.read_metadata(handle)
 
     # ---------------------------------------------------------------- read and write
 

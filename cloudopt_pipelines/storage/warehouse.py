@@ -144,7 +144,7 @@ def _create_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, w
     good: list[Path | str] = []
     for file in lake.files(table):
         try:
-            lake.num_rows(file)
+            lake.read_footer(file)
             good.append(file)
         except (OSError, pa.ArrowException) as exc:
             warnings.append(
