@@ -327,7 +327,7 @@ def sql(
         raise _usage_error(f"--output {output}: write a .csv, .parquet or .json file (the suffix picks the format)")
     settings = load_settings()
     try:
-        result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_dir)
+        result = analyst_query(settings.warehouse_path, query, max_rows, lake_root=settings.lake_url)
     except (duckdb.Error, FileNotFoundError, PermissionError, ValueError) as exc:
         typer.echo(f"error: {str(exc).strip()}", err=True)
         raise typer.Exit(2) from None
@@ -420,17 +420,17 @@ def accounts(
 @app.command()
 def info(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Show where the lake, the warehouse and the Dagster instance live, and what the lake holds."""
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     settings = load_settings()
     if as_json:
         import json
 
-        lake = Lake(settings.lake_dir)
+        lake = open_lake(settings.lake_url)
         described = {
             "home": str(settings.home),
             "env": settings.env,
-            "lake": str(settings.lake_dir),
+            "lake": settings.lake_url,
             "warehouse": str(settings.warehouse_path),
             "dagster_home": str(settings.dagster_home),
             "partitions_by_table": {t: len(lake.partitions(t)) for t in lake.tables()},
@@ -439,10 +439,10 @@ def info(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
         return
     typer.echo(f"CLOUDOPT_HOME  {settings.home}")
     typer.echo(f"CLOUDOPT_ENV   {settings.env}")
-    typer.echo(f"lake           {settings.lake_dir}")
+    typer.echo(f"lake           {settings.lake_url}")
     typer.echo(f"warehouse      {settings.warehouse_path}")
     typer.echo(f"DAGSTER_HOME   {settings.dagster_home}")
-    lake = Lake(settings.lake_dir)
+    lake = open_lake(settings.lake_url)
     for table in lake.tables():
         typer.echo(f"  {table:<28} {len(lake.partitions(table))} partition(s)")
 

@@ -49,10 +49,10 @@ def approve_command(
     from cloudopt_pipelines.assets.plan import plan_check_reader
     from cloudopt_pipelines.executor import ApprovalError, ExecutorPaths, PlanError, PlanNotFound, approve, read_plan
     from cloudopt_pipelines.orchestration import ensure_instance
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     settings = settings or load_settings()
-    lake, paths = Lake(settings.lake_dir), ExecutorPaths(settings.home)
+    lake, paths = open_lake(settings.lake_url), ExecutorPaths(settings.home, store=settings.executor.store)
     checks = plan_check_reader(ensure_instance(settings))
     try:
         plan_id, planned = read_plan(lake, day, checks)
@@ -84,7 +84,7 @@ def approve_command(
     covered = [a for a in planned if approval.covers(a)]
     echo(
         f"approval {approval.approval_id} by {approval.approved_by} of plan {plan_id} ({day}): "
-        f"{len(covered)} action(s); recorded in {paths.approvals().path}"
+        f"{len(covered)} action(s); recorded in {paths.approvals().log.location}"
     )
     left_out = [a.action_id for a in planned if all_actions and not approval.covers(a) and not a.is_commitment]
     if left_out:
@@ -147,7 +147,7 @@ def _materialise(day: date, mode: str, settings: Settings, run_config: Any, reso
         partition_key=day.isoformat(),
         run_config=run_config,
         resources={
-            "lake": LakeResource(root=str(settings.lake_dir)),
+            "lake": LakeResource(root=settings.lake_url),
             "aws_executor": AwsExecutorResource.from_env(home=settings.home),
             **resources,
         },
@@ -195,7 +195,7 @@ def execute_command(
 
     from cloudopt_pipelines.executor.model import MODES
     from cloudopt_pipelines.orchestration import _first_error
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     if mode not in MODES:
         echo(f"error: --mode must be one of {', '.join(MODES)} (got {mode!r})", err=True)
@@ -224,7 +224,7 @@ def execute_command(
     if not result.success:
         echo(f"error: {_first_error(result)}", err=True)
         return 1
-    table = Lake(settings.lake_dir).read("executed_actions", day=day)
+    table = open_lake(settings.lake_url).read("executed_actions", day=day)
     rows = [r for r in table.to_pylist() if r["run_id"] == result.run_id]
     echo(f"cloudopt execute {day} --mode {mode}: run {result.run_id}")
     echo(
@@ -263,13 +263,13 @@ def rollback_command(
     from cloudopt_pipelines.executor import ExecutorError, ExecutorPaths, rollback
     from cloudopt_pipelines.executor.targets import AwsTarget, ExecutionTarget
     from cloudopt_pipelines.resources.executor import AwsExecutorResource
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     if not by.strip():
         echo("error: a rollback needs the name of who rolls back: --by NAME (not empty)", err=True)
         return 2
     settings = settings or load_settings()
-    paths = ExecutorPaths(settings.home)
+    paths = ExecutorPaths(settings.home, store=settings.executor.store)
     if demo_target and aws is None:
         if _demo_target_refused(settings, echo):
             return 2
@@ -280,7 +280,7 @@ def rollback_command(
         with kubernetes_executor(settings) as k8s_executor:
             k8s = k8s_executor.get_target()
             targets = [aws if isinstance(aws, ExecutionTarget) else AwsTarget(aws), *([k8s] if k8s else [])]
-            decision = rollback(Lake(settings.lake_dir), paths, action_id, mode, by, targets)
+            decision = rollback(open_lake(settings.lake_url), paths, action_id, mode, by, targets)
     except ValueError as exc:
         echo(f"error: {exc}", err=True)
         return 2

@@ -32,7 +32,7 @@ from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, DEPLOYMENT_P
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
-from cloudopt_pipelines.storage.lake import Lake, sweep_leftovers
+from cloudopt_pipelines.storage.lake import open_lake
 
 POOL_WAIT_S = 600.0
 POOL_POLL_S = 1.0
@@ -276,7 +276,7 @@ def run_range(
     instance = ensure_instance(settings)
     for run_id in recover_dead_runs(instance):
         progress(f"run {run_id} was left unfinished by a process that is gone: marked failed")
-    sweep_leftovers(settings.lake_dir)
+    open_lake(settings.lake_url).sweep()
     collector = source.get_collector()
     if accounts is None:
         accounts = collector.list_accounts()
@@ -303,7 +303,7 @@ def run_range(
     result = RangeResult(accounts=accounts, days=days)
     tracker = tracker or ProgressTracker()
     tracker.start(len(days) * len(accounts) + len(days) + 1)  # every account-day, every plan, the warehouse
-    lake = Lake(settings.lake_dir)
+    lake = open_lake(settings.lake_url)
     run_config = QUIET_RUN_CONFIG if quiet else None
 
     if refresh_catalog or not lake.exists("price_catalog"):

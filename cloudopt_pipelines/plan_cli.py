@@ -351,15 +351,15 @@ def _inputs(
     from cloudopt_pipelines.assets.plan import plan_problem
     from cloudopt_pipelines.optimizers.base import select_optimizers
     from cloudopt_pipelines.settings import load_settings
-    from cloudopt_pipelines.storage.lake import Lake
+    from cloudopt_pipelines.storage.lake import open_lake
 
     try:
         when = date.fromisoformat(day)
     except ValueError:
         raise PlanInputError(f"--date {day!r} is not a date as YYYY-MM-DD") from None
     settings = load_settings()
-    lake_dir = settings.lake_dir if lake_dir is None else lake_dir
-    _, problem = plan_problem(Lake(lake_dir), when, select_optimizers(settings.deployment_types), constraints_path)
+    lake_dir = settings.lake_url if lake_dir is None else lake_dir
+    _, problem = plan_problem(open_lake(lake_dir), when, select_optimizers(settings.deployment_types), constraints_path)
     return problem.instances, problem.constraints
 
 

@@ -36,7 +36,7 @@ def materialise_savings_report(
         partition_key=day.isoformat(),
         run_config={**QUIET_RUN_CONFIG, "ops": {REPORT_OP: {"config": dict(config or {})}}},
         resources={
-            "lake": LakeResource(root=str(settings.lake_dir)),
+            "lake": LakeResource(root=settings.lake_url),
             "reports": ReportsResource(root=str(settings.reports_dir)),
         },
         raise_on_error=False,

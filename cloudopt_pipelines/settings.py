@@ -34,6 +34,7 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 # An EC2 tag key: up to 128 characters, letters, digits, spaces and + - = . _ : / @ (no aws: prefix).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _TAG_KEY = re.compile(r"^(?!aws:)[\w +=.:/@-]{1,128}$")
 
 
@@ -61,6 +62,8 @@ class ExecutorSettings:
 
     role: str | None = None
     external_id_set: bool = False
+    store: str | None = None
+    """``CLOUDOPT_EXECUTOR_STORE``: None for files under CLOUDOPT_HOME, else a postgresql:// or s3:// URL."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,16 @@ class Settings:
     deployment_types: tuple[str, ...] | None = None  # None: every optimiser runs
     plan_deadline: timedelta = timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
     k8s_clusters_file: Path | None = None  # None: no Kubernetes collection
+    lake_s3_url: str | None = None  # CLOUDOPT_LAKE_URL=s3://...; None: the local lake under home
 
     @property
     def lake_dir(self) -> Path:
         return self.home / "lake"
+
+    @property
+    def lake_url(self) -> str:
+        """Where the lake lives: ``CLOUDOPT_LAKE_URL`` (``s3://bucket/prefix`` or a directory), else ``home/lake``."""
+        return self.lake_s3_url or str(self.lake_dir)
 
     @property
     def warehouse_path(self) -> Path:
@@ -109,6 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     executor = ExecutorSettings(
         role=_role(env, "CLOUDOPT_EXECUTOR_ROLE", "CloudoptExecutor"),
         external_id_set=_external_id_set(env, EXECUTOR_EXTERNAL_ID_VAR),
+        store=executor_store(env),
     )
     if executor.role is not None and executor.role == aws.assume_role:
         raise SettingsError(
@@ -128,7 +138,59 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         deployment_types=parse_deployment_types(env.get("CLOUDOPT_DEPLOYMENT_TYPES")),
         plan_deadline=parse_plan_deadline_hours(env.get("CLOUDOPT_PLAN_DEADLINE_HOURS", "")),
         k8s_clusters_file=k8s_clusters_file(env),
+        lake_s3_url=lake_url(env),
     )
+
+
+def executor_store(env: Mapping[str, str]) -> str | None:
+    """``CLOUDOPT_EXECUTOR_STORE``: where approvals, the audit and exports live when several pods run the
+    executor: ``postgresql://user@host:port/database`` (the password from ``PGPASSWORD`` or ``~/.pgpass``,
+    never in the URL) or ``s3://bucket/prefix``; unset or ``file``: files under ``$CLOUDOPT_HOME``."""
+    raw = _get(env, "CLOUDOPT_EXECUTOR_STORE")
+    if raw is None or raw.strip().lower() == "file":
+        return None
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if scheme in ("postgresql", "postgres") and sep:
+        if ":" in rest.rpartition("@")[0]:
+            # The value holds a secret: never repeat it.
+            raise SettingsError(
+                "CLOUDOPT_EXECUTOR_STORE has a password in its URL (value not shown): it would end up in logs; "
+                "give postgresql://user@host:port/database and the password in PGPASSWORD or ~/.pgpass"
+            )
+        return value
+    if scheme == "s3" and sep and _BUCKET.match(rest.split("/", 1)[0]):
+        return value.rstrip("/")
+    raise SettingsError(
+        f"CLOUDOPT_EXECUTOR_STORE={value!r} is none of: file (the default), postgresql://user@host:port/database, "
+        "s3://bucket/prefix"
+    )
+
+
+def lake_url(env: Mapping[str, str]) -> str | None:
+    """``CLOUDOPT_LAKE_URL``: ``s3://bucket/prefix`` puts the lake on S3 (endpoint, region and credentials
+    from the usual AWS variables, ``AWS_ENDPOINT_URL_S3`` first); unset, the lake is ``$CLOUDOPT_HOME/lake``.
+    A local directory is accepted too (``file://`` optional) and returned as an absolute path."""
+    raw = _get(env, "CLOUDOPT_LAKE_URL")
+    if raw is None:
+        return None
+    if raw.startswith("s3://"):
+        bucket = raw.removeprefix("s3://").split("/", 1)[0]
+        if not _BUCKET.match(bucket):
+            raise SettingsError(
+                f"CLOUDOPT_LAKE_URL={raw!r} has no valid bucket name ({bucket!r}): use s3://bucket/prefix with a "
+                "bucket of 3-63 lower-case letters, digits, '.' and '-'"
+            )
+        return raw.rstrip("/")
+    if "://" in raw and not raw.startswith("file://"):
+        raise SettingsError(
+            f"CLOUDOPT_LAKE_URL={raw!r} is neither s3://bucket/prefix nor a local directory: only S3 and local "
+            "lakes are supported"
+        )
+    path = Path(raw.removeprefix("file://")).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"CLOUDOPT_LAKE_URL={raw!r} is a file: point it at a directory or s3://bucket/prefix")
+    return str(path)
 
 
 def parse_accounts(raw: str, variable: str = "CLOUDOPT_ACCOUNTS") -> list[str]:

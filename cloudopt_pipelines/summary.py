@@ -13,15 +13,15 @@ import duckdb
 
 from cloudopt_pipelines.orchestration import PLAN_OUTCOME_ACCOUNT, RangeResult
 from cloudopt_pipelines.settings import Settings
-from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.lake import Lake, open_lake
 from cloudopt_pipelines.storage.schemas import UNION_VIEWS
 
 
 def demo_summary(settings: Settings, result: RangeResult, seconds: float, try_sql: str) -> str:
     """A short report: partitions, resources analysed, top recommendations, the plan and why its total
     differs, what was measured but not optimised, the warehouse and a query to try."""
-    lake = Lake(settings.lake_dir)
-    con = duckdb.connect()
+    lake = open_lake(settings.lake_url)
+    con = lake.attach(duckdb.connect())
     lines = partition_lines(result, seconds)
     lines += resource_lines(lake, con)
     lines += recommendation_lines(lake, con)
@@ -57,7 +57,8 @@ def resource_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
     if lake.exists("resources"):
         kinds = con.execute(
             f"SELECT resource_kind, coalesce(deployment_type, '-') AS dt, count(DISTINCT resource_id) "
-            f"FROM read_parquet('{lake.glob('resources')}', hive_partitioning = false) GROUP BY ALL ORDER BY ALL"
+            f"FROM read_parquet({lake.parquet_source('resources')}, hive_partitioning = false) "
+            "GROUP BY ALL ORDER BY ALL"
         ).fetchall()
         total = sum(n for _, _, n in kinds)
         detail = ", ".join(f"{n} {kind}" + (f" ({dt})" if dt != "-" else "") for kind, dt, n in kinds)
@@ -65,7 +66,7 @@ def resource_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
     if lake.exists("utilization_daily"):
         samples, series = con.execute(
             f"SELECT sum(samples), count(DISTINCT resource_id) "
-            f"FROM read_parquet('{lake.glob('utilization_daily')}', hive_partitioning = false)"
+            f"FROM read_parquet({lake.parquet_source('utilization_daily')}, hive_partitioning = false)"
         ).fetchone()
         lines.append(f"Utilisation: {samples:,} 5-minute samples over {series} instances")
     return lines
@@ -75,7 +76,7 @@ def _recommendations_source(lake: Lake) -> str | None:
     tables = [t for t in lake.tables() if t.startswith(UNION_VIEWS["recommendations"])]
     if not tables:
         return None
-    files = "[" + ", ".join(f"'{lake.glob(t)}'" for t in tables) + "]"
+    files = lake.parquet_source(*tables)
     return f"read_parquet({files}, hive_partitioning = false, union_by_name = true)"
 
 
@@ -127,7 +128,7 @@ def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
     """The latest plan's savings, and why they differ from the recommendations' total."""
     if not lake.exists("portfolio_plan"):
         return []
-    plan = f"read_parquet('{lake.glob('portfolio_plan')}', hive_partitioning = false)"
+    plan = f"read_parquet({lake.parquet_source('portfolio_plan')}, hive_partitioning = false)"
     day, status, resources, changes, savings, upfront, reserved, reserved_savings = con.execute(
         f"""
         SELECT max(date), any_value(solver_status), count(*), count(*) FILTER (WHERE action <> 'keep'),
@@ -174,11 +175,12 @@ def not_optimised_lines(lake: Lake, con: duckdb.DuckDBPyConnection, settings: Se
     recs = _recommendations_source(lake)
     if recs is None or not lake.exists("resources"):
         return []
+    inventory = lake.parquet_source("resources")
     rows = con.execute(
         f"""
         WITH inventory AS (
-            SELECT * FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false)
-            WHERE date = (SELECT max(date) FROM read_parquet('{lake.glob("resources")}', hive_partitioning = false))
+            SELECT * FROM read_parquet({inventory}, hive_partitioning = false)
+            WHERE date = (SELECT max(date) FROM read_parquet({inventory}, hive_partitioning = false))
         ), recommended AS (SELECT DISTINCT resource_id FROM {recs} WHERE date = (SELECT max(date) FROM {recs})),
         pooled_clusters AS (
             SELECT DISTINCT split_part(resource_id, '/nodepool/', 1) AS cluster FROM recommended

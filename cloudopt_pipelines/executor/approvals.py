@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cloudopt_pipelines.executor.model import PlannedAction
 from cloudopt_pipelines.executor.policy import EXPLICIT_APPROVAL_ACTIONS
+from cloudopt_pipelines.executor.store import JsonlLog, RecordLog
 
 APPROVALS_FILE = "approvals.jsonl"
 PLAN_TABLE = "portfolio_plan"
@@ -72,21 +73,27 @@ class Approval:
 
 
 class ApprovalStore:
-    """The append-only approval file ``<directory>/approvals.jsonl``."""
+    """The append-only approvals: the file ``<directory>/approvals.jsonl``, or a shared ``log`` (PostgreSQL,
+    S3: ``executor/store.py``) when several pods approve and execute."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, log: RecordLog | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / APPROVALS_FILE
+        self.log: RecordLog = log if log is not None else JsonlLog(self.path)
 
-    def append(self, approval: Approval) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        append_jsonl(self.path, [approval.to_record()])
+    def append(self, approval: Approval, expected: int | None = None) -> None:
+        """Record ``approval``; with ``expected`` (how many approvals were read before deciding), only if
+        none was added since (compare-and-set), else ``StoreConflict``."""
+        if expected is None:
+            self.log.append([approval.to_record()])
+        else:
+            self.log.append_if([approval.to_record()], expected)
 
     def for_day(self, day: date) -> list[Approval]:
         return [a for a in self.all() if a.date == day.isoformat()]
 
     def all(self) -> list[Approval]:
-        return [Approval.from_record(r) for r in read_jsonl(self.path)]
+        return [Approval.from_record(r) for r in self.log.read()]
 
 
 def new_approval(

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from cloudopt_pipelines.executor.approvals import append_jsonl, read_jsonl
 from cloudopt_pipelines.executor.model import Decision, dumps
+from cloudopt_pipelines.executor.store import JsonlLog, RecordLog
 
 AUDIT_FILE = "actions.jsonl"
 KEY_FILE = "audit.key"
@@ -33,17 +33,19 @@ class AuditLog:
     """The append-only audit file of every decision, each record signed (HMAC-SHA256, field ``hmac``) with a
     key kept under the executor home (``key_file``, created on first use, readable by its owner only)."""
 
-    def __init__(self, directory: Path | str, key_file: Path | str | None = None) -> None:
+    def __init__(self, directory: Path | str, key_file: Path | str | None = None, log: RecordLog | None = None) -> None:
+        """``log``: a shared record stream (PostgreSQL, S3: ``executor/store.py``) instead of the file."""
         self.directory = Path(directory)
         self.path = self.directory / AUDIT_FILE
         self.key_file = Path(key_file) if key_file is not None else self.directory.parent / "keys" / KEY_FILE
+        self.log: RecordLog = log if log is not None else JsonlLog(self.path)
 
     def intent(self, record: Mapping[str, Any], at: datetime | None = None) -> None:
         moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
-        append_jsonl(self.path, [self.sign({**record, "event": "intent", "at": moment})])
+        self.log.append([self.sign({**record, "event": "intent", "at": moment})])
 
     def decision(self, decision: Decision) -> None:
-        append_jsonl(self.path, [self.sign(decision.to_record())])
+        self.log.append([self.sign(decision.to_record())])
 
     def sign(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The record as it will read back from JSON, with its ``hmac``."""
@@ -54,7 +56,7 @@ class AuditLog:
         """Why ``record`` is not as the executor wrote it (no or a wrong ``hmac``), or None when it is."""
         what = (
             f"audit record of {record.get('action_id')} ({record.get('event')} {record.get('outcome') or ''}"
-            f"run {record.get('run_id')}) in {self.path}"
+            f"run {record.get('run_id')}) in {self.log.location}"
         )
         mac = record.get("hmac")
         if not isinstance(mac, str) or not mac:
@@ -82,7 +84,7 @@ class AuditLog:
         return self.key_file.read_text().strip().encode()
 
     def records(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path)
+        return self.log.read()
 
     def decisions(self, day: date | None = None) -> list[dict[str, Any]]:
         """Decision records (``interrupted`` ones made from orphan intents included), oldest first."""

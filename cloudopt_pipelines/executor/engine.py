@@ -24,6 +24,7 @@ from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.exports import purchase_rows, write_purchase_list
 from cloudopt_pipelines.executor.model import MODES, Decision, PlannedAction
 from cloudopt_pipelines.executor.policy import BlastRadius, ExecutorPolicy
+from cloudopt_pipelines.executor.store import DocumentStore
 from cloudopt_pipelines.executor.targets import (
     ANY_ACTION,
     AwsTarget,
@@ -67,7 +68,7 @@ class Executor:
         self,
         targets: ExecutorAws | ExecutionTarget | Sequence[ExecutionTarget],
         audit: AuditLog,
-        exports_dir: Path,
+        exports_dir: Path | DocumentStore,
         policy: ExecutorPolicy | None = None,
         plugins: Mapping[PluginKey, ActionPlugin] | None = None,
         now: Callable[[], datetime] = _utcnow,
@@ -77,7 +78,8 @@ class Executor:
         if plugins is not None and isinstance(targets, ExecutorAws):
             targets = AwsTarget(targets, plugins)
         self.targets = as_targets(targets)
-        self.audit, self.exports_dir = audit, Path(exports_dir)
+        self.audit = audit
+        self.exports_dir = exports_dir if hasattr(exports_dir, "put") else Path(exports_dir)  # a shared store
         self.policy = policy or ExecutorPolicy()
         self.plugins = plugin_table(self.targets)
         self.now = now
@@ -395,7 +397,7 @@ class Executor:
         by = by.strip()
         history = [r for r in self.audit.history(action_id) if r.get("event") == "decision"]
         if not history:
-            raise RollbackError(f"no audit record of action {action_id} in {self.audit.path}")
+            raise RollbackError(f"no audit record of action {action_id} in {self.audit.log.location}")
         applied_at = [i for i, r in enumerate(history) if r.get("outcome") == "applied" and r.get("mode") == "apply"]
         if not applied_at:
             raise RollbackError(f"action {action_id} was never applied (outcomes: {[r['outcome'] for r in history]})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from datetime import date
 from pathlib import Path
 
 from cloudopt_pipelines.executor.model import PlannedAction
+from cloudopt_pipelines.executor.store import DocumentStore
 
 PURCHASE_COLUMNS = (
     "date",
@@ -52,8 +54,21 @@ def purchase_rows(actions: Sequence[PlannedAction], approved_by: Mapping[str, st
     return rows
 
 
-def write_purchase_list(directory: Path, day: date, rows: Sequence[Mapping[str, object]]) -> tuple[Path, Path]:
-    """Write ``purchases-<day>.csv`` and ``.json`` (replaced atomically); returns both paths."""
+def write_purchase_list(
+    directory: Path | DocumentStore, day: date, rows: Sequence[Mapping[str, object]]
+) -> tuple[Path, Path] | tuple[str, str]:
+    """Write ``purchases-<day>.csv`` and ``.json`` (each replaced atomically) into ``directory`` or a shared
+    document store (PostgreSQL, S3); returns where both are."""
+    if not isinstance(directory, Path):
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=PURCHASE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        body = json.dumps({"date": day.isoformat(), "purchases": list(rows)}, indent=2, default=str) + "\n"
+        return (
+            directory.put(f"purchases-{day.isoformat()}.csv", text.getvalue().encode()),
+            directory.put(f"purchases-{day.isoformat()}.json", body.encode()),
+        )
     directory.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = (
         directory / f"purchases-{day.isoformat()}.csv",

@@ -1,7 +1,9 @@
 """The executor's file layout and its three operations (approve, execute a day, roll back), without Dagster.
 
 Under ``$CLOUDOPT_HOME``: ``approvals/approvals.jsonl`` (append-only), ``audit/actions.jsonl``
-(append-only), ``exports/purchases-<date>.csv|json``; the lake table ``executed_actions`` (one partition a
+(append-only), ``exports/purchases-<date>.csv|json``; with ``CLOUDOPT_EXECUTOR_STORE`` set, approvals, audit
+and exports live in PostgreSQL or on S3 instead (``executor/store.py``) and the signing key stays under
+``$CLOUDOPT_HOME/keys``, shared by every pod (a mounted secret); the lake table ``executed_actions`` (one partition a
 day) is rebuilt from the audit file after every run, so it holds every decision of every run of that day.
 """
 
@@ -27,6 +29,7 @@ from cloudopt_pipelines.executor.engine import Executor, RunResult
 from cloudopt_pipelines.executor.lock import executor_lock
 from cloudopt_pipelines.executor.model import Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ExecutorPolicy
+from cloudopt_pipelines.executor.store import DocumentStore, PostgresStore, S3Store, open_store
 from cloudopt_pipelines.executor.targets import ExecutionTarget
 from cloudopt_pipelines.storage.digest import table_sha256
 from cloudopt_pipelines.storage.lake import Lake
@@ -44,6 +47,11 @@ class ExecutorPaths:
     """Where the executor keeps its records under one home directory."""
 
     home: Path
+    store: str | None = None
+    """``CLOUDOPT_EXECUTOR_STORE``: None for the files under ``home``, else a PostgreSQL or S3 URL."""
+
+    def _shared(self) -> PostgresStore | S3Store | None:
+        return None if self.store is None else open_store(self.store)
 
     @property
     def approvals_dir(self) -> Path:
@@ -57,15 +65,23 @@ class ExecutorPaths:
     def exports_dir(self) -> Path:
         return self.home / "exports"
 
+    @property
+    def exports(self) -> Path | DocumentStore:
+        """Where the purchase lists go: ``exports_dir``, or the shared store's documents."""
+        shared = self._shared()
+        return self.exports_dir if shared is None else shared
+
     def approvals(self) -> ApprovalStore:
-        return ApprovalStore(self.approvals_dir)
+        shared = self._shared()
+        return ApprovalStore(self.approvals_dir, None if shared is None else shared.log("approvals"))
 
     @property
     def audit_key_file(self) -> Path:
         return self.home / "keys" / "audit.key"
 
     def audit(self) -> AuditLog:
-        return AuditLog(self.audit_dir, self.audit_key_file)
+        shared = self._shared()
+        return AuditLog(self.audit_dir, self.audit_key_file, None if shared is None else shared.log("audit"))
 
 
 def read_plan(lake: Lake, day: date, checks: PlanCheckReader) -> tuple[str, list[PlannedAction]]:
@@ -139,7 +155,7 @@ def execute_day(
     with executor_lock(paths.home, f"execute {day} --mode {mode}", run_id=run_id):
         plan_id, actions = read_plan(lake, day, checks)
         approvals = [*paths.approvals().for_day(day), *extra_approvals]
-        executor = Executor(aws, paths.audit(), paths.exports_dir, policy, now=now or (lambda: datetime.now(UTC)))
+        executor = Executor(aws, paths.audit(), paths.exports, policy, now=now or (lambda: datetime.now(UTC)))
         result = executor.run(day, plan_id, actions, approvals, mode, run_id)
         return result, write_actions_partition(lake, paths.audit(), day)
 
@@ -158,7 +174,7 @@ def rollback(
     with executor_lock(paths.home, f"rollback {action_id} --mode {mode}", by=by):
         try:
             planned = planned_action(lake, audit, action_id)
-            return Executor(aws, audit, paths.exports_dir, policy).rollback(action_id, mode, by, planned=planned)
+            return Executor(aws, audit, paths.exports, policy).rollback(action_id, mode, by, planned=planned)
         finally:
             days = {r.get("date") for r in audit.history(action_id) if r.get("date")}
             for day in days:

@@ -24,7 +24,7 @@ def resources_by_env(settings: Settings) -> dict[str, dict[str, dg.ConfigurableR
     """Every environment's resources: storage under ``CLOUDOPT_HOME``, one resource per configured
     source, and the executor's own AWS access (dry run unless a run asks to apply)."""
     storage = {
-        "lake": LakeResource(root=str(settings.lake_dir)),
+        "lake": LakeResource(root=settings.lake_url),
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
         "reports": ReportsResource(root=str(settings.reports_dir)),
     }

@@ -99,8 +99,9 @@ class AwsExecutorResource(dg.ConfigurableResource):
         )
 
     def get_paths(self) -> ExecutorPaths:
-        """Where approvals, the audit file and exports live."""
-        return ExecutorPaths(Path(self.home) if self.home else load_settings().home)
+        """Where approvals, the audit and exports live (files under the home, or CLOUDOPT_EXECUTOR_STORE's)."""
+        settings = load_settings()
+        return ExecutorPaths(Path(self.home) if self.home else settings.home, store=settings.executor.store)
 
     def get_aws(self) -> ExecutorAws:
         """The executor's AWS access, built once; clients are built on first use."""

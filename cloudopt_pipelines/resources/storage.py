@@ -9,17 +9,19 @@ import duckdb
 from pydantic import Field
 
 from cloudopt_pipelines.project_files import marts_dir
-from cloudopt_pipelines.storage.lake import Lake
+from cloudopt_pipelines.storage.lake import Lake, open_lake
 from cloudopt_pipelines.storage.warehouse import WarehouseBuild, build_warehouse, read_only
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The Parquet lake under ``$CLOUDOPT_HOME/lake``: one atomically replaced file per partition."""
+    """The Parquet lake at ``CLOUDOPT_LAKE_URL`` (default ``$CLOUDOPT_HOME/lake``): partitions replaced atomically."""
 
-    root: str = Field(description="Directory of the lake (default: $CLOUDOPT_HOME/lake).")
+    root: str = Field(
+        description="Directory of the lake or s3://bucket/prefix (default: CLOUDOPT_LAKE_URL or $CLOUDOPT_HOME/lake)."
+    )
 
     def get_lake(self) -> Lake:
-        return Lake(Path(self.root))
+        return open_lake(self.root)
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -35,7 +37,7 @@ class WarehouseResource(dg.ConfigurableResource):
         return build_warehouse(lake, Path(self.path), Path(self.marts_dir) if self.marts_dir else marts_dir())
 
     @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection, as analysts open it."""
-        with read_only(Path(self.path)) as con:
+    def get_connection(self, lake: Lake | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection, as analysts open it (``lake``: an S3 lake's, default the folder beside)."""
+        with read_only(Path(self.path), lake) as con:
             yield con

@@ -67,7 +67,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
@@ -312,7 +311,7 @@ def execute_model(
     elif window_days is not None:
         raise ModelError(f"model '{model.name}' has no window_days header; it cannot run over a window")
     window_start = day - timedelta(days=window - 1) if window and day else None
-    con = connection or duckdb.connect()
+    con = lake.attach(connection or duckdb.connect())
     _use_utc(con)
     inputs: dict[str, InputRead] = {}
     for dep in model.dependencies(set(known_tables)):
@@ -322,7 +321,7 @@ def execute_model(
             days = [window_start + timedelta(days=i) for i in range(window)]
         else:
             days = [day if partitioning in ("account_date", "date") else None]
-        found: list[tuple[str, Path]] = []
+        found: list[tuple[str, Path | str]] = []
         missing: list[str] = []
         for d in days:
             path = lake.verified_file(dep, dep_account, d)
@@ -391,7 +390,7 @@ def iter_model_batch(
     Runs come as each chunk is written, so a caller need not hold every partition's rows at once.
     """
     partitions = list(dict.fromkeys(partitions))
-    con = connection or duckdb.connect()
+    con = lake.attach(connection or duckdb.connect())
     if not model.batch:
         for account_id, day in partitions:
             yield execute_model(model, lake, known_tables, account_id, day, con, window_days, source_schemas)
@@ -421,8 +420,8 @@ def _use_utc(con: duckdb.DuckDBPyConnection) -> None:
 
 def _check_lake_root(model: SqlModel, lake: Lake) -> None:
     """Batch views read account_id and date from the path: DuckDB parses every ``k=v`` folder of it."""
-    root = lake.root.resolve()
-    if any("=" in part for part in root.parts):
+    root = lake.root.resolve() if lake.is_local else lake.url
+    if any("=" in part for part in str(root).split("/")):
         raise ModelError(
             f"model '{model.name}' is a batch model, which reads each row's account_id and date from its "
             f"partition path, and the lake root {root} has a folder with '=' in its name, which DuckDB would "
@@ -432,9 +431,9 @@ def _check_lake_root(model: SqlModel, lake: Lake) -> None:
 
 def _partition_inputs(
     model: SqlModel, lake: Lake, known_tables: dict[str, str], deps: tuple[str, ...], account_id, day
-) -> dict[str, tuple[Path | None, int, str]]:
+) -> dict[str, tuple[Path | str | None, int, str]]:
     """Each dependency's file for one partition (None: absent optional source), row count and label."""
-    found: dict[str, tuple[Path | None, int, str]] = {}
+    found: dict[str, tuple[Path | str | None, int, str]] = {}
     for dep in deps:
         partitioning = known_tables[dep]
         dep_account = account_id if partitioning == "account_date" else None
@@ -445,7 +444,7 @@ def _partition_inputs(
                 lake.read(dep, dep_account, dep_day)  # raises the error that names the missing partition
             found[dep] = (None, 0, _partition_label(dep_account, dep_day))
         else:
-            found[dep] = (path, pq.read_metadata(path).num_rows, _partition_label(dep_account, dep_day))
+            found[dep] = (path, lake.num_rows(path), _partition_label(dep_account, dep_day))
     return found
 
 

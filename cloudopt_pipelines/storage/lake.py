@@ -34,6 +34,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -76,10 +77,40 @@ class CorruptFileError(OSError):
 
 
 class Lake:
-    """Reads and writes table partitions under one root directory."""
+    """Reads and writes table partitions under one root directory (``open_lake`` also opens one on S3)."""
+
+    is_local = True
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+
+    @property
+    def url(self) -> str:
+        """Where the lake lives, as ``CLOUDOPT_LAKE_URL`` names it."""
+        return str(self.root)
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Let ``con`` read this lake's files (nothing to do for a local lake); returns ``con``."""
+        return con
+
+    def parquet_source(self, *tables: str) -> str | None:
+        """``read_parquet``'s first argument for every live file of ``tables`` (globs here); None if none."""
+        globs = [quote_literal(self.glob(t)) for t in tables if self.exists(t)]
+        if not globs:
+            return None
+        return globs[0] if len(globs) == 1 else "[" + ", ".join(globs) + "]"
+
+    def num_rows(self, file: Path | str) -> int:
+        """Rows of one live file (from its footer, or what its partition's manifest recorded)."""
+        return self.read_footer(file).num_rows
+
+    def read_footer(self, file: Path | str) -> pq.FileMetaData:
+        """The Parquet footer of one file, read from the file itself (an error if it is not readable)."""
+        return pq.read_metadata(file)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Remove what killed writers left (see ``sweep_leftovers``); returns what was removed."""
+        return [str(p) for p in sweep_leftovers(self.root, now)]
 
     def table_dir(self, table: str) -> Path:
         return self.root / table
@@ -277,12 +308,11 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def repair_hint(lake: Lake, table: str, file: Path) -> str:
+def repair_hint(lake: Lake, table: str, file: Path | str) -> str:
     """The command that rewrites the partition holding ``file`` (a rewrite replaces the whole partition)."""
-    try:
-        parts = dict(p.split("=", 1) for p in file.relative_to(lake.table_dir(table)).parts[:-1] if "=" in p)
-    except ValueError:
-        parts = {}
+    base = str(lake.table_dir(table)).rstrip("/") + "/"
+    relative = str(file)[len(base) :] if str(file).startswith(base) else ""
+    parts = dict(p.split("=", 1) for p in relative.split("/")[:-1] if "=" in p)
     day, account = parts.get("date"), parts.get("account_id")
     if day is None:
         return f"rebuild '{table}' (cloudopt run --start DAY --end DAY --refresh-catalog)"
@@ -334,3 +364,13 @@ def _only_parts(directory: Path) -> bool:
 
 def _iso(day: date | str) -> str:
     return day.isoformat() if isinstance(day, date) else str(day)
+
+
+def open_lake(url: str | Path) -> Lake:
+    """The lake at ``url``: ``s3://bucket/prefix`` (``S3Lake``) or a local directory (``Lake``)."""
+    text = str(url)
+    if text.startswith("s3://"):
+        from cloudopt_pipelines.storage.s3lake import S3Lake
+
+        return S3Lake(text)
+    return Lake(Path(text.removeprefix("file://")))

@@ -1,10 +1,12 @@
 """The DuckDB warehouse analysts query: a view per lake table plus the marts.
 
 The warehouse file holds no data of its own, only views over the lake's Parquet files, so new
-partitions show up in every query without a rebuild. It is rebuilt (when tables or marts change)
-into a temporary file that then replaces the old one with ``os.replace``: an analyst who has the
-warehouse open read-only keeps reading, and no writer ever waits for a reader's lock. Writers are
-serialised by an exclusive file lock beside the database (and by a Dagster concurrency pool).
+partitions show up in every query without a rebuild (on an S3 lake the views list the files the
+manifests name, so new partitions show up at the next rebuild, which every run ends with). It is
+rebuilt (when tables or marts change) into a temporary file that then replaces the old one with
+``os.replace``: an analyst who has the warehouse open read-only keeps reading, and no writer ever
+waits for a reader's lock. Writers are serialised by an exclusive file lock beside the database (and
+by a Dagster concurrency pool).
 
 One bad lake entry never breaks the rebuild: a folder that is not a table name is skipped, a table
 with an unreadable file gets a view over its readable files only, and each is reported with the
@@ -25,10 +27,9 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cloudopt_pipelines.sqlmodels.runner import parse_model
-from cloudopt_pipelines.storage.lake import Lake, quote_identifier, quote_literal, repair_hint, sweep_leftovers
+from cloudopt_pipelines.storage.lake import Lake, open_lake, quote_identifier, quote_literal, repair_hint
 from cloudopt_pipelines.storage.schemas import TABLES, UNION_VIEWS
 
 MAX_SQL_ROWS = 10_000
@@ -83,16 +84,16 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
     marts: list[str] = []
     warnings: list[str] = []
     with writer_lock(path):
-        sweep_leftovers(lake.root)
+        lake.sweep()
         _sweep_warehouse_temps(path)
         warnings.extend(
-            f"lake folder {lake.root / name} is not a table (a table name is lower-case letters, digits and "
+            f"lake folder {lake.url}/{name} is not a table (a table name is lower-case letters, digits and "
             "'_'); skipped: move it out of the lake"
             for name in lake.ignored_folders()
         )
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            con = duckdb.connect(str(tmp))
+            con = lake.attach(duckdb.connect(str(tmp)))
             try:
                 for table in lake.tables():
                     if _create_table_view(con, lake, table, warnings):
@@ -132,15 +133,18 @@ def _create_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, w
     """The view of one lake table; over its readable files only when some cannot be read. False if none can."""
     options = "hive_partitioning = false, union_by_name = true"
     name = quote_identifier(table)
+    source = lake.parquet_source(table)
+    if source is None:
+        return False
     try:
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({quote_literal(lake.glob(table))}, {options})")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({source}, {options})")
         return True
     except duckdb.Error as exc:
         first_error = str(exc).splitlines()[0]
-    good: list[Path] = []
+    good: list[Path | str] = []
     for file in lake.files(table):
         try:
-            pq.read_metadata(file)
+            lake.read_footer(file)
             good.append(file)
         except (OSError, pa.ArrowException) as exc:
             warnings.append(
@@ -174,18 +178,19 @@ def _empty_select(schema: pa.Schema) -> str:
 
 
 @contextmanager
-def read_only(path: Path, lake_root: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def read_only(path: Path, lake_root: Path | str | Lake | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An analyst's connection: read-only, so it never blocks a pipeline run, and locked down.
 
-    Nothing but the warehouse file and the lake (``lake_root``, default the ``lake`` folder beside
-    the warehouse) can be read, no file can be written (``COPY``, ``EXPORT``, ``ATTACH`` are refused
-    by DuckDB's ``enable_external_access = false``), no extension installed or loaded, and the
+    Nothing but the warehouse file and the lake (``lake_root``: a ``Lake``, its URL or directory; default
+    the ``lake`` folder beside the warehouse) can be read, no file can be written (``COPY``, ``EXPORT``,
+    ``ATTACH`` are refused by DuckDB's ``enable_external_access = false``), no extension installed or loaded, and the
     configuration is locked so a ``SET`` cannot undo any of it.
     """
     if not path.exists():
         raise FileNotFoundError(f"no warehouse at {path}; run 'make demo' or 'cloudopt run' first")
     path = path.resolve()
-    lake_root = (lake_root or path.with_name("lake")).resolve()
+    lake = lake_root if isinstance(lake_root, Lake) else open_lake(lake_root or path.with_name("lake"))
+    lake_dir = f"{lake.root.resolve()}/" if lake.is_local else f"{lake.url}/"
     # An in-memory database is never shared through DuckDB's instance cache, so locking its
     # configuration cannot leak into another connection of this process.
     con = duckdb.connect(
@@ -198,10 +203,11 @@ def read_only(path: Path, lake_root: Path | None = None) -> Iterator[duckdb.Duck
         },
     )
     try:
+        lake.attach(con)
         con.execute(f"ATTACH {quote_literal(str(path))} AS warehouse (READ_ONLY)")
         con.execute("USE warehouse")
         con.execute("SET allowed_paths = $paths", {"paths": [str(path), f"{path}.wal"]})
-        con.execute("SET allowed_directories = $dirs", {"dirs": [f"{lake_root}/"]})
+        con.execute("SET allowed_directories = $dirs", {"dirs": [lake_dir]})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
@@ -218,7 +224,7 @@ class QueryResult:
     truncated: bool
 
 
-def analyst_query(path: Path, query: str, max_rows: int, lake_root: Path | None = None) -> QueryResult:
+def analyst_query(path: Path, query: str, max_rows: int, lake_root: Path | str | Lake | None = None) -> QueryResult:
     """Run one read-only statement (a query or EXPLAIN) on the warehouse; at most ``max_rows`` rows are kept.
 
     Rows are fetched in batches and the query is limited to one row more than kept, so memory stays
