@@ -89,6 +89,26 @@ def test_write_read_and_replace_go_through_the_manifest(s3_url: str) -> None:
         lake.read("utilization_5m", ACCOUNT, date(2026, 11, 17))
 
 
+def test_a_damaged_object_is_named_with_its_repair_on_every_read(s3_url: str) -> None:
+    from cloudopt_pipelines.storage.lake import CorruptFileError
+
+    lake = open_lake(f"s3://{BUCKET}/damaged")
+    written = str(lake.write("utilization_5m", samples(14, value=1.0), ACCOUNT, DAY))
+    assert lake.verified_file("utilization_5m", ACCOUNT, DAY) == written
+    s3 = boto3.client("s3", endpoint_url=s3_url)
+    key = written.removeprefix(f"s3://{BUCKET}/")
+    body = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    repair = f"cloudopt run --start {DAY} --end {DAY} --accounts {ACCOUNT}"
+    for read in (lake.read, lake.verified_file):
+        with pytest.raises(CorruptFileError, match="is damaged") as caught:
+            read("utilization_5m", ACCOUNT, DAY)
+        assert written in str(caught.value) and repair in str(caught.value)
+    lake.write("utilization_5m", samples(14, value=3.0), ACCOUNT, DAY)
+    assert set(lake.read("utilization_5m", ACCOUNT, DAY).column("cpu_pct").to_pylist()) == {3.0}
+
+
 def test_a_writer_killed_before_its_manifest_leaves_the_old_partition(s3_url: str, tmp_path: Path) -> None:
     url = f"s3://{BUCKET}/killed"
     lake = open_lake(url)

@@ -21,6 +21,7 @@ internet access cannot do). The endpoint, region and credentials come from the u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -37,6 +38,7 @@ from pyarrow import fs
 from cloudopt_pipelines.storage.lake import (
     ROW_GROUP_ROWS,
     STALE_STAGING_S,
+    CorruptFileError,
     Lake,
     _iso,
     is_table_name,
@@ -207,16 +209,18 @@ class S3Lake(Lake):
         if schema is not None:
             data = conform(data, schema, table)
         key = f"{self.base}/{_partition_key(table, account_id, day)}/part-{uuid.uuid4().hex}.parquet"
-        pq.write_table(
-            data, key, filesystem=self.fs, compression="zstd", write_page_checksum=True, row_group_size=ROW_GROUP_ROWS
-        )
+        sink = pa.BufferOutputStream()
+        pq.write_table(data, sink, compression="zstd", write_page_checksum=True, row_group_size=ROW_GROUP_ROWS)
+        body = sink.getvalue()
+        with self.fs.open_output_stream(key) as out:
+            out.write(body)
         _hold_before_commit(table)
         manifest = {
             "format": MANIFEST_FORMAT,
             "table": table,
             "account_id": account_id,
             "date": _iso(day) if day is not None else None,
-            "files": [{"key": key, "rows": data.num_rows}],
+            "files": [{"key": key, "rows": data.num_rows, "sha256": hashlib.sha256(body).hexdigest()}],
             "written_at": datetime.now(UTC).isoformat(),
             "writer": f"{os.getpid()}@{os.uname().nodename}",
         }
@@ -237,14 +241,40 @@ class S3Lake(Lake):
         parts = []
         for entry in manifest["files"]:
             path = f"s3://{entry['key']}"
+            data = self._verified_bytes(table, entry)
             try:
-                with self.fs.open_input_file(entry["key"]) as handle:
-                    parts.append(pq.read_table(handle, page_checksum_verification=True))
+                parts.append(pq.read_table(pa.BufferReader(data), page_checksum_verification=True))
             except (OSError, pa.ArrowException) as exc:
                 raise OSError(
                     f"lake file {path} cannot be read ({str(exc).splitlines()[0]}): {repair_hint(self, table, path)}"
                 ) from exc
         return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+
+    def verified_file(self, table: str, account_id: str | None = None, day: date | str | None = None) -> str | None:  # type: ignore[override]
+        """The live file of one partition after checking its SHA-256 against the one its manifest recorded
+        (``CorruptFileError`` if they differ), or None when the partition was never written."""
+        manifest = self._manifest(table, account_id, day)
+        if not manifest or not manifest["files"]:
+            return None
+        self._rows.update({f["key"]: int(f["rows"]) for f in manifest["files"]})
+        for entry in manifest["files"]:
+            self._verified_bytes(table, entry)
+        return f"s3://{manifest['files'][0]['key']}"
+
+    def _verified_bytes(self, table: str, entry: dict) -> bytes:
+        """The object's bytes, checked against the manifest's SHA-256 (a manifest from before digests has none)."""
+        with self.fs.open_input_stream(entry["key"]) as stream:
+            data = stream.read()
+        recorded = entry.get("sha256")
+        if recorded is not None:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != recorded:
+                path = f"s3://{entry['key']}"
+                raise CorruptFileError(
+                    f"lake file {path} is damaged (its SHA-256 is {actual[:12]}..., {recorded[:12]}... when "
+                    f"written): {repair_hint(self, table, path)}"
+                )
+        return data
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Delete part files no manifest names that are older than ``STALE_STAGING_S``, counted from their
