@@ -328,6 +328,7 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         a.by_hour_of_week[h] = {
             "cpu_p95_pct": _round(r.get("cpu_p95_pct")),
             "cpu_reserved_mean_pct": _round(r.get("cpu_reserved_mean_pct")),
+            "mem_reserved_mean_pct": _round(r.get("mem_reserved_mean_pct")),
             "mem_max_pct": _round(r.get("mem_max_pct")),
             "yarn_mem_used_p95_pct": _round(r.get("yarn_mem_used_p95_pct")),
             "idle": idle,
