@@ -87,7 +87,8 @@ class ClustersSettings(BaseModel):
 
 class ClustersOptimizer(DeploymentOptimizer):
     """ECS service and cluster sizing, Fargate Spot, EMR resize, managed scaling, auto-termination and
-    Spot task nodes, custom clusters sized as a group."""
+    Spot task nodes, custom clusters sized as a group, and batch work moved to cheaper hours or clusters
+    (advisory ``schedule_batch`` rows: EMR steps, ECS batch tasks, custom-cluster jobs)."""
 
     name: ClassVar[str] = "clusters"
     deployment_types: ClassVar[tuple[str, ...]] = (ECS, EMR, CUSTOM_CLUSTER)
