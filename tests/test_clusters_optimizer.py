@@ -615,7 +615,9 @@ def test_batch_tasks_move_to_fargate_spot_with_their_hours_from_the_reservation(
         }
         for _ in range(2)
     ]
-    cluster = resource("ecs_cluster", CLUSTER, {"tasks": batch}, name="shop")
+    cluster = resource(
+        "ecs_cluster", CLUSTER, {"tasks": batch}, name="shop", tags={"env": "dev", "workload": "fault-tolerant"}
+    )
     svc = service("api", 1024, 2048, count=2, launch="EC2")
     prof = profile(svc["resource_id"], "ecs_service", cpu_p95_pct=60.0, mem_max_pct=70.0)
     # 16 vCPU of nodes: the services reserve 2; the two 4-vCPU batch tasks run 02:00-04:00 every day.
@@ -640,6 +642,11 @@ def test_batch_tasks_move_to_fargate_spot_with_their_hours_from_the_reservation(
     with_batch = min(o["monthly_cost_proposed_usd"] for n, o in opts.items() if n.startswith("resize_cluster"))
     assert moved["monthly_cost_proposed_usd"] < with_batch
     assert moved["market"] == "spot" and moved["monthly_savings_usd"] > 0
+    # Not spot-ready (no workload tag): the batch stays on the nodes.
+    not_ready = {**cluster, "tags": json.dumps({"env": "dev"})}
+    opts = options(recommend(catalog, [not_ready, svc, *nodes], prof), ":cluster/shop")
+    assert "batch_to_fargate_spot" not in opts
+    assert "workload" in json.loads(opts["keep"]["details"])["batch"]["spot_ready"]["why"]
 
 
 def test_services_of_a_protected_ecs_cluster_are_protected(catalog: Catalog) -> None:

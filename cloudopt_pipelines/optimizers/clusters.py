@@ -328,6 +328,7 @@ def _profile(a: ClusterAnalysis, rows: Sequence[Mapping[str, Any]]) -> None:
         a.by_hour_of_week[h] = {
             "cpu_p95_pct": _round(r.get("cpu_p95_pct")),
             "cpu_reserved_mean_pct": _round(r.get("cpu_reserved_mean_pct")),
+            "mem_reserved_mean_pct": _round(r.get("mem_reserved_mean_pct")),
             "mem_max_pct": _round(r.get("mem_max_pct")),
             "yarn_mem_used_p95_pct": _round(r.get("yarn_mem_used_p95_pct")),
             "idle": idle,
@@ -971,8 +972,13 @@ def _batch_to_fargate_spot(
     """Batch work (tasks no service owns: schedules, run-task) off the nodes: the nodes are packed for the
     services alone and the batch runs on FARGATE_SPOT for the hours it runs. Its task-hours come from the
     cluster's CPUReservation by hour of week above what the services reserve; without that series it is
-    not estimated."""
+    not estimated. Only for a spot-ready cluster (``spot_eligible`` of its tags: the batch may be interrupted)."""
     a = plan.analysis
+    # Tasks carry no tags of their own in the inventory: the cluster's tags say whether its batch may be interrupted.
+    ready, why = spot_eligible(a.tags)
+    if not ready:
+        plan.details["batch"] = {"tasks": len(batch), "spot_ready": {"ready": False, "why": why}}
+        return
     hourly = [b.get("cpu_reserved_mean_pct") for b in a.by_hour_of_week.values()]
     known = [float(v) for v in hourly if v is not None]
     if not known or a.capacity_vcpu is None:

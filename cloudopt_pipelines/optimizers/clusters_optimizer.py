@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from cloudopt_pipelines.optimizers.base import DeploymentOptimizer, FeatureInput, OptimizerInputs, Recommendations
+from cloudopt_pipelines.optimizers.cluster_schedules import schedule_custom_batch, schedule_ecs_batch
 from cloudopt_pipelines.optimizers.clusters import (
     ClusterConfig,
     analyze_cluster_utilization,
@@ -86,7 +87,8 @@ class ClustersSettings(BaseModel):
 
 class ClustersOptimizer(DeploymentOptimizer):
     """ECS service and cluster sizing, Fargate Spot, EMR resize, managed scaling, auto-termination and
-    Spot task nodes, custom clusters sized as a group."""
+    Spot task nodes, custom clusters sized as a group, and batch work moved to cheaper hours or clusters
+    (advisory ``schedule_batch`` rows: EMR steps, ECS batch tasks, custom-cluster jobs)."""
 
     name: ClassVar[str] = "clusters"
     deployment_types: ClassVar[tuple[str, ...]] = (ECS, EMR, CUSTOM_CLUSTER)
@@ -95,6 +97,7 @@ class ClustersOptimizer(DeploymentOptimizer):
         FeatureInput("cluster_activity_profile", window_days=1),
         FeatureInput("cluster_utilization_daily", window_days=WINDOW_DAYS),
         FeatureInput("emr_idle_runs", window_days=1),
+        FeatureInput("activity_profile", window_days=1),
     )
     settings_type: ClassVar[type[BaseModel]] = ClustersSettings
     description: ClassVar[str] = (
@@ -150,6 +153,9 @@ class ClustersOptimizer(DeploymentOptimizer):
         plans = schedule_batch_work(
             optimize_node_distribution(optimize_cluster_size(analyses, inputs.catalog, config), inputs.catalog, config),
             config,
+        )
+        plans = schedule_custom_batch(
+            schedule_ecs_batch(plans, config), _rows(inputs.tables.get("activity_profile")), config
         )
         table = plan_rows(inputs.account_id, inputs.day, plans, config)
         notes = []

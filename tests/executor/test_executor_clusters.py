@@ -333,6 +333,22 @@ ADVICE = [
         ["AddJobFlowSteps", "TerminateJobFlows"],
         "run it on j-HOST 20:00-24:00 UTC every day",
     ),
+    (
+        "arn:aws:ecs:us-east-1:123456789012:cluster/shop",
+        "schedule_batch",
+        "ecs_cluster",
+        {"window": "10:00-12:00 UTC every day", "proposed_window": "07:00-09:00 UTC every day", "count": 5},
+        ["PutRule"],
+        "start it 07:00-09:00 UTC every day instead of 10:00-12:00 UTC every day in its scheduler, then 5 node(s)",
+    ),
+    (
+        "cloudopt:cluster=etl",
+        "schedule_batch",
+        "custom_cluster",
+        {"host_cluster_id": "cloudopt:cluster=hpc", "window": "10:00-12:00 UTC every day", "count": 0},
+        ["UpdateSchedule", "TerminateInstances"],
+        "run it on cloudopt:cluster=hpc 10:00-12:00 UTC every day",
+    ),
 ]
 
 
@@ -346,7 +362,7 @@ def test_cluster_node_and_batch_rows_are_advice_never_applied(
         action,
         {**proposed, "api_calls": calls},
         resource_kind=kind,
-        deployment_type=kind.split("_")[0],
+        deployment_type="custom_cluster" if kind == "custom_cluster" else kind.split("_")[0],
         option_name=action,
     )
     home.write_plan([row])

@@ -470,15 +470,21 @@ class ClusterNodesAdvice(ActionPlugin):
 
 
 class BatchScheduleAdvice(ClusterNodesAdvice):
-    """Batch work moved to another cluster's spare hours (``schedule_batch``) is advice: steps submitted elsewhere
-    and a cluster ended are a change of workflows (schedulers, step definitions) that a person makes."""
+    """Batch work moved to another cluster's spare hours or to its own hours of headroom (``schedule_batch``) is
+    advice: steps submitted elsewhere, a schedule moved (EventBridge rules, cron, workflow tools) and nodes or a
+    cluster ended are a change of workflows that a person makes."""
 
     actions = ("schedule_batch",)
     resource_kinds = ("emr_cluster", "ecs_cluster", "custom_cluster")
 
     def what(self, action: PlannedAction) -> str:
         p = action.proposed_config
+        if p.get("host_cluster_id"):
+            return (
+                f"batch work of {action.resource_id}: run it on {p.get('host_cluster_id')} {p.get('window')} by hand "
+                "or in its scheduler"
+            )
         return (
-            f"batch work of {action.resource_id}: run it on {p.get('host_cluster_id')} {p.get('window')} by hand or "
-            "in its scheduler"
+            f"batch work of {action.resource_id}: start it {p.get('proposed_window')} instead of {p.get('window')} "
+            f"in its scheduler, then {p.get('count')} node(s) carry the peak"
         )
