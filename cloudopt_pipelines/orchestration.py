@@ -16,12 +16,17 @@ instead of failing one run and going on.
 """
 
 import os
+
+# Dagster's gRPC calls give up after 60 s; starting a run worker on a busy machine can take longer (each
+# imports the definitions), and a run that failed to start for that is not a failure of the pipeline.
+# Read when dagster._grpc is first imported, so set before anything imports it.
+os.environ.setdefault("DAGSTER_GRPC_TIMEOUT_SECONDS", "600")
+
 import signal
 import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -363,8 +368,14 @@ class LocationLauncher:
         events = [entry.dagster_event for entry in self.instance.all_logs(run.run_id) if entry.dagster_event]
         return RunOutcome(run.run_id, finished.status == dg.DagsterRunStatus.SUCCESS, events)
 
-    def backfill(self, job: Any, partition_keys: list[str], launched_by: str = "cloudopt run") -> dict[str, RunOutcome]:
-        """Submit an asset backfill of ``job``'s assets over ``partition_keys`` (as the UI launches one), wait
+    def backfill(
+        self,
+        job: Any,
+        partition_keys: list[str],
+        launched_by: str = "cloudopt run",
+        run_config: Mapping[str, Any] | None = None,
+    ) -> dict[str, RunOutcome]:
+        """Submit a backfill of ``job`` over ``partition_keys`` (as the UI launches one), wait
         for the daemon to finish it, and return the outcome of each partition's last run.
 
         An interrupt cancels the backfill and its runs, and is raised.
@@ -376,21 +387,23 @@ class LocationLauncher:
         location = request.get_code_location(LOCATION_NAME)
         [repository] = location.get_repositories().values()
         backfill_id = make_new_backfill_id()
-        with warnings.catch_warnings():  # Dagster's own backfill code calls its deprecated AssetSelection.sources
-            warnings.simplefilter("ignore", DeprecationWarning)
-            backfill = PartitionBackfill.from_asset_partitions(
-                backfill_id=backfill_id,
-                asset_graph=repository.asset_graph,
-                partition_names=partition_keys,
-                asset_selection=sorted(job.asset_layer.selected_asset_keys),
-                backfill_timestamp=time.time(),
-                tags={TAG_LAUNCHED_BY: launched_by},
-                dynamic_partitions_store=self.instance,
-                all_partitions=False,
-                title=f"{launched_by}: {len(partition_keys)} partition(s) of {job.name}",
-                description=None,
-                run_config=None,
-            )
+        # A backfill of the job (as the UI's job backfill): one run per partition and nothing else; an asset
+        # backfill would also take in the later days that read each day through a trailing window.
+        [partition_set] = [p for p in repository.get_partition_sets() if p.job_name == job.name]
+        backfill = PartitionBackfill(
+            backfill_id=backfill_id,
+            partition_set_origin=partition_set.get_remote_origin(),
+            status=BulkActionStatus.REQUESTED,
+            partition_names=partition_keys,
+            from_failure=False,
+            reexecution_steps=None,
+            tags={TAG_LAUNCHED_BY: launched_by},
+            backfill_timestamp=time.time(),
+            asset_selection=None,
+            title=f"{launched_by}: {len(partition_keys)} partition(s) of {job.name}",
+            description=None,
+            run_config={**IN_PROCESS_EXECUTION, **(run_config or {})},
+        )
         self.instance.add_backfill(backfill)
         try:
             while self.instance.get_backfill(backfill_id).status.value in BACKFILL_RUNNING:
@@ -680,7 +693,7 @@ def run_range(
             for a in accounts
             if str(account_day_key(a, d)) not in done_partitions
         ]
-        by_backfill = runner.backfill(daily, to_do) if queued and to_do else {}
+        by_backfill = runner.backfill(daily, to_do, run_config=run_config) if queued and to_do else {}
         for n, (day, account) in enumerate(((d, a) for d in days for a in accounts), start=1):
             if str(account_day_key(account, day)) in by_backfill:
                 outcome = by_backfill[str(account_day_key(account, day))]
