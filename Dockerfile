@@ -13,7 +13,10 @@ ENV PYTHONUNBUFFERED=1 \
     CLOUDOPT_HOME=/opt/dagster/cloudopt \
     CLOUDOPT_RUN_EXECUTOR=k8s_job
 COPY --from=build /dist/ /dist/
-RUN pip install --no-cache-dir "$(ls /dist/cloudopt_pipelines-*.whl)[k8s]" \
+# dagster-k8s without its dependencies, as `make install-dev` installs it for the tests: it declares
+# kubernetes<37, whose ApiClient lacks what the executor's Kubernetes target calls (pyproject.toml).
+RUN pip install --no-cache-dir /dist/cloudopt_pipelines-*.whl \
+    && pip install --no-cache-dir --no-deps "dagster-k8s>=0.29,<0.30" \
     && rm -rf /dist \
     && useradd --create-home --uid 10001 cloudopt \
     && mkdir -p "$DAGSTER_HOME" "$CLOUDOPT_HOME" \
