@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# dagster-k8s for tests/test_deploy.py, without the kubernetes<37 it declares (pyproject.toml, k8s extra)
+	$(BIN)/pip install --quiet --no-deps 'dagster-k8s>=0.29,<0.30'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -67,7 +67,7 @@ def _range_errors() -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         typer.echo(
-            "interrupted: the run in progress was marked failed; materialised partitions are kept, "
+            "interrupted: the run in progress was stopped; materialised partitions are kept, "
             "run the command again to finish",
             err=True,
         )

@@ -18,6 +18,7 @@ from cloudopt_pipelines.automation import (
     build_warehouse_refresh_sensor,
     daily_pipeline_schedule,
 )
+from cloudopt_pipelines.instance import run_executor
 from cloudopt_pipelines.optimizers.base import select_optimizers
 from cloudopt_pipelines.partitions import (
     DEPLOYMENT_PARTITIONS,
@@ -98,4 +99,6 @@ def _resources(settings: Settings, source: SourceResource | None, k8s: Kubernete
 @dg.definitions
 def defs() -> dg.Definitions:
     """What Dagster's loader loads (workspace.yaml, ``dg``): the settings are read then, not at import."""
-    return build_definitions()
+    definitions = build_definitions()
+    executor = run_executor()  # CLOUDOPT_RUN_EXECUTOR: the Kubernetes deployment's k8s_job_executor
+    return definitions if executor is None else dg.Definitions.merge(definitions, dg.Definitions(executor=executor))

@@ -1,8 +1,11 @@
 """Run the pipeline for a range of days through Dagster, on the persistent instance under $CLOUDOPT_HOME.
 
 This is what ``cloudopt run`` and ``make demo`` call: one run of the daily job per account and day,
-as a backfill launches them, then the warehouse refresh. Every run is recorded in the instance, so
-the Dagster UI shows the same materialisations afterwards.
+as a backfill launches them, then the warehouse refresh. Runs are submitted through the instance as
+runs of the code location ``cloudopt_pipelines`` (the one workspace.yaml names): the instance's run
+launcher starts them (a process per run locally, a Kubernetes job when deployed), the UI lists them on
+its timeline and re-executes them like any run it launched. Only a range given a source object in code
+(tests) executes in this process, since that object cannot reach another process.
 
 Every run is tagged with the process that executes it. A process killed mid-run (SIGKILL, a lost
 machine) leaves its run STARTED and, in the warehouse step, the only slot of the pool
@@ -13,9 +16,19 @@ instead of failing one run and going on.
 """
 
 import os
+
+# Dagster's gRPC calls give up after 60 s; starting a run worker on a busy machine can take longer (each
+# imports the definitions), and a run that failed to start for that is not a failure of the pipeline.
+# Read when dagster._grpc is first imported, so set before anything imports it.
+os.environ.setdefault("DAGSTER_GRPC_TIMEOUT_SECONDS", "600")
+
+import signal
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -40,6 +53,18 @@ TAG_LAUNCHED_BY = "cloudopt/launched_by"
 TAG_PID = "cloudopt/pid"
 TAG_HOST = "cloudopt/host"
 TAG_PROCESS_START = "cloudopt/process_start"
+TAG_WORKER = "cloudopt/run_worker"
+WORKER_LOCAL = "local process"
+# The run worker's first engine event (dagster/_grpc/impl.py), whose metadata carries its pid.
+WORKER_STARTED = "Started process for run (pid:"
+LOCATION_NAME = "cloudopt_pipelines"  # as workspace.yaml names it: the UI lists the runs under it
+DEFINITIONS_MODULE = "cloudopt_pipelines.definitions"
+RUN_POLL_S = 0.5
+QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+DAEMON_ALIVE_S = 120.0
+BACKFILL_RUNNING = frozenset({"REQUESTED", "CANCELING", "FAILING"})
+IN_PROCESS_EXECUTION = {"execution": {"config": {"in_process": {}}}}
+TERMINATE_WAIT_S = 60.0
 UNFINISHED_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -114,6 +139,16 @@ def process_gone(tags: Mapping[str, str]) -> bool:
     return started is not None and _process_start(int(pid)) != started
 
 
+def _run_process_gone(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """A launched run is judged by its run worker's pid once known (the command that launched it may have
+    ended while the worker goes on); until then, and for a run executed in process, by its tags."""
+    if run.tags.get(TAG_WORKER) == WORKER_LOCAL:
+        worker = run_worker_pid(instance, run.run_id)
+        if worker is not None:
+            return process_gone({TAG_PID: worker, TAG_HOST: run.tags.get(TAG_HOST, "")})
+    return process_gone(run.tags)
+
+
 def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed the unfinished runs whose process is gone and free the pool slots they or finished runs hold.
 
@@ -122,7 +157,7 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     recovered: list[str] = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=UNFINISHED_STATUSES)):
         run = record.dagster_run
-        if not process_gone(run.tags):
+        if not _run_process_gone(instance, run):
             continue
         instance.report_run_failed(
             run,
@@ -202,6 +237,315 @@ def execute_job(
     return outcome
 
 
+@dataclass
+class RunOutcome:
+    """A finished run of the instance, with the fields of an ``ExecuteInProcessResult`` the range reads."""
+
+    run_id: str
+    success: bool
+    all_events: list[dg.DagsterEvent]
+
+
+class LocationLauncher:
+    """Submits runs of the code location ``cloudopt_pipelines`` through the instance and waits for each.
+
+    The location is served by a code server that this launcher starts with ``environ`` (what
+    ``load_settings`` reads there is what the runs see); the instance's run coordinator and run launcher
+    start the runs, so a run records the location's origin and the job snapshot the UI compares.
+    """
+
+    def __init__(
+        self, instance: dg.DagsterInstance, environ: Mapping[str, str], quiet: bool = True, log: Path | None = None
+    ) -> None:
+        self.instance = instance
+        # Quiet: the code server's and the run workers' Dagster beta warnings and info logs stay out of the output.
+        self.environ = {**environ, **({"PYTHONWARNINGS": "ignore"} if quiet else {})}
+        self.log_level = "WARNING" if quiet else "INFO"
+        self.log = log  # where the code server and the run workers write their output (quiet only)
+        self._signals: dict[int, Any] = {}
+        self._saved: dict[str, str] | None = None
+        self._context: Any = None
+        self.queued = daemon_runs_queue(instance)
+
+    def __enter__(self) -> "LocationLauncher":
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import ModuleTarget
+
+        # The code server (and every run worker it starts) inherits this process's environment.
+        self._saved = dict(os.environ)
+        os.environ.update(self.environ)
+        try:
+            self._interrupt_on_sigterm()
+            target = ModuleTarget(
+                module_name=DEFINITIONS_MODULE, attribute=None, working_directory=None, location_name=LOCATION_NAME
+            )
+            with _output_to(self.log):
+                self._context = WorkspaceProcessContext(
+                    self.instance, target, version=dg.__version__, code_server_log_level=self.log_level
+                )
+                self._context.__enter__()
+            location = self._context.create_request_context().get_code_location_error(LOCATION_NAME)
+            if location is not None:
+                raise RuntimeError(f"the code location {LOCATION_NAME} failed to load: {location.message.strip()}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
+        if self._saved is not None:
+            os.environ.clear()
+            os.environ.update(self._saved)
+            self._saved = None
+        for number, handler in self._signals.items():
+            signal.signal(number, handler)
+        self._signals = {}
+
+    def _interrupt_on_sigterm(self) -> None:
+        """SIGTERM interrupts the wait like Ctrl-C, so that the run in progress is terminated, not orphaned."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self._signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def run(
+        self,
+        job: Any,
+        launched_by: str = "cloudopt run",
+        partition_key: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> RunOutcome:
+        """Submit a run of ``job`` (a job of the definitions, which names it and its partitions) and wait for it.
+
+        An interrupt while it runs terminates the run through the run launcher and is raised.
+        """
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        request = self._context.create_request_context()
+        location = request.get_code_location(LOCATION_NAME)
+        [repository] = location.get_repositories().values()
+        remote_job = location.get_job(JobSubsetSelector(LOCATION_NAME, repository.name, job.name, None))
+        # One process per run, as ``execute_in_process`` ran it: a process per step would start the
+        # definitions a dozen times a partition. A backfill from the UI keeps the job's multiprocess default.
+        config = {**IN_PROCESS_EXECUTION, **(run_config or {})}
+        plan = location.get_execution_plan(
+            remote_job, config, step_keys_to_execute=None, known_state=None, instance=self.instance
+        ).execution_plan_snapshot
+        partition_tags = job.partitions_def.get_tags_for_partition_key(partition_key) if partition_key else {}
+        tags = {**remote_job.tags, **partition_tags, TAG_LAUNCHED_BY: launched_by, **launch_tags(self.instance)}
+        run = self.instance.create_run(
+            job_name=remote_job.name,
+            run_id=None,
+            run_config=config,
+            resolved_op_selection=remote_job.resolved_op_selection,
+            step_keys_to_execute=plan.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=tags,
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repository.asset_graph,
+        )
+        try:
+            if self.queued:
+                self.instance.submit_run(run.run_id, request)
+            else:
+                self.instance.launch_run(run.run_id, request)
+            finished = self._wait(run.run_id)
+        except KeyboardInterrupt:
+            self._terminate(run.run_id)
+            raise KeyboardInterrupt(f"run {run.run_id} was interrupted") from None
+        events = [entry.dagster_event for entry in self.instance.all_logs(run.run_id) if entry.dagster_event]
+        return RunOutcome(run.run_id, finished.status == dg.DagsterRunStatus.SUCCESS, events)
+
+    def backfill(
+        self,
+        job: Any,
+        partition_keys: list[str],
+        launched_by: str = "cloudopt run",
+        run_config: Mapping[str, Any] | None = None,
+    ) -> dict[str, RunOutcome]:
+        """Submit a backfill of ``job`` over ``partition_keys`` (as the UI launches one), wait
+        for the daemon to finish it, and return the outcome of each partition's last run.
+
+        An interrupt cancels the backfill and its runs, and is raised.
+        """
+        from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+        from dagster._core.utils import make_new_backfill_id
+
+        request = self._context.create_request_context()
+        location = request.get_code_location(LOCATION_NAME)
+        [repository] = location.get_repositories().values()
+        backfill_id = make_new_backfill_id()
+        # A backfill of the job (as the UI's job backfill): one run per partition and nothing else; an asset
+        # backfill would also take in the later days that read each day through a trailing window.
+        [partition_set] = [p for p in repository.get_partition_sets() if p.job_name == job.name]
+        backfill = PartitionBackfill(
+            backfill_id=backfill_id,
+            partition_set_origin=partition_set.get_remote_origin(),
+            status=BulkActionStatus.REQUESTED,
+            partition_names=partition_keys,
+            from_failure=False,
+            reexecution_steps=None,
+            tags={TAG_LAUNCHED_BY: launched_by},
+            backfill_timestamp=time.time(),
+            asset_selection=None,
+            title=f"{launched_by}: {len(partition_keys)} partition(s) of {job.name}",
+            description=None,
+            run_config={**IN_PROCESS_EXECUTION, **(run_config or {})},
+        )
+        self.instance.add_backfill(backfill)
+        try:
+            while self.instance.get_backfill(backfill_id).status.value in BACKFILL_RUNNING:
+                time.sleep(RUN_POLL_S * 4)
+        except KeyboardInterrupt:
+            current = self.instance.get_backfill(backfill_id)
+            self.instance.update_backfill(current.with_status(BulkActionStatus.CANCELING))
+            raise KeyboardInterrupt(f"backfill {backfill_id} was interrupted (canceling)") from None
+        outcomes: dict[str, RunOutcome] = {}
+        runs = self.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        for run in sorted(runs, key=lambda r: self.instance.get_run_record_by_id(r.run_id).create_timestamp):
+            run = self._wait(run.run_id)
+            events = [entry.dagster_event for entry in self.instance.all_logs(run.run_id) if entry.dagster_event]
+            success = run.status == dg.DagsterRunStatus.SUCCESS
+            for key in _run_partition_keys(run):
+                outcomes[key] = RunOutcome(run.run_id, success, events)
+        return outcomes
+
+    def _wait(self, run_id: str) -> dg.DagsterRun:
+        while True:
+            run = self.instance.get_run_by_id(run_id)
+            if run is None:
+                raise RuntimeError(f"run {run_id} was deleted from the instance while cloudopt waited for it")
+            if run.is_finished:
+                return run
+            time.sleep(RUN_POLL_S)
+
+    def _terminate(self, run_id: str) -> None:
+        """Stop a run this command submitted; one its launcher cannot reach is failed and its slots freed."""
+        try:
+            self.instance.run_launcher.terminate(run_id)
+        except Exception:  # the run is failed below all the same
+            pass
+        deadline = time.monotonic() + TERMINATE_WAIT_S
+        while time.monotonic() < deadline:
+            run = self.instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                break
+            time.sleep(RUN_POLL_S)
+        else:
+            run = self.instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                self.instance.report_run_failed(run, message="cloudopt was interrupted and could not stop this run")
+        self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+@contextmanager
+def _output_to(path: Path | None) -> Iterator[None]:
+    """Point this process's stdout and stderr at ``path`` (appended) while a child process is started, which
+    inherits them: a solver's banner or a Dagster log line of a run worker goes there, not to the user."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def daemon_runs_queue(instance: dg.DagsterInstance, now: float | None = None) -> bool:
+    """True when the instance queues runs and a daemon that starts them is alive (a recent heartbeat).
+
+    Then runs are submitted to the queue, which keeps the instance's limits across every process; without
+    a live daemon nothing would leave the queue, so the runs are launched directly.
+    """
+    if not isinstance(instance.run_coordinator, dg.QueuedRunCoordinator):
+        return False
+    heartbeat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
+    now = time.time() if now is None else now
+    return heartbeat is not None and now - heartbeat.timestamp < DAEMON_ALIVE_S
+
+
+def _run_partition_keys(run: dg.DagsterRun) -> list[str]:
+    """The partition keys a backfill's run materialised: its one partition, or those of its range."""
+    if "dagster/partition" in run.tags:
+        return [run.tags["dagster/partition"]]
+    return []  # a range run (a batch model): its partitions count as done by the per-partition runs
+
+
+def launch_tags(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Tags of a submitted run naming where it executes: on this machine, the process that owns it
+    (``recover_dead_runs`` judges the run worker's own pid once it has reported it)."""
+    if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
+        return {}  # a Kubernetes job or the like: Dagster's run monitoring watches it, not this machine
+    return {**process_tags(), TAG_WORKER: WORKER_LOCAL}
+
+
+def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The pid of the process that executes a launched run, as its run worker reported it, if it has."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if entry.message.startswith(WORKER_STARTED):
+            pid = entry.dagster_event.engine_event_data.metadata.get("pid") if entry.dagster_event else None
+            if pid is not None:
+                return str(pid.value)
+    return None
+
+
+class InProcessRunner:
+    """Executes runs in this process (a source object given in code): the range's other runner."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+
+    def __enter__(self) -> "InProcessRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(
+        self,
+        job: Any,
+        launched_by: str = "cloudopt run",
+        partition_key: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Execute ``job`` here; an interrupt is raised."""
+        return execute_job(job, self.instance, launched_by, partition_key=partition_key, run_config=run_config)
+
+
+def _settings_of(environ: Mapping[str, str]) -> Settings | None:
+    """The settings a code server started with ``environ`` loads, or None when it would refuse them."""
+    try:
+        return load_settings(environ)
+    except ValueError:
+        return None
+
+
 def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
     """True when a run ended because its process was interrupted (Ctrl-C, SIGTERM), not because a step failed."""
     for event in result.all_events:
@@ -219,7 +563,12 @@ def register_accounts(instance: dg.DagsterInstance, accounts: list[str]) -> list
     known = set(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME))
     new = sorted(set(accounts) - known)
     if new:
-        instance.add_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME, new)
+        try:
+            instance.add_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME, new)
+        except Exception:
+            # The daemon's account discovery may have added the same ones meanwhile (a unique-key error).
+            if set(new) - set(instance.get_dynamic_partitions(ACCOUNTS_PARTITIONS_NAME)):
+                raise
     return new
 
 
@@ -258,6 +607,7 @@ def run_range(
     pool_wait_s: float = POOL_WAIT_S,
     skip_done: bool = False,
     tracker: "ProgressTracker | None" = None,
+    launch: bool | None = None,
 ) -> RangeResult:
     """Materialise every account x day in [start, end], then refresh the warehouse.
 
@@ -268,9 +618,14 @@ def run_range(
     ``accounts`` (default: every account the source reaches) must be accounts the source reaches; a
     ValueError names any other before anything runs or is registered. Runs left unfinished by killed
     processes are marked failed first, and leftovers of killed writers removed.
+
+    ``launch`` (default: when no ``source`` is given and ``settings`` are what the environment says)
+    submits the runs through the instance as runs of the code location; otherwise they execute in this
+    process, with ``source`` and ``settings`` as given.
     """
     settings = settings or load_settings()
     days = day_range(start, end, partitions_for(settings))
+    source_given = source is not None
     source = source or source_for(settings)
     defs = build_definitions(settings, source)
     instance = ensure_instance(settings)
@@ -303,72 +658,102 @@ def run_range(
     result = RangeResult(accounts=accounts, days=days)
     tracker = tracker or ProgressTracker()
     tracker.start(len(days) * len(accounts) + len(days) + 1)  # every account-day, every plan, the warehouse
-    lake = open_lake(settings.lake_url)
-    run_config = QUIET_RUN_CONFIG if quiet else None
+    environ = {**os.environ, "CLOUDOPT_HOME": str(settings.home), "CLOUDOPT_ENV": settings.env}
+    runner: LocationLauncher | InProcessRunner
+    if launch and source_given:
+        raise ValueError("a source given in code runs in this process only: pass launch=False")
+    if launch is None:
+        launch = not source_given and _settings_of(environ) == settings
+    runner = (
+        LocationLauncher(instance, environ, quiet, code_server_log(settings) if quiet else None)
+        if launch
+        else InProcessRunner(instance)
+    )
+    with runner:
+        lake = open_lake(settings.lake_url)
+        run_config = QUIET_RUN_CONFIG if quiet else None
 
-    if refresh_catalog or not lake.exists("price_catalog"):
-        progress("building the price catalogue ...")
-        outcome = execute_job(defs.resolve_job_def(CATALOG_JOB), instance, run_config=run_config)
-        if not outcome.success:
-            raise RuntimeError(f"the price catalogue failed to build: {_first_error(outcome)}")
+        if refresh_catalog or not lake.exists("price_catalog"):
+            progress("building the price catalogue ...")
+            outcome = runner.run(defs.resolve_job_def(CATALOG_JOB), run_config=run_config)
+            if not outcome.success:
+                raise RuntimeError(f"the price catalogue failed to build: {_first_error(outcome)}")
 
-    daily = defs.resolve_job_def(DAILY_JOB)
-    plan_job = defs.resolve_job_def(PLAN_JOB)
-    done_partitions = finished_partitions(instance, daily) if skip_done else set()
-    done_plans = finished_partitions(instance, plan_job) if skip_done else set()
-    total = len(days) * len(accounts)
-    for n, (day, account) in enumerate(((d, a) for d in days for a in accounts), start=1):
-        if str(account_day_key(account, day)) in done_partitions:
-            result.outcomes.append(PartitionOutcome(account, day, True, "", skipped=True))
-            progress(f"[{n}/{total}] {day} account {account}: already materialised, kept (--force redoes it)")
+        daily = defs.resolve_job_def(DAILY_JOB)
+        plan_job = defs.resolve_job_def(PLAN_JOB)
+        done_partitions = finished_partitions(instance, daily) if skip_done else set()
+        done_plans = finished_partitions(instance, plan_job) if skip_done else set()
+        total = len(days) * len(accounts)
+        # With the daemon's queue: one backfill of every partition still to do, which the daemon runs
+        # as several runs at once within the instance's limits; each partition is then reported below.
+        queued = getattr(runner, "queued", False)
+        to_do = [
+            str(account_day_key(a, d))
+            for d in days
+            for a in accounts
+            if str(account_day_key(a, d)) not in done_partitions
+        ]
+        by_backfill = runner.backfill(daily, to_do, run_config=run_config) if queued and to_do else {}
+        for n, (day, account) in enumerate(((d, a) for d in days for a in accounts), start=1):
+            if str(account_day_key(account, day)) in by_backfill:
+                outcome = by_backfill[str(account_day_key(account, day))]
+                error = None if outcome.success else _failure(outcome, settings)
+                result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
+                status = "ok" if outcome.success else f"FAILED: {error}"
+                progress(f"[{n}/{total}] {day} account {account}: {status} (backfill)")
+                tracker.advance()
+                continue
+            if str(account_day_key(account, day)) in done_partitions:
+                result.outcomes.append(PartitionOutcome(account, day, True, "", skipped=True))
+                progress(f"[{n}/{total}] {day} account {account}: already materialised, kept (--force redoes it)")
+                tracker.advance()
+                continue
+            outcome = runner.run(daily, partition_key=str(account_day_key(account, day)), run_config=run_config)
+            error = None if outcome.success else _failure(outcome, settings)
+            result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
+            status = "ok" if outcome.success else f"FAILED: {error}"
+            progress(f"[{n}/{total}] {day} account {account}: {status}")
             tracker.advance()
-            continue
-        outcome = execute_job(daily, instance, partition_key=account_day_key(account, day), run_config=run_config)
-        error = None if outcome.success else _failure(outcome, settings)
-        result.outcomes.append(PartitionOutcome(account, day, outcome.success, outcome.run_id, error))
-        status = "ok" if outcome.success else f"FAILED: {error}"
-        progress(f"[{n}/{total}] {day} account {account}: {status}")
-        tracker.advance()
 
-    for day in days:
-        if not any(o.success and o.day == day for o in result.outcomes):
-            progress(f"[plan] {day} skipped: no account of that day was materialised")
+        for day in days:
+            if not any(o.success and o.day == day for o in result.outcomes):
+                progress(f"[plan] {day} skipped: no account of that day was materialised")
+                tracker.advance()
+                continue
+            if day.isoformat() in done_plans and all(o.skipped for o in result.outcomes if o.day == day):
+                result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, True, "", skipped=True))
+                progress(f"[plan] {day} already planned on the same inputs, kept")
+                tracker.advance()
+                continue
+            outcome = runner.run(plan_job, partition_key=day.isoformat(), run_config=run_config)
+            error = None if outcome.success else _failure(outcome, settings)
+            result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, outcome.success, outcome.run_id, error))
+            status = "ok" if outcome.success else f"FAILED: {error}"
+            progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
             tracker.advance()
-            continue
-        if day.isoformat() in done_plans and all(o.skipped for o in result.outcomes if o.day == day):
-            result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, True, "", skipped=True))
-            progress(f"[plan] {day} already planned on the same inputs, kept")
-            tracker.advance()
-            continue
-        outcome = execute_job(plan_job, instance, partition_key=day.isoformat(), run_config=run_config)
-        error = None if outcome.success else _failure(outcome, settings)
-        result.outcomes.append(PartitionOutcome(PLAN_OUTCOME_ACCOUNT, day, outcome.success, outcome.run_id, error))
-        status = "ok" if outcome.success else f"FAILED: {error}"
-        progress(f"[plan] {day} portfolio plan across {len(accounts)} account(s): {status}")
-        tracker.advance()
 
-    if result.outcomes and all(o.skipped for o in result.outcomes) and settings.warehouse_path.exists():
-        progress("warehouse: nothing new, kept")
+        if result.outcomes and all(o.skipped for o in result.outcomes) and settings.warehouse_path.exists():
+            progress("warehouse: nothing new, kept")
+            tracker.advance()
+            result.warehouse_path = settings.warehouse_path
+            return result
+        progress("refreshing the warehouse ...")
+        # The rebuild is idempotent. A second try covers a Dagster race: two processes that first use the
+        # pool "duckdb_warehouse" at the same moment both insert its limit row, and one of them fails.
+        for attempt in range(1, WAREHOUSE_ATTEMPTS + 1):
+            wait_for_pool(instance, WAREHOUSE_POOL, pool_wait_s, progress)
+            outcome = runner.run(defs.resolve_job_def(WAREHOUSE_JOB), run_config=run_config)
+            if outcome.success:
+                for warning in _materialization_warnings(outcome):
+                    progress(f"warehouse: {warning}")
+                break
+            if attempt == WAREHOUSE_ATTEMPTS:
+                raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
+            progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")
+            time.sleep(1.0)
         tracker.advance()
         result.warehouse_path = settings.warehouse_path
         return result
-    progress("refreshing the warehouse ...")
-    # The rebuild is idempotent. A second try covers a Dagster race: two processes that first use the
-    # pool "duckdb_warehouse" at the same moment both insert its limit row, and one of them fails.
-    for attempt in range(1, WAREHOUSE_ATTEMPTS + 1):
-        wait_for_pool(instance, WAREHOUSE_POOL, pool_wait_s, progress)
-        outcome = execute_job(defs.resolve_job_def(WAREHOUSE_JOB), instance, run_config=run_config)
-        if outcome.success:
-            for warning in _materialization_warnings(outcome):
-                progress(f"warehouse: {warning}")
-            break
-        if attempt == WAREHOUSE_ATTEMPTS:
-            raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
-        progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")
-        time.sleep(1.0)
-    tracker.advance()
-    result.warehouse_path = settings.warehouse_path
-    return result
 
 
 class ProgressTracker:
@@ -398,6 +783,11 @@ def _materialization_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
             value = event.step_materialization_data.materialization.metadata.get("warnings")
             warnings.extend(getattr(value, "data", None) or [])
     return warnings
+
+
+def code_server_log(settings: Settings) -> Path:
+    """Where the output of the code server that ``cloudopt run`` starts, and of its run workers, goes."""
+    return settings.home / "logs" / "code_server.log"
 
 
 def failure_log(settings: Settings, run_id: str) -> Path:

@@ -1,5 +1,11 @@
 """Shared fixtures: a temporary CLOUDOPT_HOME with the demo pipeline run through a real Dagster instance."""
 
+import os
+
+# As cloudopt_pipelines.orchestration does, before any test imports Dagster's gRPC client: a busy CI
+# machine may take longer than Dagster's 60 s to start a run worker.
+os.environ.setdefault("DAGSTER_GRPC_TIMEOUT_SECONDS", "600")
+
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path

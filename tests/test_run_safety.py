@@ -48,8 +48,15 @@ class _Command:
 
     def __init__(self, home: Path, *args: str) -> None:
         env = {**os.environ, "CLOUDOPT_HOME": str(home), "CLOUDOPT_ENV": "demo"}
+        # A session of its own: the command, its code server and the run workers they start form one
+        # process group, which a test can kill at once, as a lost machine would.
         self.process = subprocess.Popen(
-            [str(CLOUDOPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [str(CLOUDOPT), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -69,10 +76,18 @@ class _Command:
         self._reader.join(timeout=10)
         return code
 
+    def kill_all(self) -> None:
+        """SIGKILL the command and every process it started (its run workers)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self.kill_all()
 
 
 def _until(condition: Callable[[], bool], command: _Command, what: str) -> None:
@@ -133,7 +148,7 @@ def test_a_run_killed_holding_the_warehouse_pool_is_failed_and_the_next_run_comp
         with _writer_lock(fresh_home):
             _until(lambda: bool(_claims(fresh_home)), first, "claim of the warehouse pool")
             [dead_run] = _claims(fresh_home)
-            first.process.send_signal(signal.SIGKILL)
+            first.kill_all()  # the command and the run worker that holds the slot
             first.wait()
     finally:
         first.stop()
