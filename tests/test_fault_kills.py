@@ -61,6 +61,7 @@ def _killed_at(home: Path, point: str, *args: str) -> subprocess.CompletedProces
         text=True,
         timeout=BOUND_S,
         check=False,
+        start_new_session=True,  # the hook kills the command's whole process group
     )
     assert done.returncode == -signal.SIGKILL, f"not killed at {point}:\n{done.stdout}\n{done.stderr}"
     assert (home / "killed_at").read_text() == point
