@@ -206,6 +206,9 @@ def test_gaps_are_marked_not_zero_filled(lake: Lake, raw: pd.DataFrame) -> None:
     ref = clean(raw)
     ref = ref[ref.date == DAYS[0]]
     assert len(stg) == len(ref)  # one row per sample present: nothing invented for the gaps
+    # The documented row order, although the raw file lists every duplicate after the other rows.
+    in_order = stg.sort_values(["resource_id", "ts"], kind="stable").reset_index(drop=True)
+    assert stg[["resource_id", "ts"]].equals(in_order[["resource_id", "ts"]])
     first = stg[stg.resource_id == stg.resource_id.iloc[0]]
     steps = ((first.ts - first.ts.iloc[0].normalize()).dt.total_seconds() // 300).astype(int).to_numpy()
     expected_before = np.diff(np.concatenate([[-1], steps])) - 1

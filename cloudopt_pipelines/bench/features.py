@@ -19,8 +19,9 @@ columns, the Parquet write):
   runs it: one ``execute_model_batch`` call (one statement over every partition, then a write per
   partition); its floor is a plain DuckDB GROUP BY avg and max over the same Parquet files (the stg
   partitions), one statement. ``utilization_daily_per_partition`` is the same model run partition
-  by partition, a new connection each, as the daily schedule runs it (one partition per account and
-  day: its latency matters there, not its throughput); it is reported, not held to the targets;
+  by partition, a new connection each, as the daily schedule runs it; its floor
+  (``floor_daily_per_partition``) is the same plain GROUP BY run the same way, partition by partition
+  with a new connection each, so both pay the same fixed cost per partition;
 - ``utilization_window`` for the last day of every account (window = ``window_days``, default all the
   days generated): exact quantiles over the window's stg samples, the rest combined from the
   ``utilization_daily`` partitions; its floor is the same plain GROUP BY over the window's stg files;
@@ -29,8 +30,10 @@ columns, the Parquet write):
   and of the window statistics for one account.
 Peak RSS of the process is read after the DuckDB part (before pandas) and at the end.
 
-Targets (the issue): at least 10 M samples/s, within 4x of the floor, faster than pandas, peak RSS
-under 4 GB; ``format_report`` says which are met.
+Targets (the issue): at least 10 M samples/s, within 3x of the floor, faster than pandas, peak RSS
+under 4 GB, for the batch and the per-partition runs; staging within 5x of a plain scan.
+``format_report`` says which are met, in wall time and in process CPU time (``x floor CPU``: the
+ratio the machine's load disturbs less when the machine is shared).
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class BenchResult:
 
     def ratio(self, name: str, other: str) -> float:
         return self.timings[name] / self.timings[other]
+
+    def cpu_ratio(self, name: str, other: str) -> float:
+        """The same ratio in process CPU seconds (all threads) of the two steps' best rounds."""
+        return self.cpu[name] / self.cpu[other] if self.cpu.get(other) else float("inf")
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -264,18 +271,33 @@ def run_features_benchmark(
 
         raw_files = [lake.partition_file("utilization_5m", a, d) for a, d in everything]
 
+        def floor_per_partition() -> None:
+            for f in stg_files:  # a partition at a time, a connection each, as the per-partition runs
+                _floor(_connection(threads, memory_limit), [f], by_day=True)
+
         def floor_staging() -> None:
             for f in raw_files:  # a partition at a time, a connection each, as the runner does
                 _scan(_connection(threads, memory_limit), f)
 
-        for _ in range(rounds):
-            # Each step once per round, in turn, so that a change of the machine's load hits them alike.
+        def restage() -> None:
+            # A rewritten partition has a new file name: the floors read the files staging just wrote.
+            result.record("stg_utilization_5m", *_timed(lambda: run_all("stg_utilization_5m", everything)), total)
+            stg_files[:] = [lake.partition_file("stg_utilization_5m", a, d) for a, d in everything]
+            for a in account_ids:
+                window_files[a] = [lake.partition_file("stg_utilization_5m", a, d) for d in window_days_list]
+
+        for index in range(rounds):
+            # Each step once per round, in turn, so that a change of the machine's load hits them alike
+            # (staging too, against its scan: the first round's staging is the one above).
+            if index:
+                restage()
             result.record("floor_staging", *_timed(floor_staging), total)
             result.record("utilization_daily", *_timed(lambda: run_batch("utilization_daily", everything)), total)
             per_partition = _timed(lambda: run_all("utilization_daily", everything))
             result.record("utilization_daily_per_partition", *per_partition, total)
             floor = _timed(lambda: _floor(_connection(threads, memory_limit), stg_files, by_day=True))
             result.record("floor_daily", *floor, total)
+            result.record("floor_daily_per_partition", *_timed(floor_per_partition), total)
             window_run = _timed(lambda: run_all("utilization_window", last))
             result.record("utilization_window", *window_run, window_samples)
             result.record("floor_window", *_timed(floor_window), window_samples)
@@ -306,20 +328,23 @@ def format_report(r: BenchResult) -> str:
         f"features benchmark: {r.resources:,} resources x {r.days} days = {r.samples:,} samples, "
         f"{r.accounts} accounts, window {r.window_days} days, DuckDB threads {r.threads}, "
         f"best of {r.rounds} round(s)",
-        f"{'step':<32}{'seconds':>9}{'CPU s':>8}{'M samples/s':>13}{'x floor':>9}{'pandas / this':>15}",
+        f"{'step':<32}{'seconds':>9}{'CPU s':>8}{'M samples/s':>13}{'x floor':>9}{'x floor CPU':>13}"
+        f"{'pandas / this':>15}",
     ]
     floors = {
         "utilization_daily": "floor_daily",
-        "utilization_daily_per_partition": "floor_daily",
+        "utilization_daily_per_partition": "floor_daily_per_partition",
         "utilization_window": "floor_window",
         "stg_utilization_5m": "floor_staging",
     }
     pandas = {"utilization_daily": "pandas_daily", "utilization_window": "pandas_window"}
     for name in r.timings:
         ratio = f"{r.ratio(name, floors[name]):.2f}" if name in floors else ""
+        cpu_ratio = f"{r.cpu_ratio(name, floors[name]):.2f}" if name in floors else ""
         vs = f"{r.ratio(pandas[name], name):.1f}" if name in pandas and pandas[name] in r.timings else ""
         cpu = f"{r.cpu[name]:.2f}" if name in r.cpu else ""
-        lines.append(f"{name:<32}{r.timings[name]:>9.2f}{cpu:>8}{r.rate(name) / 1e6:>13.2f}{ratio:>9}{vs:>15}")
+        rate = r.rate(name) / 1e6
+        lines.append(f"{name:<32}{r.timings[name]:>9.2f}{cpu:>8}{rate:>13.2f}{ratio:>9}{cpu_ratio:>13}{vs:>15}")
     lines.append(
         f"peak RSS: {r.peak_rss_mb_duckdb:,.0f} MB after the DuckDB models; {r.peak_rss_mb_total:,.0f} MB at the end"
     )
@@ -339,6 +364,7 @@ def target_lines(r: BenchResult) -> list[str]:
     out = []
     for name, floor, pandas in (
         ("utilization_daily", "floor_daily", "pandas_daily"),
+        ("utilization_daily_per_partition", "floor_daily_per_partition", "pandas_daily"),
         ("utilization_window", "floor_window", "pandas_window"),
     ):
         if name not in r.timings:
@@ -348,7 +374,9 @@ def target_lines(r: BenchResult) -> list[str]:
         checks = [
             (f"{rate / 1e6:.2f} M samples/s (>= {TARGET_RATE / 1e6:.0f})", rate >= TARGET_RATE),
             (f"{ratio:.2f}x floor (<= {TARGET_FLOOR_RATIO:.0f})", ratio <= TARGET_FLOOR_RATIO),
-        ]
+            (f"{r.cpu_ratio(name, floor):.2f}x floor in CPU (<= {TARGET_FLOOR_RATIO:.0f})",
+             r.cpu_ratio(name, floor) <= TARGET_FLOOR_RATIO),
+        ]  # fmt: skip
         if pandas in r.timings:
             checks.append((f"pandas/this {r.ratio(pandas, name):.2f} (> 1)", r.ratio(pandas, name) > 1))
         checks.append((f"peak RSS {rss:,.0f} MB (< 4 GB)", rss < TARGET_RSS_MB))
@@ -369,7 +397,12 @@ def run(quick: bool = False, progress=print, **options) -> Report:
     pairs = [
         ("stg_utilization_5m", "floor_staging", "staging, a run per partition", "plain scan of the raw partitions"),
         ("utilization_daily", "floor_daily", "single-run backfill (one statement)", "plain GROUP BY, one statement"),
-        ("utilization_daily_per_partition", "floor_daily", "a run per partition", "plain GROUP BY, one statement"),
+        (
+            "utilization_daily_per_partition",
+            "floor_daily_per_partition",
+            "a run per partition",
+            "plain GROUP BY per partition, a connection each",
+        ),
         ("utilization_window", "floor_window", "last day of every account", "plain GROUP BY over the window"),
         ("pandas_daily", "utilization_daily", "pandas per partition", "utilization_daily (batch)"),
     ]
@@ -384,12 +417,13 @@ def run(quick: bool = False, progress=print, **options) -> Report:
         if ours == "stg_utilization_5m":
             line.target = f"<= {TARGET_STAGING_RATIO:g}x scan"
             line.met = r.ratio(ours, base) <= TARGET_STAGING_RATIO
+            line.note = f"CPU {r.cpu[ours]:.2f} s ({r.cpu_ratio(ours, base):.2f}x the scan's CPU)"
         elif not ours.startswith("pandas"):
             line.target = f"<= {TARGET_FLOOR_RATIO:g}x floor, >= {TARGET_RATE / 1e6:.0f} M samples/s"
             line.met = r.ratio(ours, base) <= TARGET_FLOOR_RATIO and rate >= TARGET_RATE
             line.note = (
                 line.note + "; " if line.note else ""
-            ) + f"{rate / 1e6:.2f} M samples/s, CPU {r.cpu[ours]:.2f} s"
+            ) + f"{rate / 1e6:.2f} M samples/s, CPU {r.cpu[ours]:.2f} s ({r.cpu_ratio(ours, base):.2f}x floor CPU)"
         report.lines.append(line)
     report.details = {
         "resources": r.resources, "days": r.days, "accounts": r.accounts, "samples": r.samples,
