@@ -14,7 +14,8 @@ ENV PYTHONUNBUFFERED=1 \
     CLOUDOPT_RUN_EXECUTOR=k8s_job
 COPY --from=build /dist/ /dist/
 # dagster-k8s without its dependencies, as `make install-dev` installs it for the tests: it declares
-# kubernetes<37, whose ApiClient lacks what the executor's Kubernetes target calls (pyproject.toml).
+# kubernetes<37, and the image keeps the newest client the wheel resolved (the executor's Kubernetes
+# target works with 36 and 37; pyproject.toml, k8s extra).
 RUN pip install --no-cache-dir /dist/cloudopt_pipelines-*.whl \
     && pip install --no-cache-dir --no-deps "dagster-k8s>=0.29,<0.30" \
     && rm -rf /dist \
