@@ -177,11 +177,7 @@ class Lake:
         schema: pa.Schema | None = None,
     ) -> Path:
         """Replace one partition of ``table`` with ``data``, atomically; returns the file written."""
-        if not is_table_name(table):
-            raise ValueError(f"{table!r} is not a lake table name (lower-case letters, digits and '_')")
-        schema = schema if schema is not None else TABLES.get(table)
-        if schema is not None:
-            data = conform(data, schema, table)
+        data = checked_for_write(table, data, schema)
         live = self.partition_dir(table, account_id, day)
         live.parent.mkdir(parents=True, exist_ok=True)
         stage = self.root / STAGING / f"{_writer()}-{uuid.uuid4().hex}"
@@ -285,12 +281,26 @@ def verify_digest(path: Path, table: str, lake: Lake, data: bytes | None = None)
         recorded = digest_path(path).read_text().strip()
     except FileNotFoundError:
         return
-    actual = file_sha256(path, data)
+    check_sha256(path, file_sha256(path, data), recorded, table, lake)
+
+
+def check_sha256(path: Path | str, actual: str, recorded: str, table: str, lake: Lake) -> None:
+    """Raise ``CorruptFileError`` naming ``path`` and its repair when ``actual`` is not the SHA-256
+    ``recorded`` when the file was written."""
     if actual != recorded:
         raise CorruptFileError(
             f"lake file {path} is damaged (its SHA-256 is {actual[:12]}..., {recorded[:12]}... when written): "
             f"{repair_hint(lake, table, path)}"
         )
+
+
+def checked_for_write(table: str, data: pa.Table, schema: pa.Schema | None) -> pa.Table:
+    """``data`` conformed to ``schema`` (the table's registered schema by default), once ``table`` is
+    known to be a lake table name: what every backend's ``write`` does first."""
+    if not is_table_name(table):
+        raise ValueError(f"{table!r} is not a lake table name (lower-case letters, digits and '_')")
+    schema = schema if schema is not None else TABLES.get(table)
+    return conform(data, schema, table) if schema is not None else data
 
 
 def is_table_name(name: str) -> bool:

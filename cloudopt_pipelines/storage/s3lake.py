@@ -38,14 +38,14 @@ from pyarrow import fs
 from cloudopt_pipelines.storage.lake import (
     ROW_GROUP_ROWS,
     STALE_STAGING_S,
-    CorruptFileError,
     Lake,
     _iso,
+    check_sha256,
+    checked_for_write,
     is_table_name,
     quote_literal,
     repair_hint,
 )
-from cloudopt_pipelines.storage.schemas import TABLES, conform
 
 MANIFESTS = "_manifests"
 MANIFEST = "manifest.json"
@@ -203,11 +203,7 @@ class S3Lake(Lake):
         schema: pa.Schema | None = None,
     ) -> str:
         """Replace one partition: upload a new part file, then PUT the manifest naming it (atomic)."""
-        if not is_table_name(table):
-            raise ValueError(f"{table!r} is not a lake table name (lower-case letters, digits and '_')")
-        schema = schema if schema is not None else TABLES.get(table)
-        if schema is not None:
-            data = conform(data, schema, table)
+        data = checked_for_write(table, data, schema)
         key = f"{self.base}/{_partition_key(table, account_id, day)}/part-{uuid.uuid4().hex}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(data, sink, compression="zstd", write_page_checksum=True, row_group_size=ROW_GROUP_ROWS)
@@ -267,13 +263,7 @@ class S3Lake(Lake):
             data = stream.read()
         recorded = entry.get("sha256")
         if recorded is not None:
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != recorded:
-                path = f"s3://{entry['key']}"
-                raise CorruptFileError(
-                    f"lake file {path} is damaged (its SHA-256 is {actual[:12]}..., {recorded[:12]}... when "
-                    f"written): {repair_hint(self, table, path)}"
-                )
+            check_sha256(f"s3://{entry['key']}", hashlib.sha256(data).hexdigest(), recorded, table, self)
         return data
 
     def sweep(self, now: float | None = None) -> list[str]:
