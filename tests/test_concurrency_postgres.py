@@ -11,6 +11,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -59,24 +60,25 @@ def _as_postgres(*args: str) -> None:
     subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
 
 
-@pytest.fixture
-def postgres() -> Iterator[int]:
-    """A throwaway PostgreSQL server on a free loopback port (installed by .ci/run)."""
+@contextmanager
+def running_postgres(database: str, prefix: str, options: str = "") -> Iterator[int]:
+    """A throwaway PostgreSQL server (Debian's binaries, installed by .ci/run) on a free loopback port with
+    an empty ``database``; yields the port, stops the server and removes its files at the end."""
     if PG_BIN is None or shutil.which("runuser") is None:
         pytest.fail("PostgreSQL server binaries not found: install Debian's 'postgresql' package (.ci/run does)")
     # Not under pytest's tmp_path: the postgres user cannot enter root's private temp folders.
-    root = Path(tempfile.mkdtemp(prefix="cloudopt-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     shutil.chown(root, "postgres")
     port = _free_port()
     _as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    server_options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 {options}".rstrip()
     _as_postgres(
-        str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "start"
+        str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-o", server_options, "-l", str(root / "log"), "-w", "start"
     )
     try:
         subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE dagster"],
+            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", f"CREATE DATABASE {database}"],
             check=True,
             capture_output=True,
         )
@@ -84,6 +86,13 @@ def postgres() -> Iterator[int]:
     finally:
         _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[int]:
+    """A throwaway PostgreSQL server on a free loopback port with the database ``dagster``."""
+    with running_postgres("dagster", "cloudopt-pg-", "-c max_connections=200") as port:
+        yield port
 
 
 class _RendezvousCollector(DemoCollector):

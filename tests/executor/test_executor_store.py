@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import shutil
-import subprocess
-import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ from cloudopt_pipelines.executor.store import JsonlLog, StoreConflict, open_stor
 from cloudopt_pipelines.settings import SettingsError, load_settings
 from tests.aws.conftest import forward, free_port
 from tests.executor.conftest import DAY, Home, dev_instance, executor_aws, instance, plan_row
-from tests.test_concurrency_postgres import PG_BIN, _as_postgres, _free_port
+from tests.test_concurrency_postgres import running_postgres
 
 RESIZE = {"instance_type": "m5.large", "market": "on_demand"}
 BUCKET = "cloudopt-executor-state"
@@ -36,27 +33,8 @@ APPENDS_PER_PROCESS = 150
 @pytest.fixture(scope="module")
 def postgres_dsn() -> Iterator[str]:
     """A throwaway PostgreSQL server (Debian's binaries, installed by .ci/run) and the DSN of its database."""
-    if PG_BIN is None or shutil.which("runuser") is None:
-        pytest.fail("PostgreSQL server binaries not found: install Debian's 'postgresql' package (.ci/run does)")
-    root = Path(tempfile.mkdtemp(prefix="cloudopt-pg-store-"))
-    root.chmod(0o755)
-    shutil.chown(root, "postgres")
-    port = _free_port()
-    _as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    _as_postgres(
-        str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "start"
-    )
-    try:
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE cloudopt"],
-            check=True,
-            capture_output=True,
-        )
+    with running_postgres("cloudopt", "cloudopt-pg-store-") as port:
         yield f"postgresql://postgres@127.0.0.1:{port}/cloudopt"
-    finally:
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
