@@ -109,6 +109,24 @@ def test_a_damaged_object_is_named_with_its_repair_on_every_read(s3_url: str) ->
     assert set(lake.read("utilization_5m", ACCOUNT, DAY).column("cpu_pct").to_pylist()) == {3.0}
 
 
+def test_a_damaged_manifest_is_named_with_its_repair(s3_url: str) -> None:
+    from cloudopt_pipelines.storage.lake import CorruptFileError
+
+    lake = open_lake(f"s3://{BUCKET}/bad-manifest")
+    lake.write("utilization_5m", samples(14, value=1.0), ACCOUNT, DAY)
+    s3 = boto3.client("s3", endpoint_url=s3_url)
+    (manifest,) = [k for k in _keys(s3_url, "bad-manifest/_manifests/") if k.endswith("manifest.json")]
+    repair = f"cloudopt run --start {DAY} --end {DAY} --accounts {ACCOUNT}"
+    for body in (b'{"format": 1, "files": [{"key"', b'{"files": [{"rows": 3}]}', b"[]"):
+        s3.put_object(Bucket=BUCKET, Key=manifest, Body=body)
+        for read in (lake.read, lake.verified_file):
+            with pytest.raises(CorruptFileError, match=r"manifest .* is damaged") as caught:
+                read("utilization_5m", ACCOUNT, DAY)
+            assert manifest in str(caught.value) and repair in str(caught.value)
+    lake.write("utilization_5m", samples(14, value=2.0), ACCOUNT, DAY)
+    assert set(lake.read("utilization_5m", ACCOUNT, DAY).column("cpu_pct").to_pylist()) == {2.0}
+
+
 def test_a_writer_killed_before_its_manifest_leaves_the_old_partition(s3_url: str, tmp_path: Path) -> None:
     url = f"s3://{BUCKET}/killed"
     lake = open_lake(url)

@@ -38,6 +38,7 @@ from pyarrow import fs
 from cloudopt_pipelines.storage.lake import (
     ROW_GROUP_ROWS,
     STALE_STAGING_S,
+    CorruptFileError,
     Lake,
     _iso,
     check_sha256,
@@ -111,9 +112,10 @@ class S3Lake(Lake):
     # ---------------------------------------------------------------- manifests
 
     def _manifest(self, table: str, account_id: str | None, day: date | str | None) -> dict | None:
+        key = self._manifest_key(table, account_id, day)
         try:
-            with self.fs.open_input_stream(self._manifest_key(table, account_id, day)) as stream:
-                return json.loads(stream.read())
+            with self.fs.open_input_stream(key) as stream:
+                return _parsed_manifest(key, stream.read(), table, self)
         except FileNotFoundError:
             return None
 
@@ -130,7 +132,7 @@ class S3Lake(Lake):
         for info in self._manifest_infos(table):
             try:
                 with self.fs.open_input_stream(info.path) as stream:
-                    found.append(json.loads(stream.read()))
+                    found.append(_parsed_manifest(info.path, stream.read(), table, self))
             except FileNotFoundError:
                 continue
         return found
@@ -295,6 +297,21 @@ class S3Lake(Lake):
                     self.fs.delete_file(info.path)
                     removed.append(f"s3://{info.path}")
         return removed
+
+
+def _parsed_manifest(key: str, body: bytes, table: str, lake: S3Lake) -> dict:
+    """A manifest object's content; one that is not a manifest (truncated, edited by hand) raises
+    ``CorruptFileError`` naming the object and the run that rewrites its partition."""
+    try:
+        manifest = json.loads(body)
+        if not isinstance(manifest, dict) or not all(isinstance(f["key"], str) for f in manifest["files"]):
+            raise ValueError("not a manifest")
+        return manifest
+    except (ValueError, KeyError, TypeError) as exc:
+        data_path = f"s3://{key.replace(f'/{MANIFESTS}/', '/', 1)}"
+        raise CorruptFileError(
+            f"lake manifest s3://{key} is damaged ({exc}): {repair_hint(lake, table, data_path)}"
+        ) from exc
 
 
 def _partition_key(table: str, account_id: str | None, day: date | str | None) -> str:
