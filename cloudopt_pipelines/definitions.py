@@ -3,7 +3,7 @@
 import dagster as dg
 
 from cloudopt_pipelines.assets.actions import executed_actions
-from cloudopt_pipelines.assets.features import build_sql_model_assets
+from cloudopt_pipelines.assets.features import build_sql_model_assets, collection_backfill_policy
 from cloudopt_pipelines.assets.kubernetes import KubernetesDefinitions, kubernetes_definitions, kubernetes_placeholders
 from cloudopt_pipelines.assets.metadata import build_recommendation_checks, describe_assets
 from cloudopt_pipelines.assets.plan import build_portfolio_plan_asset, portfolio_plan_job
@@ -46,10 +46,15 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     """All definitions for one CLOUDOPT_HOME and source; tests pass their own."""
     settings = settings or load_settings()
     window_days = {"utilization_window": settings.utilization_window_days} if settings.utilization_window_days else None
-    sql_assets = build_sql_model_assets(window_days=window_days)
+    # One policy for collection and features, so an asset backfill runs them together in a run per range.
+    backfill_policy = collection_backfill_policy(settings.backfill_partitions_per_run)
+    sql_assets = build_sql_model_assets(window_days=window_days, backfill_policy=backfill_policy)
     k8s = kubernetes_definitions(settings.k8s_clusters_file)  # None unless CLOUDOPT_K8S_CLUSTERS is set
-    k8s_assets = list(k8s.assets) if k8s else []
-    raw_assets = [price_catalog, resources, utilization_5m, cluster_metrics_5m, *k8s_assets]
+    collection = [
+        a.with_attributes(backfill_policy=backfill_policy)
+        for a in [resources, utilization_5m, cluster_metrics_5m, *(k8s.assets if k8s else [])]
+    ]
+    raw_assets = [price_catalog, *collection]
     optimizers = select_optimizers(settings.deployment_types)
     recommendation_assets = build_recommendation_assets(optimizers)
     portfolio_plan = build_portfolio_plan_asset(optimizers)
@@ -57,7 +62,7 @@ def build_definitions(settings: Settings | None = None, source: SourceResource |
     warehouse_asset = build_warehouse_asset([key for a in lake_assets for key in a.keys])
     account_daily_keys = [
         key
-        for a in [resources, utilization_5m, cluster_metrics_5m, *k8s_assets, *sql_assets, *recommendation_assets]
+        for a in [*collection, *sql_assets, *recommendation_assets]
         if a.partitions_def == account_daily_partitions
         for key in a.keys
     ]

@@ -86,3 +86,14 @@ def split_account_day(context: dg.AssetExecutionContext) -> tuple[str, date]:
         raise ValueError(f"expected an account x date partition key, got {key!r}")
     dims = key.keys_by_dimension
     return dims["account"], date.fromisoformat(dims["date"])
+
+
+def account_days_of_run(context: dg.AssetExecutionContext) -> list[tuple[str, date]]:
+    """(account id, day) of every partition the run materialises: one, or a backfill run's range."""
+    out = []
+    for key in context.partition_keys:
+        if not isinstance(key, dg.MultiPartitionKey):
+            key = account_daily_partitions.get_partition_key_from_str(str(key))
+        dims = key.keys_by_dimension
+        out.append((dims["account"], date.fromisoformat(dims["date"])))
+    return out

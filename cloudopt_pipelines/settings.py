@@ -24,6 +24,7 @@ DEFAULT_HOME = ".cloudopt"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_AWS_MAX_ATTEMPTS = 10
 DEFAULT_PLAN_DEADLINE_HOURS = 12.0
+DEFAULT_BACKFILL_PARTITIONS_PER_RUN = 14
 DEFAULT_CLUSTER_TAG_KEY = "cloudopt:cluster"
 EXTERNAL_ID_VAR = "CLOUDOPT_EXTERNAL_ID"
 EXECUTOR_EXTERNAL_ID_VAR = "CLOUDOPT_EXECUTOR_EXTERNAL_ID"
@@ -78,6 +79,7 @@ class Settings:
     plan_constraints: Path | None = None
     utilization_window_days: int | None = None
     batch_max_rows: int | None = None
+    backfill_partitions_per_run: int = DEFAULT_BACKFILL_PARTITIONS_PER_RUN
     deployment_types: tuple[str, ...] | None = None  # None: every optimiser runs
     plan_deadline: timedelta = timedelta(hours=DEFAULT_PLAN_DEADLINE_HOURS)
     k8s_clusters_file: Path | None = None  # None: no Kubernetes collection
@@ -135,6 +137,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         plan_constraints=plan_constraints(env),
         utilization_window_days=utilization_window_days(env),
         batch_max_rows=batch_max_rows(env),
+        backfill_partitions_per_run=backfill_partitions_per_run(env),
         deployment_types=parse_deployment_types(env.get("CLOUDOPT_DEPLOYMENT_TYPES")),
         plan_deadline=parse_plan_deadline_hours(env.get("CLOUDOPT_PLAN_DEADLINE_HOURS", "")),
         k8s_clusters_file=k8s_clusters_file(env),
@@ -285,6 +288,21 @@ def batch_max_rows(environ: Mapping[str, str] | None = None) -> int | None:
             "(about 40 bytes of memory a row), or unset it for the default"
         )
     return rows
+
+
+def backfill_partitions_per_run(environ: Mapping[str, str] | None = None) -> int:
+    """``CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN``: the most account x day partitions one backfill run of the
+    collection and feature assets materialises (Dagster's ``BackfillPolicy.multi_run``); default 14."""
+    raw = _get(os.environ if environ is None else environ, "CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN")
+    if raw is None:
+        return DEFAULT_BACKFILL_PARTITIONS_PER_RUN
+    count = _whole_number(raw)
+    if count is None or count < 1:
+        raise SettingsError(
+            f"CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN={raw!r} is not a positive whole number of partitions: set it "
+            f"to e.g. {DEFAULT_BACKFILL_PARTITIONS_PER_RUN} (1: a run per partition), or unset it for the default"
+        )
+    return count
 
 
 # ---------------------------------------------------------------------------------------- parsers

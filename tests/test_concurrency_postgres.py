@@ -21,6 +21,7 @@ import pytest
 from dagster._core.execution.backfill import PartitionBackfill
 
 from cloudopt_pipelines.automation import BACKFILL_IN_PROGRESS, CATALOG_JOB, WAREHOUSE_JOB, WAREHOUSE_SENSOR
+from cloudopt_pipelines.bench.e2e import ScaledDemoSource, build_fleet
 from cloudopt_pipelines.definitions import build_definitions
 from cloudopt_pipelines.orchestration import ensure_instance, register_accounts
 from cloudopt_pipelines.resources.sources import DemoSourceResource
@@ -35,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TEMPLATE = REPO / "deploy" / "dagster.postgres.yaml"
 MAX_CONCURRENT_RUNS = 3
-BACKFILL_DAYS = 3
+BACKFILL_ACCOUNTS = 3
+BACKFILL_DAYS = 14
 # What DuckDB says when a second process opens a database file another one writes.
 # The collection and the daily statistics, as tests/test_ui_backfill.py backfills them.
 BACKFILLED = (
@@ -235,6 +237,19 @@ def _wait(predicate, what: str, log: Path, bound_s: float = 1200) -> None:
         time.sleep(2)
 
 
+def _fleet_workspace(folder: Path) -> Path:
+    """A workspace whose one location (named as the package's) serves ``tests/scaleout_location.py``."""
+    workspace = folder / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: tests.scaleout_location\n"
+        f"      working_directory: {REPO}\n"
+        "      location_name: cloudopt_pipelines\n"
+    )
+    return workspace
+
+
 def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queue(
     postgres: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,6 +258,10 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
     shutil.copy(TEMPLATE, home / "dagster" / "dagster.yaml")
     for name, value in _template_env(postgres).items():
         monkeypatch.setenv(name, value)
+    # BACKFILL_ACCOUNTS accounts of the demo's real traces under new ids, over the demo's 14 days.
+    fleet_dir = tmp_path / "fleet"
+    accounts = build_fleet(fleet_dir, accounts=BACKFILL_ACCOUNTS, instances=21, days=BACKFILL_DAYS)
+    monkeypatch.setenv("CLOUDOPT_TEST_FLEET_DIR", str(fleet_dir))
     env = {**os.environ, "CLOUDOPT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "CLOUDOPT_ENV": "demo"}
     settings = Settings(home=home, env="demo")
     instance = ensure_instance(settings)  # the template is left as it is
@@ -250,20 +269,23 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == MAX_CONCURRENT_RUNS
 
-    # Both demo accounts x BACKFILL_DAYS of the demo's 7 days: twice as many runs as the queue lets go
-    # at once, and a test that stays short on a busy machine (the issue asks 3 x 14: the demo fleet has 2 x 7).
-    demo = DemoCollector()
-    accounts, days = demo.list_accounts(), demo.days[:BACKFILL_DAYS]
+    fleet = DemoCollector(fleet_dir)
+    days = fleet.days
+    assert len(days) == BACKFILL_DAYS and days == DemoCollector().days
     keys = [f"{a}|{d.isoformat()}" for a in accounts for d in days]
     register_accounts(instance, accounts)
-    defs = build_definitions(settings)
+    defs = build_definitions(settings, ScaledDemoSource(data_dir=str(fleet_dir)))
     assert defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance).success
     assert defs.resolve_job_def(WAREHOUSE_JOB).execute_in_process(instance=instance).success  # only the backfill is new
     before = {r.run_id for r in instance.get_runs()}
 
     # An asset backfill as the UI launches one, of the collection and the daily statistics: the daemon
-    # makes the runs, the queue starts at most MAX_CONCURRENT_RUNS at once, each with the multiprocess executor.
+    # makes the runs (the assets' backfill policy: one run per account's 14 days), the queue starts at
+    # most MAX_CONCURRENT_RUNS at once, each with the multiprocess executor.
     graph = defs.resolve_asset_graph()
+    assert {graph.get(dg.AssetKey(k)).backfill_policy for k in BACKFILLED} == {
+        dg.BackfillPolicy.multi_run(BACKFILL_DAYS)
+    }
     backfill_id = "scaleout"
     # Dagster's own backfill code calls its deprecated AssetSelection.sources (as the UI's does).
     with warnings.catch_warnings():
@@ -295,7 +317,7 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [str(BIN / "dagster-daemon"), "run", "-w", str(_fleet_workspace(tmp_path))],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -314,6 +336,11 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
     assert instance.get_backfill(backfill_id).status.value in ("COMPLETED", "COMPLETED_SUCCESS"), daemon_log[-3000:]
     runs = backfill_runs()
     assert runs and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, daemon_log[-3000:]
+    # One run per account, each over its 14 days: the range tags of Dagster's backfill policy.
+    ranges = sorted(
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in runs
+    )
+    assert ranges == [(f"{a}|{days[0].isoformat()}", f"{a}|{days[-1].isoformat()}") for a in sorted(accounts)]
     # Several at once: some run started before another had ended.
     spans = sorted((rec.start_time, rec.end_time) for rec in (instance.get_run_record_by_id(r.run_id) for r in runs))
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
@@ -332,8 +359,8 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
     # Rows conserved: the lake holds what the demo source serves, and so does the warehouse.
     lake = Lake(home / "lake")
     expected = {
-        "resources": sum(demo.collect_inventory(a, d).table.num_rows for a in accounts for d in days),
-        "utilization_5m": sum(demo.collect_metrics(a, d).table.num_rows for a in accounts for d in days),
+        "resources": sum(fleet.collect_inventory(a, d).table.num_rows for a in accounts for d in days),
+        "utilization_5m": sum(fleet.collect_metrics(a, d).table.num_rows for a in accounts for d in days),
     }
     assert all(expected.values())
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:

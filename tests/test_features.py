@@ -22,6 +22,7 @@ import pytest
 from cloudopt_pipelines.assets.features import SOURCE_TABLES, build_sql_model_assets, window_mapping
 from cloudopt_pipelines.project_files import sql_models_dir
 from cloudopt_pipelines.resources.storage import LakeResource
+from cloudopt_pipelines.settings import DEFAULT_BACKFILL_PARTITIONS_PER_RUN
 from cloudopt_pipelines.sqlmodels.runner import ModelError, execute_model, execute_model_batch, load_models, parse_model
 from cloudopt_pipelines.sqlmodels.sources import source_schemas
 from cloudopt_pipelines.storage.lake import Lake
@@ -611,7 +612,7 @@ def test_a_range_run_materialises_every_partition_with_checks_over_the_batch(
 ) -> None:
     lake, partitions = _second_account(tmp_path, raw)
     daily = next(a for a in build_sql_model_assets() if a.key.path[-1] == "utilization_daily")
-    assert daily.backfill_policy == dg.BackfillPolicy.single_run()
+    assert daily.backfill_policy == dg.BackfillPolicy.multi_run(DEFAULT_BACKFILL_PARTITIONS_PER_RUN)
     instance = dg.DagsterInstance.ephemeral()
     accounts = sorted({a for a, _ in partitions})
     instance.add_dynamic_partitions("accounts", accounts)

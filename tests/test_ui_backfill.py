@@ -152,30 +152,22 @@ def test_backfill_from_the_ui_materialises_the_range_and_the_ui_shows_it(
     demo = partitions_for(fresh_home).account_daily
     selection = [k.path for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == demo]
     assert [p for p in DAILY_ASSETS if p not in selection] == []
-    # The collection and the daily features (identity mappings: one run per partition, as the UI groups them).
+    # The collection and the daily features: one backfill policy and identity mappings, so the daemon
+    # makes one run of the range (both accounts of the day: the dimension with fewer keys held fixed).
     selection = [p for p in selection if p[-1] in BACKFILLED]
-    # Two backfills: in one, the daemon may start utilization_daily for the partition whose collection
-    # finished first, and how many runs it makes would depend on the machine's speed. Once its parents
-    # are all there, its single-run policy makes one run for the whole range, however fast the machine.
-    batch = [p for p in selection if p[-1] == "utilization_daily"]
-    backfills = [
-        _backfill(
-            dagster_services, [p for p in selection if p not in batch], keys, "collection", tmp_path / "daemon.log"
-        ),
-        _backfill(dagster_services, batch, keys, "batch features", tmp_path / "daemon.log"),
-    ]
+    backfill = _backfill(dagster_services, selection, keys, "collection and features", tmp_path / "daemon.log")
 
     instance = dg.DagsterInstance.from_config(str(fresh_home.dagster_home))
     for path in DAILY_ASSETS:
         assert instance.get_materialized_partitions(dg.AssetKey(path)) == set(keys), path
+    backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill}))
+    assert [
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in backfill_runs
+    ] == [(keys[0], keys[-1])]
 
-    # The daemon's warehouse_refresh sensor rebuilds the warehouse at most once per backfill (its ticks
-    # during a backfill wait for it), never once per run. A tick may fall between the two backfills, so
-    # one or two rebuilds are right; tests/test_automation.py holds N runs to exactly one rebuild.
-    backfill_runs = [
-        run for b in backfills for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": b}))
-    ]
-    assert len(backfill_runs) > len(backfills)
+    # The daemon's warehouse_refresh sensor rebuilds the warehouse once after the backfill (its ticks
+    # during a backfill wait for it); tests/test_automation.py holds N runs to exactly one rebuild.
     by_sensor = dg.RunsFilter(job_name=WAREHOUSE_JOB, tags={"dagster/sensor_name": WAREHOUSE_SENSOR})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -183,20 +175,18 @@ def test_backfill_from_the_ui_materialises_the_range_and_the_ui_shows_it(
         if refreshes and all(r.is_finished for r in refreshes):
             break
         time.sleep(2)
-    assert 1 <= len(refreshes) <= len(backfills) < len(backfill_runs), (
+    assert len(refreshes) == 1, (
         [(r.tags.get("dagster/run_key"), r.status) for r in refreshes],
-        len(backfill_runs),
         (tmp_path / "daemon.log").read_text()[-3000:],
     )
     assert {r.status for r in refreshes} == {dg.DagsterRunStatus.SUCCESS}, (tmp_path / "daemon.log").read_text()[-3000:]
 
-    # utilization_daily has a single-run backfill policy: one run computed both partitions in one
-    # statement; the collection ran one run per partition.
+    # The one run collected both partitions and computed utilization_daily's in one statement.
     runs = {
         name: {r.run_id for r in instance.fetch_materializations(dg.AssetKey(path), limit=10).records}
         for name, path in (("daily", ["features", "utilization_daily"]), ("raw", ["raw", "utilization_5m"]))
     }
-    assert (len(runs["daily"]), len(runs["raw"])) == (1, len(keys)), runs
+    assert runs["daily"] == runs["raw"] == {backfill_runs[0].run_id}, runs
     lake = Lake(fresh_home.lake_dir)
     assert lake.partitions("utilization_daily") == [(a, DEMO_DAYS[0].isoformat()) for a in DEMO_ACCOUNTS]
     shown = _graphql(dagster_services, MATERIALIZED, {"path": ["features", "utilization_daily"]})

@@ -9,12 +9,13 @@ Every model asset carries four checks, shown in the Dagster UI:
   the partition is at least ``-- coverage_warn_below: N`` of the header (default 50 %).
 - ``rows_present`` (error): the model wrote rows whenever its inputs had rows.
 
-Batch models (``-- batch: true``) have a single-run backfill policy: a backfill over many
-partitions materialises them in one run per account or per day (Dagster holds fixed the dimension
-of a multi-partition range with fewer keys), and the runner computes them in one DuckDB statement
-per chunk. Their checks then
-evaluate the whole run: each check passes when it passes for every partition, and its metadata
-names the partitions that fail.
+Every partitioned model shares the collection assets' backfill policy
+(``BackfillPolicy.multi_run``, at most ``CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN`` partitions a run): a
+backfill over many partitions materialises them in runs of one account's days or one day's accounts
+(Dagster holds fixed the dimension of a multi-partition range with fewer keys). A batch model
+(``-- batch: true``) computes a run's partitions in one DuckDB statement per chunk, any other model
+partition by partition. Over several partitions the checks evaluate the whole run: each check passes
+when it passes for every partition, and its metadata names the partitions that fail.
 
 Window models (``-- window_days: N``) depend on their ``window_over`` models through a
 ``TimeWindowPartitionMapping(start_offset=-(N-1))`` on the date dimension, so the UI shows which days
@@ -30,10 +31,11 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
+from cloudopt_pipelines.assets.metadata import batch_metadata, json_value, partition_label
 from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions
 from cloudopt_pipelines.project_files import sql_models_dir
 from cloudopt_pipelines.resources.storage import LakeResource
-from cloudopt_pipelines.settings import batch_max_rows
+from cloudopt_pipelines.settings import DEFAULT_BACKFILL_PARTITIONS_PER_RUN, batch_max_rows
 from cloudopt_pipelines.sqlmodels.runner import (
     DEFAULT_MAX_BATCH_ROWS,
     ModelRun,
@@ -85,16 +87,20 @@ def window_days_for(model: SqlModel, overrides: dict[str, int] | None = None) ->
 
 
 def build_sql_model_assets(
-    models_dir: Path | None = None, window_days: dict[str, int] | None = None
+    models_dir: Path | None = None,
+    window_days: dict[str, int] | None = None,
+    backfill_policy: dg.BackfillPolicy | None = None,
 ) -> list[dg.AssetsDefinition]:
     """An asset per model file of ``models_dir`` (default: the package's ``dbt_like_sql``; marts excluded:
-    they are warehouse views)."""
+    they are warehouse views). Every partitioned model gets ``backfill_policy`` (default: runs of at most
+    ``DEFAULT_BACKFILL_PARTITIONS_PER_RUN`` partitions)."""
+    policy = backfill_policy or collection_backfill_policy(DEFAULT_BACKFILL_PARTITIONS_PER_RUN)
     models = load_models(models_dir or sql_models_dir(), set(SOURCE_TABLES))
     keys = {name: dg.AssetKey(key) for name, (_, key) in SOURCE_TABLES.items()}
     keys.update({m.name: model_key(m) for m in models})
     partitioning = {name: part for name, (part, _) in SOURCE_TABLES.items()}
     partitioning.update({m.name: m.partitioned_by for m in models})
-    return [_model_asset(m, keys, partitioning, window_days_for(m, window_days)) for m in models]
+    return [_model_asset(m, keys, partitioning, window_days_for(m, window_days), policy) for m in models]
 
 
 def window_mapping(days: int) -> dg.MultiPartitionMapping:
@@ -112,8 +118,18 @@ def window_mapping(days: int) -> dg.MultiPartitionMapping:
     )
 
 
+def collection_backfill_policy(partitions_per_run: int) -> dg.BackfillPolicy:
+    """The backfill policy of the collection assets and the feature models: runs of at most
+    ``partitions_per_run`` partitions (1: Dagster's run per partition)."""
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=partitions_per_run)
+
+
 def _model_asset(
-    model: SqlModel, keys: dict[str, dg.AssetKey], partitioning: dict[str, str], window: int | None
+    model: SqlModel,
+    keys: dict[str, dg.AssetKey],
+    partitioning: dict[str, str],
+    window: int | None,
+    backfill_policy: dg.BackfillPolicy,
 ) -> dg.AssetsDefinition:
     key = model_key(model)
     deps = []
@@ -161,7 +177,7 @@ def _model_asset(
         description=f"{model.description}\n\nGrain: {model.grain}.{window_text} SQL: dbt_like_sql/{model.path.name}",
         kinds={"duckdb", "sql", "parquet"},
         check_specs=check_specs,
-        backfill_policy=dg.BackfillPolicy.single_run() if model.batch else None,
+        backfill_policy=backfill_policy if model.partitioned_by != "none" else None,
         metadata={
             "grain": model.grain,
             "sql_file": f"dbt_like_sql/{model.path.name}",
@@ -214,26 +230,6 @@ def _run_partitions(context: dg.AssetExecutionContext, partitioned_by: str) -> l
     return out
 
 
-def _label(partition: tuple[str | None, date | None]) -> str:
-    account_id, day = partition
-    return "|".join(p for p in (account_id, day.isoformat() if day else None) if p)
-
-
-def batch_metadata(partitions: list[tuple[str | None, date | None]], rows: list[int], input_rows: int) -> dict:
-    """Metadata of a run over many partitions. Dagster records it on each partition of the run, so it
-    names the batch's totals as such (no ``dagster/row_count``, which the UI would show per partition)."""
-    return {
-        "batch/partitions": len(rows),
-        "batch/row_count": sum(rows),
-        "batch/input_rows": input_rows,
-        "batch/rows_per_partition_min": min(rows),
-        "batch/rows_per_partition_max": max(rows),
-        "batch/empty_partitions": dg.MetadataValue.json(
-            [_label(p) for p, n in zip(partitions, rows, strict=True) if n == 0]
-        ),
-    }
-
-
 def batch_check_results(
     partitions: list[tuple[str | None, date | None]], per_partition: list[list[dg.AssetCheckResult]]
 ) -> list[dg.AssetCheckResult]:
@@ -241,7 +237,8 @@ def batch_check_results(
     out = []
     for index, first in enumerate(per_partition[0]):
         results = [checks[index] for checks in per_partition]
-        failed = {_label(p): dict(r.metadata) for p, r in zip(partitions, results, strict=True) if not r.passed}
+        pairs = zip(partitions, results, strict=True)
+        failed = {partition_label(p): dict(r.metadata) for p, r in pairs if not r.passed}
         out.append(
             dg.AssetCheckResult(
                 check_name=first.check_name,
@@ -250,7 +247,7 @@ def batch_check_results(
                 metadata={
                     "partitions": len(results),
                     "failed_partitions": dg.MetadataValue.json(
-                        {k: {m: _plain(v) for m, v in meta.items()} for k, meta in failed.items()}
+                        {k: {m: json_value(v) for m, v in meta.items()} for k, meta in failed.items()}
                     ),
                 },
             )
@@ -315,16 +312,6 @@ def check_results(
             )
         )
     return results
-
-
-def _plain(value: object) -> object:
-    """A check's metadata value as JSON (what MetadataValue.json accepts)."""
-    value = getattr(value, "value", value)
-    if value is None or isinstance(value, (bool, int, str, list, dict)):
-        return value
-    if isinstance(value, float):
-        return value if value == value else None  # NaN is not JSON
-    return str(value)
 
 
 def _expected_sources(model: SqlModel, run: ModelRun) -> list[str]:

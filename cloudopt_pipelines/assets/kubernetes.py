@@ -1,13 +1,14 @@
 """Raw Kubernetes assets (only when ``CLOUDOPT_K8S_CLUSTERS`` is set): cluster objects and usage per account x day."""
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from cloudopt_pipelines.assets.raw import RAW_PREFIX, _preview, _store
-from cloudopt_pipelines.partitions import account_daily_partitions, split_account_day
+from cloudopt_pipelines.assets.raw import RAW_PREFIX, collect_and_store
+from cloudopt_pipelines.partitions import account_daily_partitions
 from cloudopt_pipelines.resources.kubernetes import (
     KubernetesInventorySource,
     KubernetesResource,
@@ -33,10 +34,14 @@ def k8s_workloads(
     zone, capacity type, node pool, allocatable, taints), node pools, namespaces, workloads grouped by owner
     with one row per container (requests, limits, QoS, restarts, last termination reason), HPAs, VPAs and
     PodDisruptionBudgets."""
-    account_id, day = split_account_day(context)
-    _resources, table, meta = kubernetes_collector(kubernetes).collect_inventory(account_id, day)
-    preview = _preview(table, ["resource_id", "object_kind", "container", "replicas", "cpu_request_cores"])
-    return _store(lake, "k8s_workloads", Collected(table, meta), account_id, day, preview=dg.MetadataValue.md(preview))
+    collector = kubernetes_collector(kubernetes)
+
+    def collect(account_id: str, day: date) -> Collected:
+        _resources, table, meta = collector.collect_inventory(account_id, day)
+        return Collected(table, meta)
+
+    preview = ["resource_id", "object_kind", "container", "replicas", "cpu_request_cores"]
+    return collect_and_store(context, lake, "k8s_workloads", collect, preview)
 
 
 @dg.asset(
@@ -54,9 +59,12 @@ def k8s_container_usage(
     """5-minute usage of one account's Kubernetes clusters from Prometheus: per (workload, container) CPU
     cores, memory working set, CPU throttling, replicas, restarts and OOM kills, pods of an owner aggregated;
     and per node. Metadata reports the load put on Prometheus: queries, series returned, largest response."""
-    account_id, day = split_account_day(context)
-    table, meta = kubernetes_collector(kubernetes, prometheus).collect_usage(account_id, day)
-    return _store(lake, "k8s_container_usage", Collected(table, meta), account_id, day)
+    collector = kubernetes_collector(kubernetes, prometheus)
+
+    def collect(account_id: str, day: date) -> Collected:
+        return Collected(*collector.collect_usage(account_id, day))
+
+    return collect_and_store(context, lake, "k8s_container_usage", collect)
 
 
 KUBERNETES_ASSETS = (k8s_workloads, k8s_container_usage)

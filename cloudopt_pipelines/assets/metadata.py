@@ -7,7 +7,7 @@ keeps only what it computes.
 
 import json
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -286,3 +286,36 @@ def _alternative(option: dict | None, chosen: str | None) -> str:
 
 def _cell(value: str) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def partition_label(partition: tuple[str | None, date | None]) -> str:
+    """``account|day`` (or either alone) of one partition, as the UI writes a key."""
+    account_id, day = partition
+    return "|".join(p for p in (account_id, day.isoformat() if day else None) if p)
+
+
+def batch_metadata(
+    partitions: Sequence[tuple[str | None, date | None]], rows: list[int], input_rows: int | None = None
+) -> dict:
+    """Metadata of a run over many partitions. Dagster records it on each partition of the run, so it
+    names the batch's totals as such (no ``dagster/row_count``, which the UI would show per partition)."""
+    return {
+        "batch/partitions": len(rows),
+        "batch/row_count": sum(rows),
+        **({"batch/input_rows": input_rows} if input_rows is not None else {}),
+        "batch/rows_per_partition_min": min(rows),
+        "batch/rows_per_partition_max": max(rows),
+        "batch/empty_partitions": dg.MetadataValue.json(
+            [partition_label(p) for p, n in zip(partitions, rows, strict=True) if n == 0]
+        ),
+    }
+
+
+def json_value(value: object) -> object:
+    """A metadata value as plain JSON (what MetadataValue.json accepts; NaN becomes null)."""
+    value = getattr(value, "value", value)
+    if value is None or isinstance(value, (bool, int, str, list, dict)):
+        return value
+    if isinstance(value, float):
+        return value if value == value else None  # NaN is not JSON
+    return str(value)
