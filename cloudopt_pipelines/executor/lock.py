@@ -171,7 +171,7 @@ def _postgres_lock(store: PostgresStore, holder: dict[str, Any]) -> Iterator[Non
     if lost:
         raise ExecutorLockLost(
             f"the connection holding the executor lock of {where} was lost during the run ({lost}): PostgreSQL "
-            "released the lock then, so another run may have overlapped this one. Check the audit for decisions "
+            "released the lock then, so another run may have overlapped this one: check the audit for decisions "
             "of two runs at once before running again"
         )
 
@@ -202,7 +202,7 @@ def _pg_unlock(con: Any) -> str | None:
             cur.execute("SELECT pg_advisory_unlock(%s, %s)", PG_LOCK_KEY)
             return None if cur.fetchone()[0] else "the session no longer held it"
     except Exception as exc:  # psycopg2.Error, but the module is imported lazily
-        return f"{type(exc).__name__}: {str(exc).strip()}"
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     finally:
         con.close()
 
