@@ -35,6 +35,7 @@ LOCK_FILE = "executor.lock"
 S3_LOCK_OBJECT = "lock.json"
 S3_LEASE_SECONDS = 60.0
 """Default lease of the S3 lock: renewed every third of it, taken over after it without a renewal."""
+HEADER_RESOLUTION_S = 1.0
 PG_LOCK_TABLE = "cloudopt_executor_lock"
 PG_LOCK_NAME = "run"
 
@@ -267,12 +268,26 @@ class S3Lease:
             seconds = float(record.get("lease_seconds", S3_LEASE_SECONDS))
         except (TypeError, ValueError):
             seconds = S3_LEASE_SECONDS
-        expires = response["LastModified"] + timedelta(seconds=seconds)
+        # Both headers are whole seconds: one more second so that a lease never ends early.
+        expires = response["LastModified"] + timedelta(seconds=seconds + HEADER_RESOLUTION_S)
         record["expires"] = expires.isoformat(timespec="seconds")
         return record, response["ETag"], now >= expires
 
     def acquire(self) -> None:
         """Create the lease, or take over an expired one; ``ExecutorBusy`` naming the holder of a live one."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._acquire()
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _conflict(exc):
+                raise
+            raise ExecutorError(
+                f"could not take the executor lease {self.location}: {exc}. The executor needs s3:GetObject, "
+                "s3:PutObject and s3:DeleteObject on it (docs/deploy.md, executor state)"
+            ) from exc
+
+    def _acquire(self) -> None:
         record: dict[str, Any] = {}
         for _ in range(5):
             try:
