@@ -5,7 +5,7 @@ from pydantic import Field
 
 from cloudopt_pipelines.assets.plan import plan_check_reader
 from cloudopt_pipelines.executor.approvals import Approval, ApprovalError
-from cloudopt_pipelines.executor.lock import ExecutorBusy
+from cloudopt_pipelines.executor.lock import ExecutorBusy, ExecutorLockLost
 from cloudopt_pipelines.executor.model import Decision
 from cloudopt_pipelines.executor.policy import (
     ENVIRONMENT_TAG_KEYS,
@@ -187,7 +187,7 @@ def executed_actions(
             run_id=context.run.run_id,
             checks=checks,
         )
-    except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ValueError) as exc:
+    except (PlanNotFound, ApprovalError, PolicyError, ExecutorBusy, ExecutorLockLost, ValueError) as exc:
         raise dg.Failure(description=str(exc)) from exc
     counts = result.counts()
     failed = result.by_outcome("failed")

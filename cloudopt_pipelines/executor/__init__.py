@@ -7,7 +7,7 @@
 - ``actions``: one plug-in per (resource kind, action) (read, plan, apply, verify, roll back);
 - ``targets``: ``ExecutionTarget``, where actions are applied (``AwsTarget``; ``kubernetes.KubernetesTarget``:
   the official client, patches with server-side ``dryRun=All``; ECS next);
-- ``drift``, ``lock``: changed since the plan?; one executor at a time per home;
+- ``drift``, ``lock``: changed since the plan?; one executor at a time per store (file, PostgreSQL or S3 lock);
 - ``engine``: the safety rules in order, and rollback; ``service``: approve / execute a day / roll back.
 """
 
@@ -22,7 +22,7 @@ from cloudopt_pipelines.executor.audit import AuditLog
 from cloudopt_pipelines.executor.aws import ExecutorAws, ExecutorError
 from cloudopt_pipelines.executor.engine import Executor, RollbackError, RunResult
 from cloudopt_pipelines.executor.kubernetes import KubernetesAccess, KubernetesTarget
-from cloudopt_pipelines.executor.lock import ExecutorBusy, executor_lock
+from cloudopt_pipelines.executor.lock import ExecutorBusy, ExecutorLockLost, executor_lock
 from cloudopt_pipelines.executor.model import MODES, OUTCOMES, Decision, PlanError, PlannedAction, actions_from_plan
 from cloudopt_pipelines.executor.policy import ChangeWindow, ExecutorPolicy, PolicyError
 from cloudopt_pipelines.executor.service import (
@@ -51,6 +51,7 @@ __all__ = [
     "ExecutorAws",
     "ExecutorBusy",
     "ExecutorError",
+    "ExecutorLockLost",
     "ExecutorPaths",
     "ExecutorPolicy",
     "KubernetesAccess",

@@ -2,18 +2,21 @@
 
 Under ``$CLOUDOPT_HOME``: ``approvals/approvals.jsonl`` (append-only), ``audit/actions.jsonl``
 (append-only), ``exports/purchases-<date>.csv|json``; with ``CLOUDOPT_EXECUTOR_STORE`` set, approvals, audit
-and exports live in PostgreSQL or on S3 instead (``executor/store.py``) and the signing key stays under
-``$CLOUDOPT_HOME/keys``, shared by every pod (a mounted secret); the lake table ``executed_actions`` (one partition a
-day) is rebuilt from the audit file after every run, so it holds every decision of every run of that day.
+and exports live in PostgreSQL or on S3 instead (``executor/store.py``), and so does the run lock
+(``executor/lock.py``); the signing key stays under ``$CLOUDOPT_HOME/keys``, shared by every pod (a mounted
+secret); the lake table ``executed_actions`` (one partition a day) is rebuilt from the audit file after every
+run, so it holds every decision of every run of that day.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from cloudopt_pipelines.executor.approvals import (
     PLAN_TABLE,
@@ -82,6 +85,10 @@ class ExecutorPaths:
     def audit(self) -> AuditLog:
         shared = self._shared()
         return AuditLog(self.audit_dir, self.audit_key_file, None if shared is None else shared.log("audit"))
+
+    def lock(self, operation: str, **details: Any) -> AbstractContextManager[dict[str, Any]]:
+        """The executor run lock of this store (file lock, PostgreSQL advisory lock or S3 lease) for a block."""
+        return executor_lock(self.home, operation, self._shared(), **details)
 
 
 def read_plan(lake: Lake, day: date, checks: PlanCheckReader) -> tuple[str, list[PlannedAction]]:
@@ -152,7 +159,7 @@ def execute_day(
 ) -> tuple[RunResult, Path]:
     """Run the executor on ``day``'s plan, then rebuild that day's ``executed_actions`` partition."""
     run_id = run_id or uuid.uuid4().hex
-    with executor_lock(paths.home, f"execute {day} --mode {mode}", run_id=run_id):
+    with paths.lock(f"execute {day} --mode {mode}", run_id=run_id):
         plan_id, actions = read_plan(lake, day, checks)
         approvals = [*paths.approvals().for_day(day), *extra_approvals]
         executor = Executor(aws, paths.audit(), paths.exports, policy, now=now or (lambda: datetime.now(UTC)))
@@ -171,7 +178,7 @@ def rollback(
 ) -> Decision:
     """Undo one applied action (see ``Executor.rollback``) and refresh its day's partition, also on refusal."""
     audit = paths.audit()
-    with executor_lock(paths.home, f"rollback {action_id} --mode {mode}", by=by):
+    with paths.lock(f"rollback {action_id} --mode {mode}", by=by):
         try:
             planned = planned_action(lake, audit, action_id)
             return Executor(aws, audit, paths.exports, policy).rollback(action_id, mode, by, planned=planned)

@@ -8,6 +8,9 @@
 - ``s3://bucket/prefix``: one object per record, named by its sequence number and written with
   ``If-None-Match: *``, so two writers can never take the same number (S3 conditional writes).
 
+The executor's run lock goes with the store (``executor/lock.py``): a file lock, a PostgreSQL session
+advisory lock (holder in ``cloudopt_executor_lock``), or an S3 lease object.
+
 Every backend offers the same two guarantees: an append is never lost nor half visible (append-only), and
 ``append_if(records, expected)`` appends only when the stream still holds exactly ``expected`` records
 (compare-and-set: a decision taken on what was read is recorded only if nothing was added since).
@@ -128,6 +131,12 @@ CREATE TABLE IF NOT EXISTS cloudopt_executor_documents (
     body BYTEA NOT NULL,
     written_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS cloudopt_executor_lock (
+    name TEXT PRIMARY KEY,
+    holder JSONB NOT NULL,
+    backend_pid INTEGER NOT NULL,
+    since TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 """
 
 
@@ -156,7 +165,7 @@ class PostgresStore:
                 "ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body, written_at = now()",
                 (name, body),
             )
-        return f"{_redacted(self.dsn)}#cloudopt_executor_documents/{name}"
+        return f"{redacted(self.dsn)}#cloudopt_executor_documents/{name}"
 
 
 class PostgresLog:
@@ -164,7 +173,7 @@ class PostgresLog:
 
     def __init__(self, store: PostgresStore, stream: str) -> None:
         self.store, self.stream = store, stream
-        self.location = f"{_redacted(store.dsn)}#cloudopt_executor_records/{stream}"
+        self.location = f"{redacted(store.dsn)}#cloudopt_executor_records/{stream}"
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         self._append(records, None)
@@ -206,7 +215,7 @@ class PostgresLog:
             con.close()
 
 
-def _redacted(dsn: str) -> str:
+def redacted(dsn: str) -> str:
     """The DSN without its password (it ends up in messages and metadata)."""
     scheme, sep, rest = dsn.partition("://")
     if not sep or "@" not in rest:

@@ -47,8 +47,9 @@ def s3_store_url(moto_url: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def atomic_conditional_puts(upstream: str) -> Iterator[str]:
-    """A proxy to moto whose conditional PUTs (``If-None-Match``) are atomic, as S3 documents them: moto
-    checks the key and stores the object in two steps, so two racing PUTs of one new key could both win."""
+    """A proxy to moto whose conditional writes (PUT with ``If-None-Match`` or ``If-Match``, DELETE with
+    ``If-Match``) are atomic, as S3 documents them: moto checks the key and stores the object in two steps,
+    so two racing PUTs of one new key (or on one ETag) could both win."""
     target, lock = urllib.parse.urlsplit(upstream), threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -59,7 +60,9 @@ def atomic_conditional_puts(upstream: str) -> Iterator[str]:
 
         def _forward(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.command == "PUT" and self.headers.get("If-None-Match"):
+            if self.command in ("PUT", "DELETE") and (
+                self.headers.get("If-None-Match") or self.headers.get("If-Match")
+            ):
                 with lock:
                     forward(self, target, body)
             else:
