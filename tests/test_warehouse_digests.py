@@ -126,6 +126,28 @@ def test_an_edit_that_keeps_size_and_mtime_is_found_by_verify_all(lake_and_path:
     assert build_warehouse(lake, path).left_out == [str(damaged)]  # no longer in the cache
 
 
+class _LakeRewrittenAfterListing(Lake):
+    """A lake where a run rewrites one partition right after the rebuild listed the table's files."""
+
+    def files(self, table: str) -> list[Path]:
+        listed = super().files(table)
+        if table == "events" and not getattr(self, "rewritten", False):
+            self.rewritten = True
+            self.write("events", _events(DAYS[0], n=7), ACCOUNT, DAYS[0])
+        return listed
+
+
+def test_a_file_replaced_during_the_rebuild_neither_fails_it_nor_counts_as_damaged(
+    lake_and_path: tuple[Lake, Path],
+) -> None:
+    lake, path = lake_and_path
+    racing = _LakeRewrittenAfterListing(lake.root)
+    build = build_warehouse(racing, path)
+    assert "events" in build.views and build.left_out == [] and not build.warnings
+    with read_only(path, lake) as con:
+        assert con.execute("SELECT count(*) FROM events WHERE day = ?", [DAYS[0].isoformat()]).fetchone() == (7,)
+
+
 @pytest.mark.parametrize(
     "content",
     [

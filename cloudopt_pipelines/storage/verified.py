@@ -45,13 +45,14 @@ class FileVerifier:
 
     def damage(self, lake: Lake, file: Path | str) -> tuple[str, str] | None:
         """None while ``file`` has the bytes it was written with, else (its SHA-256 now, the one recorded).
-        A file without a recorded digest (written before digests existed) passes unchecked."""
+        A file without a recorded digest (written before digests existed) passes unchecked; one that is gone
+        raises ``FileNotFoundError``."""
         name = str(file)
+        stamp = lake.file_stamp(file)  # first: FileNotFoundError when a newer version replaced the file
         recorded = lake.recorded_sha256(file)
         if recorded is None:
             self.without_digest += 1
             return None
-        stamp = lake.file_stamp(file)
         entry = {"sha256": recorded, "stamp": list(stamp) if stamp is not None else None}
         if self._known.get(name) == entry:
             self.from_cache += 1

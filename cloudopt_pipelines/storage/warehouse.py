@@ -173,8 +173,13 @@ def _create_table_view(
     if not files:
         return False
     intact: list[Path | str] = []
+    gone = 0
     for file in files:
-        damage = verifier.damage(lake, file)
+        try:
+            damage = verifier.damage(lake, file)
+        except FileNotFoundError:
+            gone += 1  # a run rewrote its partition since the listing: the new file is checked next rebuild
+            continue
         if damage is None:
             intact.append(file)
             continue
@@ -186,7 +191,7 @@ def _create_table_view(
             f"it is repaired: {repair_hint(lake, table, file)}"
         )
     first_error = "every file is damaged"
-    if len(intact) == len(files):
+    if len(intact) + gone == len(files):
         # A local lake's view is a glob, so partitions written after this rebuild show up in it.
         source = lake.parquet_source(table) if lake.is_local else _listing(intact)
         try:
