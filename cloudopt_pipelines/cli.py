@@ -340,6 +340,35 @@ def sql(
         typer.echo(f"(first {max_rows} rows kept; raise --max-rows or add a LIMIT)", err=True)
 
 
+@app.command()
+def warehouse(
+    verify_all: Annotated[
+        bool,
+        typer.Option(
+            "--verify-all",
+            help="Hash every lake file again, even those an earlier rebuild verified and that are unchanged since.",
+        ),
+    ] = False,
+) -> None:
+    """Rebuild the warehouse from the lake now (what every run ends with), checking each file its views name
+    against the SHA-256 recorded when it was written. A damaged or unreadable file is left out of its view
+    and printed with the command that re-materialises it. Exits 1 if any file was left out."""
+    from cloudopt_pipelines.project_files import marts_dir
+    from cloudopt_pipelines.storage.lake import open_lake
+    from cloudopt_pipelines.storage.warehouse import build_warehouse
+
+    settings = load_settings()
+    build = build_warehouse(open_lake(settings.lake_url), settings.warehouse_path, marts_dir(), verify_all=verify_all)
+    for warning in build.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(
+        f"warehouse {build.path}: {len(build.views)} views, {len(build.marts)} marts; lake files hashed "
+        f"{build.files_hashed}, verified before and unchanged {build.files_from_cache}, left out {len(build.left_out)}"
+    )
+    if build.left_out:
+        raise typer.Exit(1)
+
+
 ACCOUNTS_PARTITIONS_NAME = "accounts"  # cloudopt_pipelines.partitions, without importing Dagster's definitions
 # Keys of dagster.yaml that move the instance's storage off the default SQLite files under DAGSTER_HOME.
 _STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")

@@ -23,6 +23,7 @@ import pytest
 from cloudopt_pipelines.backtest.features import run_feature_models
 from cloudopt_pipelines.storage.lake import CorruptFileError, Lake, digest_path, file_sha256
 from cloudopt_pipelines.storage.schemas import UTILIZATION_5M
+from cloudopt_pipelines.storage.warehouse import read_only
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 from tests.test_features import ACCOUNT, DAY0, ts_of
 
@@ -102,6 +103,9 @@ def test_a_damaged_file_fails_the_run_that_reads_it_and_the_named_fix_repairs_it
     [fix] = set(FIX.findall(output))
     assert fix == f"run --start {first} --end {first} --accounts {account}"
     assert lake.partitions("utilization_window") == [(account, first.isoformat())]  # none for the second day
+    # The run's warehouse refresh leaves the damaged file out of the analysts' view, naming it and the fix.
+    assert f"warehouse: lake file {damaged} of table 'utilization_daily' is damaged" in output
+    assert _warehouse_days(home, account) == [second.isoformat()]  # the intact partition stays queryable
 
     repaired = _cloudopt(home, *shlex.split(fix))
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -110,6 +114,16 @@ def test_a_damaged_file_fails_the_run_that_reads_it_and_the_named_fix_repairs_it
     again = _cloudopt(home, "run", "--start", str(second), "--end", str(second), "--accounts", account)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (account, second.isoformat()) in lake.partitions("utilization_window")
+    assert _warehouse_days(home, account) == [first.isoformat(), second.isoformat()]
+
+
+def _warehouse_days(home: Path, account: str) -> list[str]:
+    """The days of ``account`` the analysts' ``utilization_daily`` view shows."""
+    with read_only(home / "warehouse.duckdb", home / "lake") as con:
+        rows = con.execute(
+            "SELECT DISTINCT CAST(date AS VARCHAR) FROM utilization_daily WHERE account_id = ? ORDER BY 1", [account]
+        ).fetchall()
+    return [d for (d,) in rows]
 
 
 def test_the_fix_of_a_file_of_a_day_table_names_that_day(tmp_path: Path) -> None:

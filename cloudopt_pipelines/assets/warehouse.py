@@ -22,7 +22,9 @@ def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """Views over every lake table plus the marts, rebuilt into a new file that atomically replaces
         the old one, so analysts with the warehouse open read-only are never blocked. A bad lake entry
-        (an unreadable file, a folder that is not a table) is left out and listed in `warnings`."""
+        (a file whose SHA-256 no longer matches the one recorded when it was written, an unreadable file,
+        a folder that is not a table) is left out and listed in `warnings`; `files_hashed` counts the files
+        this rebuild hashed, `files_verified_from_cache` those verified before and unchanged since."""
         build = warehouse.rebuild(lake.get_lake())
         for warning in build.warnings:
             context.log.warning(warning)
@@ -34,6 +36,10 @@ def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
                 "empty_views": dg.MetadataValue.text(", ".join(build.empty_views) or "none"),
                 "marts": dg.MetadataValue.text(", ".join(build.marts) or "none"),
                 "warnings": dg.MetadataValue.json(build.warnings),
+                "left_out_files": dg.MetadataValue.json(build.left_out),
+                "files_hashed": build.files_hashed,
+                "files_verified_from_cache": build.files_from_cache,
+                "files_without_digest": build.files_without_digest,
             }
         )
 

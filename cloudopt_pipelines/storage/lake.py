@@ -108,6 +108,23 @@ class Lake:
         """The Parquet footer of one file, read from the file itself (an error if it is not readable)."""
         return pq.read_metadata(file)
 
+    def recorded_sha256(self, file: Path | str) -> str | None:
+        """The SHA-256 recorded when ``file`` was written, None for a file from before digests."""
+        try:
+            return digest_path(Path(file)).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def file_stamp(self, file: Path | str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of ``file``: a file is never rewritten in place, so while these hold, a digest
+        checked once still holds (None on a backend whose objects are immutable by name)."""
+        stat = os.stat(file)
+        return (stat.st_size, stat.st_mtime_ns)
+
+    def actual_sha256(self, file: Path | str) -> str:
+        """SHA-256 of the bytes of ``file`` as stored now."""
+        return file_sha256(Path(file))
+
     def sweep(self, now: float | None = None) -> list[str]:
         """Remove what killed writers left (see ``sweep_leftovers``); returns what was removed."""
         return [str(p) for p in sweep_leftovers(self.root, now)]

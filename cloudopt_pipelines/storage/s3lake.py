@@ -36,6 +36,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from pyarrow import fs
 
 from cloudopt_pipelines.storage.lake import (
+    _HASH_CHUNK,
     ROW_GROUP_ROWS,
     STALE_STAGING_S,
     CorruptFileError,
@@ -93,6 +94,7 @@ class S3Lake(Lake):
         self.root = f"s3://{self.base}"  # type: ignore[assignment]
         self.fs = filesystem or s3_filesystem()
         self._rows: dict[str, int] = {}
+        self._digests: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -173,7 +175,23 @@ class S3Lake(Lake):
         return [i.base_name for i in infos if i.type == fs.FileType.Directory]
 
     def files(self, table: str) -> list[str]:  # type: ignore[override]
-        return sorted(f"s3://{f['key']}" for m in self._manifests(table) for f in m["files"])
+        entries = [f for m in self._manifests(table) for f in m["files"]]
+        self._digests.update({f["key"]: f["sha256"] for f in entries if isinstance(f.get("sha256"), str)})
+        return sorted(f"s3://{f['key']}" for f in entries)
+
+    def recorded_sha256(self, file: Path | str) -> str | None:
+        """The SHA-256 the manifest recorded for ``file`` (one ``files`` listed); None before digests."""
+        return self._digests.get(str(file).removeprefix("s3://"))
+
+    def file_stamp(self, file: Path | str) -> tuple[int, int] | None:
+        return None  # an object is never rewritten under its name: its name and digest identify it
+
+    def actual_sha256(self, file: Path | str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(str(file).removeprefix("s3://")) as stream:
+            while chunk := stream.read(_HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def partitions(self, table: str) -> list[tuple[str | None, str | None]]:
         found = [(m.get("account_id"), m.get("date")) for m in self._manifests(table)]

@@ -8,10 +8,13 @@ rebuilt (when tables or marts change) into a temporary file that then replaces t
 waits for a reader's lock. Writers are serialised by an exclusive file lock beside the database (and
 by a Dagster concurrency pool).
 
-One bad lake entry never breaks the rebuild: a folder that is not a table name is skipped, a table
-with an unreadable file gets a view over its readable files only, and each is reported with the
-command that repairs it. Analysts' connections (``read_only``) cannot write or read anything but
-the warehouse and the lake, nor load extensions, nor undo those settings.
+DuckDB verifies no checksum and reads a flipped bit as other numbers, so the rebuild checks every
+file a view names against the SHA-256 recorded when it was written (``storage/verified.py`` keeps the
+digests already checked, so an unchanged file is hashed once). One bad lake entry never breaks the
+rebuild: a folder that is not a table name is skipped, a table with a damaged or unreadable file gets a
+view over its intact files only, and each is reported with the command that repairs it. Analysts'
+connections (``read_only``) cannot write or read anything but the warehouse and the lake, nor load
+extensions, nor undo those settings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pyarrow as pa
 from cloudopt_pipelines.sqlmodels.runner import parse_model
 from cloudopt_pipelines.storage.lake import Lake, open_lake, quote_identifier, quote_literal, repair_hint
 from cloudopt_pipelines.storage.schemas import TABLES, UNION_VIEWS
+from cloudopt_pipelines.storage.verified import FileVerifier, cache_path
 
 MAX_SQL_ROWS = 10_000
 """The most rows ``cloudopt sql`` prints: larger results belong in a tool that reads the warehouse directly."""
@@ -47,6 +51,14 @@ class WarehouseBuild:
     empty_views: list[str]
     marts: list[str]
     warnings: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    """Lake files no view reads: damaged (SHA-256 mismatch) or unreadable; each is also in ``warnings``."""
+    files_hashed: int = 0
+    """Lake files whose SHA-256 this rebuild computed (the others were verified before, unchanged since)."""
+    files_from_cache: int = 0
+    """Lake files found verified in the cache beside the warehouse: same name, size and mtime (same digest on S3)."""
+    files_without_digest: int = 0
+    """Lake files written before digests existed: read unchecked."""
 
 
 @contextmanager
@@ -73,17 +85,22 @@ def writer_lock(path: Path, timeout_s: float = 300.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> WarehouseBuild:
+def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None, verify_all: bool = False) -> WarehouseBuild:
     """Rebuild the warehouse at ``path``: one view per lake table (and per known empty table), then marts.
 
-    Folders of the lake that are not table names are skipped, and a table with unreadable files gets a
-    view over its readable files; both are listed in ``warnings`` with the fix.
+    Every file a view names is first checked against the SHA-256 recorded when it was written; files
+    verified by an earlier rebuild and unchanged since are not hashed again (the cache beside the
+    warehouse, ignored with ``verify_all``). Folders of the lake that are not table names are skipped,
+    and a table with damaged or unreadable files gets a view over its intact files; both are listed in
+    ``warnings`` with the fix.
     """
     views: list[str] = []
     empty: list[str] = []
     marts: list[str] = []
     warnings: list[str] = []
+    left_out: list[str] = []
     with writer_lock(path):
+        verifier = FileVerifier(cache_path(path), verify_all=verify_all)
         lake.sweep()
         _sweep_warehouse_temps(path)
         warnings.extend(
@@ -96,7 +113,7 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
             con = lake.attach(duckdb.connect(str(tmp)))
             try:
                 for table in lake.tables():
-                    if _create_table_view(con, lake, table, warnings):
+                    if _create_table_view(con, lake, table, verifier, warnings, left_out):
                         views.append(table)
                 for view, prefix in UNION_VIEWS.items():
                     members = [t for t in views if t.startswith(prefix)]
@@ -126,41 +143,86 @@ def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None) -> Wa
             for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                 if leftover.exists():
                     leftover.unlink()
-    return WarehouseBuild(path=path, views=views, empty_views=empty, marts=marts, warnings=warnings)
+        verifier.save()
+    return WarehouseBuild(
+        path=path,
+        views=views,
+        empty_views=empty,
+        marts=marts,
+        warnings=warnings,
+        left_out=left_out,
+        files_hashed=verifier.hashed,
+        files_from_cache=verifier.from_cache,
+        files_without_digest=verifier.without_digest,
+    )
 
 
-def _create_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, warnings: list[str]) -> bool:
-    """The view of one lake table; over its readable files only when some cannot be read. False if none can."""
+def _create_table_view(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    table: str,
+    verifier: FileVerifier,
+    warnings: list[str],
+    left_out: list[str],
+) -> bool:
+    """The view of one lake table; over its intact files only when some are damaged or cannot be read.
+    False if none can be read."""
     options = "hive_partitioning = false, union_by_name = true"
     name = quote_identifier(table)
-    source = lake.parquet_source(table)
-    if source is None:
+    files = lake.files(table)
+    if not files:
         return False
-    try:
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({source}, {options})")
-        return True
-    except duckdb.Error as exc:
-        first_error = str(exc).splitlines()[0]
+    intact: list[Path | str] = []
+    gone = 0
+    for file in files:
+        try:
+            damage = verifier.damage(lake, file)
+        except FileNotFoundError:
+            gone += 1  # a run rewrote its partition since the listing: the new file is checked next rebuild
+            continue
+        if damage is None:
+            intact.append(file)
+            continue
+        actual, recorded = damage
+        left_out.append(str(file))
+        warnings.append(
+            f"lake file {file} of table '{table}' is damaged (its SHA-256 is {actual[:12]}..., {recorded[:12]}... "
+            f"when written); the view '{table}' leaves it out and shows no new partition of that table until "
+            f"it is repaired: {repair_hint(lake, table, file)}"
+        )
+    first_error = "every file is damaged"
+    if len(intact) + gone == len(files):
+        # A local lake's view is a glob, so partitions written after this rebuild show up in it.
+        source = lake.parquet_source(table) if lake.is_local else _listing(intact)
+        try:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({source}, {options})")
+            return True
+        except duckdb.Error as exc:
+            first_error = str(exc).splitlines()[0]
     good: list[Path | str] = []
-    for file in lake.files(table):
+    for file in intact:
         try:
             lake.read_footer(file)
             good.append(file)
         except (OSError, pa.ArrowException) as exc:
+            left_out.append(str(file))
             warnings.append(
                 f"lake file {file} of table '{table}' cannot be read ({str(exc).splitlines()[0]}); the view "
                 f"'{table}' leaves it out and shows no new partition of that table until it is repaired: "
                 f"{repair_hint(lake, table, file)}"
             )
     if good:
-        listing = ", ".join(quote_literal(str(f)) for f in good)
         try:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], {options})")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_listing(good)}, {options})")
             return True
         except duckdb.Error as exc:
             first_error = str(exc).splitlines()[0]
     warnings.append(f"no view of lake table '{table}': {first_error}; re-materialise that table")
     return False
+
+
+def _listing(files: list[Path | str]) -> str:
+    return "[" + ", ".join(quote_literal(str(f)) for f in files) + "]"
 
 
 def _sweep_warehouse_temps(path: Path) -> None:
