@@ -143,7 +143,7 @@ def test_the_values_name_the_launcher_location_and_service_account() -> None:
 
 
 # Every key the values set, with the type the official chart's schema gives it. Checked by hand against
-# the chart's schema models (helm/dagster/schema in dagster-io/dagster, 1.13-era sources; docs/deploy.md
+# the chart's schema models (helm/dagster/schema in dagster-io/dagster, recent sources; docs/deploy.md
 # says which and how) and its instance ConfigMap template (which renders dagsterDaemon.runMonitoring's
 # keys, a free-form map in the schema). A key added here must be checked against the chart first.
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
