@@ -8,8 +8,11 @@
 - the values use the run launcher, the service account and the location of the rest, and the service
   account is bound to the collector's read-only ClusterRole exactly as docs/kubernetes.md states it.
 
-The chart's own values.schema.json is not checked here: the chart is not reachable from this machine
-(docs/deploy.md says how to check it with ``helm lint`` where it is).
+- every key the values set is one checked against the chart's schema, with that schema's type, and each
+  list item carries what the schema requires of it.
+
+The chart itself is not reachable from this machine: docs/deploy.md says what was checked against its
+schema sources, and how to check with ``helm lint`` / ``helm template`` where it is.
 """
 
 import os
@@ -137,6 +140,120 @@ def test_the_values_name_the_launcher_location_and_service_account() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "cloudopt"}]
     writes = {v for d in documents if d["kind"] == "ClusterRole" for r in d["rules"] for v in r["verbs"]}
     assert writes <= {"list", "get"}, "the collector's identity must not write cluster-wide"
+
+
+# Every key the values set, with the type the official chart's schema gives it. Checked by hand against
+# the chart's schema models (helm/dagster/schema in dagster-io/dagster, recent sources; docs/deploy.md
+# says which and how) and its instance ConfigMap template (which renders dagsterDaemon.runMonitoring's
+# keys, a free-form map in the schema). A key added here must be checked against the chart first.
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+CHART_KEYS: dict[str, type | tuple[str, ...]] = {
+    "global.serviceAccountName": str,
+    "global.postgresqlSecretName": str,
+    "serviceAccount.create": bool,
+    "serviceAccount.name": str,
+    "dagsterWebserver.replicaCount": int,
+    "dagsterWebserver.envConfigMaps[].name": str,
+    "dagsterWebserver.resources": dict,
+    "dagsterDaemon.enabled": bool,
+    "dagsterDaemon.envConfigMaps[].name": str,
+    "dagsterDaemon.runCoordinator.enabled": bool,
+    "dagsterDaemon.runCoordinator.type": ("QueuedRunCoordinator",),
+    "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.maxConcurrentRuns": int,
+    "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits[].key": str,
+    "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits[].value": str,
+    "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits[].limit": int,
+    "dagsterDaemon.runMonitoring.enabled": bool,
+    "dagsterDaemon.runMonitoring.startTimeoutSeconds": int,
+    "dagsterDaemon.runMonitoring.freeSlotsAfterRunEndSeconds": int,
+    "dagsterDaemon.resources": dict,
+    "dagster-user-deployments.enabled": bool,
+    "dagster-user-deployments.enableSubchart": bool,
+    "dagster-user-deployments.deployments[].name": str,
+    "dagster-user-deployments.deployments[].image.repository": str,
+    "dagster-user-deployments.deployments[].image.tag": str,
+    "dagster-user-deployments.deployments[].image.pullPolicy": PULL_POLICIES,
+    "dagster-user-deployments.deployments[].dagsterApiGrpcArgs": list,
+    "dagster-user-deployments.deployments[].port": int,
+    "dagster-user-deployments.deployments[].envConfigMaps[].name": str,
+    "dagster-user-deployments.deployments[].envSecrets[].name": str,
+    "dagster-user-deployments.deployments[].includeConfigInLaunchedRuns.enabled": bool,
+    "dagster-user-deployments.deployments[].resources": dict,
+    "runLauncher.type": ("K8sRunLauncher",),
+    "runLauncher.config.k8sRunLauncher.envConfigMaps[].name": str,
+    "runLauncher.config.k8sRunLauncher.envSecrets[].name": str,
+    "runLauncher.config.k8sRunLauncher.runK8sConfig.containerConfig": dict,
+    "postgresql.enabled": bool,
+    "postgresql.postgresqlHost": str,
+    "postgresql.postgresqlUsername": str,
+    "postgresql.postgresqlDatabase": str,
+    "postgresql.postgresqlParams": dict,
+    "postgresql.service.port": int,
+    "generatePostgresqlPasswordSecret": bool,
+    "telemetry.enabled": bool,
+}
+# Lists are not merged with the chart's defaults (the values' list replaces the chart's), so each item
+# must carry what the chart's schema requires of it.
+REQUIRED_IN_ITEMS = {
+    "dagster-user-deployments.deployments[]": {"name", "image", "port"},
+    "dagster-user-deployments.deployments[].image": {"repository", "tag", "pullPolicy"},
+    "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits[]": {"key", "limit"},
+}
+
+
+def _chart_paths(tree: object, path: str = "") -> list[tuple[str, object]]:
+    """(path, value) of every key the values set; list items as ``[]``; free-form maps as one value."""
+    if isinstance(tree, dict) and CHART_KEYS.get(path) is not dict:
+        return [pv for key, value in tree.items() for pv in _chart_paths(value, f"{path}.{key}" if path else key)]
+    if isinstance(tree, list) and tree and all(isinstance(item, dict) for item in tree):
+        return [pv for item in tree for pv in _chart_paths(item, path + "[]")]
+    return [(path, tree)]
+
+
+def _chart_problems(values: dict) -> list[str]:
+    problems = []
+    for path, value in _chart_paths(values):
+        wanted = CHART_KEYS.get(path)
+        if wanted is None:
+            problems.append(f"{path}: not a key checked against the chart")
+        elif isinstance(wanted, tuple):
+            if value not in wanted:
+                problems.append(f"{path}: {value!r} is not one of {wanted}")
+        elif type(value) is not wanted:  # bool is not an int here: the chart's schema tells them apart
+            problems.append(f"{path}: {type(value).__name__}, the chart wants {wanted.__name__}")
+    for prefix, required in REQUIRED_IN_ITEMS.items():
+        items = [values]
+        for part in prefix.split("."):
+            items = [i[part.removesuffix("[]")] for i in items if part.removesuffix("[]") in i]
+            if part.endswith("[]"):
+                items = [x for i in items for x in i]
+        problems += [f"{prefix}: {sorted(required - set(i))} missing" for i in items if required - set(i)]
+    return problems
+
+
+def test_the_values_use_only_keys_and_types_of_the_charts_schema() -> None:
+    values = _values()
+    assert _chart_problems(values) == []
+    assert {path for path, _ in _chart_paths(values)} == set(CHART_KEYS), "a key was dropped from the values"
+    # The chart fails on queue limits set both under the run coordinator and under `concurrency.runs`.
+    assert "concurrency" not in values
+
+    # Not vacuous: a misspelt key, a wrong type and an incomplete list item are each refused.
+    bad = yaml.safe_load(VALUES.read_text())
+    launcher = bad["runLauncher"]["config"]["k8sRunLauncher"]
+    launcher["runK8sConfg"] = launcher.pop("runK8sConfig")
+    bad["dagster-user-deployments"]["deployments"][0]["image"]["tag"] = 1.0
+    del bad["dagster-user-deployments"]["deployments"][0]["port"]
+    assert sorted(_chart_problems(bad)) == [
+        "dagster-user-deployments.deployments[].image.tag: float, the chart wants str",
+        "dagster-user-deployments.deployments[]: ['port'] missing",
+        "runLauncher.config.k8sRunLauncher.runK8sConfg.containerConfig.resources.limits.memory: "
+        "not a key checked against the chart",
+        "runLauncher.config.k8sRunLauncher.runK8sConfg.containerConfig.resources.requests.cpu: "
+        "not a key checked against the chart",
+        "runLauncher.config.k8sRunLauncher.runK8sConfg.containerConfig.resources.requests.memory: "
+        "not a key checked against the chart",
+    ]
 
 
 def test_run_executor_is_chosen_by_the_setting_and_refuses_a_typo() -> None:
