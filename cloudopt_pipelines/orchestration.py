@@ -16,6 +16,7 @@ instead of failing one run and going on.
 """
 
 import os
+import re
 
 # Dagster's gRPC calls give up after 60 s; starting a run worker on a busy machine can take longer (each
 # imports the definitions), and a run that failed to start for that is not a failure of the pipeline.
@@ -57,6 +58,8 @@ TAG_WORKER = "cloudopt/run_worker"
 WORKER_LOCAL = "local process"
 # The run worker's first engine event (dagster/_grpc/impl.py), whose metadata carries its pid.
 WORKER_STARTED = "Started process for run (pid:"
+# What the code server reports when a run worker it started died before ending its run (dagster/_grpc/server.py).
+WORKER_DIED = re.compile(r"Run execution process for \S+ (?:was terminated by signal|unexpectedly exited)[^.]*")
 LOCATION_NAME = "cloudopt_pipelines"  # as workspace.yaml names it: the UI lists the runs under it
 DEFINITIONS_MODULE = "cloudopt_pipelines.definitions"
 RUN_POLL_S = 0.5
@@ -821,6 +824,11 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
                 message = cause.message.strip()
                 cause = cause.cause
             return f"{event.step_key}: {message}"
+    for event in result.all_events:
+        # A run failed from outside (its worker died): the code server's report says how, the failure event does not.
+        died = WORKER_DIED.search(event.message or "") if event.event_type_value == "ENGINE_EVENT" else None
+        if died is not None:
+            return f"run failed: {died.group(0)}"
     for event in result.all_events:
         if event.event_type_value in ("PIPELINE_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") and event.message:
             data = getattr(event.event_specific_data, "error", None)
