@@ -15,6 +15,7 @@ pool is bounded and names the run that holds it. An interrupt (Ctrl-C, SIGTERM) 
 instead of failing one run and going on.
 """
 
+import json
 import os
 import re
 
@@ -144,12 +145,41 @@ def process_gone(tags: Mapping[str, str]) -> bool:
 
 def _run_process_gone(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     """A launched run is judged by its run worker's pid once known (the command that launched it may have
-    ended while the worker goes on); until then, and for a run executed in process, by its tags."""
+    ended while the worker goes on); until then, and for a run executed in process, by its tags. A run the
+    daemon made (a backfill's) carries no tags of ours: it is judged by its worker's pid when its code
+    server was reached through a Unix socket that is on this machine (the daemon's own code server)."""
     if run.tags.get(TAG_WORKER) == WORKER_LOCAL:
         worker = run_worker_pid(instance, run.run_id)
         if worker is not None:
             return process_gone({TAG_PID: worker, TAG_HOST: run.tags.get(TAG_HOST, "")})
+    elif TAG_PID not in run.tags and _launched_on_this_machine(instance, run):
+        worker = run_worker_pid(instance, run.run_id)
+        if worker is not None:
+            return process_gone({TAG_PID: worker, TAG_HOST: socket.gethostname()})
     return process_gone(run.tags)
+
+
+def _launched_on_this_machine(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """True when the instance's local run launcher started ``run`` through a Unix socket of this machine."""
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
+        return False  # a Kubernetes job or the like: Dagster's run monitoring watches it
+    try:
+        info = json.loads(run.tags.get(GRPC_INFO_TAG, "{}"))
+    except ValueError:
+        return False
+    path = info.get("socket") if isinstance(info, dict) else None
+    # The socket file is on this machine (it outlives a killed code server): another machine's daemon, whose
+    # pids mean nothing here, would name a path that does not exist here.
+    return isinstance(path, str) and Path(path).is_socket()
+
+
+def _gone_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The process a dead run is judged by, for the message that marks it failed."""
+    if TAG_PID in run.tags:
+        return f"process {run.tags[TAG_PID]} on {run.tags.get(TAG_HOST)}"
+    return f"run worker {run_worker_pid(instance, run.run_id)} on {socket.gethostname()} (launched by the daemon)"
 
 
 def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -164,7 +194,7 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
             continue
         instance.report_run_failed(
             run,
-            message=f"process {run.tags[TAG_PID]} on {run.tags[TAG_HOST]} that ran this run is gone (killed); "
+            message=f"{_gone_process(instance, run)} that ran this run is gone (killed); "
             "marked failed by cloudopt, which freed its pool slots",
         )
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

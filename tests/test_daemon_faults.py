@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -253,6 +254,58 @@ def test_a_run_worker_of_the_daemon_killed_mid_write_fails_frees_its_slot_and_th
     assert not list(settings.home.glob(".warehouse.duckdb.*.tmp"))
     assert _lock_is_free(settings.warehouse_path.with_name("warehouse.duckdb.lock"))
     assert lake.partitions("utilization_daily") == [(account, day.isoformat())]
+    _every_partition_reads(lake)
+    staging = lake.root / STAGING
+    assert not staging.is_dir() or not list(staging.iterdir())
+
+
+def test_the_daemon_killed_with_its_run_worker_leaves_a_run_the_next_command_fails_and_redoes(
+    postgres: int,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on a lost machine: the daemon, its code server and the run worker die together mid-write (the
+    hook kills the daemon's process group), and so does the command that submitted the backfill."""
+    settings, env = _home(postgres, tmp_path, monkeypatch)
+    instance = ensure_instance(settings)
+    lake = Lake(settings.lake_dir)
+    account, day, point = DEMO_ACCOUNTS[0], DAYS[0], "utilization_daily"
+    args = ["run", "--start", str(day), "--end", str(day), "--accounts", account]
+    hooked = {
+        **env,
+        POINT_VAR: point,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(HOOK_DIR), str(REPO), env.get("PYTHONPATH")) if p),
+    }
+    log = tmp_path / "daemon.log"
+    with _daemon(hooked, log) as daemon, open(tmp_path / "run.log", "w") as out:
+        first = subprocess.Popen(
+            [str(CLOUDOPT), *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            _wait(lambda: daemon.poll() is not None or first.poll() is not None, "the kill", log)
+            assert (settings.home / "killed_at").read_text() == point, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    left = [r for r in instance.get_runs(filters=dg.RunsFilter(job_name=DAILY_JOB)) if not r.is_finished]
+    assert len(left) == 1 and "dagster/backfill" in left[0].tags, [r.status for r in left]
+    assert lake.partitions(point) == []
+
+    # A new daemon (no hook), and the command again: it fails the dead run, judged by its worker's pid.
+    with _daemon(env, log) as daemon:
+        retry = _cloudopt(env, *args, "--only-missing")
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        assert f"run {left[0].run_id} was left unfinished by a process that is gone" in retry.stdout, retry.stdout
+        _wait(lambda: _all_finished(instance), "the end of every run of the retry", log)
+        assert daemon.poll() is None, log.read_text()[-3000:]
+
+    killed = instance.get_run_by_id(left[0].run_id)
+    assert killed.status == dg.DagsterRunStatus.FAILURE
+    assert "launched by the daemon" in _run_messages(instance, killed.run_id)
+    daily = instance.get_runs(filters=dg.RunsFilter(job_name=DAILY_JOB, statuses=[dg.DagsterRunStatus.SUCCESS]))
+    assert [r.tags["dagster/partition"] for r in daily] == [str(account_day_key(account, day))]
+    assert _no_slot_held(instance)
+    assert lake.partitions(point) == [(account, day.isoformat())]
     _every_partition_reads(lake)
     staging = lake.root / STAGING
     assert not staging.is_dir() or not list(staging.iterdir())
