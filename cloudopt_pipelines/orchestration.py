@@ -10,7 +10,9 @@ its timeline and re-executes them like any run it launched. Only a range given a
 Every run is tagged with the process that executes it. A process killed mid-run (SIGKILL, a lost
 machine) leaves its run STARTED and, in the warehouse step, the only slot of the pool
 ``duckdb_warehouse`` claimed; ``recover_dead_runs`` (called when a range starts and while the
-warehouse refresh waits for the pool) marks such runs failed and frees their slots. The wait for the
+warehouse refresh waits for the pool) marks such runs failed and frees their slots. A run the daemon made
+(a backfill's) carries no such tags; it is judged by its run worker's pid when the code server that started
+it was reached through a Unix socket of this machine. The wait for the
 pool is bounded and names the run that holds it. An interrupt (Ctrl-C, SIGTERM) stops the range
 instead of failing one run and going on.
 """
