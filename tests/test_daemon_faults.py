@@ -9,6 +9,7 @@ daemon's code server. Each test waits on the instance's state, never on a sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -309,3 +310,32 @@ def test_the_daemon_killed_with_its_run_worker_leaves_a_run_the_next_command_fai
     _every_partition_reads(lake)
     staging = lake.root / STAGING
     assert not staging.is_dir() or not list(staging.iterdir())
+
+
+def test_a_daemons_run_is_judged_only_when_its_code_servers_socket_is_on_this_machine(tmp_path: Path) -> None:
+    """The socket the run names must exist here: a run another machine's daemon launched (its path absent
+    here, its pids meaning nothing here) is never failed, however dead its worker's pid looks on this one."""
+    import socket as sockets
+
+    from dagster._core.events import EngineEventData
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    from cloudopt_pipelines.orchestration import recover_dead_runs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    here = tmp_path / "grpc.sock"
+    with sockets.socket(sockets.AF_UNIX) as server, dg.instance_for_test() as instance:
+        server.bind(str(here))
+        assert isinstance(instance.run_launcher, dg.DefaultRunLauncher)
+        runs = {}
+        for name, path in (("elsewhere", tmp_path / "absent.sock"), ("here", here)):
+            tags = {GRPC_INFO_TAG: json.dumps({"host": "localhost", "socket": str(path)})}
+            run = instance.add_run(dg.DagsterRun(job_name=name, status=dg.DagsterRunStatus.STARTED, tags=tags))
+            instance.report_engine_event(
+                f"Started process for run (pid: {gone.pid}).", run, EngineEventData.in_process(gone.pid)
+            )
+            runs[name] = run.run_id
+        assert recover_dead_runs(instance) == [runs["here"]]
+        assert instance.get_run_by_id(runs["elsewhere"]).status == dg.DagsterRunStatus.STARTED
+        assert instance.get_run_by_id(runs["here"]).status == dg.DagsterRunStatus.FAILURE
