@@ -10,12 +10,16 @@ its timeline and re-executes them like any run it launched. Only a range given a
 Every run is tagged with the process that executes it. A process killed mid-run (SIGKILL, a lost
 machine) leaves its run STARTED and, in the warehouse step, the only slot of the pool
 ``duckdb_warehouse`` claimed; ``recover_dead_runs`` (called when a range starts and while the
-warehouse refresh waits for the pool) marks such runs failed and frees their slots. The wait for the
+warehouse refresh waits for the pool) marks such runs failed and frees their slots. A run the daemon made
+(a backfill's) carries no such tags; it is judged by its run worker's pid when the code server that started
+it was reached through a Unix socket of this machine. The wait for the
 pool is bounded and names the run that holds it. An interrupt (Ctrl-C, SIGTERM) stops the range
 instead of failing one run and going on.
 """
 
+import json
 import os
+import re
 
 # Dagster's gRPC calls give up after 60 s; starting a run worker on a busy machine can take longer (each
 # imports the definitions), and a run that failed to start for that is not a failure of the pipeline.
@@ -57,6 +61,8 @@ TAG_WORKER = "cloudopt/run_worker"
 WORKER_LOCAL = "local process"
 # The run worker's first engine event (dagster/_grpc/impl.py), whose metadata carries its pid.
 WORKER_STARTED = "Started process for run (pid:"
+# What the code server reports when a run worker it started died before ending its run (dagster/_grpc/server.py).
+WORKER_DIED = re.compile(r"Run execution process for \S+ (?:was terminated by signal|unexpectedly exited)[^.]*")
 LOCATION_NAME = "cloudopt_pipelines"  # as workspace.yaml names it: the UI lists the runs under it
 DEFINITIONS_MODULE = "cloudopt_pipelines.definitions"
 RUN_POLL_S = 0.5
@@ -141,12 +147,41 @@ def process_gone(tags: Mapping[str, str]) -> bool:
 
 def _run_process_gone(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     """A launched run is judged by its run worker's pid once known (the command that launched it may have
-    ended while the worker goes on); until then, and for a run executed in process, by its tags."""
+    ended while the worker goes on); until then, and for a run executed in process, by its tags. A run the
+    daemon made (a backfill's) carries no tags of ours: it is judged by its worker's pid when its code
+    server was reached through a Unix socket that is on this machine (the daemon's own code server)."""
     if run.tags.get(TAG_WORKER) == WORKER_LOCAL:
         worker = run_worker_pid(instance, run.run_id)
         if worker is not None:
             return process_gone({TAG_PID: worker, TAG_HOST: run.tags.get(TAG_HOST, "")})
+    elif TAG_PID not in run.tags and _launched_on_this_machine(instance, run):
+        worker = run_worker_pid(instance, run.run_id)
+        if worker is not None:
+            return process_gone({TAG_PID: worker, TAG_HOST: socket.gethostname()})
     return process_gone(run.tags)
+
+
+def _launched_on_this_machine(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """True when the instance's local run launcher started ``run`` through a Unix socket of this machine."""
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
+        return False  # a Kubernetes job or the like: Dagster's run monitoring watches it
+    try:
+        info = json.loads(run.tags.get(GRPC_INFO_TAG, "{}"))
+    except ValueError:
+        return False
+    path = info.get("socket") if isinstance(info, dict) else None
+    # The socket file is on this machine (it outlives a killed code server): another machine's daemon, whose
+    # pids mean nothing here, would name a path that does not exist here.
+    return isinstance(path, str) and Path(path).is_socket()
+
+
+def _gone_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The process a dead run is judged by, for the message that marks it failed."""
+    if TAG_PID in run.tags:
+        return f"process {run.tags[TAG_PID]} on {run.tags.get(TAG_HOST)}"
+    return f"run worker {run_worker_pid(instance, run.run_id)} on {socket.gethostname()} (launched by the daemon)"
 
 
 def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -161,7 +196,7 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
             continue
         instance.report_run_failed(
             run,
-            message=f"process {run.tags[TAG_PID]} on {run.tags[TAG_HOST]} that ran this run is gone (killed); "
+            message=f"{_gone_process(instance, run)} that ran this run is gone (killed); "
             "marked failed by cloudopt, which freed its pool slots",
         )
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
@@ -821,6 +856,11 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
                 message = cause.message.strip()
                 cause = cause.cause
             return f"{event.step_key}: {message}"
+    for event in result.all_events:
+        # A run failed from outside (its worker died): the code server's report says how, the failure event does not.
+        died = WORKER_DIED.search(event.message or "") if event.event_type_value == "ENGINE_EVENT" else None
+        if died is not None:
+            return f"run failed: {died.group(0)}"
     for event in result.all_events:
         if event.event_type_value in ("PIPELINE_FAILURE", "RUN_FAILURE", "ENGINE_EVENT") and event.message:
             data = getattr(event.event_specific_data, "error", None)

@@ -9,6 +9,10 @@ group: the command, its code server and its run workers die together, as on a lo
 it writes ``POINT`` to ``$CLOUDOPT_HOME/killed_at``, so a test can tell the kill at the hook from a crash
 anywhere else. Nothing of the code under test changes: the hook wraps the real functions and calls them
 until the point is reached. Start the command in a session of its own (``start_new_session=True``).
+
+With ``CLOUDOPT_KILL_SCOPE=process`` (a daemon's environment: its run workers share its process group)
+only the process that reaches the point dies, and only the first one: it claims ``killed_at`` before
+dying, and every later process passes the point, so the daemon lives on and the retry it runs succeeds.
 """
 
 from __future__ import annotations
@@ -20,12 +24,22 @@ import sys
 from pathlib import Path
 
 POINT_VAR = "CLOUDOPT_KILL_AT"
+SCOPE_VAR = "CLOUDOPT_KILL_SCOPE"
 HOOK_DIR = Path(__file__).with_name("kill_hook")
 WAREHOUSE_TEMP = re.compile(r"^\.warehouse\.duckdb\.[0-9a-f]+\.tmp$")
 
 
 def _die(point: str) -> None:
-    (Path(os.environ["CLOUDOPT_HOME"]) / "killed_at").write_text(point)
+    marker = Path(os.environ["CLOUDOPT_HOME"]) / "killed_at"
+    if os.environ.get(SCOPE_VAR) == "process":
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # another process died here already: this one goes on
+        os.write(fd, point.encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    marker.write_text(point)
     os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
