@@ -1,6 +1,7 @@
-"""No Prometheus credential in any output: the demo pipeline with two Kubernetes clusters whose Prometheus
-is reached with a bearer token and with basic auth, read from the environment variables the clusters file
-names (real Prometheus, the stand-in API server, the real Dagster instance)."""
+"""No credential in any output: the demo pipeline with two Kubernetes clusters whose Prometheus is reached
+with a bearer token and with basic auth, read from the environment variables the clusters file names, and
+whose API servers take the bearer token of the kubeconfig it names (real Prometheus, the stand-in API server,
+the real Dagster instance); first the collection alone, then collection to the executor's apply."""
 
 from __future__ import annotations
 
