@@ -145,24 +145,41 @@ def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
     recs = _recommendations_source(lake)
     if recs is None:
         return lines
-    best = con.execute(
-        f"SELECT sum(monthly_savings_usd) FROM {recs} WHERE is_best AND date = (SELECT max(date) FROM {recs})"
-    ).fetchone()[0]
-    kept = resources - changes
-    why = [
-        f"reserves {reserved} instances (${reserved_savings or 0:,.2f} per month of its savings, the upfront "
-        "above), which is never a single resource's best option"
-        if reserved
-        else "",
-        f"keeps {kept} resources as they are (protected ones, and what its risk, availability or budget limits "
-        "hold back)"
+    best, held, kept = con.execute(
+        f"""
+        WITH best AS (
+            SELECT account_id, resource_id, monthly_savings_usd
+            FROM {recs} WHERE is_best AND date = (SELECT max(date) FROM {recs})
+        ), kept AS (
+            SELECT account_id, resource_id FROM {plan}
+            WHERE action = 'keep' AND date = (SELECT max(date) FROM {plan})
+        )
+        SELECT (SELECT sum(monthly_savings_usd) FROM best),
+               (SELECT sum(b.monthly_savings_usd) FILTER (WHERE b.monthly_savings_usd > 0)
+                FROM kept JOIN best AS b USING (account_id, resource_id)),
+               (SELECT count(*) FROM kept)
+        """
+    ).fetchone()
+    held_text = f", whose best options would save ${held:,.2f} per month" if held else ""
+    keeps = (
+        f"keeps {kept} resources as they are{held_text} (protected ones, and what its risk, availability or budget "
+        "limits hold back)"
         if kept
-        else "",
-    ]
+        else ""
+    )
+    reserves = (
+        f"reserves {reserved} instances (${reserved_savings or 0:,.2f} per month of its savings, the upfront above), "
+        "which is never a single resource's best option"
+        if reserved
+        else ""
+    )
+    # Lead with what moves the plan's total the way it differs from the recommendations'.
+    why = [keeps, reserves] if (savings or 0) < (best or 0) else [reserves, keeps]
     reasons = "; ".join(w for w in why if w) or "it weighs every resource under the fleet's limits"
+    direction = "less" if (savings or 0) < (best or 0) else "more"
     lines.append(
-        f"  The plan saves ${savings or 0:,.2f} and the recommendations ${best or 0:,.2f} per month because the plan "
-        f"chooses across the fleet: it {reasons}."
+        f"  The plan saves ${abs((savings or 0) - (best or 0)):,.2f} per month {direction} than the recommendations "
+        f"(${best or 0:,.2f}) because it chooses across the fleet: it {reasons}."
     )
     return lines
 

@@ -86,8 +86,23 @@ def test_summary_says_savings_and_explains_plan_against_recommendations(demo_hom
     assert "saving $" in recommendations
     plan_line = next(line for line in summary.splitlines() if line.startswith("Portfolio plan"))
     assert "saving $" in plan_line
-    assert "The plan saves $" in summary and "the recommendations $" in summary
+    assert "The plan saves $" in summary and "than the recommendations ($" in summary
     con = duckdb.connect(str(demo_home.warehouse_path), read_only=True)
+    # What the plan holds back: the best options' savings of the resources it keeps as they are.
+    kept, held = con.execute(
+        """
+        WITH kept AS (SELECT account_id, resource_id FROM portfolio_plan
+                      WHERE action = 'keep' AND date = (SELECT max(date) FROM portfolio_plan)),
+             best AS (SELECT account_id, resource_id, monthly_savings_usd FROM recommendations
+                      WHERE is_best AND date = (SELECT max(date) FROM recommendations))
+        SELECT (SELECT count(*) FROM kept),
+               (SELECT sum(monthly_savings_usd) FILTER (WHERE monthly_savings_usd > 0)
+                FROM kept JOIN best USING (account_id, resource_id))
+        """
+    ).fetchone()
+    assert kept > 0
+    held_text = f", whose best options would save ${held:,.2f} per month" if held else ""
+    assert f"keeps {kept} resources as they are{held_text} (protected ones" in summary
     reserved = con.execute(
         "SELECT count(*) FROM portfolio_plan WHERE action = 'reserve' AND date = (SELECT max(date) FROM portfolio_plan)"
     ).fetchone()[0]
