@@ -278,29 +278,31 @@ def utilization_window_days(environ: Mapping[str, str] | None = None) -> int | N
 
 def batch_max_rows(environ: Mapping[str, str] | None = None) -> int | None:
     """``CLOUDOPT_BATCH_MAX_ROWS``: input rows per batch statement; unset: the runner's default."""
-    raw = _get(os.environ if environ is None else environ, "CLOUDOPT_BATCH_MAX_ROWS")
-    if raw is None:
-        return None
-    rows = _whole_number(raw)
-    if rows is None or rows < 1:
-        raise SettingsError(
-            f"CLOUDOPT_BATCH_MAX_ROWS={raw!r} is not a positive whole number of rows: set it to e.g. 64000000 "
-            "(about 40 bytes of memory a row), or unset it for the default"
-        )
-    return rows
+    return _positive_count(environ, "CLOUDOPT_BATCH_MAX_ROWS", "rows", "64000000 (about 40 bytes of memory a row)")
 
 
 def backfill_partitions_per_run(environ: Mapping[str, str] | None = None) -> int:
     """``CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN``: the most account x day partitions one backfill run of the
     collection and feature assets materialises (Dagster's ``BackfillPolicy.multi_run``); default 14."""
-    raw = _get(os.environ if environ is None else environ, "CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN")
+    count = _positive_count(
+        environ,
+        "CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN",
+        "partitions",
+        f"{DEFAULT_BACKFILL_PARTITIONS_PER_RUN} (1: a run per partition)",
+    )
+    return DEFAULT_BACKFILL_PARTITIONS_PER_RUN if count is None else count
+
+
+def _positive_count(environ: Mapping[str, str] | None, name: str, unit: str, example: str) -> int | None:
+    """A positive whole number from ``name``; None when unset; anything else refused naming the variable."""
+    raw = _get(os.environ if environ is None else environ, name)
     if raw is None:
-        return DEFAULT_BACKFILL_PARTITIONS_PER_RUN
+        return None
     count = _whole_number(raw)
     if count is None or count < 1:
         raise SettingsError(
-            f"CLOUDOPT_BACKFILL_PARTITIONS_PER_RUN={raw!r} is not a positive whole number of partitions: set it "
-            f"to e.g. {DEFAULT_BACKFILL_PARTITIONS_PER_RUN} (1: a run per partition), or unset it for the default"
+            f"{name}={raw!r} is not a positive whole number of {unit}: set it to e.g. {example}, "
+            "or unset it for the default"
         )
     return count
 

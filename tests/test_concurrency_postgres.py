@@ -30,6 +30,7 @@ from cloudopt_pipelines.sources.base import Collected, Collector
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
+from tests.processes import terminate
 
 RENDEZVOUS_TIMEOUT_SECONDS = 300
 REPO = Path(__file__).resolve().parents[1]
@@ -326,11 +327,7 @@ def test_backfill_on_postgres_runs_several_runs_at_once_through_the_daemons_queu
         try:
             _wait(finished, "the backfill and the warehouse refresh after it", log_path)
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+            terminate(daemon)
     daemon_log = log_path.read_text()
 
     assert instance.get_backfill(backfill_id).status.value in ("COMPLETED", "COMPLETED_SUCCESS"), daemon_log[-3000:]

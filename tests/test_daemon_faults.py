@@ -32,6 +32,7 @@ from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import STAGING, Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
 from tests.kill_at import HOOK_DIR, POINT_VAR, SCOPE_VAR
+from tests.processes import terminate
 from tests.test_concurrency_postgres import (  # noqa: F401
     BIN,
     PG_BIN,
@@ -85,12 +86,7 @@ def _daemon(env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen]:
             assert daemon.poll() is None, log.read_text()[-3000:]
             yield daemon
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            terminate(daemon)
 
 
 def _cloudopt(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -31,6 +31,7 @@ from cloudopt_pipelines.orchestration import (
 )
 from cloudopt_pipelines.settings import Settings
 from tests.conftest import DEMO_ACCOUNTS
+from tests.processes import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"
@@ -119,11 +120,7 @@ def test_with_a_live_daemon_cloudopt_run_submits_a_backfill_to_the_queue(fresh_h
                 time.sleep(1)
             result = run_range(DAY, DAY, [DEMO_ACCOUNTS[0]], settings=fresh_home, progress=lambda _: None)
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+            terminate(daemon)
     assert not result.failed, result.failed
     [partition] = [o for o in result.outcomes if o.account_id == DEMO_ACCOUNTS[0]]
     run = instance.get_run_by_id(partition.run_id)
