@@ -29,6 +29,22 @@ SECRETS = {
 }
 
 
+def _clusters_with_credentials(
+    apiservers: ApiServers, prometheus: Prometheus, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A clusters file whose prod cluster reaches Prometheus with a bearer token and bulk with basic auth, both
+    read from environment variables set here to the canaries."""
+    config = clusters_yaml(apiservers, prometheus.url)
+    prod, bulk = config["clusters"]
+    prod["prometheus_bearer_token_env"] = "CLOUDOPT_PROM_TOKEN"
+    bulk.update(prometheus_username_env="CLOUDOPT_PROM_USER", prometheus_password_env="CLOUDOPT_PROM_PASSWORD")
+    clusters = folder / "clusters.yaml"
+    clusters.write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, value in {**SECRETS, "CLOUDOPT_PROM_USER": "cloudopt"}.items():
+        monkeypatch.setenv(name, value)
+    return clusters
+
+
 def test_prometheus_token_and_password_never_reach_an_output(
     apiservers: ApiServers,
     prometheus: Prometheus,
@@ -36,14 +52,7 @@ def test_prometheus_token_and_password_never_reach_an_output(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    config = clusters_yaml(apiservers, prometheus.url)
-    prod, bulk = config["clusters"]
-    prod["prometheus_bearer_token_env"] = "CLOUDOPT_PROM_TOKEN"
-    bulk.update(prometheus_username_env="CLOUDOPT_PROM_USER", prometheus_password_env="CLOUDOPT_PROM_PASSWORD")
-    clusters = tmp_path / "clusters.yaml"
-    clusters.write_text(yaml.safe_dump(config, sort_keys=False))
-    for name, value in {**SECRETS, "CLOUDOPT_PROM_USER": "cloudopt"}.items():
-        monkeypatch.setenv(name, value)
+    clusters = _clusters_with_credentials(apiservers, prometheus, tmp_path, monkeypatch)
 
     home = tmp_path / "home"
     # The Kubernetes collection (its Prometheus queries carry the credentials), both clusters.
@@ -72,14 +81,7 @@ def test_no_credential_reaches_an_output_from_collection_to_the_executor(
     """The daily job of both accounts (collection, features, recommendations), the plan, the executor's dry run
     and an approved apply of the Kubernetes actions, rollback, then the warehouse: no Prometheus token or
     password and no API bearer token (in the kubeconfig the clusters file names) in any output."""
-    config = clusters_yaml(apiservers, prometheus.url)
-    prod, bulk = config["clusters"]
-    prod["prometheus_bearer_token_env"] = "CLOUDOPT_PROM_TOKEN"
-    bulk.update(prometheus_username_env="CLOUDOPT_PROM_USER", prometheus_password_env="CLOUDOPT_PROM_PASSWORD")
-    clusters = tmp_path / "clusters.yaml"
-    clusters.write_text(yaml.safe_dump(config, sort_keys=False))
-    for name, value in {**SECRETS, "CLOUDOPT_PROM_USER": "cloudopt"}.items():
-        monkeypatch.setenv(name, value)
+    clusters = _clusters_with_credentials(apiservers, prometheus, tmp_path, monkeypatch)
     assert TOKEN in apiservers.kubeconfig.read_text()  # the API token the scan looks for is the one in use
 
     home = tmp_path / "home"
