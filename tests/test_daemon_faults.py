@@ -227,9 +227,12 @@ def test_a_run_worker_of_the_daemon_killed_mid_write_fails_frees_its_slot_and_th
         runs = instance.get_runs(filters=dg.RunsFilter(job_name=job))
         killed = [r for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
         assert len(killed) == 1 and killed[0].status == dg.DagsterRunStatus.FAILURE, [r.status for r in runs]
-        # Failed by the daemon's code server, which saw its run worker die (no stale-run sweep of ours is needed).
+        # Failed by the daemon's code server, which saw its run worker die (no stale-run sweep of ours is needed),
+        # or, when the warehouse refresh is the daemon's sensor's run (the multiprocess executor: whether the
+        # sensor or the command asks first is a race), by the run worker, which saw the step's process die.
         messages = _run_messages(instance, killed[0].run_id)
-        assert re.search(r"Run execution process for \S+ was terminated by signal 9", messages), messages[-3000:]
+        killed_how = r"Run execution process for \S+ was terminated by signal 9|ChildProcessCrashException"
+        assert re.search(killed_how, messages), messages[-3000:]
         if point != "warehouse":  # for the warehouse the command's next attempt goes on at once
             # The partition failed naming how, and nothing of the killed write is visible.
             assert first.returncode == 1, first.stdout + first.stderr
