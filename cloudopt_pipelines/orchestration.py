@@ -71,6 +71,9 @@ DAEMON_ALIVE_S = 120.0
 BACKFILL_RUNNING = frozenset({"REQUESTED", "CANCELING", "FAILING"})
 IN_PROCESS_EXECUTION = {"execution": {"config": {"in_process": {}}}}
 TERMINATE_WAIT_S = 60.0
+# How long a wait for runs rides out the instance's database being away (a restart, a failover) before it
+# gives up with a clear error; the runs themselves go on in their workers meanwhile.
+DATABASE_OUTAGE_S = 120.0
 UNFINISHED_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -441,7 +444,8 @@ class LocationLauncher:
         )
         self.instance.add_backfill(backfill)
         try:
-            while self.instance.get_backfill(backfill_id).status.value in BACKFILL_RUNNING:
+            status = lambda: self.instance.get_backfill(backfill_id).status.value  # noqa: E731
+            while through_outage(status, f"waited for backfill {backfill_id}") in BACKFILL_RUNNING:
                 time.sleep(RUN_POLL_S * 4)
         except KeyboardInterrupt:
             current = self.instance.get_backfill(backfill_id)
@@ -459,7 +463,7 @@ class LocationLauncher:
 
     def _wait(self, run_id: str) -> dg.DagsterRun:
         while True:
-            run = self.instance.get_run_by_id(run_id)
+            run = through_outage(lambda: self.instance.get_run_by_id(run_id), f"waited for run {run_id}")
             if run is None:
                 raise RuntimeError(f"run {run_id} was deleted from the instance while cloudopt waited for it")
             if run.is_finished:
@@ -483,6 +487,30 @@ class LocationLauncher:
             if run is not None and not run.is_finished:
                 self.instance.report_run_failed(run, message="cloudopt was interrupted and could not stop this run")
         self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+class InstanceUnavailable(RuntimeError):
+    """The Dagster instance's database stayed away longer than ``DATABASE_OUTAGE_S``."""
+
+
+def through_outage(read: Callable[[], Any], what: str, bound_s: float = DATABASE_OUTAGE_S) -> Any:
+    """``read`` of the instance, retried while its database is briefly away; past ``bound_s`` an error that
+    says what cloudopt was doing, that the runs go on, and how to finish."""
+    from sqlalchemy.exc import DBAPIError
+
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            return read()
+        except DBAPIError as exc:
+            if time.monotonic() > deadline:
+                first_line = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+                raise InstanceUnavailable(
+                    f"the Dagster instance's database did not answer for {bound_s:.0f} s while cloudopt {what} "
+                    f"({type(exc.orig or exc).__name__}: {first_line}); runs already launched go on in their "
+                    "workers: once the database is back, run the same command with --only-missing"
+                ) from exc
+            time.sleep(RUN_POLL_S * 4)
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +19,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import sqlalchemy
 
 from cloudopt_pipelines.automation import DAILY_JOB
-from cloudopt_pipelines.orchestration import ensure_instance
+from cloudopt_pipelines.orchestration import InstanceUnavailable, ensure_instance, through_outage
 from cloudopt_pipelines.partitions import account_day_key
 from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.demo import DemoCollector
@@ -103,3 +106,30 @@ def test_postgres_restarted_mid_range_loses_and_doubles_no_partition(
     for d in DAYS:
         assert lake.read("utilization_5m", ACCOUNT, d).num_rows == demo.collect_metrics(ACCOUNT, d).table.num_rows
     assert lake.partitions("utilization_daily") == [(ACCOUNT, d.isoformat()) for d in DAYS]
+
+
+def _refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again on return: nothing listens there
+
+
+def test_a_wait_rides_out_a_database_outage_and_past_its_bound_says_what_to_do() -> None:
+    """The command's polls of the instance retry through a database that refuses connections (a real psycopg2
+    connection to a port nothing listens on), and past the bound fail naming what they waited for and the fix."""
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_refused_port()}/dagster")
+    attempts: list[int] = []
+
+    def read_after_two_refusals() -> str:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            engine.connect()  # raises: connection refused
+        return "STARTED"
+
+    assert through_outage(read_after_two_refusals, "waited for run r1") == "STARTED"
+    assert len(attempts) == 3
+    with pytest.raises(InstanceUnavailable) as refused:
+        through_outage(engine.connect, "waited for run r2", bound_s=0.0)
+    message = str(refused.value)
+    assert "did not answer for 0 s while cloudopt waited for run r2" in message
+    assert "OperationalError" in message and "--only-missing" in message

@@ -226,7 +226,7 @@ def test_sigterm_ends_a_run_that_waits_for_the_pool(fresh_home: Settings) -> Non
         _until(lambda: "waiting for the pool" in command.output, command, "wait for the pool")
         assert holder in command.output
         command.process.send_signal(signal.SIGTERM)
-        assert command.wait(timeout=60) == 130, command.output
+        assert command.wait(timeout=BOUND_S) == 130, command.output  # the command waits up to TERMINATE_WAIT_S itself
     finally:
         command.stop()
     assert "interrupted" in command.output
@@ -239,7 +239,7 @@ def test_ctrl_c_during_the_warehouse_step_exits_130(fresh_home: Settings) -> Non
         with _writer_lock(fresh_home):
             _until(lambda: bool(_claims(fresh_home)), command, "claim of the warehouse pool")
             command.process.send_signal(signal.SIGINT)
-            code = command.wait(timeout=120)
+            code = command.wait(timeout=BOUND_S)
     finally:
         command.stop()
     assert code == 130, command.output
