@@ -504,10 +504,11 @@ def through_outage(read: Callable[[], Any], what: str, bound_s: float = DATABASE
             return read()
         except DBAPIError as exc:
             if time.monotonic() > deadline:
-                first_line = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+                cause = exc.orig or exc
+                first_line = next(iter(str(cause).strip().splitlines()), "")
                 raise InstanceUnavailable(
                     f"the Dagster instance's database did not answer for {bound_s:.0f} s while cloudopt {what} "
-                    f"({type(exc.orig or exc).__name__}: {first_line}); runs already launched go on in their "
+                    f"({type(cause).__name__}: {first_line}); runs already launched go on in their "
                     "workers: once the database is back, run the same command with --only-missing"
                 ) from exc
             time.sleep(RUN_POLL_S * 4)

@@ -173,13 +173,13 @@ def plan_lines(lake: Lake, con: duckdb.DuckDBPyConnection) -> list[str]:
         if reserved
         else ""
     )
+    savings, best = savings or 0, best or 0
     # Lead with what moves the plan's total the way it differs from the recommendations'.
-    why = [keeps, reserves] if (savings or 0) < (best or 0) else [reserves, keeps]
+    why = [keeps, reserves] if savings < best else [reserves, keeps]
     reasons = "; ".join(w for w in why if w) or "it weighs every resource under the fleet's limits"
-    direction = "less" if (savings or 0) < (best or 0) else "more"
     lines.append(
-        f"  The plan saves ${abs((savings or 0) - (best or 0)):,.2f} per month {direction} than the recommendations "
-        f"(${best or 0:,.2f}) because it chooses across the fleet: it {reasons}."
+        f"  The plan saves ${abs(savings - best):,.2f} per month {'less' if savings < best else 'more'} than the "
+        f"recommendations (${best:,.2f}) because it chooses across the fleet: it {reasons}."
     )
     return lines
 

@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from cloudopt_pipelines.assets.metadata import batch_metadata, json_value, partition_label
-from cloudopt_pipelines.partitions import account_daily_partitions, daily_partitions
+from cloudopt_pipelines.partitions import account_daily_partitions, account_days_of_run, daily_partitions
 from cloudopt_pipelines.project_files import sql_models_dir
 from cloudopt_pipelines.resources.storage import LakeResource
 from cloudopt_pipelines.settings import DEFAULT_BACKFILL_PARTITIONS_PER_RUN, batch_max_rows
@@ -218,16 +218,9 @@ def _run_partitions(context: dg.AssetExecutionContext, partitioned_by: str) -> l
     """(account_id, day) of every partition the run materialises: one, or a backfill's range."""
     if partitioned_by == "none":
         return [(None, None)]
-    out = []
-    for key in context.partition_keys:
-        if partitioned_by == "date":
-            out.append((None, date.fromisoformat(str(key))))
-            continue
-        if not isinstance(key, dg.MultiPartitionKey):
-            key = account_daily_partitions.get_partition_key_from_str(str(key))
-        dims = key.keys_by_dimension
-        out.append((dims["account"], date.fromisoformat(dims["date"])))
-    return out
+    if partitioned_by == "date":
+        return [(None, date.fromisoformat(str(key))) for key in context.partition_keys]
+    return list(account_days_of_run(context))
 
 
 def batch_check_results(
