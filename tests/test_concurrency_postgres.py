@@ -207,6 +207,20 @@ def _template_env(port: int) -> dict[str, str]:
     }
 
 
+def postgres_home(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, dict[str, str]]:
+    """A CLOUDOPT_HOME on the shipped PostgreSQL template reaching the server on ``port``, and the
+    environment a `cloudopt` or `dagster-daemon` subprocess needs for it."""
+    home = tmp_path / "cloudopt"
+    (home / "dagster").mkdir(parents=True)
+    shutil.copy(TEMPLATE, home / "dagster" / "dagster.yaml")
+    for name, value in _template_env(port).items():
+        monkeypatch.setenv(name, value)
+    env = {**os.environ, "CLOUDOPT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "CLOUDOPT_ENV": "demo"}
+    settings = Settings(home=home, env="demo")
+    assert type(ensure_instance(settings).run_storage).__name__ == "PostgresRunStorage"
+    return settings, env
+
+
 def test_postgres_template_passes_dagsters_own_instance_schema(tmp_path: Path) -> None:
     from dagster._core.instance.config import dagster_instance_config
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,6 @@ import pytest
 from cloudopt_pipelines.automation import DAILY_JOB, WAREHOUSE_JOB
 from cloudopt_pipelines.orchestration import QUEUE_DAEMON, WAREHOUSE_POOL, daemon_runs_queue, ensure_instance
 from cloudopt_pipelines.partitions import account_day_key
-from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import STAGING, Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
@@ -37,11 +35,10 @@ from tests.test_concurrency_postgres import (  # noqa: F401
     BIN,
     PG_BIN,
     REPO,
-    TEMPLATE,
     _as_postgres,
-    _template_env,
     _wait,
     postgres,
+    postgres_home,
 )
 from tests.test_fault_kills import _every_partition_reads, _lock_is_free
 from tests.test_postgres_restart import _data_directory
@@ -54,18 +51,6 @@ CONNECTION_LOST = re.compile(
     r"OperationalError|server closed the connection|terminating connection|connection to server|could not connect",
     re.IGNORECASE,
 )
-
-
-def _home(port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, dict[str, str]]:
-    home = tmp_path / "cloudopt"
-    (home / "dagster").mkdir(parents=True)
-    shutil.copy(TEMPLATE, home / "dagster" / "dagster.yaml")
-    for name, value in _template_env(port).items():
-        monkeypatch.setenv(name, value)
-    env = {**os.environ, "CLOUDOPT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "CLOUDOPT_ENV": "demo"}
-    settings = Settings(home=home, env="demo")
-    assert type(ensure_instance(settings).run_storage).__name__ == "PostgresRunStorage"
-    return settings, env
 
 
 @contextmanager
@@ -124,7 +109,7 @@ def test_postgres_restarted_during_a_daemon_backfill_loses_and_doubles_no_partit
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings, env = _home(postgres, tmp_path, monkeypatch)
+    settings, env = postgres_home(postgres, tmp_path, monkeypatch)
     instance = ensure_instance(settings)
     args = ["run", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--accounts", ",".join(DEMO_ACCOUNTS)]
     keys = sorted(str(account_day_key(a, d)) for a in DEMO_ACCOUNTS for d in DAYS)
@@ -204,7 +189,7 @@ def test_a_run_worker_of_the_daemon_killed_mid_write_fails_frees_its_slot_and_th
     stage: str,
 ) -> None:
     point, job = KILLED_STAGES[stage]
-    settings, env = _home(postgres, tmp_path, monkeypatch)
+    settings, env = postgres_home(postgres, tmp_path, monkeypatch)
     instance = ensure_instance(settings)
     lake = Lake(settings.lake_dir)
     account, day = DEMO_ACCOUNTS[0], DAYS[0]
@@ -266,7 +251,7 @@ def test_the_daemon_killed_with_its_run_worker_leaves_a_run_the_next_command_fai
 ) -> None:
     """As on a lost machine: the daemon, its code server and the run worker die together mid-write (the
     hook kills the daemon's process group), and so does the command that submitted the backfill."""
-    settings, env = _home(postgres, tmp_path, monkeypatch)
+    settings, env = postgres_home(postgres, tmp_path, monkeypatch)
     instance = ensure_instance(settings)
     lake = Lake(settings.lake_dir)
     account, day, point = DEMO_ACCOUNTS[0], DAYS[0], "utilization_daily"

@@ -9,8 +9,6 @@ has succeeded and the next one is under way, so the restart lands mid-range what
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,11 +23,10 @@ import sqlalchemy
 from cloudopt_pipelines.automation import DAILY_JOB
 from cloudopt_pipelines.orchestration import InstanceUnavailable, ensure_instance, through_outage
 from cloudopt_pipelines.partitions import account_day_key
-from cloudopt_pipelines.settings import Settings
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
-from tests.test_concurrency_postgres import PG_BIN, TEMPLATE, _as_postgres, _template_env, postgres  # noqa: F401
+from tests.test_concurrency_postgres import PG_BIN, _as_postgres, postgres, postgres_home  # noqa: F401
 
 CLOUDOPT = Path(sys.executable).with_name("cloudopt")
 ACCOUNT = DEMO_ACCOUNTS[0]
@@ -57,15 +54,8 @@ def test_postgres_restarted_mid_range_loses_and_doubles_no_partition(
     tmp_path: Path,
     monkeypatch,
 ) -> None:
-    home = tmp_path / "cloudopt"
-    (home / "dagster").mkdir(parents=True)
-    shutil.copy(TEMPLATE, home / "dagster" / "dagster.yaml")
-    for name, value in _template_env(postgres).items():
-        monkeypatch.setenv(name, value)
-    env = {**os.environ, "CLOUDOPT_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "CLOUDOPT_ENV": "demo"}
-    settings = Settings(home=home, env="demo")
-    instance = ensure_instance(settings)
-    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    settings, env = postgres_home(postgres, tmp_path, monkeypatch)
+    home, instance = settings.home, ensure_instance(settings)
     args = ["run", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--accounts", ACCOUNT]
     data = _data_directory(postgres)
 
