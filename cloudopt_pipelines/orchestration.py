@@ -485,8 +485,49 @@ class LocationLauncher:
         else:
             run = self.instance.get_run_by_id(run_id)
             if run is not None and not run.is_finished:
-                self.instance.report_run_failed(run, message="cloudopt was interrupted and could not stop this run")
+                killed = _kill_own_worker(self.instance, run)
+                stopped = f"killed its run worker (pid {killed})" if killed else "could not stop this run"
+                self.instance.report_run_failed(
+                    run,
+                    message=f"cloudopt was interrupted and {stopped}: it did not end within "
+                    f"{TERMINATE_WAIT_S:.0f} s of the request to terminate",
+                )
         self.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+
+
+def _kill_own_worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """SIGKILL the run worker of ``run`` if it is a descendant of this process (started by this command's
+    own code server); returns its pid. A worker anywhere else is never touched.
+
+    Without it a worker that ignored the request to terminate would go on after its run was failed, and the
+    code server's shutdown, which waits for its runs, would hold the command's exit as long.
+    """
+    if run.tags.get(TAG_WORKER) != WORKER_LOCAL:
+        return None
+    pid = run_worker_pid(instance, run.run_id)
+    if pid is None or not _descends_from_this_process(int(pid)):
+        return None
+    try:
+        os.kill(int(pid), signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _descends_from_this_process(pid: int) -> bool:
+    """True when ``pid`` is not this process and its chain of parents (Linux ``/proc``) reaches it."""
+    me, seen = os.getpid(), set()
+    if pid == me:
+        return False
+    while pid > 1 and pid not in seen:
+        if pid == me:
+            return True
+        seen.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 class InstanceUnavailable(RuntimeError):
@@ -811,6 +852,11 @@ def run_range(
                 for warning in _materialization_warnings(outcome):
                     progress(f"warehouse: {warning}")
                 break
+            if was_interrupted(outcome):  # terminated from the UI or by another command: not ours to retry
+                raise RuntimeError(
+                    f"the warehouse refresh (run {outcome.run_id}) was terminated before it finished; the "
+                    "warehouse file is whole (a rebuild replaces it atomically): run the command again to refresh it"
+                )
             if attempt == WAREHOUSE_ATTEMPTS:
                 raise RuntimeError(f"the warehouse refresh failed: {_first_error(outcome)}")
             progress(f"warehouse refresh failed ({_first_error(outcome)[:200]}); trying again")

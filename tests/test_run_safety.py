@@ -21,12 +21,17 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.events import EngineEventData
 from typer.testing import CliRunner
 
 from cloudopt_pipelines.cli import app
 from cloudopt_pipelines.orchestration import (
+    TAG_WORKER,
     WAREHOUSE_POOL,
+    WORKER_LOCAL,
+    WORKER_STARTED,
     PoolBusyError,
+    _kill_own_worker,
     ensure_instance,
     process_tags,
     recover_dead_runs,
@@ -43,6 +48,10 @@ BOUND_S = 300.0  # an upper bound for a 1-partition run on a loaded machine, nev
 WAREHOUSE_STEP = "warehouse__duckdb_warehouse"
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Command:
     """A `cloudopt` subprocess whose output is collected by a thread as it comes."""
 
@@ -57,6 +66,9 @@ class _Command:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            # Ctrl-C reaches a command started from a terminal; one started as a background job of a shell
+            # without job control (as CI may start the tests) inherits SIGINT ignored and would never see it.
+            preexec_fn=_sigint_as_at_a_terminal,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -245,6 +257,71 @@ def test_ctrl_c_during_the_warehouse_step_exits_130(fresh_home: Settings) -> Non
     assert code == 130, command.output
     assert "trying again" not in command.output
     assert _claims(fresh_home) == []
+
+
+def test_a_termination_whose_interrupt_is_lost_still_ends_the_warehouse_wait(fresh_home: Settings) -> None:
+    """The run worker gets no signal here (as when Dagster's interrupt lands while interrupts are captured):
+    the request recorded on the instance alone ends the wait for the lock, long before the lock's timeout."""
+    instance = ensure_instance(fresh_home)
+    command = _Command(fresh_home.home, *RUN_ARGS)
+    try:
+        with _writer_lock(fresh_home):
+            _until(lambda: bool(_claims(fresh_home)), command, "claim of the warehouse pool")
+            [run_id] = _claims(fresh_home)
+            instance.report_run_canceling(instance.get_run_by_id(run_id))
+            _until(lambda: instance.get_run_by_id(run_id).is_finished, command, "end of the canceled run")
+            # Still inside the lock: the run ended on the request, not on the lock's timeout.
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+        code = command.wait(timeout=BOUND_S)
+    finally:
+        command.stop()
+    assert code == 1, command.output
+    assert f"the warehouse refresh (run {run_id}) was terminated" in command.output
+    assert "trying again" not in command.output
+    logs = "\n".join(entry.message for entry in instance.all_logs(run_id))
+    assert "asked to stop; nothing was written" in logs
+    assert not fresh_home.warehouse_path.exists()
+    assert _claims(fresh_home) == []
+
+
+def test_a_worker_that_ignores_termination_is_killed_only_if_it_is_this_process_s_own(fresh_home: Settings) -> None:
+    instance = ensure_instance(fresh_home)
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # A grandchild whose parent has exited: reparented away, no longer a descendant of this process.
+    spawn = (
+        "import subprocess, sys; "
+        "print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"
+    )
+    stranger = subprocess.Popen([sys.executable, "-c", spawn], stdout=subprocess.PIPE, text=True)
+    orphan_pid = int(stranger.communicate()[0])
+    try:
+        outcome = {}
+        for name, pid, worker in (
+            ("own", own.pid, WORKER_LOCAL),
+            ("orphan", orphan_pid, WORKER_LOCAL),
+            ("elsewhere", own.pid, None),
+        ):
+            run = dg.DagsterRun(
+                job_name="warehouse_job",
+                run_id=str(uuid.uuid4()),
+                status=dg.DagsterRunStatus.STARTED,
+                tags={TAG_WORKER: worker} if worker else {},
+            )
+            instance.add_run(run)
+            instance.report_engine_event(
+                f"{WORKER_STARTED} {pid}).", run, EngineEventData(metadata={"pid": dg.MetadataValue.int(pid)})
+            )
+            outcome[name] = _kill_own_worker(instance, run)
+        assert outcome == {"own": str(own.pid), "orphan": None, "elsewhere": None}
+        assert own.wait(timeout=BOUND_S) == -signal.SIGKILL
+        os.kill(orphan_pid, 0)  # still alive: not ours to kill
+    finally:
+        own.kill()
+        try:
+            os.kill(orphan_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # --- defects 14, 18 and 23: bad requests are refused in one line, before anything runs --------------------

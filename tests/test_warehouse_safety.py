@@ -1,5 +1,6 @@
 """The analysts' warehouse is read-only for real, and one bad lake entry never breaks its rebuild."""
 
+import fcntl
 import os
 import re
 import socket
@@ -12,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from cloudopt_pipelines.storage.lake import STAGING, STALE_STAGING_S, Lake, sweep_leftovers
-from cloudopt_pipelines.storage.warehouse import MAX_SQL_ROWS, analyst_query, build_warehouse, read_only
+from cloudopt_pipelines.storage.warehouse import (
+    MAX_SQL_ROWS,
+    WriterWaitStopped,
+    analyst_query,
+    build_warehouse,
+    read_only,
+    writer_lock,
+)
 
 ACCOUNT = "012345678901"
 DAYS = [date(2026, 11, 16), date(2026, 11, 17)]
@@ -188,3 +196,33 @@ def test_rebuild_removes_temporary_files_of_a_killed_rebuild(warehouse: tuple[La
         leftover.write_bytes(b"killed")
     build_warehouse(lake, path)
     assert not any(leftover.exists() for leftover in leftovers)
+
+
+# --- a writer waiting for another's lock stops when asked, having written nothing ----------------------
+
+
+def test_a_rebuild_waiting_for_the_lock_stops_when_asked_and_writes_nothing(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.write("events", _events(DAYS[0]), ACCOUNT, DAYS[0])
+    path = tmp_path / "warehouse.duckdb"
+    asked: list[int] = []
+
+    def stop_on_third_ask() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    with open(path.with_name(path.name + ".lock"), "w") as other_writer:
+        fcntl.flock(other_writer, fcntl.LOCK_EX)
+        with pytest.raises(WriterWaitStopped, match="asked to stop; nothing was written"):
+            build_warehouse(lake, path, should_stop=stop_on_third_ask)
+    assert len(asked) == 3
+    assert not path.exists()
+    assert list(tmp_path.glob("warehouse.duckdb.*tmp*")) == []
+
+
+def test_should_stop_is_not_asked_when_the_lock_is_free(tmp_path: Path) -> None:
+    def never() -> bool:
+        raise AssertionError("asked although no other writer held the lock")
+
+    with writer_lock(tmp_path / "warehouse.duckdb", should_stop=never):
+        pass

@@ -1,6 +1,6 @@
 """Resources for the Parquet lake and the DuckDB warehouse."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,9 +32,11 @@ class WarehouseResource(dg.ConfigurableResource):
         default=None, description="Directory of the mart SQL files (default: dbt_like_sql/marts, as installed)."
     )
 
-    def rebuild(self, lake: Lake) -> WarehouseBuild:
-        """Rebuild the warehouse from the lake and the marts (a new file swapped in atomically)."""
-        return build_warehouse(lake, Path(self.path), Path(self.marts_dir) if self.marts_dir else marts_dir())
+    def rebuild(self, lake: Lake, should_stop: Callable[[], bool] | None = None) -> WarehouseBuild:
+        """Rebuild the warehouse from the lake and the marts (a new file swapped in atomically);
+        ``should_stop`` ends a wait for another writer's lock."""
+        marts = Path(self.marts_dir) if self.marts_dir else marts_dir()
+        return build_warehouse(lake, Path(self.path), marts, should_stop=should_stop)
 
     @contextmanager
     def get_connection(self, lake: Lake | None = None) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -23,7 +23,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,23 +61,44 @@ class WarehouseBuild:
     """Lake files written before digests existed: read unchecked."""
 
 
+class WriterWaitStopped(RuntimeError):
+    """The wait for the warehouse's writer lock was given up because the caller was asked to stop."""
+
+
+STOP_CHECK_S = 1.0
+"""How often a writer waiting for the lock asks whether it should stop (a run being terminated)."""
+
+
 @contextmanager
-def writer_lock(path: Path, timeout_s: float = 300.0) -> Iterator[None]:
-    """Hold the warehouse's exclusive writer lock; a clear error if another writer keeps it too long."""
+def writer_lock(path: Path, timeout_s: float = 300.0, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Hold the warehouse's exclusive writer lock; a clear error if another writer keeps it too long.
+
+    ``should_stop`` is asked about once a second while the lock is held by another writer: once it says
+    yes the wait ends with ``WriterWaitStopped``, and nothing has been written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
     deadline = time.monotonic() + timeout_s
+    next_stop_check = time.monotonic()
     with open(lock_path, "w") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise TimeoutError(
                         f"another writer has held the warehouse lock {lock_path} for over {timeout_s:.0f} s; "
                         "wait for the running materialisation to finish"
                     ) from None
+                if should_stop is not None and now >= next_stop_check:
+                    if should_stop():
+                        raise WriterWaitStopped(
+                            f"stopped waiting for the warehouse lock {lock_path} (held by another writer): "
+                            "this rebuild was asked to stop; nothing was written"
+                        ) from None
+                    next_stop_check = now + STOP_CHECK_S
                 time.sleep(0.1)
         try:
             yield
@@ -85,21 +106,27 @@ def writer_lock(path: Path, timeout_s: float = 300.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_warehouse(lake: Lake, path: Path, marts_dir: Path | None = None, verify_all: bool = False) -> WarehouseBuild:
+def build_warehouse(
+    lake: Lake,
+    path: Path,
+    marts_dir: Path | None = None,
+    verify_all: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> WarehouseBuild:
     """Rebuild the warehouse at ``path``: one view per lake table (and per known empty table), then marts.
 
     Every file a view names is first checked against the SHA-256 recorded when it was written; files
     verified by an earlier rebuild and unchanged since are not hashed again (the cache beside the
     warehouse, ignored with ``verify_all``). Folders of the lake that are not table names are skipped,
     and a table with damaged or unreadable files gets a view over its intact files; both are listed in
-    ``warnings`` with the fix.
+    ``warnings`` with the fix. ``should_stop`` ends a wait for another writer's lock (``writer_lock``).
     """
     views: list[str] = []
     empty: list[str] = []
     marts: list[str] = []
     warnings: list[str] = []
     left_out: list[str] = []
-    with writer_lock(path):
+    with writer_lock(path, should_stop=should_stop):
         verifier = FileVerifier(cache_path(path), verify_all=verify_all)
         lake.sweep()
         _sweep_warehouse_temps(path)
