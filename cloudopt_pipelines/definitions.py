@@ -104,6 +104,10 @@ def _resources(settings: Settings, source: SourceResource | None, k8s: Kubernete
 @dg.definitions
 def defs() -> dg.Definitions:
     """What Dagster's loader loads (workspace.yaml, ``dg``): the settings are read then, not at import."""
-    definitions = build_definitions()
-    executor = run_executor()  # CLOUDOPT_RUN_EXECUTOR: the Kubernetes deployment's k8s_job_executor
-    return definitions if executor is None else dg.Definitions.merge(definitions, dg.Definitions(executor=executor))
+    return with_run_executor(build_definitions())
+
+
+def with_run_executor(definitions: dg.Definitions) -> dg.Definitions:
+    """``definitions`` with the executor ``CLOUDOPT_RUN_EXECUTOR`` names: step processes forked from a
+    preloaded forkserver by default, a Kubernetes job per step on a Kubernetes deployment."""
+    return dg.Definitions.merge(definitions, dg.Definitions(executor=run_executor()))

@@ -3,10 +3,15 @@ read-only commands (``cloudopt accounts``) open it without importing the assets.
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from cloudopt_pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster._core.executor.base import Executor
+    from dagster._core.executor.init import InitExecutorContext
 
 PREVIOUS_INSTANCE_YAML = """\
 # The Dagster instance of cloudopt_pipelines (SQLite storage under this folder).
@@ -49,13 +54,50 @@ RUN_EXECUTOR_VAR = "CLOUDOPT_RUN_EXECUTOR"
 RUN_EXECUTORS = ("multiprocess", "k8s_job")
 
 
-def run_executor(environ: Mapping[str, str] | None = None) -> dg.ExecutorDefinition | None:
+PRELOADED_MODULES = ("cloudopt_pipelines.definitions",)
+"""What the step processes' forkserver imports once, so that no step pays for importing the pipeline."""
+
+
+def _forkserver_by_default(init_context: "InitExecutorContext") -> "Executor":
+    """Dagster's default executor, except that a multiprocess run whose config names no start method forks
+    its step processes from a forkserver that has imported the pipeline, instead of spawning a fresh
+    interpreter per step (which imports Dagster and the definitions again, a few seconds of CPU a step)."""
+    from dagster._core.definitions.executor_definition import (
+        _core_in_process_executor_creation,
+        _core_multiprocess_executor_creation,
+    )
+
+    config = init_context.executor_config
+    if "in_process" in config:
+        return _core_in_process_executor_creation(config["in_process"])
+    multiprocess = dict(config["multiprocess"])
+    if not multiprocess.get("start_method"):
+        multiprocess["start_method"] = {"forkserver": {"preload_modules": list(PRELOADED_MODULES)}}
+    return _core_multiprocess_executor_creation(multiprocess)
+
+
+def multi_or_forkserver_executor() -> dg.ExecutorDefinition:
+    """Dagster's ``multi_or_in_process_executor`` (same name, same config: ``multiprocess`` or ``in_process``),
+    whose multiprocess mode starts steps with ``forkserver`` unless the run config sets ``start_method``
+    (``{spawn: {}}`` gives a fresh interpreter per step, Dagster's own default)."""
+    default = dg.multi_or_in_process_executor
+    return dg.ExecutorDefinition(
+        name=default.name,
+        config_schema=default.config_schema,
+        requirements=default._requirements_fn,
+        executor_creation_fn=_forkserver_by_default,
+        description=_forkserver_by_default.__doc__,
+    )
+
+
+def run_executor(environ: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
     """The executor of every job, from ``CLOUDOPT_RUN_EXECUTOR``: unset or ``multiprocess``, Dagster's default
-    (each step in a process of the run's machine or pod); ``k8s_job``, each step a Kubernetes job of its own
-    (``dagster_k8s.k8s_job_executor``, docs/deploy.md), which needs the ``k8s`` extra installed."""
+    (each step in a process of the run's machine or pod) with step processes forked from a forkserver that
+    has imported the pipeline (``multi_or_forkserver_executor``); ``k8s_job``, each step a Kubernetes job of
+    its own (``dagster_k8s.k8s_job_executor``, docs/deploy.md), which needs the ``k8s`` extra installed."""
     value = (os.environ if environ is None else environ).get(RUN_EXECUTOR_VAR, "").strip().lower()
     if value in ("", "multiprocess"):
-        return None
+        return multi_or_forkserver_executor()
     if value != "k8s_job":
         raise ValueError(
             f"{RUN_EXECUTOR_VAR}={value!r} is not one of {', '.join(RUN_EXECUTORS)}: unset it for Dagster's "

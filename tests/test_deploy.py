@@ -259,8 +259,9 @@ def test_the_values_use_only_keys_and_types_of_the_charts_schema() -> None:
 def test_run_executor_is_chosen_by_the_setting_and_refuses_a_typo() -> None:
     from dagster_k8s import k8s_job_executor
 
-    assert run_executor({}) is None
-    assert run_executor({RUN_EXECUTOR_VAR: "multiprocess"}) is None
+    assert (
+        run_executor({}).name == run_executor({RUN_EXECUTOR_VAR: "multiprocess"}).name == "multi_or_in_process_executor"
+    )
     assert run_executor({RUN_EXECUTOR_VAR: "k8s_job"}) is k8s_job_executor
     with pytest.raises(ValueError, match=f"{RUN_EXECUTOR_VAR}='k8s' is not one of multiprocess, k8s_job"):
         run_executor({RUN_EXECUTOR_VAR: "k8s"})
