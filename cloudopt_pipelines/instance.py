@@ -54,8 +54,9 @@ RUN_EXECUTOR_VAR = "CLOUDOPT_RUN_EXECUTOR"
 RUN_EXECUTORS = ("multiprocess", "k8s_job")
 
 
-PRELOADED_MODULES = ("cloudopt_pipelines.definitions",)
-"""What the step processes' forkserver imports once, so that no step pays for importing the pipeline."""
+PRELOADED_MODULES = ("cloudopt_pipelines.step_preload",)
+"""What the step processes' forkserver imports once, so that no step pays for importing the pipeline and
+parsing its SQL models."""
 
 
 def _forkserver_by_default(init_context: "InitExecutorContext") -> "Executor":

@@ -4,7 +4,7 @@
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cloudopt_pipelines.bench.e2e import build_fleet
+from cloudopt_pipelines.bench.e2e import build_fleet, preload_line
 from cloudopt_pipelines.sources.demo import DEMO_DATA, DemoCollector
 
 
@@ -67,3 +67,12 @@ def test_the_rss_sampler_sees_a_child_process_memory():
         assert sampler.peak_one_mb >= 150 and sampler.peak_total_mb >= sampler.peak_one_mb
     finally:
         child.communicate(b"")
+
+
+def test_the_preload_line_rebuilds_the_same_definitions_in_both_forkservers(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDOPT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CLOUDOPT_ENV", "demo")
+    line = preload_line()
+    assert line.same_answer is True
+    assert line.ours_value > 0 and line.baseline_value > 0
+    assert "asset keys, the same in both" in line.note

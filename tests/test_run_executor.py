@@ -11,7 +11,9 @@ import dagster as dg
 import pytest
 
 from cloudopt_pipelines.instance import PRELOADED_MODULES, ensure_instance, run_executor
+from cloudopt_pipelines.project_files import sql_models_dir
 from cloudopt_pipelines.settings import Settings
+from cloudopt_pipelines.sqlmodels.runner import _table_names
 
 
 @dg.op(config_schema={"report": str})
@@ -22,6 +24,8 @@ def where_am_i(context: dg.OpExecutionContext) -> None:
         "pid": os.getpid(),
         "parent": parent,
         "preloaded": all(module in sys.modules for module in PRELOADED_MODULES),
+        # This job builds no definitions: any parse in the cache was made by the forkserver.
+        "parsed_models": _table_names.cache_info().currsize,
     }
     Path(context.op_config["report"]).write_text(json.dumps(report))
 
@@ -49,12 +53,14 @@ def test_a_multiprocess_run_forks_its_steps_from_a_preloaded_forkserver(tmp_path
     report = _run(tmp_path, execution)
     assert "multiprocessing.forkserver" in report["parent"], report
     assert report["preloaded"], report
+    assert report["parsed_models"] >= len(list(sql_models_dir().glob("*.sql"))), report
 
 
 def test_a_run_that_asks_for_spawn_gets_a_fresh_interpreter_per_step(tmp_path: Path) -> None:
     report = _run(tmp_path, {"multiprocess": {"start_method": {"spawn": {}}}})
     assert "multiprocessing.forkserver" not in report["parent"], report
     assert not report["preloaded"], report
+    assert report["parsed_models"] == 0, report
 
 
 def test_an_in_process_run_stays_in_this_process(tmp_path: Path) -> None:
