@@ -519,7 +519,7 @@ def _descends_from_this_process(pid: int) -> bool:
     me, seen = os.getpid(), set()
     if pid == me:
         return False
-    while pid > 1 and pid not in seen:
+    while pid > 0 and pid not in seen:  # down to pid 1 too: this command may be a container's init
         if pid == me:
             return True
         seen.add(pid)

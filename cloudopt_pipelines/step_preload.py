@@ -9,9 +9,10 @@ import cloudopt_pipelines.definitions  # noqa: F401 - imported for the forks
 from cloudopt_pipelines.assets.features import SOURCE_TABLES
 from cloudopt_pipelines.optimizers.base import all_optimizers
 from cloudopt_pipelines.project_files import sql_models_dir
-from cloudopt_pipelines.sqlmodels.runner import ModelError, load_models
+from cloudopt_pipelines.sqlmodels.runner import load_models
 
-all_optimizers()
-# A model that does not parse fails in the step, with its own error, not in the forkserver.
-with contextlib.suppress(ModelError, OSError):
+# Only a head start: whatever fails here (a model that does not parse, a file being replaced) fails in the
+# step with its own error. The forkserver survives only an ImportError of its preload, so nothing escapes.
+with contextlib.suppress(Exception):
+    all_optimizers()
     load_models(sql_models_dir(), set(SOURCE_TABLES))

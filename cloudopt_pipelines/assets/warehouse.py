@@ -20,7 +20,7 @@ def _run_is_stopping(context: dg.AssetExecutionContext) -> bool:
         run = context.instance.get_run_by_id(context.run_id)
     except Exception:  # the instance's database briefly away: keep waiting, the lock's timeout still bounds it
         return False
-    return run is None or run.status in STOPPING
+    return run is not None and run.status in STOPPING  # no run record (a direct invocation): never stopped
 
 
 def build_warehouse_asset(upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:

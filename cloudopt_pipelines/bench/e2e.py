@@ -302,20 +302,24 @@ def forked_definitions(preload: list[str], rounds: int = 5) -> tuple[float, list
     ``preload`` (a forkserver of its own per call), and the asset keys it built."""
     import multiprocessing
     import statistics
+    from multiprocessing import forkserver
 
+    # One forkserver per process: stop any running one (a multiprocess run's, or the other preload's), so
+    # that this one starts with ``preload``, and stop it after, whatever happens.
+    forkserver._forkserver._stop()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload)
     seconds, keys = [], []
-    for _ in range(rounds):
-        queue = context.Queue()
-        process = context.Process(target=_definitions_in_a_fork, args=(queue,))
-        process.start()
-        cpu, keys = queue.get(timeout=600)
-        process.join()
-        seconds.append(cpu)
-    from multiprocessing import forkserver
-
-    forkserver._forkserver._stop()  # the next call starts one with its own preload list
+    try:
+        for _ in range(rounds):
+            queue = context.Queue()
+            process = context.Process(target=_definitions_in_a_fork, args=(queue,))
+            process.start()
+            cpu, keys = queue.get(timeout=600)
+            process.join()
+            seconds.append(cpu)
+    finally:
+        forkserver._forkserver._stop()
     return statistics.median(seconds), keys
 
 
