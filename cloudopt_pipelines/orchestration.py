@@ -46,6 +46,7 @@ from cloudopt_pipelines.automation import CATALOG_JOB, DAILY_JOB, WAREHOUSE_JOB
 from cloudopt_pipelines.definitions import build_definitions, partitions_for, source_for
 from cloudopt_pipelines.instance import INSTANCE_YAML, PREVIOUS_INSTANCE_YAML, ensure_instance  # noqa: F401
 from cloudopt_pipelines.partitions import ACCOUNTS_PARTITIONS_NAME, DEPLOYMENT_PARTITIONS, Partitions, account_day_key
+from cloudopt_pipelines.procfs import PARENT_PID, START_TICKS, stat_fields
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.settings import Settings, load_settings
 from cloudopt_pipelines.sources.base import SCHEDULABLE_STATUSES
@@ -126,11 +127,8 @@ def process_tags(pid: int | None = None) -> dict[str, str]:
 
 def _process_start(pid: int) -> str | None:
     """The start time of ``pid`` in clock ticks since boot (Linux), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat_fields(pid)
+    return fields[START_TICKS] if fields else None
 
 
 def process_gone(tags: Mapping[str, str]) -> bool:
@@ -523,10 +521,10 @@ def _descends_from_this_process(pid: int) -> bool:
         if pid == me:
             return True
         seen.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        fields = stat_fields(pid)
+        if fields is None:
             return False
+        pid = int(fields[PARENT_PID])
     return False
 
 

@@ -9,7 +9,6 @@ has succeeded and the next one is under way, so the restart lands mid-range what
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from cloudopt_pipelines.partitions import account_day_key
 from cloudopt_pipelines.sources.demo import DemoCollector
 from cloudopt_pipelines.storage.lake import Lake
 from tests.conftest import DEMO_ACCOUNTS, DEMO_DAYS
-from tests.test_concurrency_postgres import PG_BIN, _as_postgres, postgres, postgres_home  # noqa: F401
+from tests.test_concurrency_postgres import PG_BIN, _as_postgres, _free_port, postgres, postgres_home  # noqa: F401
 
 CLOUDOPT = Path(sys.executable).with_name("cloudopt")
 ACCOUNT = DEMO_ACCOUNTS[0]
@@ -98,16 +97,10 @@ def test_postgres_restarted_mid_range_loses_and_doubles_no_partition(
     assert lake.partitions("utilization_daily") == [(ACCOUNT, d.isoformat()) for d in DAYS]
 
 
-def _refused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed again on return: nothing listens there
-
-
 def test_a_wait_rides_out_a_database_outage_and_past_its_bound_says_what_to_do() -> None:
     """The command's polls of the instance retry through a database that refuses connections (a real psycopg2
     connection to a port nothing listens on), and past the bound fail naming what they waited for and the fix."""
-    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_refused_port()}/dagster")
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{_free_port()}/dagster")
     attempts: list[int] = []
 
     def read_after_two_refusals() -> str:

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cloudopt_pipelines.bench.harness import Line, Report
+from cloudopt_pipelines.procfs import PARENT_PID, stat_fields
 from cloudopt_pipelines.resources.sources import SourceResource
 from cloudopt_pipelines.sources.base import Collector
 from cloudopt_pipelines.sources.demo import DEMO_DATA, DemoCollector
@@ -268,11 +269,9 @@ def _descendant_rss_mb(root: int) -> list[float]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        fields = stat_fields(int(entry.name))
+        if fields is not None:  # else gone meanwhile
+            parents[int(entry.name)] = int(fields[PARENT_PID])
     below, frontier = set(), {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
